@@ -1,0 +1,231 @@
+"""config.yaml + environment → typed, validated settings. Errors name the file and the field."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_STEPFUN_BASE_URL = "https://api.stepfun.com/step_plan/v1"
+
+
+class ConfigError(Exception):
+    """A configuration or dialplan file is wrong; the message names the file, the field and what was expected."""
+
+    def __init__(self, source: str | Path, field_path: str, problem: str) -> None:
+        self.source = str(source)
+        self.field_path = field_path
+        self.problem = problem
+        where = f"{self.source}: {field_path}" if field_path else self.source
+        super().__init__(f"{where}: {problem}")
+
+
+class Fields:
+    """Reads typed fields out of one YAML mapping, reporting errors with the full dotted path."""
+
+    def __init__(self, source: str | Path, data: Any, prefix: str = "") -> None:
+        self.source = source
+        self.prefix = prefix
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(source, prefix or "(top level)", f"expected a mapping, got {type(data).__name__}")
+        self.data = data
+        self._used: set[str] = set()
+
+    def path(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.path(key), problem)
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, minimum: float | None = None,
+            maximum: float | None = None, choices: tuple | None = None) -> Any:
+        self._used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if default is ...:
+                raise self.error(key, "is required but missing")
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(key, f"expected {_kind_name(kinds)}, got a boolean")
+        if not isinstance(value, kinds):
+            raise self.error(key, f"expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}")
+        if choices is not None and value not in choices:
+            raise self.error(key, f"expected one of {', '.join(map(str, choices))}, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"must be ≥ {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"must be ≤ {maximum}, got {value}")
+        return value
+
+    def section(self, key: str) -> "Fields":
+        self._used.add(key)
+        return Fields(self.source, self.data.get(key), self.path(key))
+
+    def reject_unknown(self) -> None:
+        unknown = sorted(set(self.data) - self._used, key=str)
+        if unknown:
+            raise self.error(str(unknown[0]), f"unknown field (known here: {', '.join(sorted(self._used))})")
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true/false", list: "a list", dict: "a mapping"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(position unknown)"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, where, f"invalid YAML: {problem}") from None
+
+
+@dataclass(frozen=True)
+class PlayoutSettings:
+    lead_ms: int = 100          # how far ahead of real time audio is sent to the carrier
+    mark_every_ms: int = 100    # spacing of playback marks; bounds how stale "heard" can be
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    validate_signatures: bool = True
+    stream_token_ttl_s: float = 60.0
+    auth_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class StepFunSettings:
+    base_url: str = DEFAULT_STEPFUN_BASE_URL
+    api_key: str | None = field(default=None, repr=False)
+    connect_timeout_s: float = 5.0
+
+    @property
+    def ws_base_url(self) -> str:
+        scheme, rest = self.base_url.split("://", 1)
+        return {"https": "wss", "http": "ws"}.get(scheme, scheme) + "://" + rest
+
+    @property
+    def emulated(self) -> bool:
+        """No key: the embedded emulator stands in for StepFun."""
+        return not self.api_key
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: str
+    host: str = "0.0.0.0"
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    dialplans_dir: Path = Path("dialplans")
+    transcripts_dir: Path = Path("transcripts")
+    log_format: str = "auto"
+    log_level: str = "info"
+    stepfun: StepFunSettings = StepFunSettings()
+    twilio: TwilioSettings = TwilioSettings()
+    playout: PlayoutSettings = PlayoutSettings()
+    max_message_bytes: int = 64 * 1024
+
+    @property
+    def public_ws_url(self) -> str:
+        scheme, rest = self.public_url.rstrip("/").split("://", 1)
+        return {"https": "wss", "http": "ws"}[scheme] + "://" + rest
+
+
+def _url(fields: Fields, key: str, default: str, schemes: tuple[str, ...]) -> str:
+    value = fields.get(key, str, default).rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise fields.error(key, f"expected an absolute {'/'.join(schemes)} URL, got {value!r}")
+    return value
+
+
+def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read config.yaml (``VOICEBOT_CONFIG`` or ./config.yaml; a missing default file means all defaults)."""
+    env = os.environ if environ is None else environ
+    explicit = path is not None or "VOICEBOT_CONFIG" in env
+    config_path = Path(path if path is not None else env.get("VOICEBOT_CONFIG", "config.yaml"))
+    if config_path.exists() or explicit:
+        data = load_yaml(config_path)
+    else:
+        data = {}
+    top = Fields(config_path, data)
+    base_dir = config_path.parent
+
+    server = top.section("server")
+    host = server.get("host", str, "0.0.0.0")
+    port = server.get("port", int, 8080, minimum=0, maximum=65535)
+    public_url = _url(server, "public_url", f"http://127.0.0.1:{port}", ("http", "https"))
+    max_message_bytes = server.get("max_message_bytes", int, 64 * 1024, minimum=1024)
+    server.reject_unknown()
+
+    step = top.section("stepfun")
+    base_url = env.get("STEPFUN_BASE_URL") or step.get("base_url", str, DEFAULT_STEPFUN_BASE_URL)
+    if "STEPFUN_BASE_URL" in env and not urlsplit(base_url).netloc:
+        raise ConfigError("environment", "STEPFUN_BASE_URL", f"expected an absolute http(s) URL, got {base_url!r}")
+    if "STEPFUN_BASE_URL" not in env:
+        base_url = _url(step, "base_url", DEFAULT_STEPFUN_BASE_URL, ("http", "https"))
+    stepfun = StepFunSettings(
+        base_url=base_url.rstrip("/"),
+        api_key=env.get("STEP_API_KEY") or None,
+        connect_timeout_s=step.get("connect_timeout_s", float, 5.0, minimum=0.1),
+    )
+    step.reject_unknown()
+
+    tw = top.section("twilio")
+    twilio = TwilioSettings(
+        validate_signatures=tw.get("validate_signatures", bool, True),
+        stream_token_ttl_s=tw.get("stream_token_ttl_s", float, 60.0, minimum=1.0),
+        auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
+    )
+    tw.reject_unknown()
+
+    po = top.section("playout")
+    playout = PlayoutSettings(
+        lead_ms=po.get("lead_ms", int, 100, minimum=20, maximum=2000),
+        mark_every_ms=po.get("mark_every_ms", int, 100, minimum=20, maximum=2000),
+    )
+    if playout.lead_ms % 20 or playout.mark_every_ms % 20:
+        raise ConfigError(config_path, "playout", "lead_ms and mark_every_ms must be multiples of 20 (one frame)")
+    po.reject_unknown()
+
+    logging_ = top.section("logging")
+    log_format = logging_.get("format", str, "auto", choices=("auto", "json", "console"))
+    log_level = logging_.get("level", str, "info", choices=("debug", "info", "warning", "error"))
+    logging_.reject_unknown()
+
+    settings = Settings(
+        source=str(config_path),
+        host=host,
+        port=port,
+        public_url=public_url,
+        dialplans_dir=base_dir / top.get("dialplans", str, "dialplans"),
+        transcripts_dir=base_dir / top.get("transcripts_dir", str, "transcripts"),
+        log_format=log_format,
+        log_level=log_level,
+        stepfun=stepfun,
+        twilio=twilio,
+        playout=playout,
+        max_message_bytes=max_message_bytes,
+    )
+    top.reject_unknown()
+    if twilio.validate_signatures and not twilio.auth_token and not stepfun.emulated:
+        # With a real StepFun key this is a production server: refusing every call silently would be worse.
+        raise ConfigError("environment", "TWILIO_AUTH_TOKEN",
+                          "is required while twilio.validate_signatures is on (set it, or turn the check off "
+                          "for local testing)")
+    return settings
