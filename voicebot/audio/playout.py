@@ -1,0 +1,217 @@
+"""Bot audio to the carrier, paced a little ahead of real time, knowing what the caller has heard.
+
+The carrier plays what we send in order. We keep most of the bot's audio here and send only ``lead_ms``
+ahead of the carrier's playhead, so a barge-in only has to throw away that lead. Marks go out at the start
+of every item, every ``mark_every_ms`` and whenever the local queue runs dry; the carrier echoes a mark when
+the audio before it has played. Between echoes the playhead advances with the wall clock, but never past
+the next mark that has not come back, so an underrun on the carrier side is not counted as heard.
+Carriers without marks get "virtual" echoes from the pacing clock instead: same bookkeeping, one code path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from . import FRAME_MS, FRAME_SAMPLES, RATE
+
+
+class CarrierOutput(Protocol):
+    """What the playout needs from a carrier connection. All three only queue a message: they never block."""
+
+    supports_marks: bool
+
+    def send_audio(self, frame: np.ndarray) -> None: ...
+
+    def send_mark(self, name: str) -> None: ...
+
+    def send_clear(self) -> None: ...
+
+
+@dataclass
+class HeardItem:
+    """How much of one bot item the caller heard when playback was interrupted."""
+
+    item_id: str
+    heard_ms: int
+    generated_ms: int
+
+
+@dataclass
+class _Item:
+    item_id: str
+    generated_samples: int = 0
+    sent_ms: int = 0
+    anchor_ms: int = 0          # position confirmed by the latest echoed mark
+    anchor_t: float | None = None
+    complete: bool = False      # the engine has finished producing this item
+
+
+class Playout:
+    def __init__(self, out: CarrierOutput, *, lead_ms: int = 100, mark_every_ms: int = 100,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.out = out
+        self.lead_s = lead_ms / 1000
+        self.mark_every_ms = mark_every_ms
+        self.clock = clock
+        self._frames: deque[tuple[_Item, np.ndarray]] = deque()
+        self._partial: dict[str, np.ndarray] = {}
+        self._items: dict[str, _Item] = {}
+        self._marks: dict[str, tuple[_Item, int]] = {}    # pending mark name -> (item, position in ms)
+        self._virtual_echoes: deque[tuple[float, str]] = deque()
+        self._mark_seq = 0
+        self._playhead_t = 0.0      # when everything sent so far will have played (pacing clock)
+        self.first_audio_sent_t: float | None = None
+        self.frames_sent = 0
+
+    # -- producing side -------------------------------------------------------------------------
+    def enqueue(self, item_id: str, pcm: np.ndarray) -> None:
+        """Queue bot audio (8 kHz int16, any length) for ``item_id``; whole 20 ms frames become sendable."""
+        item = self._items.get(item_id)
+        if item is None:
+            item = self._items[item_id] = _Item(item_id)
+        item.generated_samples += len(pcm)
+        pending = self._partial.pop(item_id, None)
+        if pending is not None:
+            pcm = np.concatenate((pending, pcm))
+        whole = len(pcm) - len(pcm) % FRAME_SAMPLES
+        for start in range(0, whole, FRAME_SAMPLES):
+            self._frames.append((item, pcm[start:start + FRAME_SAMPLES]))
+        if whole < len(pcm):
+            self._partial[item_id] = pcm[whole:]
+
+    def end_item(self, item_id: str) -> None:
+        """The engine produced all of ``item_id``: pad its last partial frame and let it play out."""
+        item = self._items.get(item_id)
+        if item is None:
+            return
+        item.complete = True
+        tail = self._partial.pop(item_id, None)
+        if tail is not None:
+            frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+            frame[:len(tail)] = tail
+            self._frames.append((item, frame))
+
+    # -- pacing ---------------------------------------------------------------------------------
+    def pump(self) -> float:
+        """Send what is due now; returns seconds until the next call is useful (0 < delay)."""
+        now = self.clock()
+        self._fire_virtual_echoes(now)
+        if self._playhead_t < now:
+            self._playhead_t = now
+        sent_any = False
+        previous: _Item | None = None
+        while self._frames and self._playhead_t - now < self.lead_s:
+            item, frame = self._frames.popleft()
+            if item.sent_ms == 0 or not sent_any and self._carrier_idle(now):
+                # Start of an item, or resuming after the carrier ran dry: anchor playback here.
+                self._send_mark(item, item.sent_ms)
+            if previous is not None and previous is not item:
+                self._send_mark(previous, previous.sent_ms)
+            self.out.send_audio(frame)
+            if self.first_audio_sent_t is None:
+                self.first_audio_sent_t = now
+            self.frames_sent += 1
+            item.sent_ms += FRAME_MS
+            self._playhead_t += FRAME_MS / 1000
+            sent_any = True
+            previous = item
+            if item.sent_ms % self.mark_every_ms == 0 or not self._frames:
+                self._send_mark(item, item.sent_ms)
+        if self._frames:
+            return max(self._playhead_t - now - self.lead_s, 0.0) + 0.001
+        if self._virtual_echoes:
+            return max(self._virtual_echoes[0][0] - now, 0.001)
+        return FRAME_MS / 1000
+
+    def _carrier_idle(self, now: float) -> bool:
+        return not self._marks
+
+    @property
+    def has_work(self) -> bool:
+        """Frames to send or virtual echoes to fire: the pump must keep running."""
+        return bool(self._frames) or bool(self._virtual_echoes)
+
+    def _send_mark(self, item: _Item, position_ms: int) -> None:
+        if self._marks and next(reversed(self._marks.values())) == (item, position_ms):
+            return
+        self._mark_seq += 1
+        name = f"vb{self._mark_seq}"
+        self._marks[name] = (item, position_ms)
+        if self.out.supports_marks:
+            self.out.send_mark(name)
+        else:
+            self._virtual_echoes.append((self._playhead_t, name))
+
+    def _fire_virtual_echoes(self, now: float) -> None:
+        while self._virtual_echoes and self._virtual_echoes[0][0] <= now:
+            _, name = self._virtual_echoes.popleft()
+            self.on_mark(name, now)
+
+    # -- what was heard -------------------------------------------------------------------------
+    def on_mark(self, name: str, now: float | None = None) -> None:
+        """The carrier echoed ``name``: the audio before it has played."""
+        entry = self._marks.pop(name, None)
+        if entry is None:
+            return   # echo of a mark dropped by clear(), or not ours
+        # Marks come back in order; any older pending mark has played too.
+        for older in list(self._marks):
+            if older == name:
+                break
+            if int(older[2:]) < int(name[2:]):
+                self._marks.pop(older)
+        item, position_ms = entry
+        item.anchor_ms = position_ms
+        item.anchor_t = self.clock() if now is None else now
+
+    def heard_ms(self, item_id: str, now: float | None = None) -> int:
+        item = self._items.get(item_id)
+        return 0 if item is None else self._heard(item, self.clock() if now is None else now)
+
+    def _heard(self, item: _Item, now: float) -> int:
+        if item.anchor_t is None:
+            return 0
+        ceiling = item.sent_ms
+        for pending_item, position in self._marks.values():
+            if pending_item is item and position > item.anchor_ms:
+                ceiling = min(ceiling, position)
+                break
+        heard = item.anchor_ms + int((now - item.anchor_t) * 1000)
+        return max(item.anchor_ms, min(heard, ceiling))
+
+    @property
+    def speaking(self) -> bool:
+        """Bot audio is queued here or not yet confirmed played by the carrier."""
+        return bool(self._frames) or bool(self._marks) or bool(self._partial)
+
+    def interrupt(self) -> list[HeardItem]:
+        """Barge-in: clear the carrier, drop everything queued, report what each unfinished item played."""
+        now = self.clock()
+        touched: list[HeardItem] = []
+        for item in list(self._items.values()):
+            generated_ms = item.generated_samples * 1000 // RATE
+            heard = self._heard(item, now)
+            if heard < generated_ms or not item.complete:
+                touched.append(HeardItem(item.item_id, heard, generated_ms))
+        if self._marks or self._frames:
+            self.out.send_clear()
+        self._frames.clear()
+        self._partial.clear()
+        self._marks.clear()
+        self._virtual_echoes.clear()
+        self._items.clear()
+        self._playhead_t = now
+        return touched
+
+    def forget_finished(self) -> None:
+        """Drop bookkeeping of items that have fully played (keeps memory flat on long calls)."""
+        queued = {id(item) for item, _ in self._frames}
+        pending = {id(item) for item, _ in self._marks.values()}
+        for item_id, item in list(self._items.items()):
+            if item.complete and id(item) not in queued and id(item) not in pending and item_id not in self._partial:
+                del self._items[item_id]
