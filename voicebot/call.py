@@ -1,0 +1,209 @@
+"""The Call: joins one carrier stream to one engine — lifecycle, barge-in, transcript, call summary."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from .audio.playout import Playout
+from .audio.vad import EnergyVad
+from .config import Settings
+from .dialplan import Dialplan, Persona
+from .engines.base import Engine, EngineSink
+from .stepfun.errors import StepFunError
+from .telephony.base import CallMeta, CarrierSession
+from .transcript import TranscriptFile
+
+log = structlog.get_logger("voicebot.call")
+
+ENGINE_START_TIMEOUT_S = 15.0
+
+EngineFactory = Callable[[Persona, EngineSink, "structlog.BoundLogger"], Engine]
+
+
+@dataclass
+class CallServices:
+    """What every call of this process shares."""
+
+    settings: Settings
+    dialplan: Dialplan
+    make_engine: EngineFactory
+    calls: set["Call"] = field(default_factory=set)
+
+
+class Call(EngineSink):
+    def __init__(self, *, meta: CallMeta, persona: Persona, carrier: CarrierSession, services: CallServices,
+                 close_carrier: Callable[[], Awaitable] | None = None) -> None:
+        self.call_id = uuid.uuid4().hex[:16]
+        self.meta = meta
+        self.persona = persona
+        self.carrier = carrier
+        self.services = services
+        self.settings = services.settings
+        self._close_carrier = close_carrier
+        self.log = log.bind(call_id=self.call_id, call_sid=meta.call_id, carrier=meta.carrier, persona=persona.name)
+        self.playout = Playout(carrier, lead_ms=self.settings.playout.lead_ms,
+                               mark_every_ms=self.settings.playout.mark_every_ms)
+        self.vad = EnergyVad(min_speech_ms=persona.barge_in.min_speech_ms)
+        self.engine: Engine = services.make_engine(persona, self, self.log)
+        self.transcript_file = TranscriptFile(self.settings.transcripts_dir, self.call_id)
+        self.started_t = time.monotonic()
+        self.ended = False
+        self.end_reason: str | None = None
+        self.user_turns = 0
+        self.bot_turns = 0
+        self.barge_ins: list[dict] = []
+        self._interrupted: dict[str, int] = {}   # item id -> ms heard when cut off
+        self._ended_event = asyncio.Event()
+        self._wake_pump = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._engine_ready = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.services.calls.add(self)
+        self.transcript_file.write("call_start", call_id=self.call_id, carrier=self.meta.carrier,
+                              call_sid=self.meta.call_id, stream_id=self.meta.stream_id,
+                              from_number=self.meta.from_number, to_number=self.meta.to_number,
+                              persona=self.persona.name, engine=self.engine.name)
+        self.log.info("call_started", from_number=self.meta.from_number, to_number=self.meta.to_number,
+                      engine=self.engine.name)
+        self._task = asyncio.create_task(self._run(), name=f"call-{self.call_id}")
+
+    async def _run(self) -> None:
+        pump = asyncio.create_task(self._pump())
+        try:
+            try:
+                await asyncio.wait_for(self.engine.start(), ENGINE_START_TIMEOUT_S)
+                self._engine_ready = True
+            except (StepFunError, asyncio.TimeoutError) as exc:
+                reason = str(exc) or "engine start timed out"
+                self.log.error("engine_unavailable", engine=self.engine.name, reason=reason)
+                self.hang_up(f"engine unavailable: {reason}")
+            try:
+                await asyncio.wait_for(self._ended_event.wait(), self.persona.max_call_seconds)
+            except asyncio.TimeoutError:
+                self.log.info("max_call_seconds_reached", max_call_seconds=self.persona.max_call_seconds)
+                self.hang_up("max_call_seconds reached")
+        finally:
+            pump.cancel()
+            await self._finish()
+
+    async def _finish(self) -> None:
+        try:
+            await asyncio.wait_for(self.engine.close(), 3.0)
+        except Exception:   # closing a dead socket must not stop the transcript being written
+            self.log.warning("engine_close_failed", exc_info=True)
+        duration = time.monotonic() - self.started_t
+        first = self.playout.first_audio_sent_t
+        summary = {
+            "duration_s": round(duration, 2),
+            "user_turns": self.user_turns,
+            "bot_turns": self.bot_turns,
+            "barge_ins": len(self.barge_ins),
+            "first_bot_audio_ms": None if first is None else round((first - self.started_t) * 1000),
+            "end_reason": self.end_reason,
+        }
+        self.transcript_file.write("call_end", **summary)
+        self.transcript_file.close()
+        self.log.info("call_summary", transcript=str(self.transcript_file.path), **summary)
+        self.services.calls.discard(self)
+        if self._close_carrier is not None:
+            try:
+                await self._close_carrier()
+            except Exception:
+                pass
+
+    def hang_up(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.end_reason = reason
+        self.log.info("call_ending", reason=reason)
+        self._ended_event.set()
+
+    async def finished(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    # -- carrier side ---------------------------------------------------------------------------
+    def on_caller_audio(self, frame: np.ndarray) -> None:
+        if self.ended:
+            return
+        if self.vad.process(frame) and self.persona.barge_in.enabled and self.playout.speaking:
+            self._barge_in("local_vad")
+        if self._engine_ready:
+            self.engine.feed(frame)
+
+    def on_mark(self, name: str) -> None:
+        self.playout.on_mark(name)
+
+    def on_dtmf(self, digit: str) -> None:
+        self.log.info("dtmf", digit=digit)
+        self.transcript_file.write("dtmf", digit=digit)
+
+    async def _pump(self) -> None:
+        while True:
+            if not self.playout.has_work:
+                self._wake_pump.clear()
+                await self._wake_pump.wait()
+            delay = self.playout.pump()
+            if self.playout.has_work:
+                await asyncio.sleep(delay)
+
+    # -- engine side (EngineSink) ---------------------------------------------------------------
+    def bot_audio(self, item_id: str, pcm: np.ndarray) -> None:
+        if self.ended or item_id in self._interrupted:
+            return
+        self.playout.enqueue(item_id, pcm)
+        self.playout.pump()      # send what is due right away; the pump task paces the rest
+        self._wake_pump.set()
+
+    def bot_audio_done(self, item_id: str) -> None:
+        if item_id not in self._interrupted:
+            self.playout.end_item(item_id)
+            self.playout.pump()
+            self._wake_pump.set()
+
+    def caller_speech_started(self) -> None:
+        if self.persona.barge_in.enabled and self.playout.speaking:
+            self._barge_in("model_vad")
+
+    def transcript(self, role: str, text: str, item_id: str | None) -> None:
+        fields = {"role": role, "text": text, "item_id": item_id, "engine": self.engine.name,
+                  "t_ms": round((time.monotonic() - self.started_t) * 1000)}
+        if role == "assistant":
+            self.bot_turns += 1
+            if item_id in self._interrupted:
+                fields.update(interrupted=True, heard_ms=self._interrupted[item_id])
+        else:
+            self.user_turns += 1
+        self.transcript_file.write("turn", **fields)
+        self.log.info("turn", **{k: v for k, v in fields.items() if k != "engine"})
+
+    def engine_failed(self, reason: str) -> None:
+        if not self.ended:
+            self.log.error("engine_failed", engine=self.engine.name, reason=reason)
+            self.hang_up(f"engine failed: {reason}")
+
+    # -- barge-in -------------------------------------------------------------------------------
+    def _barge_in(self, trigger: str) -> None:
+        """Within this one loop turn: carrier clear, local queue dropped, engine told what was heard."""
+        t0 = time.perf_counter()
+        heard = self.playout.interrupt()
+        self.engine.interrupt(heard)
+        reaction_us = round((time.perf_counter() - t0) * 1e6)
+        for item in heard:
+            self._interrupted[item.item_id] = item.heard_ms
+        record = {"trigger": trigger, "t_ms": round((time.monotonic() - self.started_t) * 1000),
+                  "heard": [{"item_id": h.item_id, "heard_ms": h.heard_ms, "generated_ms": h.generated_ms}
+                            for h in heard], "reaction_us": reaction_us}
+        self.barge_ins.append(record)
+        self.transcript_file.write("barge_in", **record)
+        self.log.info("barge_in", **record)

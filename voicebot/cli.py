@@ -1,0 +1,157 @@
+"""``voicebot serve · check · emulator · demo · simulate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+import structlog
+from aiohttp import web
+
+from .config import ConfigError, Settings, load_settings
+from .dialplan import Dialplan, load_dialplan
+from .logs import configure_logging
+
+log = structlog.get_logger("voicebot.cli")
+
+
+def _load(config: str | None) -> tuple[Settings, Dialplan]:
+    settings = load_settings(config)
+    return settings, load_dialplan(settings.dialplans_dir)
+
+
+async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | None = None,
+                       port: int | None = None):
+    """Start the voice server (and the embedded emulator when no key is set). Returns (runners, settings, url)."""
+    from .emulator.app import start_emulator
+    from .server import create_app, with_stepfun_base_url
+
+    runners = []
+    if settings.stepfun.emulated:
+        emu_runner, emulator = await start_emulator("127.0.0.1", 0)
+        runners.append(emu_runner)
+        base = f"http://127.0.0.1:{emulator.port}/step_plan/v1"
+        settings = with_stepfun_base_url(settings, base)
+        log.warning("stepfun_emulator_in_use",
+                    message="NO STEP_API_KEY SET: calls are answered by the embedded StepFun EMULATOR, "
+                            "not the real StepFun API", emulator_url=base)
+    else:
+        log.info("stepfun_api", base_url=settings.stepfun.base_url, key_present=True)
+    app = create_app(settings, dialplan)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host if host is not None else settings.host,
+                       settings.port if port is None else port)
+    await site.start()
+    bound = runner.addresses[0]
+    url = f"http://{'127.0.0.1' if bound[0] in ('0.0.0.0', '::') else bound[0]}:{bound[1]}"
+    runners.insert(0, runner)
+    return runners, settings, url
+
+
+async def _serve(settings: Settings, dialplan: Dialplan) -> None:
+    runners, settings, url = await start_server(settings, dialplan)
+    log.info("voicebot_listening", url=url, public_url=settings.public_url,
+             personas=[p.name for p in dialplan.personas],
+             default_persona=dialplan.default.name if dialplan.default else None,
+             twilio_signatures=settings.twilio.validate_signatures,
+             twilio_auth_token_set=bool(settings.twilio.auth_token))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("voicebot_stopping")
+    for runner in runners:
+        await runner.cleanup()
+
+
+def cmd_serve(args) -> int:
+    settings, dialplan = _load(args.config)
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(_serve(settings, dialplan))
+    return 0
+
+
+def cmd_check(args) -> int:
+    settings, dialplan = _load(args.config)
+    print(f"config {settings.source}: ok")
+    print(f"stepfun: {'EMULATOR (no STEP_API_KEY)' if settings.stepfun.emulated else settings.stepfun.base_url}")
+    for persona in dialplan.personas:
+        numbers = ", ".join(persona.numbers) or "-"
+        flag = " (default)" if persona.default else ""
+        print(f"persona {persona.name}{flag}: {persona.language}, voice {persona.voice}, numbers {numbers}"
+              f"  [{persona.source}]")
+    return 0
+
+
+def cmd_emulator(args) -> int:
+    from .emulator.app import Emulator, run_emulator
+    configure_logging("auto", "info")
+    emulator = Emulator(speed=args.speed, api_key=args.api_key, session_limit_s=args.session_limit_s)
+    run_emulator(args.host, args.port, emulator=emulator)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return asyncio.run(run_demo(config=args.config, wav_out=args.wav_out))
+
+
+def cmd_simulate(args) -> int:
+    from .demo import run_simulate
+    return asyncio.run(run_simulate(url=args.url, to=args.to, from_=args.from_, wav=args.wav,
+                                    barge_wav=args.barge_wav, wav_out=args.wav_out,
+                                    max_duration_s=args.max_duration,
+                                    auth_token=os.environ.get("TWILIO_AUTH_TOKEN")))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicebot", description="Telephony voice-bot server for StepFun speech models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the voice server (embedded StepFun emulator when STEP_API_KEY is unset)")
+    p.add_argument("--config", help="config file (default: $VOICEBOT_CONFIG or ./config.yaml)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate config.yaml and the dialplans, list personas")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_check)
+
+    from .emulator.app import build_arg_parser as emulator_options
+    p = emulator_options(sub.add_parser("emulator", help="run the offline StepFun emulator"))
+    p.set_defaults(func=cmd_emulator)
+
+    p = sub.add_parser("demo", help="one simulated Twilio call against an in-process server and emulator")
+    p.add_argument("--config")
+    p.add_argument("--wav-out", default="demo-call.wav", help="stereo recording: caller left, bot right")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="place one simulated Twilio call against a running server")
+    p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--to", required=True, help="called number (E.164)")
+    p.add_argument("--from", dest="from_", default="+15005550006")
+    p.add_argument("--wav", required=True, help="what the caller says after the greeting")
+    p.add_argument("--barge-wav", help="said over the bot's reply, 800 ms into it (barge-in)")
+    p.add_argument("--wav-out", default="simulated-call.wav")
+    p.add_argument("--max-duration", type=float, default=40.0)
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"voicebot: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Speech-to-speech relay: caller audio to stepaudio-2.5-realtime, its speech and transcripts back."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+
+import numpy as np
+import structlog
+
+from ..audio.playout import HeardItem
+from ..audio.resample import Resampler
+from ..config import StepFunSettings
+from ..dialplan import Persona
+from ..stepfun.errors import StepFunUnavailable
+from ..stepfun.realtime import RealtimeConnection
+from .base import EngineSink
+
+MODEL_RATE = 24000
+_APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
+_APPEND_SUFFIX = '"}'
+# Errors that say the session itself is gone, as opposed to one bad event.
+_FATAL_ERROR_CODES = {"session_expired", "session_timeout", "insufficient_quota", "invalid_api_key",
+                      "authentication_error", "rate_limit_exceeded"}
+
+
+def greeting_instructions(persona: Persona) -> str:
+    return (f"{persona.instructions.strip()}\n\nThe phone call has just been connected. "
+            f"Greet the caller by saying exactly, verbatim: {persona.greeting}")
+
+
+def session_config(persona: Persona) -> dict:
+    td = persona.realtime.turn_detection
+    return {
+        "modalities": ["text", "audio"],
+        "instructions": persona.instructions,
+        "voice": persona.voice,
+        "input_audio_format": "pcm16",
+        "output_audio_format": "pcm16",
+        "turn_detection": {
+            "type": "server_vad",
+            "silence_duration_ms": td.silence_duration_ms,
+            "prefix_padding_ms": td.prefix_padding_ms,
+            "energy_awakeness_threshold": td.energy_awakeness_threshold,
+        },
+    }
+
+
+class RealtimeEngine:
+    name = "realtime"
+
+    def __init__(self, persona: Persona, stepfun: StepFunSettings, sink: EngineSink, log=None) -> None:
+        self.persona = persona
+        self.stepfun = stepfun
+        self.sink = sink
+        self.log = log or structlog.get_logger("voicebot.engine")
+        self._conn: RealtimeConnection | None = None
+        self._reader: asyncio.Task | None = None
+        self._upsampler = Resampler(8000, MODEL_RATE)
+        self._downsamplers: dict[str, Resampler] = {}
+        self._item_model_ms: dict[str, float] = {}    # audio the model generated per item
+        self._active_response: str | None = None
+        self._cancelled: set[str] = set()
+        self._closing = False
+        self.errors = 0
+
+    async def start(self) -> None:
+        self._conn = await RealtimeConnection.connect(
+            self.stepfun.ws_base_url, self.stepfun.api_key or "emulator", self.persona.realtime.model,
+            timeout_s=self.stepfun.connect_timeout_s)
+        events = self._conn.events()
+        try:
+            first = await asyncio.wait_for(anext(events), self.stepfun.connect_timeout_s)
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            await self._conn.close()
+            raise StepFunUnavailable("realtime session did not start (no session.created)") from None
+        if first.get("type") != "session.created":
+            await self._conn.close()
+            raise StepFunUnavailable(f"realtime session started with {first.get('type')!r}, not session.created")
+        self.log.info("realtime_session_started", session_id=self._conn.session_id, model=self.persona.realtime.model)
+        self._conn.send({"type": "session.update", "session": session_config(self.persona)})
+        if self.persona.greeting:
+            self._conn.send({"type": "response.create",
+                             "response": {"instructions": greeting_instructions(self.persona)}})
+        self._reader = asyncio.create_task(self._read(events))
+
+    def feed(self, frame: np.ndarray) -> None:
+        if self._conn is None or self._closing:
+            return
+        pcm24 = self._upsampler.process(frame)
+        self._conn.send_raw(_APPEND_PREFIX + base64.b64encode(pcm24.tobytes()).decode() + _APPEND_SUFFIX)
+
+    def interrupt(self, heard: list[HeardItem]) -> None:
+        if self._conn is None:
+            return
+        if self._active_response is not None:
+            self._conn.send({"type": "response.cancel"})
+            self._cancelled.add(self._active_response)
+            self._active_response = None
+        for item in heard:
+            model_ms = int(self._item_model_ms.get(item.item_id, 0))
+            audio_end_ms = min(item.heard_ms, model_ms)
+            if audio_end_ms <= 0:
+                continue   # nothing of it was heard: a zero truncate is refused, so leave the item alone
+            self._conn.send({"type": "conversation.item.truncate", "item_id": item.item_id,
+                             "content_index": 0, "audio_end_ms": audio_end_ms})
+            self.log.info("realtime_truncate", item_id=item.item_id, audio_end_ms=audio_end_ms,
+                          generated_ms=model_ms)
+
+    async def _read(self, events) -> None:
+        try:
+            async for event in events:
+                self._dispatch(event)
+        except Exception as exc:   # a bug here must end the call cleanly, not hang it
+            self.log.exception("realtime_reader_crashed")
+            self.sink.engine_failed(f"realtime reader crashed: {type(exc).__name__}")
+            return
+        if not self._closing:
+            self.sink.engine_failed(f"realtime socket {self._conn.close_reason if self._conn else 'closed'}")
+
+    def _dispatch(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "response.audio.delta":
+            if event.get("response_id") in self._cancelled:
+                return
+            item_id = event.get("item_id") or "unknown"
+            try:
+                pcm24 = np.frombuffer(base64.b64decode(event.get("delta") or "", validate=True), dtype="<i2")
+            except (binascii.Error, ValueError):
+                self.log.warning("realtime_bad_audio_delta", item_id=item_id)
+                return
+            self._item_model_ms[item_id] = self._item_model_ms.get(item_id, 0.0) + len(pcm24) / (MODEL_RATE / 1000)
+            resampler = self._downsamplers.get(item_id)
+            if resampler is None:
+                resampler = self._downsamplers[item_id] = Resampler(MODEL_RATE, 8000)
+            self.sink.bot_audio(item_id, resampler.process(pcm24))
+        elif kind == "response.created":
+            self._active_response = (event.get("response") or {}).get("id")
+        elif kind == "response.audio.done":
+            item_id = event.get("item_id") or "unknown"
+            resampler = self._downsamplers.pop(item_id, None)
+            if event.get("response_id") in self._cancelled:
+                return
+            if resampler is not None:
+                # Push the filter's tail out so the last syllable is not cut.
+                tail = resampler.process(np.zeros(3 * (resampler.delay_samples + 1), dtype=np.int16))
+                self.sink.bot_audio(item_id, tail)
+            self.sink.bot_audio_done(item_id)
+        elif kind == "response.done":
+            response = event.get("response") or {}
+            if response.get("id") == self._active_response:
+                self._active_response = None
+            if response.get("status") not in ("completed", "cancelled", None):
+                self.log.warning("realtime_response_not_completed", status=response.get("status"),
+                                 details=response.get("status_details"))
+        elif kind == "input_audio_buffer.speech_started":
+            self.sink.caller_speech_started()
+        elif kind == "response.audio_transcript.done":
+            if event.get("response_id") not in self._cancelled or event.get("transcript"):
+                self.sink.transcript("assistant", event.get("transcript") or "", event.get("item_id"))
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            self.sink.transcript("user", event.get("transcript") or "", event.get("item_id"))
+        elif kind == "error":
+            self._on_error(event.get("error") or {})
+        elif kind == "session.updated":
+            self.log.debug("realtime_session_updated")
+
+    def _on_error(self, error: dict) -> None:
+        self.errors += 1
+        code = str(error.get("code") or "")
+        message = str(error.get("message") or "")
+        if "no ongoing response to cancel" in message or "truncat" in message.lower():
+            self.log.info("realtime_error_ignored", code=code, message=message)
+            return
+        self.log.warning("realtime_error", code=code, type=error.get("type"), message=message,
+                         param=error.get("param"), event_id=error.get("event_id"))
+        if code in _FATAL_ERROR_CODES:
+            self.sink.engine_failed(f"realtime error {code}: {message}")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._conn is not None:
+            await self._conn.close()

@@ -1,0 +1,54 @@
+"""The aiohttp application: routes, startup and shutdown (every live call is ended cleanly)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import structlog
+from aiohttp import web
+
+from .call import CallServices, EngineFactory
+from .config import Settings
+from .dialplan import Dialplan, Persona
+from .engines.realtime import RealtimeEngine
+from .telephony import twilio
+
+log = structlog.get_logger("voicebot.server")
+
+SERVICES = web.AppKey("services", CallServices)
+
+
+def realtime_engines(settings: Settings) -> EngineFactory:
+    def make(persona: Persona, sink, call_log):
+        return RealtimeEngine(persona, settings.stepfun, sink, call_log)
+    return make
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    return web.json_response({"status": "ok", "calls": len(services.calls)})
+
+
+async def _end_all_calls(app: web.Application) -> None:
+    calls = list(app[SERVICES].calls)
+    if calls:
+        log.info("shutdown_ending_calls", calls=len(calls))
+    for call in calls:
+        call.hang_up("server shutting down")
+    await asyncio.gather(*(call.finished() for call in calls), return_exceptions=True)
+
+
+def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFactory | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.max_message_bytes)
+    services = CallServices(settings=settings, dialplan=dialplan,
+                            make_engine=make_engine or realtime_engines(settings))
+    app[SERVICES] = services
+    twilio.add_routes(app, services)
+    app.router.add_get("/healthz", _healthz)
+    app.on_shutdown.append(_end_all_calls)
+    return app
+
+
+def with_stepfun_base_url(settings: Settings, base_url: str) -> Settings:
+    return dataclasses.replace(settings, stepfun=dataclasses.replace(settings.stepfun, base_url=base_url))
