@@ -106,7 +106,7 @@ class Playout:
             self._playhead_t = now
         sent_any = False
         previous: _Item | None = None
-        while self._frames and self._playhead_t - now < self.lead_s:
+        while self._frames and self._playhead_t - now < self.lead_s - 1e-6:
             item, frame = self._frames.popleft()
             if item.sent_ms == 0 or not sent_any and self._carrier_idle(now):
                 # Start of an item, or resuming after the carrier ran dry: anchor playback here.
