@@ -1,0 +1,668 @@
+"""A simulated phone caller, independent of the carrier.
+
+The carrier's wire protocol lives in a :class:`CarrierProtocol` (see ``twilio.py``); everything else is
+here: the caller's script, the real-time 20 ms loop, the carrier's playback buffer (with marks and
+clear), the recording of both directions, and the timeline and figures of the finished call.
+
+Time is "caller time": seconds since the stream started (the carrier's ``start`` message). Tick ``n``
+runs at ``t0 + n * 20 ms`` on an absolute schedule (late ticks catch up, nothing drifts). At each tick the
+carrier echoes marks whose audio has finished playing, the caller decides what to do from what it has
+heard so far and sends frame ``n`` (its audio for ``[n*20, n*20+20)`` ms), and the carrier takes the next
+20 ms from its buffer: what the caller hears during that interval. Timing resolution is one frame.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+import aiohttp
+import numpy as np
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from voicebot.audio import FRAME_MS, FRAME_SAMPLES, RATE
+
+log = structlog.get_logger(__name__)
+
+FRAME_S = FRAME_MS / 1000
+Message = Union[str, bytes]
+
+
+# --------------------------------------------------------------------------------------------------
+# The script
+
+
+def _check_trigger(step: object, at_s: float | None, after_bot_done: bool, barge_after_bot_ms: float | None,
+                   pause_s: float) -> None:
+    chosen = [name for name, on in (("at_s", at_s is not None), ("after_bot_done", after_bot_done),
+                                    ("barge_after_bot_ms", barge_after_bot_ms is not None)) if on]
+    if len(chosen) > 1:
+        raise ValueError(f"{type(step).__name__}: choose one trigger, not {' and '.join(chosen)}")
+    if pause_s < 0 or (at_s is not None and at_s < 0) or (barge_after_bot_ms is not None and barge_after_bot_ms < 0):
+        raise ValueError(f"{type(step).__name__}: times must not be negative")
+
+
+@dataclass(eq=False)
+class Say:
+    """The caller speaks ``pcm`` (int16, 8 kHz mono). Steps run in order; each waits for its trigger:
+
+    * ``at_s``: at this time since stream start (at once if already past);
+    * ``after_bot_done``: once bot audio has been heard since this step became current (the previous
+      step ended) and playback has then been idle for ``pause_s``;
+    * ``barge_after_bot_ms``: once the bot's current utterance has been audibly playing this long (an
+      utterance ends at a clear or after ``SimulatedCall.utterance_gap_s`` of silence) -- a barge-in;
+    * none of them: ``pause_s`` after the previous step ended.
+    """
+
+    pcm: np.ndarray
+    at_s: float | None = None
+    after_bot_done: bool = False
+    pause_s: float = 0.0
+    barge_after_bot_ms: float | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        pcm = np.asarray(self.pcm)
+        if pcm.ndim != 1 or pcm.dtype != np.int16:
+            raise ValueError(f"Say wants mono int16 samples at 8 kHz, got {pcm.dtype} {pcm.shape}")
+        self.pcm = pcm
+        _check_trigger(self, self.at_s, self.after_bot_done, self.barge_after_bot_ms, self.pause_s)
+
+
+@dataclass
+class Hangup:
+    """The caller hangs up (the carrier sends its closing messages and closes the socket).
+    Triggers as for :class:`Say` (``at_s``, ``after_bot_done`` + ``pause_s``, or ``pause_s`` after the
+    previous step)."""
+
+    at_s: float | None = None
+    after_bot_done: bool = False
+    pause_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_trigger(self, self.at_s, self.after_bot_done, None, self.pause_s)
+
+
+Step = Union[Say, Hangup]
+
+
+# --------------------------------------------------------------------------------------------------
+# What a carrier protocol module provides
+
+
+@dataclass
+class PlayAudio:
+    """Server audio to append to the playback buffer (decoded to int16 8 kHz)."""
+    pcm: np.ndarray
+    wire_bytes: int  # payload size as it came on the wire (e.g. μ-law bytes)
+
+
+@dataclass
+class QueueMark:
+    """A mark to echo once the audio queued before it has played (or been cleared)."""
+    name: str
+
+
+@dataclass
+class ClearPlayback:
+    """Empty the playback buffer; pending marks are echoed at once."""
+
+
+ServerEvent = Union[PlayAudio, QueueMark, ClearPlayback]
+
+
+class ProtocolViolation(Exception):
+    """A server message the carrier would reject; recorded in ``CallResult.protocol_errors``."""
+
+
+class CallSetupError(Exception):
+    """The call could not be set up (webhook answer, TwiML, WebSocket handshake)."""
+
+
+class StreamRefused(CallSetupError):
+    """The media WebSocket upgrade was answered with a non-101 status."""
+
+    def __init__(self, url: str, status: int, body: str = "") -> None:
+        self.url, self.status, self.body = url, status, body
+        super().__init__(f"media stream {url} refused: HTTP {status}" + (f": {body[:200]!r}" if body else ""))
+
+
+@dataclass
+class StreamTarget:
+    """Where and how to open the media WebSocket."""
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    subprotocols: list[str] | None = None
+
+
+class CarrierProtocol(abc.ABC):
+    """One carrier's side of the call: setup and wire format. Stateful, one instance per call."""
+
+    name: str = "carrier"
+
+    @property
+    def call_id(self) -> str:
+        return ""
+
+    @property
+    def stream_id(self) -> str:
+        return ""
+
+    @abc.abstractmethod
+    async def setup(self, http: aiohttp.ClientSession) -> StreamTarget:
+        """Do what the carrier does before the stream (webhooks, …); say where to connect."""
+
+    @abc.abstractmethod
+    def opening_messages(self) -> list[Message]:
+        """Messages sent right after the WebSocket opens; the stream starts when they are sent."""
+
+    @abc.abstractmethod
+    def encode_frame(self, pcm: np.ndarray, index: int, timestamp_ms: int) -> list[Message]:
+        """Messages carrying one 20 ms caller frame (160 int16 samples). ``index`` counts from 0."""
+
+    @abc.abstractmethod
+    def decode(self, message: Message) -> list[ServerEvent]:
+        """Turn one server message into events, or raise :class:`ProtocolViolation`."""
+
+    @abc.abstractmethod
+    def mark_played(self, name: str, cleared: bool) -> list[Message]:
+        """Messages telling the server a mark was reached (``cleared``: flushed by a clear)."""
+
+    def cleared(self) -> list[Message]:
+        """Messages acknowledging a clear (none for Twilio)."""
+        return []
+
+    @abc.abstractmethod
+    def closing_messages(self) -> list[Message]:
+        """Messages sent when the caller hangs up, before the socket is closed."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The result
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    t: float  # seconds since stream start
+    kind: str
+    detail: str = ""
+
+
+@dataclass
+class PlaybackSegment:
+    start_s: float
+    end_s: float
+    played_ms: float
+    ended_by: Literal["drained", "clear", "hangup"]
+
+
+@dataclass
+class CallerUtterance:
+    start_s: float
+    end_s: float
+    label: str
+    barge: bool  # a barge-in step, or the bot was playing when the caller started
+
+
+@dataclass
+class MarkRecord:
+    name: str
+    received_s: float
+    echoed_s: float | None = None
+    cleared: bool = False
+
+
+@dataclass
+class CallResult:
+    carrier: str
+    call_id: str
+    stream_id: str
+    timeline: list[TimelineEvent]
+    heard: np.ndarray  # int16 8 kHz: what the carrier played to the caller (silence where nothing played)
+    sent: np.ndarray  # int16 8 kHz: what the caller sent (before encoding), same alignment
+    segments: list[PlaybackSegment]
+    clears: list[float]
+    protocol_errors: list[str]
+    marks: list[MarkRecord]
+    media_received: list[tuple[float, int]]
+    utterances: list[CallerUtterance]
+    first_bot_audio_s: float | None
+    end_reason: Literal["hangup", "server_closed", "max_duration"]
+    close_code: int | None
+    close_reason: str | None
+    duration_s: float
+    setup_s: float  # from the first setup request to the WebSocket being open
+    max_tick_lag_ms: float  # worst lateness of the 20 ms loop (load indicator)
+    late_ticks: int  # ticks more than 10 ms late
+
+    @property
+    def marks_echoed(self) -> int:
+        return sum(1 for m in self.marks if m.echoed_s is not None)
+
+    @property
+    def barge_in_reaction_s(self) -> list[float | None]:
+        """For each barge-in utterance: seconds from its start to the next clear (None: no clear came)."""
+        out: list[float | None] = []
+        for u in self.utterances:
+            if u.barge:
+                after = [c for c in self.clears if c >= u.start_s]
+                out.append(after[0] - u.start_s if after else None)
+        return out
+
+    @property
+    def bot_played_ms(self) -> float:
+        return sum(s.played_ms for s in self.segments)
+
+    def events(self, kind: str) -> list[TimelineEvent]:
+        return [e for e in self.timeline if e.kind == kind]
+
+    def write_wav(self, path) -> None:
+        """Stereo WAV at 8 kHz: caller on the left, what the caller heard on the right."""
+        from voicebot.audio.wav import write_wav
+
+        n = max(len(self.sent), len(self.heard))
+        stereo = np.zeros((n, 2), dtype=np.int16)
+        stereo[: len(self.sent), 0] = self.sent
+        stereo[: len(self.heard), 1] = self.heard
+        write_wav(path, stereo, RATE)
+
+    def format_timeline(self) -> str:
+        lines = [f"{self.carrier} call {self.call_id} stream {self.stream_id}: {self.end_reason} after "
+                 f"{self.duration_s:.2f} s"]
+        for e in sorted(self.timeline, key=lambda e: e.t):
+            lines.append(f"{e.t * 1000:9.0f} ms  {e.kind:<22} {e.detail}".rstrip())
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# The carrier's playback buffer
+
+
+class _PlaybackBuffer:
+    """Server audio queued for playout, with marks at absolute sample positions."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[np.ndarray] = deque()
+        self._offset = 0  # into _chunks[0]
+        self.buffered = 0
+        self.enqueued_total = 0
+        self.played_total = 0
+        self.marks: deque[tuple[int, MarkRecord]] = deque()
+
+    def append(self, pcm: np.ndarray) -> None:
+        if len(pcm):
+            self._chunks.append(pcm)
+            self.buffered += len(pcm)
+            self.enqueued_total += len(pcm)
+
+    def take(self, n: int) -> np.ndarray:
+        parts = []
+        while n > 0 and self._chunks:
+            head = self._chunks[0]
+            part = head[self._offset : self._offset + n]
+            parts.append(part)
+            n -= len(part)
+            self._offset += len(part)
+            if self._offset >= len(head):
+                self._chunks.popleft()
+                self._offset = 0
+        out = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.int16))
+        self.buffered -= len(out)
+        self.played_total += len(out)
+        return out
+
+    def clear(self) -> int:
+        dropped = self.buffered
+        self._chunks.clear()
+        self._offset = 0
+        self.buffered = 0
+        self.played_total += dropped  # positions past here count as reached (marks before them are flushed)
+        return dropped
+
+    def reached_marks(self) -> list[MarkRecord]:
+        out = []
+        while self.marks and self.marks[0][0] <= self.played_total:
+            out.append(self.marks.popleft()[1])
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The call
+
+
+_HANGUP = object()
+
+
+class SimulatedCall:
+    """One simulated call over ``protocol``, driven by ``script``. ``await run()`` → :class:`CallResult`."""
+
+    def __init__(self, protocol: CarrierProtocol, script: list[Step], *, max_duration_s: float = 30.0,
+                 noise_dbfs: float | None = -60.0, seed: int = 0, record: bool = True,
+                 audible_dbfs: float = -50.0, utterance_gap_s: float = 0.5,
+                 http_session: aiohttp.ClientSession | None = None, connect_timeout_s: float = 10.0,
+                 max_message_bytes: int = 64 * 2**20, max_protocol_errors: int = 1000) -> None:
+        for step in script:
+            if not isinstance(step, (Say, Hangup)):
+                raise TypeError(f"script steps are Say or Hangup, got {step!r}")
+        self.protocol = protocol
+        self.script = list(script)
+        self.max_duration_s = max_duration_s
+        self.noise_rms = None if noise_dbfs is None else 32768.0 * 10 ** (noise_dbfs / 20)
+        self.rng = np.random.default_rng(seed)
+        self.record = record
+        self.audible_rms = 32768.0 * 10 ** (audible_dbfs / 20)
+        self.utterance_gap_s = utterance_gap_s
+        self.http_session = http_session
+        self.connect_timeout_s = connect_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.max_protocol_errors = max_protocol_errors
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._t0 = 0.0
+        self._ws: ClientConnection | None = None
+        self._buffer = _PlaybackBuffer()
+        self._timeline: list[TimelineEvent] = []
+        self._heard: list[np.ndarray] = []
+        self._sent: list[np.ndarray] = []
+        self._segments: list[PlaybackSegment] = []
+        self._segment: PlaybackSegment | None = None  # open playback segment
+        self._clears: list[float] = []
+        self._errors: list[str] = []
+        self._marks: list[MarkRecord] = []
+        self._media: list[tuple[float, int]] = []
+        self._utterances: list[CallerUtterance] = []
+        self._first_audible: float | None = None
+        self._last_played_end = -math.inf
+        self._utterance_audible_ms = 0.0
+        self._ended = False
+        self._server_closed = False
+        self._ticks = 0
+        self._max_lag_ms = 0.0
+        self._late_ticks = 0
+        # script state
+        self._step = 0
+        self._armed_at = 0.0
+        self._bot_heard_since_armed = False
+        self._speaking: Say | None = None
+        self._speech_pos = 0
+        self._utterance: CallerUtterance | None = None
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time() - self._t0
+
+    def _event(self, t: float, kind: str, detail: str = "") -> None:
+        self._timeline.append(TimelineEvent(round(t, 6), kind, detail))
+
+    def _protocol_error(self, t: float, text: str) -> None:
+        if len(self._errors) < self.max_protocol_errors:
+            self._errors.append(text)
+            self._event(t, "protocol_error", text)
+            log.warning("simulator.protocol_error", carrier=self.protocol.name, stream=self.protocol.stream_id,
+                        error=text[:200])
+
+    async def _send(self, messages: list[Message]) -> None:
+        if self._ws is None:
+            return
+        try:
+            for m in messages:
+                await self._ws.send(m)
+        except ConnectionClosed:
+            self._server_closed = True
+
+    async def _echo_marks(self, marks: list[MarkRecord], t: float, cleared: bool) -> None:
+        for m in marks:
+            m.echoed_s, m.cleared = t, cleared
+            self._event(t, "mark_sent_back", f"{m.name}" + (" (cleared)" if cleared else ""))
+            await self._send(self.protocol.mark_played(m.name, cleared))
+
+    def _close_segment(self, ended_by: Literal["drained", "clear", "hangup"]) -> None:
+        seg = self._segment
+        if seg is None:
+            return
+        seg.end_s = self._last_played_end
+        seg.ended_by = ended_by
+        self._segments.append(seg)
+        self._segment = None
+        self._event(seg.end_s, "bot_audio_stop", f"{seg.played_ms:.0f} ms played, {ended_by}")
+
+    # -- server → caller -----------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        assert self._ws is not None
+        try:
+            async for message in self._ws:
+                if self._ended:
+                    continue
+                t = self._now()
+                try:
+                    events = self.protocol.decode(message)
+                except ProtocolViolation as exc:
+                    self._protocol_error(t, str(exc))
+                    continue
+                for ev in events:
+                    await self._apply(ev, t)
+        except ConnectionClosed:
+            pass
+        finally:
+            if not self._ended:
+                self._server_closed = True
+
+    async def _apply(self, ev: ServerEvent, t: float) -> None:
+        buf = self._buffer
+        if isinstance(ev, PlayAudio):
+            if not self._media:
+                self._event(t, "bot_media_first_received", f"{ev.wire_bytes} bytes")
+            self._media.append((t, ev.wire_bytes))
+            buf.append(np.asarray(ev.pcm, dtype=np.int16))
+        elif isinstance(ev, QueueMark):
+            rec = MarkRecord(ev.name, t)
+            self._marks.append(rec)
+            self._event(t, "mark_received", f"{ev.name} ({buf.buffered * 1000 // RATE} ms buffered)")
+            if buf.buffered == 0:
+                await self._echo_marks([rec], t, cleared=False)
+            else:
+                buf.marks.append((buf.enqueued_total, rec))
+        elif isinstance(ev, ClearPlayback):
+            dropped = buf.clear()
+            pending = buf.reached_marks()
+            self._clears.append(t)
+            self._utterance_audible_ms = 0.0
+            self._event(t, "clear_received", f"dropped {dropped * 1000 / RATE:.0f} ms, {len(pending)} marks pending")
+            if self._segment is not None:
+                self._close_segment("clear" if dropped else "drained")
+            await self._send(self.protocol.cleared())
+            await self._echo_marks(pending, t, cleared=True)
+
+    # -- the 20 ms tick --------------------------------------------------------------------------------
+
+    def _play_tick(self, t: float) -> np.ndarray:
+        pcm = self._buffer.take(FRAME_SAMPLES)
+        n = len(pcm)
+        if n:
+            if self._segment is None:
+                self._segment = PlaybackSegment(t, t, 0.0, "drained")
+                self._event(t, "bot_audio_start")
+            self._segment.played_ms += n * 1000 / RATE
+            self._last_played_end = t + n / RATE
+            self._bot_heard_since_armed = True
+            x = pcm.astype(np.float64)
+            if math.sqrt(float(np.dot(x, x)) / n) >= self.audible_rms:
+                self._utterance_audible_ms += n * 1000 / RATE
+                if self._first_audible is None:
+                    first = int(np.argmax(np.abs(x) >= self.audible_rms))
+                    self._first_audible = t + first / RATE
+                    self._event(self._first_audible, "bot_audio_first_heard")
+            if n < FRAME_SAMPLES:
+                pcm = np.concatenate([pcm, np.zeros(FRAME_SAMPLES - n, np.int16)])
+        else:
+            if self._segment is not None:
+                self._close_segment("drained")
+            if t - self._last_played_end >= self.utterance_gap_s:
+                self._utterance_audible_ms = 0.0
+            pcm = np.zeros(FRAME_SAMPLES, np.int16)
+        return pcm
+
+    def _triggered(self, step: Step, t: float) -> bool:
+        if step.at_s is not None:
+            return t >= step.at_s - 1e-9
+        if step.after_bot_done:
+            return (self._bot_heard_since_armed and self._buffer.buffered == 0
+                    and t - self._last_played_end >= step.pause_s - 1e-9)
+        if isinstance(step, Say) and step.barge_after_bot_ms is not None:
+            return self._utterance_audible_ms >= step.barge_after_bot_ms
+        return t >= self._armed_at + step.pause_s - 1e-9
+
+    def _noise(self) -> np.ndarray:
+        if self.noise_rms is None:
+            return np.zeros(FRAME_SAMPLES, np.int16)
+        return np.clip(np.rint(self.rng.normal(0.0, self.noise_rms, FRAME_SAMPLES)), -32768, 32767).astype(np.int16)
+
+    def _caller_tick(self, t: float):
+        """The caller's frame for this tick, or _HANGUP."""
+        if self._speaking is None and self._step < len(self.script):
+            step = self.script[self._step]
+            if self._triggered(step, t):
+                if isinstance(step, Hangup):
+                    return _HANGUP
+                self._speaking, self._speech_pos = step, 0
+                bot_playing = self._segment is not None and self._buffer.buffered > 0
+                barge = step.barge_after_bot_ms is not None or bot_playing
+                self._utterance = CallerUtterance(t, t, step.label, barge)
+                self._event(t, "caller_speech_start", (step.label or f"step {self._step + 1}")
+                            + (" (barge-in)" if barge else ""))
+        frame = self._noise()
+        if self._speaking is not None:
+            chunk = self._speaking.pcm[self._speech_pos : self._speech_pos + FRAME_SAMPLES]
+            self._speech_pos += FRAME_SAMPLES
+            frame = np.clip(frame.astype(np.int32) + np.pad(chunk, (0, FRAME_SAMPLES - len(chunk))),
+                            -32768, 32767).astype(np.int16)
+            if self._speech_pos >= len(self._speaking.pcm):
+                end = t + len(chunk) / RATE
+                assert self._utterance is not None
+                self._utterance.end_s = end
+                self._utterances.append(self._utterance)
+                self._event(end, "caller_speech_end", self._utterance.label or f"step {self._step + 1}")
+                self._speaking, self._utterance = None, None
+                self._step += 1
+                self._armed_at, self._bot_heard_since_armed = end, False
+        return frame
+
+    async def _tick_loop(self) -> str:
+        assert self._loop is not None
+        n = 0
+        max_lag = 0.0
+        late = 0
+        try:
+            while True:
+                target = self._t0 + n * FRAME_S
+                delay = target - self._loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                lag = self._loop.time() - target
+                max_lag = max(max_lag, lag)
+                late += lag > 0.010
+                if self._server_closed:
+                    return "server_closed"
+                t = n * FRAME_S
+                if t >= self.max_duration_s - 1e-9:
+                    return "max_duration"
+                # audio queued before these marks finished playing by now
+                await self._echo_marks(self._buffer.reached_marks(), t, cleared=False)
+                # the caller acts on what it has heard up to now, then the carrier plays the next 20 ms
+                frame = self._caller_tick(t)
+                if frame is _HANGUP:
+                    return "hangup"
+                heard = self._play_tick(t)
+                if self.record:
+                    self._heard.append(heard)
+                    self._sent.append(frame)
+                await self._send(self.protocol.encode_frame(frame, n, n * FRAME_MS))
+                n += 1
+        finally:
+            self._ticks = n
+            self._max_lag_ms = max_lag * 1000
+            self._late_ticks = late
+
+    # -- the whole call ----------------------------------------------------------------------------------
+
+    async def _connect(self, target: StreamTarget) -> ClientConnection:
+        try:
+            return await connect(target.url, additional_headers=target.headers, subprotocols=target.subprotocols,
+                                 compression=None, proxy=None, ping_interval=None, open_timeout=self.connect_timeout_s,
+                                 max_size=self.max_message_bytes, user_agent_header=None)
+        except InvalidStatus as exc:
+            body = exc.response.body.decode("utf-8", "replace") if exc.response.body else ""
+            raise StreamRefused(target.url, exc.response.status_code, body) from exc
+        except (InvalidHandshake, InvalidURI, OSError, TimeoutError) as exc:
+            raise CallSetupError(f"media stream {target.url}: {type(exc).__name__}: {exc}") from exc
+
+    async def run(self) -> CallResult:
+        self._loop = asyncio.get_running_loop()
+        setup_start = self._loop.time()
+        session = self.http_session or aiohttp.ClientSession()
+        try:
+            target = await self.protocol.setup(session)
+        finally:
+            if self.http_session is None:
+                await session.close()
+        self._ws = await self._connect(target)
+        setup_s = self._loop.time() - setup_start
+        log.info("simulator.call_connected", carrier=self.protocol.name, call=self.protocol.call_id,
+                 stream=self.protocol.stream_id, setup_ms=round(setup_s * 1000))
+        receiver: asyncio.Task | None = None
+        end_reason = "server_closed"
+        try:
+            self._t0 = self._loop.time()
+            await self._send(self.protocol.opening_messages())
+            self._event(0.0, "stream_started")
+            receiver = asyncio.create_task(self._receive())
+            end_reason = await self._tick_loop()
+        finally:
+            t_end = self._ticks * FRAME_S
+            self._ended = True
+            if self._speaking is not None and self._utterance is not None:
+                self._utterance.end_s = t_end
+                self._utterances.append(self._utterance)
+                self._event(t_end, "caller_speech_end", (self._utterance.label or "") + " (cut off)")
+            self._close_segment("hangup")
+            if end_reason != "server_closed":
+                await self._send(self.protocol.closing_messages())
+            try:
+                await self._ws.close()
+            except Exception:  # noqa: BLE001 - the socket may already be gone
+                pass
+            if receiver is not None:
+                try:
+                    await asyncio.wait_for(receiver, 5.0)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    receiver.cancel()
+            close = f"close {self._ws.close_code}" + (f" {self._ws.close_reason!r}" if self._ws.close_reason else "")
+            self._event(t_end, "stopped", f"{end_reason}, {close}")
+        return self._result(end_reason, t_end, setup_s)
+
+    def _result(self, end_reason: str, t_end: float, setup_s: float) -> CallResult:
+        heard = np.concatenate(self._heard) if self._heard else np.zeros(0, np.int16)
+        sent = np.concatenate(self._sent) if self._sent else np.zeros(0, np.int16)
+        result = CallResult(
+            carrier=self.protocol.name, call_id=self.protocol.call_id, stream_id=self.protocol.stream_id,
+            timeline=sorted(self._timeline, key=lambda e: e.t), heard=heard, sent=sent,
+            segments=list(self._segments), clears=list(self._clears), protocol_errors=list(self._errors),
+            marks=list(self._marks), media_received=list(self._media), utterances=list(self._utterances),
+            first_bot_audio_s=self._first_audible, end_reason=end_reason,  # type: ignore[arg-type]
+            close_code=self._ws.close_code if self._ws else None,
+            close_reason=self._ws.close_reason if self._ws else None,
+            duration_s=t_end, setup_s=setup_s, max_tick_lag_ms=self._max_lag_ms, late_ticks=self._late_ticks)
+        log.info("simulator.call_ended", carrier=result.carrier, call=result.call_id, reason=end_reason,
+                 duration_s=round(t_end, 2), bot_played_ms=round(result.bot_played_ms),
+                 clears=len(result.clears), marks_echoed=result.marks_echoed,
+                 protocol_errors=len(result.protocol_errors), max_tick_lag_ms=round(self._max_lag_ms, 1))
+        return result
