@@ -96,7 +96,7 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
     persona = Persona(
         name=name, source=str(source), numbers=tuple(numbers), language=language, voice=voice,
         instructions=instructions, greeting=greeting, realtime=realtime, barge_in=barge_in,
-        max_call_seconds=f.get("max_call_seconds", int, 900, minimum=10, maximum=4 * 3600),
+        max_call_seconds=f.get("max_call_seconds", int, 900, minimum=1, maximum=4 * 3600),
         default=is_default,
     )
     f.reject_unknown()
