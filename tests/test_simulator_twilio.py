@@ -271,7 +271,8 @@ async def test_script_waits_for_the_bot_then_barges_in(serve):
         loop = asyncio.get_running_loop()
         await server.send_media(ws, tone(1.0))  # greeting
         await asyncio.sleep(2.0 - (loop.time() - server.t_start))
-        await server.send_media(ws, tone(3.0))  # a long answer, to be interrupted
+        # a long answer, to be interrupted; its leading 0.3 s of silence does not count towards the barge
+        await server.send_media(ws, np.concatenate([np.zeros(2400, np.int16), tone(3.0)]))
         seen = 0
         while True:  # crude VAD: clear once the caller talks over the answer
             await asyncio.sleep(0.01)
@@ -294,7 +295,7 @@ async def test_script_waits_for_the_bot_then_barges_in(serve):
     assert greeting.ended_by == "drained" and answer.ended_by == "clear"
     assert question.start_s == pytest.approx(greeting.end_s + 0.3, abs=0.021) and not question.barge
     assert question.end_s - question.start_s == pytest.approx(0.5, abs=0.021)
-    assert interrupt.barge and interrupt.start_s == pytest.approx(answer.start_s + 0.4, abs=0.021)
+    assert interrupt.barge and interrupt.start_s == pytest.approx(answer.start_s + 0.3 + 0.4, abs=0.021)
     (reaction,) = result.barge_in_reaction_s
     assert reaction is not None and 0 < reaction < 0.2
     assert result.duration_s == pytest.approx(interrupt.end_s + 0.4, abs=0.021)

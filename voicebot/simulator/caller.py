@@ -17,6 +17,7 @@ import abc
 import asyncio
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -55,8 +56,9 @@ class Say:
     * ``at_s``: at this time since stream start (at once if already past);
     * ``after_bot_done``: once bot audio has been heard since this step became current (the previous
       step ended) and playback has then been idle for ``pause_s``;
-    * ``barge_after_bot_ms``: once the bot's current utterance has been audibly playing this long (an
-      utterance ends at a clear or after ``SimulatedCall.utterance_gap_s`` of silence) -- a barge-in;
+    * ``barge_after_bot_ms``: once this much of the bot's current utterance has played, counted from its
+      first audible frame (an utterance ends at a clear or after ``SimulatedCall.utterance_gap_s``
+      without playback) -- a barge-in;
     * none of them: ``pause_s`` after the previous step ended.
     """
 
@@ -272,10 +274,15 @@ class CallResult:
         stereo[: len(self.heard), 1] = self.heard
         write_wav(path, stereo, RATE)
 
-    def format_timeline(self) -> str:
+    def format_timeline(self, skip: Iterable[str] = ()) -> str:
+        """One line per event, times in ms since stream start; ``skip``: event kinds to leave out
+        (e.g. ``("mark_received", "mark_sent_back")`` for servers that mark every chunk)."""
+        skip = set(skip)
         lines = [f"{self.carrier} call {self.call_id} stream {self.stream_id}: {self.end_reason} after "
                  f"{self.duration_s:.2f} s"]
         for e in sorted(self.timeline, key=lambda e: e.t):
+            if e.kind in skip:
+                continue
             lines.append(f"{e.t * 1000:9.0f} ms  {e.kind:<22} {e.detail}".rstrip())
         return "\n".join(lines)
 
@@ -379,7 +386,7 @@ class SimulatedCall:
         self._utterances: list[CallerUtterance] = []
         self._first_audible: float | None = None
         self._last_played_end = -math.inf
-        self._utterance_audible_ms = 0.0
+        self._utterance_ms: float | None = None  # played ms of the bot's current utterance since it became audible
         self._ended = False
         self._server_closed = False
         self._ticks = 0
@@ -475,7 +482,7 @@ class SimulatedCall:
             dropped = buf.clear()
             pending = buf.reached_marks()
             self._clears.append(t)
-            self._utterance_audible_ms = 0.0
+            self._utterance_ms = None
             self._event(t, "clear_received", f"dropped {dropped * 1000 / RATE:.0f} ms, {len(pending)} marks pending")
             if self._segment is not None:
                 self._close_segment("clear" if dropped else "drained")
@@ -495,8 +502,12 @@ class SimulatedCall:
             self._last_played_end = t + n / RATE
             self._bot_heard_since_armed = True
             x = pcm.astype(np.float64)
-            if math.sqrt(float(np.dot(x, x)) / n) >= self.audible_rms:
-                self._utterance_audible_ms += n * 1000 / RATE
+            audible = math.sqrt(float(np.dot(x, x)) / n) >= self.audible_rms
+            if audible and self._utterance_ms is None:
+                self._utterance_ms = 0.0  # the bot's utterance became audible: its clock starts
+            if self._utterance_ms is not None:
+                self._utterance_ms += n * 1000 / RATE
+            if audible:
                 if self._first_audible is None:
                     first = int(np.argmax(np.abs(x) >= self.audible_rms))
                     self._first_audible = t + first / RATE
@@ -507,7 +518,7 @@ class SimulatedCall:
             if self._segment is not None:
                 self._close_segment("drained")
             if t - self._last_played_end >= self.utterance_gap_s:
-                self._utterance_audible_ms = 0.0
+                self._utterance_ms = None
             pcm = np.zeros(FRAME_SAMPLES, np.int16)
         return pcm
 
@@ -518,7 +529,7 @@ class SimulatedCall:
             return (self._bot_heard_since_armed and self._buffer.buffered == 0
                     and t - self._last_played_end >= step.pause_s - 1e-9)
         if isinstance(step, Say) and step.barge_after_bot_ms is not None:
-            return self._utterance_audible_ms >= step.barge_after_bot_ms
+            return self._utterance_ms is not None and self._utterance_ms >= step.barge_after_bot_ms
         return t >= self._armed_at + step.pause_s - 1e-9
 
     def _noise(self) -> np.ndarray:
