@@ -359,3 +359,24 @@ async def test_overridden_parameters_and_server_close(serve):
     assert result.end_reason == "server_closed" and result.close_code == 1008
     assert result.duration_s < 1.0
     assert "stop" not in [m["event"] for _, m in server.received]
+
+
+def test_wav_helpers(tmp_path):
+    from voicebot.audio.wav import WavFormatError, read_wav, write_wav
+
+    speech, rate = read_wav(FIXTURES / "caller_en.wav")
+    assert rate == 8000 and speech.dtype == np.int16 and speech.ndim == 1
+    write_wav(tmp_path / "stereo.wav", np.stack([speech, speech], axis=1), 8000)
+    with pytest.raises(WavFormatError, match="stereo.wav: 2 channels"):
+        read_wav(tmp_path / "stereo.wav")
+    with wave.open(str(tmp_path / "8bit.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(1), w.setframerate(8000), w.writeframes(b"\x80" * 80)
+    with pytest.raises(WavFormatError, match="8-bit"):
+        read_wav(tmp_path / "8bit.wav")
+    # other rates come back at 8 kHz, same length, time-aligned (the resampler's delay is removed)
+    t = np.arange(16000) / 16000
+    write_wav(tmp_path / "16k.wav", (np.sin(2 * np.pi * 500 * t) * 8000).astype(np.int16), 16000)
+    at_8k = read_wav_8k(tmp_path / "16k.wav")
+    expected = np.sin(2 * np.pi * 500 * np.arange(8000) / 8000) * 8000
+    assert len(at_8k) == 8000
+    assert np.max(np.abs(at_8k[200:-200] - expected[200:-200])) < 80

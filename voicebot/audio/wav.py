@@ -37,7 +37,13 @@ def read_wav_8k(path: str | os.PathLike[str]) -> np.ndarray:
         return samples
     from voicebot.audio.resample import Resampler  # imported lazily: only needed for other rates
 
-    return np.asarray(Resampler(rate, RATE).process(samples), dtype=np.int16)
+    resampler = Resampler(rate, RATE)
+    # A streaming resampler holds back its filter delay and any partial input period: feed a second of
+    # zeros after the file to flush both, then drop the delay so sample i stays at time i / 8000.
+    delay = int(getattr(resampler, "delay_samples", 0))
+    out = resampler.process(np.concatenate([samples, np.zeros(rate + 2 * delay * rate // RATE, np.int16)]))
+    expected = (len(samples) * RATE + rate // 2) // rate
+    return np.asarray(out[delay : delay + expected], dtype=np.int16)
 
 
 def write_wav(path: str | os.PathLike[str], samples: np.ndarray, rate: int) -> None:
