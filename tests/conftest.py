@@ -1,0 +1,128 @@
+"""Shared fixtures: a real voice server + StepFun emulator on loopback, and the speech fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from pathlib import Path
+
+import pytest
+
+from voicebot.audio.wav import read_wav_8k
+from voicebot.config import Settings, StepFunSettings, TwilioSettings
+from voicebot.dialplan import load_dialplan
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+AUTH_TOKEN = "test-twilio-auth-token-4c1d"
+
+EN = "+15550000001"          # English persona, barge-in on (also the default persona)
+NO_BARGE = "+15550000002"    # barge-in disabled
+SHORT = "+15550000003"       # max_call_seconds: 2
+ZH = "+15550000004"          # Chinese persona
+
+PERSONAS = f"""\
+personas:
+  - name: test-en
+    default: true
+    numbers: ["{EN}"]
+    language: en
+    voice: lively-girl
+    instructions: You are a test assistant. Keep answers short.
+    greeting: Hello, this is the test line of Acme. How can I help you today?
+    realtime:
+      turn_detection: {{silence_duration_ms: 500, prefix_padding_ms: 300, energy_awakeness_threshold: 2500}}
+    barge_in: {{enabled: true, min_speech_ms: 200}}
+  - name: test-no-barge
+    numbers: ["{NO_BARGE}"]
+    language: en
+    voice: lively-girl
+    instructions: You read a legal notice that must not be interrupted.
+    greeting: Please listen carefully to this notice, it is important and it takes a while to read.
+    barge_in: {{enabled: false}}
+  - name: test-short
+    numbers: ["{SHORT}"]
+    language: en
+    voice: lively-girl
+    instructions: Short calls only.
+    greeting: Hi.
+    max_call_seconds: 2
+  - name: test-zh
+    numbers: ["{ZH}"]
+    language: zh
+    voice: qinhenvsheng
+    instructions: 你是测试客服。
+    greeting: 您好，这里是测试热线，请问有什么可以帮您？
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def caller_en():
+    return read_wav_8k(FIXTURES / "caller_en.wav")
+
+
+@pytest.fixture(scope="session")
+def caller_interrupt():
+    return read_wav_8k(FIXTURES / "caller_interrupt.wav")
+
+
+@pytest.fixture(scope="session")
+def caller_zh():
+    return read_wav_8k(FIXTURES / "caller_zh.wav")
+
+
+@dataclasses.dataclass
+class Stack:
+    url: str
+    settings: Settings
+    emulator: object
+    transcripts: Path
+    app: object = None
+
+    async def idle(self, timeout: float = 5.0) -> None:
+        """Wait until the server has finished every call (transcripts written, sockets closed)."""
+        from voicebot.server import SERVICES
+
+        calls = self.app[SERVICES].calls
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while calls and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        assert not calls, f"calls still running after {timeout} s"
+
+
+@pytest.fixture
+async def stack(tmp_path):
+    """The real server (create_app) with the emulator as its StepFun, both listening on loopback."""
+    from aiohttp import web
+
+    from voicebot.emulator.app import Emulator, start_emulator
+    from voicebot.server import create_app
+
+    emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=3.0))
+    plans = tmp_path / "dialplans"
+    plans.mkdir()
+    (plans / "test.yaml").write_text(PERSONAS, encoding="utf-8")
+    port = free_port()
+    settings = Settings(
+        source="test", host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}",
+        dialplans_dir=plans, transcripts_dir=tmp_path / "transcripts",
+        stepfun=StepFunSettings(base_url=emulator.base_url, api_key="test-key", connect_timeout_s=3.0),
+        twilio=TwilioSettings(validate_signatures=True, auth_token=AUTH_TOKEN),
+    )
+    app = create_app(settings, load_dialplan(plans))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield Stack(url=f"http://127.0.0.1:{port}", settings=settings, emulator=emulator,
+                    transcripts=settings.transcripts_dir, app=app)
+    finally:
+        await runner.cleanup()
+        await emu_runner.cleanup()
