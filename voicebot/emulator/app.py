@@ -1,0 +1,266 @@
+"""The StepFun emulator's aiohttp application: shared state, fault injection, auth and trace ids.
+
+Endpoint modules are listed in :data:`ROUTE_MODULES`; each exposes
+``add_routes(app: web.Application, emulator: Emulator, prefix: str) -> None`` and is called once per
+prefix in :data:`PREFIXES` (``/step_plan/v1`` like the real Step Plan API, and ``/v1``). Adding an
+endpoint is one line in that tuple.
+
+Every HTTP response (WebSocket upgrades and errors included) carries an ``X-Trace-Id`` header. Error
+bodies follow the documented shape ``{"error": {"message": ..., "type": ...}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import importlib
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .realtime import RealtimeSession
+
+log = structlog.get_logger("voicebot.emulator")
+
+PREFIXES: tuple[str, ...] = ("/step_plan/v1", "/v1")
+ROUTE_MODULES: tuple[str, ...] = (
+    "voicebot.emulator.realtime",
+)
+REALTIME_MODELS: tuple[str, ...] = ("stepaudio-2.5-realtime",)
+SESSION_LIMIT_S = 30 * 60.0
+
+TRACE_ID = web.RequestKey("trace_id", str) if hasattr(web, "RequestKey") else "voicebot.trace_id"
+
+
+@dataclass
+class Faults:
+    """Fault injection; tests may change any field at any time (read when the fault can apply)."""
+
+    refuse_realtime_status: int | None = None   # answer the realtime upgrade with this HTTP status
+    drop_realtime_after_s: float | None = None  # abort the realtime socket this long after connect
+    error_event_after_s: float | None = None    # send one `error` (server_error) this long after connect
+    response_delay_s: float = 0.0               # wait this long before each response's first delta
+
+
+class Emulator:
+    """State of one emulator instance, shared by every endpoint module."""
+
+    def __init__(
+        self,
+        *,
+        speed: float = 1.0,
+        faults: Faults | None = None,
+        api_key: str | None = None,
+        realtime_models: Iterable[str] = REALTIME_MODELS,
+        session_limit_s: float = SESSION_LIMIT_S,
+        retain_sessions: int | None = None,
+    ) -> None:
+        self.faults = faults if faults is not None else Faults()
+        self.speed = speed                        # audio pacing: 1.0 = real time; <= 0 or inf = no pacing
+        self.api_key = api_key                    # None: any non-empty bearer key is accepted
+        self.realtime_models = set(realtime_models)
+        self.session_limit_s = session_limit_s    # realtime sessions get an error and close after this
+        self.retain_sessions = retain_sessions    # keep at most this many closed sessions (None: all)
+        self.sessions: list[RealtimeSession] = []
+        self.host: str | None = None
+        self.port: int | None = None
+        self._added = 0
+        self._handed_out = 0
+        self._changed: asyncio.Event | None = None
+
+    # -- addresses (set by start_emulator) --
+    @property
+    def base_url(self) -> str:
+        """HTTP base URL of the Step Plan prefix, e.g. ``http://127.0.0.1:9000/step_plan/v1``."""
+        return f"http://{self._hostport()}{PREFIXES[0]}"
+
+    @property
+    def ws_url(self) -> str:
+        """WebSocket base URL of the Step Plan prefix, e.g. ``ws://127.0.0.1:9000/step_plan/v1``."""
+        return f"ws://{self._hostport()}{PREFIXES[0]}"
+
+    def _hostport(self) -> str:
+        if self.port is None:
+            raise RuntimeError("emulator is not listening (use start_emulator)")
+        host = self.host or "127.0.0.1"
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    # -- sessions --
+    def add_session(self, session: RealtimeSession) -> None:
+        session.ordinal = self._added
+        self.sessions.append(session)
+        self._added += 1
+        if self.retain_sessions is not None:
+            closed = [s for s in self.sessions if s.closed]
+            for old in closed[: max(0, len(self.sessions) - self.retain_sessions)]:
+                self.sessions.remove(old)
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake everything waiting in :meth:`next_session`."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def next_session(self, timeout: float = 5.0) -> RealtimeSession:
+        """The next realtime session not yet returned by this method (waits for it to connect)."""
+        async def wait() -> RealtimeSession:
+            while True:
+                for session in self.sessions:
+                    if session.ordinal >= self._handed_out:
+                        self._handed_out = session.ordinal + 1
+                        return session
+                if self._changed is None:
+                    self._changed = asyncio.Event()
+                await self._changed.wait()
+        return await asyncio.wait_for(wait(), timeout)
+
+
+EMULATOR = web.AppKey("emulator", Emulator)
+
+
+# ---------------------------------------------------------------------------------------------- HTTP helpers
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex
+
+
+def error_type_for_status(status: int) -> str:
+    """The error ``type`` the emulator uses for an HTTP status."""
+    if status == 401 or status == 403:
+        return "authentication_error"
+    if status == 402:
+        return "insufficient_balance"
+    if status == 404:
+        return "not_found"
+    if status == 429:
+        return "rate_limit_exceeded"
+    if status >= 500:
+        return "server_error"
+    return "request_params_invalid"
+
+
+def error_response(status: int, message: str, type: str | None = None) -> web.Response:
+    """A documented StepFun error body: ``{"error": {"message": ..., "type": ...}}``."""
+    body = {"error": {"message": message, "type": type or error_type_for_status(status)}}
+    return web.json_response(body, status=status)
+
+
+def check_bearer(request: web.Request) -> web.Response | None:
+    """``None`` if ``Authorization: Bearer <key>`` is acceptable, else the 401 response to return.
+
+    Any non-empty key passes unless the emulator was given ``api_key``. The key is never logged.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    emulator = request.app.get(EMULATOR)
+    expected = emulator.api_key if emulator is not None else None
+    if scheme.lower() != "bearer" or not key:
+        reason = "missing" if not header else "malformed"
+    elif expected is not None and not hmac.compare_digest(key.encode(), expected.encode()):
+        reason = "invalid"
+    else:
+        return None
+    log.warning("emulator_auth_rejected", path=request.path, reason=reason, trace_id=request.get(TRACE_ID))
+    message = ("Incorrect API key provided" if reason == "invalid"
+               else "Missing bearer authentication in header 'Authorization'")
+    return error_response(401, message, "authentication_error")
+
+
+@web.middleware
+async def _trace_and_errors(request: web.Request, handler):
+    request[TRACE_ID] = new_trace_id()
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return error_response(exc.status, exc.reason)
+
+
+async def _add_trace_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Trace-Id", request.get(TRACE_ID) or new_trace_id())
+
+
+def create_app(emulator: Emulator | None = None) -> web.Application:
+    """The emulator's aiohttp application (a fresh :class:`Emulator` unless one is given)."""
+    emulator = emulator if emulator is not None else Emulator()
+    app = web.Application(middlewares=[_trace_and_errors], client_max_size=64 * 1024 * 1024)
+    app[EMULATOR] = emulator
+    app.on_response_prepare.append(_add_trace_header)
+    for name in ROUTE_MODULES:
+        module = importlib.import_module(name)
+        for prefix in PREFIXES:
+            module.add_routes(app, emulator, prefix)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+async def start_emulator(host: str = "127.0.0.1", port: int = 0,
+                         emulator: Emulator | None = None) -> tuple[web.AppRunner, Emulator]:
+    """Serve the emulator in the running loop; ``emulator.host``/``.port`` get the bound address.
+
+    Stop it with ``await runner.cleanup()``.
+    """
+    emulator = emulator if emulator is not None else Emulator()
+    runner = web.AppRunner(create_app(emulator), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0]
+    emulator.host, emulator.port = host, int(bound[1])
+    log.info("emulator_listening", host=host, port=emulator.port, base_url=emulator.base_url)
+    return runner, emulator
+
+
+async def _serve_forever(host: str, port: int, emulator: Emulator | None) -> None:
+    runner, _ = await start_emulator(host, port, emulator)
+    try:
+        while True:
+            await asyncio.sleep(3600)
+    finally:
+        await runner.cleanup()
+
+
+def run_emulator(host: str = "127.0.0.1", port: int = 9000, *, emulator: Emulator | None = None) -> None:
+    """Blocking: serve the emulator until interrupted (Ctrl-C)."""
+    started = time.monotonic()
+    try:
+        asyncio.run(_serve_forever(host, port, emulator))
+    except KeyboardInterrupt:
+        pass
+    log.info("emulator_stopped", uptime_s=round(time.monotonic() - started, 1))
+
+
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Options of ``voicebot emulator`` (may extend a sub-command parser)."""
+    parser = parser or argparse.ArgumentParser(prog="voicebot emulator",
+                                               description="Offline StepFun-compatible API emulator")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9000, help="port to bind, 0 = any (default 9000)")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="audio pacing relative to real time (default 1.0)")
+    parser.add_argument("--api-key", default=None,
+                        help="accept only this bearer key (default: any non-empty key)")
+    parser.add_argument("--session-limit-s", type=float, default=SESSION_LIMIT_S,
+                        help="realtime session length limit in seconds (default 1800)")
+    return parser
+
+
+def main_argv(argv: list[str] | None = None) -> int:
+    """``voicebot emulator [--host H] [--port P] [--speed X] [--api-key K]``; returns an exit code."""
+    args = build_arg_parser().parse_args(argv)
+    emulator = Emulator(speed=args.speed, api_key=args.api_key, session_limit_s=args.session_limit_s)
+    run_emulator(args.host, args.port, emulator=emulator)
+    return 0

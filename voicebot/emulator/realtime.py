@@ -1,0 +1,1066 @@
+"""StepFun realtime endpoint of the emulator: ``GET {prefix}/realtime?model=stepaudio-2.5-realtime`` (WebSocket).
+
+Follows docs/stepfun-api.md §1 (an OpenAI-Realtime-beta dialect, 24 kHz PCM16 both ways, JSON text frames
+only) and is deliberately strict: every client event is validated, and anything outside the documented
+protocol gets an ``error`` event (``invalid_request_error`` with a ``code``, ``message``, ``param`` where
+one applies, and the offending client ``event_id``); the session stays open. Unknown fields are errors
+too, so a client that works here sends only documented fields.
+
+What the emulator says, and the conventions a client can rely on:
+
+* **Handshake.** Refused with a non-101 HTTP status and a ``{"error":{message,type}}`` body: 401 without
+  ``Authorization: Bearer <key>``, 400 for a missing or unknown ``model``, or ``Faults.refuse_realtime_status``.
+  Then ``session.created`` (defaults: server VAD on with prefix 500 ms / silence 100 ms / threshold 2500,
+  voice ``linjiajiejie``), and ``session.updated`` with the effective config after each ``session.update``.
+* **Greeting / text replies.** A response speaks text chosen in this order: ``response.instructions`` if it
+  contains a marker; else the newest user or tool item (a user ``input_text`` → that text; user audio →
+  the echo below; ``function_call_output`` → "The tool returned: <output>"); else ``session.instructions``
+  if it contains a marker; else "Hello, how can I help you?". A **marker** is ``Say exactly:``,
+  ``verbatim:`` (case-insensitive; ``：`` also accepted) or ``原样输出:``; the text after it, stripped of
+  surrounding quotes, is what gets spoken. So ``{"role":"user","content":[{"type":"input_text",
+  "text":"Say exactly: Thanks for calling Acme."}]}`` + ``response.create`` makes the assistant say
+  "Thanks for calling Acme." (transcript equal to that text, audio from :mod:`.speech`: 65 ms per Latin
+  character, 180 ms per CJK character, 0.3–8 s).
+* **Caller turns (server VAD).** Energy VAD over the appended audio (threshold mapping in :mod:`.speech`:
+  2500 → -40 dBFS block RMS). ``speech_started.audio_start_ms`` / ``speech_stopped.audio_end_ms`` are
+  positions in the appended stream (samples / 24). The user item holds the audio from
+  ``audio_start_ms - prefix_padding_ms`` to ``audio_end_ms``; its transcript is ``"(caller speech 1.42 s)"``
+  (speech duration ``audio_end_ms - audio_start_ms``). The reply plays that item audio back, with the
+  transcript ``"You said something for 1.4 seconds."``. A reply still running when a new turn is committed
+  is ended first (``response.done`` status ``cancelled``, reason ``turn_detected``); the emulator does not
+  cancel on ``speech_started`` — the client must send ``response.cancel`` itself.
+* **Streaming.** 100 ms ``response.audio.delta`` chunks paced at ``Emulator.speed`` × real time, each preceded
+  by the ``response.audio_transcript.delta`` of the words it carries. ``Faults.response_delay_s`` is waited
+  after ``response.content_part.added``, before the first delta.
+* **Barge-in.** ``response.cancel`` stops deltas at once and closes the response with ``response.audio.done``
+  … ``response.done`` (``status:"cancelled"``). ``conversation.item.truncate`` accepts ``audio_end_ms`` up
+  to the audio generated so far for that item (rounded up to the ms), cuts the item's audio and transcript,
+  and answers ``conversation.item.truncated``.
+* **Limits.** ``Emulator.session_limit_s`` (30 min) → ``error`` ``session_expired`` then close 1000. An
+  ``append`` may carry at most 15 MB of base64.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import copy
+import json
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+import structlog
+from aiohttp import WSMsgType, web
+
+from . import speech
+from .app import TRACE_ID, Emulator, check_bearer, error_response
+
+log = structlog.get_logger("voicebot.emulator")
+
+DEFAULT_VOICE = "linjiajiejie"
+REALTIME_VOICES = frozenset({
+    "linjiajiejie", "cixingnansheng", "qingchunshaonv", "wenrounansheng", "elegantgentle-female",
+    "livelybreezy-female", "wenrougongzi", "yuanqinansheng", "jingdiannvsheng", "wenroushunv",
+    "tianmeinvsheng", "yuanqishaonv", "zhengpaiqingnian", "qingniandaxuesheng", "boyinnansheng",
+    "ruyananshi", "shenchennanyin", "qinqienvsheng", "wenrounvsheng", "jilingshaonv", "ruanmengnvsheng",
+    "youyanvsheng", "lengyanyujie", "shuangkuaijiejie", "wenjingxuejie", "linjiameimei", "zhixingjiejie",
+    "zixinnansheng", "shuangkuainansheng", "ganliannvsheng", "qinhenvsheng", "huolinvsheng",
+    "vibrant-youth", "lively-girl", "soft-spoken-gentleman", "magnetic-voiced-male",
+    "energeticconfident-female",
+})
+CLONE_VOICE_PREFIX = "voice-tone-"
+DEFAULT_TURN_DETECTION: dict[str, Any] = {
+    "type": "server_vad",
+    "prefix_padding_ms": 500,
+    "silence_duration_ms": 100,
+    "energy_awakeness_threshold": 2500,
+}
+MAX_APPEND_BASE64 = 15 * 1024 * 1024
+MAX_WS_MESSAGE = 20 * 1024 * 1024
+CHUNK_MS = 100
+BYTES_PER_MS = speech.SAMPLE_RATE * 2 // 1000
+DEFAULT_REPLY = "Hello, how can I help you?"
+
+_MARKER_RE = re.compile(r"(?:say\s+exactly|verbatim|原样输出)\s*[:：]\s*", re.IGNORECASE)
+_QUOTES = "\"'“”‘’「」『』"
+_FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:24]}"
+
+
+def spoken_text(text: str) -> str:
+    """What the emulator says for ``text``: the part after a marker ("Say exactly:" …) if any, unquoted."""
+    match = _MARKER_RE.search(text)
+    said = text[match.end():] if match else text
+    said = said.strip()
+    if len(said) >= 2 and said[0] in _QUOTES and said[-1] in _QUOTES:
+        said = said[1:-1].strip()
+    return said
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None,
+                 type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+        self.type = type
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def _missing(param: str) -> ProtocolError:
+    return ProtocolError("missing_required_parameter", f"Missing required parameter: '{param}'.", param)
+
+
+def _bad_type(param: str, expected: str) -> ProtocolError:
+    return ProtocolError("invalid_type", f"Invalid type for '{param}': expected {expected}.", param)
+
+
+def _bad_value(param: str, message: str) -> ProtocolError:
+    return ProtocolError("invalid_value", f"Invalid value for '{param}': {message}", param)
+
+
+def _check_keys(obj: dict, allowed: set[str], where: str = "") -> None:
+    for key in obj:
+        if key not in allowed:
+            name = f"{where}.{key}" if where else key
+            raise ProtocolError("unknown_parameter", f"Unknown parameter: '{name}'.", name)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_field(obj: dict, key: str, param: str, *, required: bool, lo: int = 0, hi: int | None = None):
+    if key not in obj:
+        if required:
+            raise _missing(param)
+        return None
+    value = obj[key]
+    if not _is_int(value):
+        raise _bad_type(param, "integer")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise _bad_value(param, f"must be an integer {bound}, got {value}.")
+    return value
+
+
+def _str_field(obj: dict, key: str, param: str, *, required: bool, nonempty: bool = False):
+    if key not in obj or (obj[key] is None and not required):
+        if required:
+            raise _missing(param)
+        return None
+    value = obj[key]
+    if not isinstance(value, str):
+        raise _bad_type(param, "string")
+    if nonempty and not value:
+        raise _bad_value(param, "must not be empty.")
+    return value
+
+
+def _decode_audio(value: Any, param: str) -> bytes:
+    if not isinstance(value, str):
+        raise _bad_type(param, "base64 string")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad_value(param, "audio is not valid base64.") from None
+    if len(raw) % 2:
+        raise _bad_value(param, "pcm16 audio must have an even number of bytes.")
+    return raw
+
+
+def _validate_modalities(value: Any, param: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise _bad_type(param, "array of strings")
+    if sorted(value) not in (["text"], ["audio", "text"]):
+        raise _bad_value(param, "supported combinations are ['text'] and ['text', 'audio'].")
+    return list(value)
+
+
+def _validate_voice(value: Any, param: str) -> str:
+    if not isinstance(value, str):
+        raise _bad_type(param, "string")
+    if value not in REALTIME_VOICES and not (value.startswith(CLONE_VOICE_PREFIX)
+                                             and len(value) > len(CLONE_VOICE_PREFIX)):
+        raise _bad_value(param, f"unknown voice '{value}'.")
+    return value
+
+
+def _validate_format(value: Any, param: str) -> str:
+    if value != "pcm16":
+        raise _bad_value(param, f"only 'pcm16' is supported, got {value!r}.")
+    return value
+
+
+def _validate_turn_detection(value: Any, param: str) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _bad_type(param, "object or null")
+    _check_keys(value, {"type", "prefix_padding_ms", "silence_duration_ms", "energy_awakeness_threshold"}, param)
+    if "type" not in value:
+        raise _missing(f"{param}.type")
+    if value["type"] != "server_vad":
+        raise _bad_value(f"{param}.type", f"only 'server_vad' is supported, got {value['type']!r}.")
+    result = dict(DEFAULT_TURN_DETECTION)
+    for key, hi in (("prefix_padding_ms", 60_000), ("silence_duration_ms", 60_000),
+                    ("energy_awakeness_threshold", 5000)):
+        got = _int_field(value, key, f"{param}.{key}", required=False, lo=0, hi=hi)
+        if got is not None:
+            result[key] = got
+    return result
+
+
+def _validate_tools(value: Any, param: str) -> list[dict]:
+    if not isinstance(value, list):
+        raise _bad_type(param, "array")
+    for i, tool in enumerate(value):
+        where = f"{param}[{i}]"
+        if not isinstance(tool, dict):
+            raise _bad_type(where, "object")
+        _check_keys(tool, {"type", "function"}, where)
+        kind = tool.get("type")
+        if kind not in ("function", "web_search", "retrieval"):
+            raise _bad_value(f"{where}.type", "must be 'function', 'web_search' or 'retrieval'.")
+        fn = tool.get("function")
+        if not isinstance(fn, dict):
+            raise _missing(f"{where}.function") if fn is None else _bad_type(f"{where}.function", "object")
+        if kind == "function":
+            _check_keys(fn, {"name", "description", "parameters"}, f"{where}.function")
+            name = _str_field(fn, "name", f"{where}.function.name", required=True)
+            if not _FUNCTION_NAME_RE.match(name):
+                raise _bad_value(f"{where}.function.name", "use 1-64 ASCII letters, digits, '_' or '-'.")
+            if "parameters" in fn and not isinstance(fn["parameters"], dict):
+                raise _bad_type(f"{where}.function.parameters", "object")
+        else:
+            _check_keys(fn, {"description", "options"}, f"{where}.function")
+    return copy.deepcopy(value)
+
+
+def _validate_tool_choice(value: Any, param: str) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError("invalid_event", "invalid event format", param)
+    if value not in ("auto", "required", "none"):
+        raise _bad_value(param, "must be 'auto', 'required' or 'none'.")
+    return value
+
+
+def _validate_temperature(value: Any, param: str) -> float:
+    if not _is_number(value):
+        raise _bad_type(param, "number")
+    if not 0.0 <= value <= 2.0:
+        raise _bad_value(param, "must be between 0 and 2.")
+    return value
+
+
+def _validate_max_tokens(value: Any, param: str) -> int | str:
+    if value == "inf":
+        return value
+    if not _is_int(value) or value < 1:
+        raise _bad_value(param, "must be a positive integer or 'inf'.")
+    return value
+
+
+def _validate_transcription(value: Any, param: str) -> dict | None:
+    if value is not None and not isinstance(value, dict):
+        raise _bad_type(param, "object or null")
+    return value
+
+
+def _validate_instructions(value: Any, param: str) -> str:
+    if not isinstance(value, str):
+        raise _bad_type(param, "string")
+    return value
+
+
+SESSION_FIELDS = {
+    "modalities": _validate_modalities,
+    "instructions": _validate_instructions,
+    "voice": _validate_voice,
+    "input_audio_format": _validate_format,
+    "output_audio_format": _validate_format,
+    "turn_detection": _validate_turn_detection,
+    "tools": _validate_tools,
+    "tool_choice": _validate_tool_choice,
+    "temperature": _validate_temperature,
+    "max_response_output_tokens": _validate_max_tokens,
+    "input_audio_transcription": _validate_transcription,
+}
+RESPONSE_FIELDS = {
+    "modalities": _validate_modalities,
+    "instructions": _validate_instructions,
+    "voice": _validate_voice,
+    "output_audio_format": _validate_format,
+    "tools": _validate_tools,
+    "tool_choice": _validate_tool_choice,
+    "temperature": _validate_temperature,
+    "max_response_output_tokens": _validate_max_tokens,
+}
+
+
+def _validate_fields(obj: Any, validators: dict, where: str) -> dict:
+    if not isinstance(obj, dict):
+        raise _bad_type(where, "object")
+    out = {}
+    for key, value in obj.items():
+        validate = validators.get(key)
+        if validate is None:
+            raise ProtocolError("unknown_parameter", f"Unknown parameter: '{where}.{key}'.", f"{where}.{key}")
+        out[key] = validate(value, f"{where}.{key}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- conversation
+
+@dataclass
+class Item:
+    """One conversation item; ``audio`` is its 24 kHz PCM16 (user audio, or assistant audio generated)."""
+
+    id: str
+    type: str
+    role: str | None = None
+    status: str = "completed"
+    content: list[dict] = field(default_factory=list)
+    call_id: str | None = None
+    output: str | None = None
+    audio: bytearray = field(default_factory=bytearray)
+    speech_ms: int | None = None          # VAD items: audio_end_ms - audio_start_ms
+    truncated_ms: int | None = None       # set by conversation.item.truncate
+    response_id: str | None = None        # assistant items: the response that produced it
+
+    def public(self) -> dict:
+        item: dict[str, Any] = {"id": self.id, "object": "realtime.item", "type": self.type, "status": self.status}
+        if self.type == "message":
+            item["role"] = self.role
+            item["content"] = copy.deepcopy(self.content)
+        else:
+            item["call_id"] = self.call_id
+            item["output"] = self.output
+        return item
+
+    @property
+    def audio_ms(self) -> float:
+        return len(self.audio) / BYTES_PER_MS
+
+
+@dataclass
+class Response:
+    id: str
+    modalities: list[str]
+    voice: str
+    instructions: str | None
+    status: str = "in_progress"
+    status_details: dict | None = None
+    item: Item | None = None
+    text: str = ""                 # what the reply says in full
+    transcript_sent: str = ""      # what has been streamed so far
+    planned_ms: float | None = None  # length of the full reply audio, once known
+    task: asyncio.Task | None = None
+    created_at: float = field(default_factory=time.monotonic)
+    first_delta_at: float | None = None
+
+    @property
+    def audio(self) -> bool:
+        return "audio" in self.modalities
+
+
+def _validate_item(item: Any) -> Item:
+    if not isinstance(item, dict):
+        raise _missing("item") if item is None else _bad_type("item", "object")
+    _check_keys(item, {"id", "type", "object", "status", "role", "content", "call_id", "output"}, "item")
+    item_id = _str_field(item, "id", "item.id", required=False, nonempty=True)
+    if item_id is not None and len(item_id) > 64:
+        raise _bad_value("item.id", "must be at most 64 characters.")
+    if "object" in item and item["object"] != "realtime.item":
+        raise _bad_value("item.object", "must be 'realtime.item'.")
+    if "status" in item and item["status"] not in ("completed", "incomplete", "in_progress"):
+        raise _bad_value("item.status", "must be 'completed', 'incomplete' or 'in_progress'.")
+    kind = _str_field(item, "type", "item.type", required=True)
+    new_item_id = item_id or new_id("item")
+    if kind == "function_call_output":
+        for key in ("role", "content"):
+            if key in item:
+                raise ProtocolError("unknown_parameter", f"Unknown parameter for function_call_output: "
+                                    f"'item.{key}'.", f"item.{key}")
+        call_id = _str_field(item, "call_id", "item.call_id", required=True, nonempty=True)
+        output = _str_field(item, "output", "item.output", required=True)
+        return Item(id=new_item_id, type=kind, call_id=call_id, output=output)
+    if kind != "message":
+        raise _bad_value("item.type", f"must be 'message' or 'function_call_output', got {kind!r}.")
+    for key in ("call_id", "output"):
+        if key in item:
+            raise ProtocolError("unknown_parameter", f"Unknown parameter for message: 'item.{key}'.",
+                                f"item.{key}")
+    role = _str_field(item, "role", "item.role", required=True)
+    allowed = {"system": ("input_text",), "user": ("input_text", "input_audio"), "assistant": ("text",)}
+    if role not in allowed:
+        raise _bad_value("item.role", f"must be 'system', 'user' or 'assistant', got {role!r}.")
+    content = item.get("content")
+    if content is None:
+        raise _missing("item.content")
+    if not isinstance(content, list):
+        raise _bad_type("item.content", "array")
+    if not content:
+        raise _bad_value("item.content", "must not be empty.")
+    parts: list[dict] = []
+    audio = bytearray()
+    for i, part in enumerate(content):
+        where = f"item.content[{i}]"
+        if not isinstance(part, dict):
+            raise _bad_type(where, "object")
+        ptype = _str_field(part, "type", f"{where}.type", required=True)
+        if ptype not in allowed[role]:
+            raise _bad_value(f"{where}.type", f"{role} items take only {' or '.join(allowed[role])} "
+                                              f"content, got {ptype!r}.")
+        if ptype == "input_audio":
+            _check_keys(part, {"type", "audio", "transcript"}, where)
+            if "audio" not in part:
+                raise _missing(f"{where}.audio")
+            audio += _decode_audio(part["audio"], f"{where}.audio")
+            transcript = _str_field(part, "transcript", f"{where}.transcript", required=False)
+            parts.append({"type": "input_audio", "transcript": transcript})
+        else:
+            _check_keys(part, {"type", "text"}, where)
+            text = _str_field(part, "text", f"{where}.text", required=True)
+            parts.append({"type": ptype, "text": text})
+    return Item(id=new_item_id, type="message", role=role, content=parts, audio=audio)
+
+
+# ---------------------------------------------------------------------------------------------- session
+
+class RealtimeSession:
+    """One realtime WebSocket connection: protocol state plus a record of everything exchanged."""
+
+    def __init__(self, emulator: Emulator, ws: web.WebSocketResponse, request: web.Request, model: str) -> None:
+        self.emulator = emulator
+        self.ws = ws
+        self.request = request
+        self.model = model
+        self.id = new_id("sess")
+        self.trace_id: str | None = request.get(TRACE_ID)
+        self.ordinal = 0
+        self.connected_at = time.monotonic()
+        self.received: list[tuple[float, dict]] = []
+        self.sent: list[dict] = []
+        self.input_audio = bytearray()
+        self.config: dict[str, Any] = {
+            "modalities": ["text", "audio"],
+            "instructions": "",
+            "voice": DEFAULT_VOICE,
+            "input_audio_format": "pcm16",
+            "output_audio_format": "pcm16",
+            "turn_detection": dict(DEFAULT_TURN_DETECTION),
+            "tools": [],
+            "tool_choice": "auto",
+            "temperature": 0.8,
+            "max_response_output_tokens": 4096,
+            "input_audio_transcription": None,
+        }
+        self.items: list[Item] = []
+        self.responses: list[Response] = []
+        self.response: Response | None = None     # the response in progress, if any
+        self.audio_produced = False
+        self.closed = False
+        self.close_reason: str | None = None
+        self.errors_sent = 0
+        self._buffer_start = 0                    # sample where the uncommitted input buffer starts
+        self._speech: tuple[str, int] | None = None  # (item_id, start sample) of the turn in progress
+        td = self.config["turn_detection"]
+        self.vad = speech.EnergyVAD(td["energy_awakeness_threshold"], td["silence_duration_ms"])
+        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._changed = asyncio.Event()
+        self._sender: asyncio.Task | None = None
+        self._handlers = {
+            "session.update": self._on_session_update,
+            "input_audio_buffer.append": self._on_append,
+            "input_audio_buffer.commit": self._on_commit,
+            "input_audio_buffer.clear": self._on_clear,
+            "conversation.item.create": self._on_item_create,
+            "conversation.item.delete": self._on_item_delete,
+            "conversation.item.truncate": self._on_item_truncate,
+            "response.create": self._on_response_create,
+            "response.cancel": self._on_response_cancel,
+        }
+
+    # -- test helpers --
+    @property
+    def input_samples(self) -> int:
+        return len(self.input_audio) // 2
+
+    def received_of(self, type: str) -> list[dict]:
+        return [event for _, event in self.received if event.get("type") == type]
+
+    def sent_of(self, type: str) -> list[dict]:
+        return [event for event in self.sent if event.get("type") == type]
+
+    async def wait_event(self, type: str, timeout: float = 5.0, *, count: int = 1) -> dict:
+        """The ``count``-th client event of ``type`` received (waits for it)."""
+        return await self._wait(lambda: self.received_of(type), count, timeout)
+
+    async def wait_sent(self, type: str, timeout: float = 5.0, *, count: int = 1) -> dict:
+        """The ``count``-th server event of ``type`` sent (waits for it)."""
+        return await self._wait(lambda: self.sent_of(type), count, timeout)
+
+    async def wait_closed(self, timeout: float = 5.0) -> None:
+        async def wait() -> None:
+            while not self.closed:
+                await self._changed.wait()
+        await asyncio.wait_for(wait(), timeout)
+
+    async def _wait(self, source, count: int, timeout: float) -> dict:
+        async def wait() -> dict:
+            while True:
+                matches = source()
+                if len(matches) >= count:
+                    return matches[count - 1]
+                await self._changed.wait()
+        return await asyncio.wait_for(wait(), timeout)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- sending --
+    def send(self, event: dict) -> None:
+        """Queue a server event (in order); it is recorded in ``sent`` at once."""
+        if self.closed:
+            return
+        event.setdefault("event_id", new_id("evt"))
+        self.sent.append(event)
+        self._outbox.put_nowait(json.dumps(event, ensure_ascii=False))
+        self._notify()
+
+    def send_error(self, exc: ProtocolError, client_event: dict | None = None) -> None:
+        client_event_id = client_event.get("event_id") if isinstance(client_event, dict) else None
+        error: dict[str, Any] = {"type": exc.type, "code": exc.code, "message": exc.message}
+        if exc.param is not None:
+            error["param"] = exc.param
+        error["event_id"] = client_event_id if isinstance(client_event_id, str) else None
+        self.errors_sent += 1
+        self.send({"type": "error", "event_id": new_id("evt"), "error": error})
+        log.warning("emulator_realtime_error", session_id=self.id, code=exc.code, error_type=exc.type,
+                    message=exc.message, param=exc.param,
+                    client_event=client_event.get("type") if isinstance(client_event, dict) else None)
+
+    async def _send_loop(self) -> None:
+        while True:
+            data = await self._outbox.get()
+            if data is None:
+                return
+            try:
+                await self.ws.send_str(data)
+            except (ConnectionError, RuntimeError):
+                return
+
+    # -- lifecycle --
+    async def run(self) -> None:
+        self._sender = asyncio.create_task(self._send_loop())
+        watchdog = asyncio.create_task(self._watchdog())
+        self.send({"type": "session.created", "session": self._created_view()})
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    self.handle_text(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    self.received.append((time.monotonic(), {"_binary": len(msg.data)}))
+                    self.send_error(ProtocolError("invalid_event", "invalid event format: binary frames are "
+                                                  "not supported, send JSON text events"))
+                elif msg.type == WSMsgType.ERROR:
+                    self.close_reason = self.close_reason or f"error: {self.ws.exception()!r}"
+                    break
+        finally:
+            self.close_reason = self.close_reason or f"client closed ({self.ws.close_code})"
+            if self.response is not None and self.response.task is not None:
+                self.response.task.cancel()
+            watchdog.cancel()
+            self.closed = True
+            self._outbox.put_nowait(None)
+            if self._sender is not None and not self._sender.done():
+                self._sender.cancel()
+            self._notify()
+            self.emulator.notify()
+            log.info("emulator_realtime_session", session_id=self.id, model=self.model, trace_id=self.trace_id,
+                     duration_s=round(time.monotonic() - self.connected_at, 3),
+                     events_received=len(self.received), events_sent=len(self.sent),
+                     audio_in_s=round(self.input_samples / speech.SAMPLE_RATE, 2),
+                     responses=len(self.responses), errors=self.errors_sent, close_reason=self.close_reason)
+
+    async def _close(self, reason: str, code: int = 1000, message: bytes = b"") -> None:
+        """Send what is queued, then close the socket."""
+        self.close_reason = reason
+        self.closed = True  # no further events
+        self._outbox.put_nowait(None)
+        if self._sender is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sender), 2.0)
+            except asyncio.TimeoutError:
+                pass
+        await self.ws.close(code=code, message=message)
+
+    def _drop(self) -> None:
+        """Abort the connection without a close frame, like a network failure."""
+        self.close_reason = "fault: dropped"
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+    async def _watchdog(self) -> None:
+        error_sent = False
+        while not self.closed:
+            await asyncio.sleep(0.02)
+            elapsed = time.monotonic() - self.connected_at
+            faults = self.emulator.faults
+            if faults.drop_realtime_after_s is not None and elapsed >= faults.drop_realtime_after_s:
+                self._drop()
+                return
+            if not error_sent and faults.error_event_after_s is not None and elapsed >= faults.error_event_after_s:
+                error_sent = True
+                self.send_error(ProtocolError("server_error", "The server had an error while processing your "
+                                              "request.", type="server_error"))
+                if self.response is not None:
+                    self._finish(self.response, "failed", {"type": "failed", "error": {
+                        "type": "server_error", "code": "server_error"}})
+            if elapsed >= self.emulator.session_limit_s:
+                self.send_error(ProtocolError("session_expired", "Your session hit the maximum duration of "
+                                              f"{self.emulator.session_limit_s / 60:g} minutes."))
+                if self.response is not None:
+                    self._finish(self.response, "incomplete", {"type": "incomplete", "reason": "session_expired"})
+                await self._close("session limit", 1000, b"session expired")
+                return
+
+    # -- dispatch --
+    def handle_text(self, data: str) -> None:
+        now = time.monotonic()
+        try:
+            event = json.loads(data)
+        except ValueError:
+            self.received.append((now, {"_invalid": data[:500]}))
+            self._notify()
+            self.send_error(ProtocolError("invalid_json", "invalid event format: the message is not valid JSON"))
+            return
+        if not isinstance(event, dict):
+            self.received.append((now, {"_invalid": data[:500]}))
+            self._notify()
+            self.send_error(ProtocolError("invalid_event", "invalid event format: an event must be a JSON object"))
+            return
+        self.received.append((now, event))
+        self._notify()
+        try:
+            if "event_id" in event and not isinstance(event["event_id"], str):
+                raise _bad_type("event_id", "string")
+            kind = event.get("type")
+            if kind is None:
+                raise _missing("type")
+            if not isinstance(kind, str):
+                raise _bad_type("type", "string")
+            handler = self._handlers.get(kind)
+            if handler is None:
+                raise ProtocolError("unknown_event_type", f"Invalid value: '{kind}'. Unknown client event type.",
+                                    "type")
+            handler(event)
+        except ProtocolError as exc:
+            self.send_error(exc, event)
+
+    # -- session --
+    def _created_view(self) -> dict:
+        c = self.config
+        return {"id": self.id, "object": "realtime.session", "model": self.model,
+                "modalities": list(c["modalities"]), "instructions": c["instructions"], "voice": c["voice"],
+                "input_audio_format": c["input_audio_format"], "output_audio_format": c["output_audio_format"],
+                "max_response_output_tokens": c["max_response_output_tokens"]}
+
+    def _updated_view(self) -> dict:
+        view = self._created_view()
+        c = self.config
+        view.update({"turn_detection": copy.deepcopy(c["turn_detection"]), "tools": copy.deepcopy(c["tools"]),
+                     "tool_choice": c["tool_choice"], "temperature": c["temperature"],
+                     "max_response_output_tokens": c["max_response_output_tokens"]})
+        return view
+
+    def _check_voice_change(self, voice: str | None, param: str) -> None:
+        if voice is not None and voice != self.config["voice"] and self.audio_produced:
+            raise ProtocolError("voice_locked", "voice cannot be changed after the model has produced audio "
+                                "in this session", param)
+
+    def _on_session_update(self, event: dict) -> None:
+        _check_keys(event, {"type", "event_id", "session"})
+        if "session" not in event:
+            raise _missing("session")
+        changes = _validate_fields(event["session"], SESSION_FIELDS, "session")
+        self._check_voice_change(changes.get("voice"), "session.voice")
+        was_vad = self.config["turn_detection"] is not None
+        self.config.update(changes)
+        td = self.config["turn_detection"]
+        if td is not None:
+            self.vad.configure(td["energy_awakeness_threshold"], td["silence_duration_ms"])
+            if not was_vad:
+                self.vad.reset(self.input_samples)
+        elif was_vad:
+            self._speech = None
+            self.vad.reset(self.input_samples)
+        self.send({"type": "session.updated", "session": self._updated_view()})
+
+    # -- input audio --
+    def _on_append(self, event: dict) -> None:
+        _check_keys(event, {"type", "event_id", "audio"})
+        if "audio" not in event:
+            raise _missing("audio")
+        if isinstance(event["audio"], str) and len(event["audio"]) > MAX_APPEND_BASE64:
+            raise _bad_value("audio", "an append event may carry at most 15 MB.")
+        raw = _decode_audio(event["audio"], "audio")
+        self.input_audio += raw
+        if self.config["turn_detection"] is None or not raw:
+            return
+        for vad_event in self.vad.feed(np.frombuffer(raw, dtype="<i2")):
+            if vad_event.kind == "start":
+                self._speech_started(vad_event.sample)
+            else:
+                self._speech_stopped(vad_event.sample)
+
+    def _speech_started(self, sample: int) -> None:
+        item_id = new_id("item")
+        self._speech = (item_id, sample)
+        self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": round(sample / 24),
+                   "item_id": item_id})
+
+    def _speech_stopped(self, end: int) -> None:
+        if self._speech is None:
+            return
+        item_id, start = self._speech
+        self._speech = None
+        self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": round(end / 24),
+                   "item_id": item_id})
+        prefix = self.config["turn_detection"]["prefix_padding_ms"] * 24
+        first = max(self._buffer_start, start - prefix)
+        audio = self.input_audio[first * 2:end * 2]
+        self._buffer_start = end
+        speech_ms = round(end / 24) - round(start / 24)
+        item = Item(id=item_id, type="message", role="user", content=[{"type": "input_audio", "transcript": None}],
+                    audio=bytearray(audio), speech_ms=speech_ms)
+        self._commit_item(item)
+        if self.response is not None:
+            self._finish(self.response, "cancelled", {"type": "cancelled", "reason": "turn_detected"})
+        self._start_response({})
+
+    def _commit_item(self, item: Item) -> None:
+        previous = self.items[-1].id if self.items else None
+        self.items.append(item)
+        self.send({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item.id})
+        self.send({"type": "conversation.item.created", "previous_item_id": previous, "item": item.public()})
+        self._transcribe(item)
+
+    def _transcribe(self, item: Item) -> None:
+        seconds = (item.speech_ms if item.speech_ms is not None else item.audio_ms) / 1000.0
+        transcript = f"(caller speech {seconds:.2f} s)"
+        for index, part in enumerate(item.content):
+            if part["type"] == "input_audio" and part.get("transcript") is None:
+                part["transcript"] = transcript
+                self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item.id,
+                           "content_index": index, "transcript": transcript})
+
+    def _on_commit(self, event: dict) -> None:
+        _check_keys(event, {"type", "event_id"})
+        if self.config["turn_detection"] is not None:
+            raise ProtocolError("input_audio_buffer_commit_server_vad", "commit when server vad")
+        audio = self.input_audio[self._buffer_start * 2:]
+        if not audio:
+            raise ProtocolError("input_audio_buffer_commit_empty",
+                                "Error committing input audio buffer: the buffer is empty.")
+        self._buffer_start = self.input_samples
+        item = Item(id=new_id("item"), type="message", role="user",
+                    content=[{"type": "input_audio", "transcript": None}], audio=bytearray(audio))
+        self._commit_item(item)
+
+    def _on_clear(self, event: dict) -> None:
+        _check_keys(event, {"type", "event_id"})
+        self._buffer_start = self.input_samples
+        self._speech = None
+        self.vad.reset(self.input_samples)
+        self.send({"type": "input_audio_buffer.cleared"})
+
+    # -- conversation --
+    def _find_item(self, item_id: str) -> Item | None:
+        return next((item for item in self.items if item.id == item_id), None)
+
+    def _on_item_create(self, event: dict) -> None:
+        _check_keys(event, {"type", "event_id", "previous_item_id", "item"})
+        previous_id = _str_field(event, "previous_item_id", "previous_item_id", required=False)
+        item = _validate_item(event.get("item"))
+        if self._find_item(item.id) is not None:
+            raise ProtocolError("duplicate_item_id", f"Item with id '{item.id}' already exists.", "item.id")
+        if previous_id is None:
+            index = len(self.items)
+        elif previous_id == "root":
+            index = 0
+        else:
+            previous = self._find_item(previous_id)
+            if previous is None:
+                raise ProtocolError("item_not_found", f"Item with id '{previous_id}' not found.",
+                                    "previous_item_id")
+            index = self.items.index(previous) + 1
+        self.items.insert(index, item)
+        previous_item_id = self.items[index - 1].id if index > 0 else None
+        self.send({"type": "conversation.item.created", "previous_item_id": previous_item_id,
+                   "item": item.public()})
+        if item.audio:
+            self._transcribe(item)
+
+    def _on_item_delete(self, event: dict) -> None:
+        _check_keys(event, {"type", "event_id", "item_id"})
+        item_id = _str_field(event, "item_id", "item_id", required=True, nonempty=True)
+        item = self._find_item(item_id)
+        if item is None:
+            raise ProtocolError("item_not_found", f"Item with id '{item_id}' not found.", "item_id")
+        if self.response is not None and self.response.item is item:
+            raise ProtocolError("item_in_progress", f"Item '{item_id}' belongs to the response in progress; "
+                                "cancel it first.", "item_id")
+        self.items.remove(item)
+        self.send({"type": "conversation.item.deleted", "item_id": item_id})
+
+    def _on_item_truncate(self, event: dict) -> None:
+        _check_keys(event, {"type", "event_id", "item_id", "content_index", "audio_end_ms"})
+        item_id = _str_field(event, "item_id", "item_id", required=True, nonempty=True)
+        content_index = _int_field(event, "content_index", "content_index", required=True)
+        audio_end_ms = _int_field(event, "audio_end_ms", "audio_end_ms", required=True)
+        item = self._find_item(item_id)
+        if item is None:
+            raise ProtocolError("item_not_found", f"Item with id '{item_id}' not found.", "item_id")
+        if item.type != "message" or item.role != "assistant":
+            raise _bad_value("item_id", "only assistant message items can be truncated.")
+        if content_index >= len(item.content) or item.content[content_index].get("type") != "audio":
+            raise _bad_value("content_index", f"item '{item_id}' has no audio content at index {content_index}.")
+        generated_ms = item.audio_ms
+        if audio_end_ms > math.ceil(generated_ms):
+            raise _bad_value("audio_end_ms", f"audio_end_ms is longer than the audio: {audio_end_ms} ms requested, "
+                             f"{generated_ms:.0f} ms of audio generated for item '{item_id}'.")
+        part = item.content[content_index]
+        said = part.get("transcript") or ""
+        response = next((r for r in self.responses if r.item is item), None)
+        if response is not None and response.text:
+            # The transcript is spread over the reply's full planned audio, which may be longer than what
+            # was generated before a cancel: cut the full text, never beyond what was streamed.
+            full_ms = max(generated_ms, planned_audio_ms(response))
+            cut = speech.cut_transcript(response.text, audio_end_ms / full_ms if full_ms > 0 else 0.0)
+            part["transcript"] = cut if len(cut) <= len(said) else said
+        else:
+            fraction = audio_end_ms / generated_ms if generated_ms > 0 else 0.0
+            part["transcript"] = speech.cut_transcript(said, fraction)
+        del item.audio[audio_end_ms * BYTES_PER_MS:]
+        item.truncated_ms = audio_end_ms
+        self.send({"type": "conversation.item.truncated", "item_id": item_id, "content_index": content_index,
+                   "audio_end_ms": audio_end_ms})
+
+    # -- responses --
+    def _on_response_create(self, event: dict) -> None:
+        _check_keys(event, {"type", "event_id", "response"})
+        overrides = _validate_fields(event["response"], RESPONSE_FIELDS, "response") if "response" in event else {}
+        self._check_voice_change(overrides.get("voice"), "response.voice")
+        if self.response is not None:
+            raise ProtocolError("conversation_already_has_active_response", "ongoing response already exists")
+        self._start_response(overrides)
+
+    def _on_response_cancel(self, event: dict) -> None:
+        _check_keys(event, {"type", "event_id", "response_id"})
+        response_id = _str_field(event, "response_id", "response_id", required=False)
+        if self.response is None:
+            raise ProtocolError("response_cancel_not_active", "no ongoing response to cancel")
+        if response_id is not None and response_id != self.response.id:
+            raise ProtocolError("response_cancel_not_active", f"no ongoing response with id '{response_id}' "
+                                "to cancel", "response_id")
+        self._finish(self.response, "cancelled", {"type": "cancelled", "reason": "client_cancelled"})
+
+    def _start_response(self, overrides: dict) -> None:
+        resp = Response(id=new_id("resp"), modalities=overrides.get("modalities", self.config["modalities"]),
+                        voice=overrides.get("voice", self.config["voice"]),
+                        instructions=overrides.get("instructions"))
+        self.response = resp
+        self.responses.append(resp)
+        self.send({"type": "response.created", "response": {
+            "id": resp.id, "object": "realtime.response", "status": "in_progress", "status_details": None,
+            "output": [], "usage": None}})
+        resp.task = asyncio.create_task(self._run_response(resp))
+
+    def _plan_reply(self, resp: Response) -> tuple[str, bytes | None]:
+        """(transcript, echo audio or None) of a reply, following the conventions in the module docstring."""
+        if resp.instructions and _MARKER_RE.search(resp.instructions):
+            return spoken_text(resp.instructions), None
+        for item in reversed(self.items):
+            if item.type == "function_call_output":
+                return f"The tool returned: {item.output}", None
+            if item.role != "user":
+                continue
+            if item.audio:
+                seconds = (item.speech_ms if item.speech_ms is not None else item.audio_ms) / 1000.0
+                return f"You said something for {seconds:.1f} seconds.", bytes(item.audio)
+            texts = [part["text"] for part in item.content if part["type"] == "input_text"]
+            if texts:
+                return spoken_text(" ".join(texts)) or DEFAULT_REPLY, None
+        instructions = self.config["instructions"]
+        if instructions and _MARKER_RE.search(instructions):
+            return spoken_text(instructions), None
+        return DEFAULT_REPLY, None
+
+    async def _run_response(self, resp: Response) -> None:
+        try:
+            text, echo = self._plan_reply(resp)
+            resp.text = text
+            previous = self.items[-1].id if self.items else None
+            item = Item(id=new_id("item"), type="message", role="assistant", status="in_progress",
+                        response_id=resp.id)
+            resp.item = item
+            self.items.append(item)
+            self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0,
+                       "item": item.public()})
+            self.send({"type": "conversation.item.created", "previous_item_id": previous, "item": item.public()})
+            part = {"type": "audio", "transcript": ""} if resp.audio else {"type": "text", "text": ""}
+            item.content.append(part)
+            self.send({"type": "response.content_part.added", "response_id": resp.id, "item_id": item.id,
+                       "output_index": 0, "content_index": 0, "part": dict(part)})
+            delay = self.emulator.faults.response_delay_s
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if resp.audio:
+                if echo is None:
+                    pcm = await asyncio.to_thread(speech.synthesize_speech_bytes, text, resp.voice)
+                else:
+                    pcm = echo
+                resp.planned_ms = len(pcm) / BYTES_PER_MS
+                await self._stream_audio(resp, item, part, pcm)
+            else:
+                for piece in speech.split_transcript(text, max(1, len(text) // 8)):
+                    if piece:
+                        resp.transcript_sent += piece
+                        part["text"] = resp.transcript_sent
+                        self.send({"type": "response.text.delta", "response_id": resp.id, "item_id": item.id,
+                                   "output_index": 0, "content_index": 0, "delta": piece})
+                        await asyncio.sleep(0)
+            self._finish(resp, "completed")
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # a bug in the emulator must not hang the client
+            log.exception("emulator_realtime_response_failed", session_id=self.id, response_id=resp.id)
+            self.send_error(ProtocolError("server_error", f"internal error: {exc!r}", type="server_error"))
+            self._finish(resp, "failed", {"type": "failed", "error": {"type": "server_error",
+                                                                      "code": "server_error"}})
+
+    async def _stream_audio(self, resp: Response, item: Item, part: dict, pcm: bytes) -> None:
+        chunk_bytes = CHUNK_MS * BYTES_PER_MS
+        n_chunks = max(1, -(-len(pcm) // chunk_bytes))
+        words = speech.split_transcript(resp.text, n_chunks)
+        due = time.monotonic()
+        for i in range(n_chunks):
+            chunk = pcm[i * chunk_bytes:(i + 1) * chunk_bytes]
+            if words[i]:
+                resp.transcript_sent += words[i]
+                part["transcript"] = resp.transcript_sent
+                self.send({"type": "response.audio_transcript.delta", "response_id": resp.id, "item_id": item.id,
+                           "output_index": 0, "content_index": 0, "delta": words[i]})
+            if chunk:
+                if resp.first_delta_at is None:
+                    resp.first_delta_at = time.monotonic()
+                self.audio_produced = True
+                item.audio += chunk
+                self.send({"type": "response.audio.delta", "response_id": resp.id, "item_id": item.id,
+                           "output_index": 0, "content_index": 0,
+                           "delta": base64.b64encode(chunk).decode("ascii")})
+            speed = self.emulator.speed
+            if speed > 0 and math.isfinite(speed):
+                due += len(chunk) / BYTES_PER_MS / 1000.0 / speed
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            else:
+                due = time.monotonic()
+                await asyncio.sleep(0)
+
+    def _finish(self, resp: Response, status: str, details: dict | None = None) -> None:
+        """Close ``resp`` with ``status``: stop its task and send the closing events (once)."""
+        if resp.status != "in_progress":
+            return
+        resp.status = status
+        resp.status_details = details
+        if resp.task is not None and resp.task is not asyncio.current_task():
+            resp.task.cancel()
+        item = resp.item
+        if item is not None:
+            part = item.content[0]
+            ids = {"response_id": resp.id, "item_id": item.id, "output_index": 0, "content_index": 0}
+            if part["type"] == "audio":
+                if item.truncated_ms is None:
+                    part["transcript"] = resp.transcript_sent
+                self.send({"type": "response.audio.done", **ids})
+                self.send({"type": "response.audio_transcript.done", **ids, "transcript": resp.transcript_sent})
+            else:
+                part["text"] = resp.transcript_sent
+                self.send({"type": "response.text.done", **ids, "text": resp.transcript_sent})
+            self.send({"type": "response.content_part.done", **ids, "part": dict(part)})
+            item.status = "completed" if status == "completed" else "incomplete"
+            self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0,
+                       "item": item.public()})
+        output = [item.public()] if item is not None else []
+        out_tokens = len(resp.transcript_sent) + (round(item.audio_ms / 40) if item is not None else 0)
+        in_tokens = sum(len(i.audio) // (BYTES_PER_MS * 40) + sum(len(p.get("text") or "") for p in i.content)
+                        for i in self.items if i is not item)
+        self.send({"type": "response.done", "response": {
+            "id": resp.id, "object": "realtime.response", "status": status, "status_details": details,
+            "output": output, "usage": {"total_tokens": in_tokens + out_tokens, "input_tokens": in_tokens,
+                                        "output_tokens": out_tokens}}})
+        if self.response is resp:
+            self.response = None
+
+
+def planned_audio_ms(resp: Response) -> float:
+    """Full length (ms) of a reply's audio, for cutting its transcript on truncation."""
+    return resp.planned_ms if resp.planned_ms is not None else speech.speech_duration_s(resp.text) * 1000.0
+
+
+# ---------------------------------------------------------------------------------------------- HTTP side
+
+async def handle_realtime(request: web.Request, emulator: Emulator) -> web.StreamResponse:
+    refuse = emulator.faults.refuse_realtime_status
+    if refuse is not None:
+        log.warning("emulator_realtime_refused", reason="fault", status=refuse, trace_id=request.get(TRACE_ID))
+        try:
+            phrase = HTTPStatus(refuse).phrase
+        except ValueError:
+            phrase = "error"
+        return error_response(refuse, f"{phrase} (injected fault)")
+    denied = check_bearer(request)
+    if denied is not None:
+        return denied
+    model = request.query.get("model")
+    if not model:
+        log.warning("emulator_realtime_refused", reason="missing model", trace_id=request.get(TRACE_ID))
+        return error_response(400, "Missing required query parameter 'model'", "request_params_invalid")
+    if model not in emulator.realtime_models:
+        log.warning("emulator_realtime_refused", reason="unknown model", model=model, trace_id=request.get(TRACE_ID))
+        return error_response(400, f"model '{model}' is not supported on this endpoint", "request_params_invalid")
+    ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE)
+    if not ws.can_prepare(request).ok:
+        return error_response(400, "this endpoint needs a WebSocket upgrade", "request_params_invalid")
+    session = RealtimeSession(emulator, ws, request, model)
+    emulator.add_session(session)
+    await ws.prepare(request)
+    await session.run()
+    return ws
+
+
+def add_routes(app: web.Application, emulator: Emulator, prefix: str) -> None:
+    async def realtime(request: web.Request) -> web.StreamResponse:
+        return await handle_realtime(request, emulator)
+
+    app.router.add_get(f"{prefix}/realtime", realtime)
