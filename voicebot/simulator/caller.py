@@ -474,7 +474,7 @@ class SimulatedCall:
             rec = MarkRecord(ev.name, t)
             self._marks.append(rec)
             self._event(t, "mark_received", f"{ev.name} ({buf.buffered * 1000 // RATE} ms buffered)")
-            if buf.buffered == 0:
+            if buf.buffered == 0 and not buf.marks:  # nothing queued before it (marks keep their order)
                 await self._echo_marks([rec], t, cleared=False)
             else:
                 buf.marks.append((buf.enqueued_total, rec))
@@ -644,7 +644,7 @@ class SimulatedCall:
                 self._utterance.end_s = t_end
                 self._utterances.append(self._utterance)
                 self._event(t_end, "caller_speech_end", (self._utterance.label or "") + " (cut off)")
-            self._close_segment("hangup")
+            self._close_segment("hangup" if self._buffer.buffered else "drained")
             if end_reason != "server_closed":
                 await self._send(self.protocol.closing_messages())
             try:
