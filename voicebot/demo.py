@@ -96,10 +96,10 @@ async def run_demo(config: str | None = None, wav_out: str = "demo-call.wav") ->
     auth_token = secrets.token_hex(16)   # signatures stay checked, with a token only this demo knows
     settings = dataclasses.replace(
         settings, public_url=f"http://127.0.0.1:{port}", transcripts_dir=transcripts,
-        stepfun=dataclasses.replace(settings.stepfun, api_key=None),
         twilio=dataclasses.replace(settings.twilio, auth_token=auth_token, validate_signatures=True))
     dialplan = load_dialplan(settings.dialplans_dir)
-    print("voicebot demo: server + embedded StepFun emulator on loopback, one simulated Twilio call")
+    backend = "embedded StepFun emulator" if settings.stepfun.emulated else f"StepFun at {settings.stepfun.base_url}"
+    print(f"voicebot demo: server on loopback with the {backend}; one simulated Twilio call")
     runners, settings, url = await start_server(settings, dialplan, host="127.0.0.1", port=port)
     try:
         persona = dialplan.lookup(DEMO_NUMBER)

@@ -12,7 +12,7 @@ import numpy as np
 import structlog
 from aiohttp import web
 
-from ..audio.g711 import ulaw_decode, ulaw_encode
+from ..audio.codecs import UnsupportedCodec, WireCodec
 from .base import Audio, CallMeta, CarrierSession, Dtmf, MarkPlayed, ProtocolError, Started, Stopped, serve_media_stream
 from .twilio_auth import StreamTokens, validate_signature
 
@@ -38,6 +38,7 @@ class TwilioSession(CarrierSession):
         self._tokens = tokens
         self._upgrade_signed = upgrade_signed
         self.stream_sid: str | None = None
+        self.codec: WireCodec | None = None
         self._prefix = ""
 
     def handle_text(self, text: str):
@@ -59,7 +60,7 @@ class TwilioSession(CarrierSession):
                 audio = base64.b64decode(payload, validate=True)
             except (binascii.Error, ValueError):
                 raise ProtocolError(f"media chunk {media.get('chunk')!r}: payload is not valid base64") from None
-            return [Audio(ulaw_decode(audio))]
+            return [Audio(self.codec.decode(audio))]
         if event == "mark":
             return [MarkPlayed(_field(_field(msg, "mark", dict, "mark"), "name", str, "mark.mark"))]
         if event == "start":
@@ -69,9 +70,7 @@ class TwilioSession(CarrierSession):
             params = start.get("customParameters") or {}
             if not isinstance(params, dict):
                 raise ProtocolError("start.start: customParameters is not an object")
-            fmt = start.get("mediaFormat") or {}
-            if fmt.get("encoding", "audio/x-mulaw") != "audio/x-mulaw" or int(fmt.get("sampleRate", 8000)) != 8000:
-                raise ProtocolError(f"start.start: unsupported mediaFormat {fmt}")
+            self.codec = self.codec_for(start.get("mediaFormat") or {})
             self.stream_sid = stream_sid
             self._prefix = '{"event":"media","streamSid":' + json.dumps(stream_sid) + ',"media":{"payload":"'
             params = {str(k): str(v) for k, v in params.items()}
@@ -86,6 +85,13 @@ class TwilioSession(CarrierSession):
             return [Stopped("stop message")]
         raise ProtocolError(f"unknown event {event!r}")
 
+    def codec_for(self, media_format: dict) -> WireCodec:
+        try:
+            return WireCodec(str(media_format.get("encoding", "audio/x-mulaw")),
+                             int(media_format.get("sampleRate", 8000)))
+        except (UnsupportedCodec, ValueError, TypeError) as exc:
+            raise ProtocolError(f"start.start: unusable mediaFormat {media_format}: {exc}") from None
+
     def authorize(self, meta: CallMeta) -> str | None:
         if self._upgrade_signed:
             return None
@@ -93,7 +99,7 @@ class TwilioSession(CarrierSession):
                                   meta.from_number or "")
 
     def send_audio(self, frame: np.ndarray) -> None:
-        self.send_text(self._prefix + base64.b64encode(ulaw_encode(frame)).decode() + '"}}')
+        self.send_text(self._prefix + base64.b64encode(self.codec.encode(frame)).decode() + '"}}')
 
     def send_mark(self, name: str) -> None:
         self.send_text(json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}))
