@@ -48,7 +48,10 @@ class Call(EngineSink):
         self.settings = services.settings
         self._close_carrier = close_carrier
         self.log = log.bind(call_id=self.call_id, call_sid=meta.call_id, carrier=meta.carrier, persona=persona.name)
-        self.playout = Playout(carrier, lead_ms=self.settings.playout.lead_ms,
+        lead_ms = self.settings.playout.lead_ms
+        if carrier.max_lead_ms is not None:
+            lead_ms = min(lead_ms, carrier.max_lead_ms)
+        self.playout = Playout(carrier, lead_ms=lead_ms,
                                mark_every_ms=self.settings.playout.mark_every_ms)
         self.vad = EnergyVad(min_speech_ms=persona.barge_in.min_speech_ms)
         self.engine: Engine = services.make_engine(persona, self, self.log)

@@ -139,6 +139,11 @@ class Settings:
     twilio: TwilioSettings = TwilioSettings()
     playout: PlayoutSettings = PlayoutSettings()
     max_message_bytes: int = 64 * 1024
+    carriers: dict = field(default_factory=dict)   # raw `carriers:` sections, read by each carrier module
+
+    def carrier_fields(self, name: str) -> Fields:
+        """The ``carriers.<name>`` section, for the carrier module to read with typed, located errors."""
+        return Fields(self.source, self.carriers.get(name), f"carriers.{name}")
 
     @property
     def public_ws_url(self) -> str:
@@ -208,7 +213,9 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     log_level = logging_.get("level", str, "info", choices=("debug", "info", "warning", "error"))
     logging_.reject_unknown()
 
+    carriers = top.get("carriers", dict, {})
     settings = Settings(
+        carriers=carriers,
         source=str(config_path),
         host=host,
         port=port,

@@ -12,11 +12,14 @@ from .call import CallServices, EngineFactory
 from .config import Settings
 from .dialplan import Dialplan, Persona
 from .engines.realtime import RealtimeEngine
-from .telephony import twilio
+import importlib
 
 log = structlog.get_logger("voicebot.server")
 
 SERVICES = web.AppKey("services", CallServices)
+
+# Each carrier module in voicebot/telephony exposes add_routes(app, services).
+CARRIER_MODULES = ("twilio",)
 
 
 def realtime_engines(settings: Settings) -> EngineFactory:
@@ -44,7 +47,8 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     services = CallServices(settings=settings, dialplan=dialplan,
                             make_engine=make_engine or realtime_engines(settings))
     app[SERVICES] = services
-    twilio.add_routes(app, services)
+    for name in CARRIER_MODULES:
+        importlib.import_module(f"voicebot.telephony.{name}").add_routes(app, services)
     app.router.add_get("/healthz", _healthz)
     app.on_shutdown.append(_end_all_calls)
     return app

@@ -77,6 +77,8 @@ class CarrierSession(ABC):
 
     carrier: str = ""
     supports_marks: bool = True
+    # Carriers that keep little or no playback buffer of their own cap how far ahead we may send.
+    max_lead_ms: int | None = None
 
     def __init__(self, send_text: Callable[[str], None], send_bytes: Callable[[bytes], None]) -> None:
         self.send_text = send_text
