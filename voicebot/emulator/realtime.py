@@ -1,7 +1,7 @@
 """StepFun realtime endpoint of the emulator: ``GET {prefix}/realtime?model=stepaudio-2.5-realtime`` (WebSocket).
 
-Follows docs/stepfun-api.md §1 (an OpenAI-Realtime-beta dialect, 24 kHz PCM16 both ways, JSON text frames
-only) and is deliberately strict: every client event is validated, and anything outside the documented
+Follows the StepFun protocol reference, stepfun-api.md §1 (an OpenAI-Realtime-beta dialect, 24 kHz PCM16
+both ways, JSON text frames only), and is deliberately strict: every client event is validated, and anything outside the documented
 protocol gets an ``error`` event (``invalid_request_error`` with a ``code``, ``message``, ``param`` where
 one applies, and the offending client ``event_id``); the session stays open. Unknown fields are errors
 too, so a client that works here sends only documented fields.
