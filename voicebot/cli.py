@@ -105,7 +105,7 @@ def cmd_simulate(args) -> int:
     from .demo import run_simulate
     return asyncio.run(run_simulate(url=args.url, to=args.to, from_=args.from_, wav=args.wav,
                                     barge_wav=args.barge_wav, wav_out=args.wav_out,
-                                    max_duration_s=args.max_duration,
+                                    max_duration_s=args.max_duration, carrier=args.carrier,
                                     auth_token=os.environ.get("TWILIO_AUTH_TOKEN")))
 
 
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="place one simulated Twilio call against a running server")
     p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--carrier", default="twilio", help="which carrier's protocol the caller speaks")
     p.add_argument("--to", required=True, help="called number (E.164)")
     p.add_argument("--from", dest="from_", default="+15005550006")
     p.add_argument("--wav", required=True, help="what the caller says after the greeting")

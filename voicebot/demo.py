@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import secrets
 import socket
 import tempfile
@@ -24,7 +25,7 @@ def caller_script(first: np.ndarray, barge: np.ndarray | None) -> list:
     """Wait for the greeting, speak, talk over the bot's reply 800 ms into it, then hang up."""
     script: list = [Say(first, after_bot_done=True, pause_s=0.5, label="question")]
     if barge is not None:
-        script.append(Say(barge, barge_after_bot_ms=800, label="barge-in"))
+        script.append(Say(barge, barge_after_bot_ms=800, label="talk-over"))
     script.append(Hangup(after_bot_done=True, pause_s=1.0))
     return script
 
@@ -76,7 +77,7 @@ def _free_port() -> int:
 
 
 def _report(result: CallResult, wav_out: str) -> None:
-    print("\n".join(line for line in result.format_timeline().splitlines() if " mark_" not in line))
+    print(result.format_timeline(skip=("mark_received", "mark_sent_back")))
     print()
     print("\n".join(_latencies(result)))
     result.write_wav(wav_out)
@@ -119,10 +120,17 @@ async def run_demo(config: str | None = None, wav_out: str = "demo-call.wav") ->
 
 
 async def run_simulate(*, url: str, to: str, from_: str, wav: str, barge_wav: str | None, wav_out: str,
-                       max_duration_s: float, auth_token: str | None) -> int:
+                       max_duration_s: float, auth_token: str | None, carrier: str = "twilio") -> int:
+    """Each carrier's simulated caller lives in voicebot/simulator/<carrier>.py as ``simulate_call``."""
+    try:
+        module = importlib.import_module(f"voicebot.simulator.{carrier}")
+    except ModuleNotFoundError:
+        print(f"voicebot simulate: no simulated caller for carrier {carrier!r}")
+        return 2
     script = caller_script(read_wav_8k(wav), read_wav_8k(barge_wav) if barge_wav else None)
-    result = await simulate_twilio_call(url.rstrip("/"), to=to, from_=from_, auth_token=auth_token,
-                                        script=script, max_duration_s=max_duration_s)
+    options = {"auth_token": auth_token} if auth_token else {}
+    result = await module.simulate_call(url.rstrip("/"), to=to, from_=from_, script=script,
+                                        max_duration_s=max_duration_s, **options)
     _report(result, wav_out)
     return 0 if not result.protocol_errors else 1
 

@@ -253,3 +253,10 @@ async def simulate_twilio_call(base_url: str, *, to: str, from_: str = "+1500555
     call = SimulatedCall(protocol, script, max_duration_s=max_duration_s, noise_dbfs=noise_dbfs, seed=seed,
                          record=record, http_session=http_session, **call_options)
     return await call.run()
+
+
+async def simulate_call(base_url: str, *, to: str, from_: str = "+15005550006", script: list[Step],
+                        max_duration_s: float = 30.0, auth_token: str | None = None, **options) -> CallResult:
+    """The carrier-generic entry point used by ``voicebot simulate --carrier twilio``."""
+    return await simulate_twilio_call(base_url, to=to, from_=from_, auth_token=auth_token, script=script,
+                                      max_duration_s=max_duration_s, **options)
