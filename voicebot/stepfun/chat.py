@@ -1,0 +1,275 @@
+"""StepFun chat completions: ``POST {base}/chat/completions`` with ``stepaudio-2.5-chat`` (text out only).
+
+Streaming is the normal use: an async iterator of text deltas that ends at ``data: [DONE]``. After the
+iteration, ``finish_reason`` says why the model stopped; ``"length"`` and ``"content_filter"`` mean the reply
+is cut (``stream.cut`` is True) and it is up to the caller what to say instead::
+
+    chat = ChatClient(session, base_url, api_key)
+    async with chat.stream(messages) as s:
+        async for piece in s:
+            ...
+    s.text, s.finish_reason, s.usage, s.trace_id
+
+Closing the stream early (leaving the ``async with``, ``aclose()``, or cancelling the task that iterates)
+drops the HTTP connection at once, which ends the generation on the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import aiohttp
+import structlog
+
+from .errors import StepFunError, StepFunUnavailable, error_for_status
+from .http import (DEFAULT_BASE_URL, SSE_DONE, SSEReader, StepFunHttp, Timeouts, expect_event_stream,
+                   trace_id_of, transport_error)
+
+log = structlog.get_logger("voicebot.stepfun")
+
+CHAT_MODEL = "stepaudio-2.5-chat"
+CHAT_PATH = "chat/completions"
+CUT_REASONS = ("length", "content_filter")
+
+
+@dataclass
+class ChatResult:
+    text: str
+    finish_reason: str | None
+    usage: dict | None
+    trace_id: str | None
+    id: str | None = None
+    tool_calls: list[dict] = field(default_factory=list)
+
+    @property
+    def cut(self) -> bool:
+        """The model stopped early: ``finish_reason`` is ``length`` or ``content_filter``."""
+        return self.finish_reason in CUT_REASONS
+
+
+def _error_in_body(doc: dict, what: str, trace_id: str | None) -> StepFunError:
+    err = doc.get("error")
+    message = err.get("message") if isinstance(err, dict) else err
+    err_type = err.get("type") if isinstance(err, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    try:
+        status = int(code) if code is not None else None
+    except (TypeError, ValueError):
+        status = None
+    text = f"{what}: error in stream: {message or 'no message'}"
+    if status is not None and 400 <= status < 600:
+        return error_for_status(status, text, type=err_type, trace_id=trace_id)
+    return StepFunUnavailable(text, type=err_type, code=None if code is None else str(code), trace_id=trace_id)
+
+
+def _merge_tool_calls(calls: list[dict], deltas: Any) -> None:
+    """Accumulate OpenAI-style streamed ``tool_calls`` fragments (by ``index``) into full calls."""
+    if not isinstance(deltas, list):
+        return
+    for d in deltas:
+        if not isinstance(d, dict):
+            continue
+        index = d.get("index", len(calls))
+        if not isinstance(index, int) or index < 0:
+            continue
+        while len(calls) <= index:
+            calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        call = calls[index]
+        if d.get("id"):
+            call["id"] = d["id"]
+        if d.get("type"):
+            call["type"] = d["type"]
+        fn = d.get("function")
+        if isinstance(fn, dict):
+            if isinstance(fn.get("name"), str):
+                call["function"]["name"] += fn["name"]
+            if isinstance(fn.get("arguments"), str):
+                call["function"]["arguments"] += fn["arguments"]
+
+
+class ChatStream:
+    """One streamed completion: async iterator of non-empty text deltas, in order."""
+
+    def __init__(self, http: StepFunHttp, body: dict, timeouts: Timeouts, what: str = "chat") -> None:
+        self._http = http
+        self._body = body
+        self._timeouts = timeouts
+        self._what = what
+        self._resp: aiohttp.ClientResponse | None = None
+        self._reader: SSEReader | None = None
+        self._finished = False
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.usage: dict | None = None
+        self.trace_id: str | None = None
+        self.id: str | None = None
+        self.tool_calls: list[dict] = []
+        self.completed = False  # [DONE] (or a final finish_reason) was received
+
+    @property
+    def cut(self) -> bool:
+        return self.finish_reason in CUT_REASONS
+
+    async def __aenter__(self) -> "ChatStream":
+        await self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> "ChatStream":
+        return self
+
+    async def _start(self) -> None:
+        if self._resp is not None or self._finished:
+            return
+        resp = await self._http.request("POST", CHAT_PATH, what=self._what, json_body=self._body,
+                                        headers={"Accept": "text/event-stream"}, timeouts=self._timeouts)
+        self.trace_id = trace_id_of(resp)
+        await expect_event_stream(resp, self._what)
+        self._resp = resp
+        self._reader = SSEReader(resp, self._what)
+        log.debug("stepfun.chat_started", trace_id=self.trace_id)
+
+    async def __anext__(self) -> str:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            await self._start()
+            assert self._reader is not None
+            while True:
+                try:
+                    payload = await self._reader.__anext__()
+                except StopAsyncIteration:
+                    if self.finish_reason:
+                        self.completed = True
+                        await self.aclose()
+                        raise
+                    raise StepFunUnavailable(f"{self._what}: stream ended before [DONE]",
+                                             trace_id=self.trace_id) from None
+                if payload.strip() == SSE_DONE:
+                    self.completed = True
+                    log.debug("stepfun.chat_done", trace_id=self.trace_id, finish_reason=self.finish_reason,
+                              usage=self.usage)
+                    await self.aclose()
+                    raise StopAsyncIteration
+                try:
+                    chunk = json.loads(payload)
+                except ValueError:
+                    log.warning("stepfun.chat_bad_chunk", trace_id=self.trace_id, payload=payload[:120])
+                    continue
+                if not isinstance(chunk, dict):
+                    continue
+                if "error" in chunk:
+                    raise _error_in_body(chunk, self._what, self.trace_id)
+                self.id = self.id or chunk.get("id")
+                if isinstance(chunk.get("usage"), dict):
+                    self.usage = chunk["usage"]
+                piece = ""
+                for choice in chunk.get("choices") or ():
+                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                        continue
+                    delta = choice.get("delta") or {}
+                    if isinstance(delta, dict):
+                        content = delta.get("content")
+                        if isinstance(content, str):
+                            piece += content
+                        _merge_tool_calls(self.tool_calls, delta.get("tool_calls"))
+                    reason = choice.get("finish_reason")
+                    if isinstance(reason, str) and reason:
+                        self.finish_reason = reason
+                        if reason in CUT_REASONS:
+                            log.info("stepfun.chat_cut", finish_reason=reason, trace_id=self.trace_id)
+                if piece:
+                    self.text += piece
+                    return piece
+        except StopAsyncIteration:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            await self.aclose()
+            raise transport_error(exc, self._what, trace_id=self.trace_id) from None
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop now: drop the connection if still open (idempotent)."""
+        self._finished = True
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close()
+            if not self.completed:
+                log.debug("stepfun.chat_aborted", trace_id=self.trace_id, chars=len(self.text))
+
+    def result(self) -> ChatResult:
+        return ChatResult(self.text, self.finish_reason, self.usage, self.trace_id, self.id,
+                          list(self.tool_calls))
+
+
+class ChatClient:
+    """``stepaudio-2.5-chat`` over ``POST {base}/chat/completions`` (``modalities: ["text"]``)."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str = DEFAULT_BASE_URL,
+                 api_key: str | None = None, *, model: str = CHAT_MODEL, connect_timeout: float = 5.0,
+                 total_timeout: float | None = 60.0) -> None:
+        self.model = model
+        self._http = StepFunHttp(session, base_url, api_key,
+                                 timeouts=Timeouts(connect=connect_timeout, total=total_timeout))
+
+    def __repr__(self) -> str:
+        return f"ChatClient({self._http!r}, model={self.model!r})"
+
+    def request_body(self, messages: Sequence[Mapping[str, Any]], *, stream: bool, temperature: float = 0.5,
+                     top_p: float | None = None, max_tokens: int | None = None,
+                     stop: str | Sequence[str] | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
+                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in messages], "stream": stream,
+                                "modalities": ["text"], "temperature": temperature}
+        if top_p is not None:
+            body["top_p"] = top_p
+        if max_tokens is not None:
+            body["max_tokens"] = int(max_tokens)
+        if stop is not None:
+            body["stop"] = stop if isinstance(stop, str) else list(stop)
+        if tools:
+            body["tools"] = [dict(t) for t in tools]
+        if extra:
+            body.update(extra)
+        return body
+
+    def stream(self, messages: Sequence[Mapping[str, Any]], *, temperature: float = 0.5,
+               top_p: float | None = None, max_tokens: int | None = None, stop: str | Sequence[str] | None = None,
+               tools: Sequence[Mapping[str, Any]] | None = None, extra: Mapping[str, Any] | None = None,
+               connect_timeout: float | None = None, total_timeout: float | None = None) -> ChatStream:
+        """Start a streamed completion (the request goes out on ``async with`` or the first ``__anext__``)."""
+        body = self.request_body(messages, stream=True, temperature=temperature, top_p=top_p,
+                                 max_tokens=max_tokens, stop=stop, tools=tools, extra=extra)
+        return ChatStream(self._http, body, self._http.timeouts.override(connect_timeout, total_timeout))
+
+    async def complete(self, messages: Sequence[Mapping[str, Any]], *, temperature: float = 0.5,
+                       top_p: float | None = None, max_tokens: int | None = None,
+                       stop: str | Sequence[str] | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
+                       extra: Mapping[str, Any] | None = None, connect_timeout: float | None = None,
+                       total_timeout: float | None = None) -> ChatResult:
+        """One non-streamed completion."""
+        body = self.request_body(messages, stream=False, temperature=temperature, top_p=top_p,
+                                 max_tokens=max_tokens, stop=stop, tools=tools, extra=extra)
+        doc, trace_id = await self._http.request_json(
+            "POST", CHAT_PATH, what="chat", json_body=body,
+            timeouts=self._http.timeouts.override(connect_timeout, total_timeout))
+        if not isinstance(doc, dict):
+            raise StepFunUnavailable("chat: answer is not a JSON object", trace_id=trace_id)
+        if "error" in doc:
+            raise _error_in_body(doc, "chat", trace_id)
+        choices = doc.get("choices") or []
+        first = choices[0] if choices and isinstance(choices[0], dict) else {}
+        message = first.get("message") if isinstance(first.get("message"), dict) else {}
+        content = message.get("content")
+        reason = first.get("finish_reason") or None
+        tool_calls = message.get("tool_calls") if isinstance(message.get("tool_calls"), list) else []
+        return ChatResult(content if isinstance(content, str) else "", reason,
+                          doc.get("usage") if isinstance(doc.get("usage"), dict) else None, trace_id,
+                          doc.get("id"), tool_calls)
