@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from voicebot.emulator.app import ROUTE_MODULES, PREFIXES, Emulator, create_app
+from voicebot.emulator.app import Emulator, create_app
 from voicebot.stepfun.asr import AsrClient, asr_request_body
 from voicebot.stepfun.chat import ChatClient
 from voicebot.stepfun.errors import (StepFunAuthError, StepFunQuotaError, StepFunRequestError,
@@ -25,8 +25,6 @@ from voicebot.stepfun.tts import TtsClient, split_text
 from voicebot.stepfun.voices import VoicesClient
 
 KEY = "sk-test-key-0123456789"
-MY_MODULES = ("voicebot.emulator.asr", "voicebot.emulator.chat", "voicebot.emulator.tts",
-              "voicebot.emulator.voices")
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -73,7 +71,7 @@ class Env:
         return ws_base_url(self.base)
 
     def records(self, endpoint: str) -> list:
-        return [r for r in getattr(self.emulator, "http_log", []) if r.endpoint == endpoint]
+        return [r for r in self.emulator.http_log if r.endpoint == endpoint]
 
     def asr(self, key: str | None = KEY, **kw) -> AsrClient:
         return AsrClient(self.session, self.base, key, **kw)
@@ -88,20 +86,10 @@ class Env:
         return VoicesClient(self.session, self.base, key, **kw)
 
 
-def emulator_app(emulator: Emulator) -> web.Application:
-    app = create_app(emulator)
-    for name in MY_MODULES:  # until app.py lists these modules itself
-        if name not in ROUTE_MODULES:
-            module = __import__(name, fromlist=["add_routes"])
-            for prefix in PREFIXES:
-                module.add_routes(app, emulator, prefix)
-    return app
-
-
 @pytest.fixture
 async def env(aiohttp_server):
     emulator = Emulator()
-    server = await aiohttp_server(emulator_app(emulator))
+    server = await aiohttp_server(create_app(emulator))
     async with aiohttp.ClientSession() as session:
         yield Env(emulator, str(server.make_url("/step_plan/v1")), session)
 

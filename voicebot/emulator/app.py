@@ -32,6 +32,10 @@ log = structlog.get_logger("voicebot.emulator")
 PREFIXES: tuple[str, ...] = ("/step_plan/v1", "/v1")
 ROUTE_MODULES: tuple[str, ...] = (
     "voicebot.emulator.realtime",
+    "voicebot.emulator.asr",
+    "voicebot.emulator.chat",
+    "voicebot.emulator.tts",
+    "voicebot.emulator.voices",
 )
 REALTIME_MODELS: tuple[str, ...] = ("stepaudio-2.5-realtime",)
 SESSION_LIMIT_S = 30 * 60.0
@@ -47,6 +51,17 @@ class Faults:
     drop_realtime_after_s: float | None = None  # abort the realtime socket this long after connect
     error_event_after_s: float | None = None    # send one `error` (server_error) this long after connect
     response_delay_s: float = 0.0               # wait this long before each response's first delta
+    # HTTP endpoints (asr, chat, tts, voices). A "*_once" field applies to the next request, then clears.
+    http_delay_s: float = 0.0                   # wait this long before answering any of them
+    asr_fail_once: int | None = None            # answer the next ASR request with this HTTP status
+    asr_stream_error_once: str | None = None    # next ASR stream: one delta, then an `error` event with this message
+    chat_fail_once: int | None = None           # answer the next chat request with this HTTP status
+    chat_finish_reason_once: str | None = None  # next chat reply stops after two pieces with this finish_reason
+    chat_token_delay_s: float = 0.0             # pause before each streamed chat piece
+    tts_http_fail_once: int | None = None       # answer the next /audio/speech with this HTTP status
+    tts_ws_fail_once: int | None = None         # refuse the next TTS WebSocket upgrade with this HTTP status
+    tts_ws_error_once: int | None = None        # next TTS WebSocket job: tts.response.error with this code
+    tts_chunk_delay_s: float = 0.0              # pause before each TTS audio chunk (WebSocket and SSE)
 
 
 class Emulator:
@@ -74,6 +89,9 @@ class Emulator:
         self._added = 0
         self._handed_out = 0
         self._changed: asyncio.Event | None = None
+        from .voices import VoiceRegistry  # here: voices.py imports this module
+        self.voice_registry = VoiceRegistry()     # uploaded files and cloned voices (voices.py)
+        self.http_log: list = []                  # an HttpRecord per ASR/chat/TTS/voices request (http_common.py)
 
     # -- addresses (set by start_emulator) --
     @property

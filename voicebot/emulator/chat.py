@@ -45,8 +45,8 @@ from aiohttp import web
 
 from .app import Emulator
 from .asr import speech_span_s
-from .http_common import (BadRequest, HttpRecord, check_keys, elide_audio, endpoint, fault, get, open_event_stream,
-                          read_json, sse, take_fault)
+from .http_common import (BadRequest, HttpRecord, elide_audio, endpoint, fault, get, open_event_stream, read_json,
+                          sse, take_fault)
 from .realtime import DEFAULT_REPLY, _MARKER_RE, spoken_text
 
 CHAT_MODELS = frozenset({"stepaudio-2.5-chat"})
