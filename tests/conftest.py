@@ -20,6 +20,9 @@ EN = "+15550000001"          # English persona, barge-in on (also the default pe
 NO_BARGE = "+15550000002"    # barge-in disabled
 SHORT = "+15550000003"       # max_call_seconds: 2
 ZH = "+15550000004"          # Chinese persona
+REALTIME_ONLY = "+15550000005"   # engine: realtime (no fallback chain)
+CHAIN = "+15550000006"       # engine: chain
+CHAIN_WS = "+15550000007"    # engine: chain, TTS over the WebSocket
 
 PERSONAS = f"""\
 personas:
@@ -53,6 +56,29 @@ personas:
     voice: qinhenvsheng
     instructions: 你是测试客服。
     greeting: 您好，这里是测试热线，请问有什么可以帮您？
+  - name: test-realtime-only
+    numbers: ["{REALTIME_ONLY}"]
+    engine: realtime
+    language: en
+    voice: lively-girl
+    instructions: Realtime only.
+    greeting: Hello from the realtime only line.
+  - name: test-chain
+    numbers: ["{CHAIN}"]
+    engine: chain
+    language: en
+    voice: lively-girl
+    instructions: You are a test assistant on the chain engine.
+    greeting: Hello, this is the chain line. How can I help?
+    chain: {{silence_ms: 500}}
+  - name: test-chain-ws
+    numbers: ["{CHAIN_WS}"]
+    engine: chain
+    language: en
+    voice: lively-girl
+    instructions: Chain with streaming TTS.
+    greeting: Hello, this is the streaming line.
+    chain: {{silence_ms: 500, tts_transport: ws}}
 """
 
 

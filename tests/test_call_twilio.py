@@ -17,7 +17,7 @@ from voicebot.simulator.twilio import simulate_twilio_call, parse_twiml_stream
 from voicebot.telephony.twilio_auth import compute_signature
 from voicebot.transcript import read_transcript
 
-from conftest import AUTH_TOKEN, EN, NO_BARGE, SHORT, ZH
+from conftest import AUTH_TOKEN, EN, NO_BARGE, REALTIME_ONLY, SHORT, ZH
 
 
 async def transcript_of(stack) -> list[dict]:
@@ -266,9 +266,9 @@ async def test_malformed_frames_hurt_only_their_own_call(stack, caller_en):
     assert len([s for s in result.segments if s.played_ms > 500]) >= 2   # greeting and reply heard
 
 
-async def test_stepfun_refusing_the_session_ends_the_call_cleanly(stack):
+async def test_stepfun_refusing_the_session_ends_a_realtime_only_call_cleanly(stack):
     stack.emulator.faults.refuse_realtime_status = 503
-    result = await simulate_twilio_call(stack.url, to=EN, auth_token=AUTH_TOKEN, max_duration_s=10,
+    result = await simulate_twilio_call(stack.url, to=REALTIME_ONLY, auth_token=AUTH_TOKEN, max_duration_s=10,
                                         script=[Hangup(at_s=8)])
     assert result.end_reason == "server_closed"
     assert result.protocol_errors == []
@@ -285,9 +285,9 @@ async def test_max_call_seconds_is_enforced(stack):
     assert (await transcript_of(stack))[-1]["end_reason"] == "max_call_seconds reached"
 
 
-async def test_stepfun_dropping_mid_call_ends_the_call_and_keeps_the_transcript(stack, caller_en):
+async def test_stepfun_dropping_mid_call_ends_a_realtime_only_call_and_keeps_the_transcript(stack, caller_en):
     stack.emulator.faults.drop_realtime_after_s = 2.0
-    result = await simulate_twilio_call(stack.url, to=EN, auth_token=AUTH_TOKEN, max_duration_s=15,
+    result = await simulate_twilio_call(stack.url, to=REALTIME_ONLY, auth_token=AUTH_TOKEN, max_duration_s=15,
                                         script=[Say(caller_en, at_s=5.0), Hangup(at_s=12)])
     assert result.end_reason == "server_closed"
     assert result.duration_s < 4

@@ -15,7 +15,7 @@ from .audio.playout import Playout
 from .audio.vad import EnergyVad
 from .config import Settings
 from .dialplan import Dialplan, Persona
-from .engines.base import Engine, EngineSink
+from .engines.base import Engine, EngineSink, interrupted_marker
 from .stepfun.errors import StepFunError
 from .telephony.base import CallMeta, CarrierSession
 from .transcript import TranscriptFile
@@ -23,8 +23,11 @@ from .transcript import TranscriptFile
 log = structlog.get_logger("voicebot.call")
 
 ENGINE_START_TIMEOUT_S = 15.0
+SWITCH_BUFFER_FRAMES = 250      # caller audio kept while engines switch (5 s), fed to the new engine
 
-EngineFactory = Callable[[Persona, EngineSink, "structlog.BoundLogger"], Engine]
+# make_engine(persona, sink, log, kind=…, conversation=…, opening=…) → Engine.
+# kind: "realtime" | "chain"; opening (chain): "greeting" | "reanswer" | "reprompt" | None.
+EngineFactory = Callable[..., Engine]
 
 
 @dataclass
@@ -35,6 +38,7 @@ class CallServices:
     dialplan: Dialplan
     make_engine: EngineFactory
     calls: set["Call"] = field(default_factory=set)
+    http: object = None      # the process's aiohttp.ClientSession (set on app startup)
 
 
 class Call(EngineSink):
@@ -54,7 +58,15 @@ class Call(EngineSink):
         self.playout = Playout(carrier, lead_ms=lead_ms,
                                mark_every_ms=self.settings.playout.mark_every_ms)
         self.vad = EnergyVad(min_speech_ms=persona.barge_in.min_speech_ms)
-        self.engine: Engine = services.make_engine(persona, self, self.log)
+        # The conversation as the caller heard it: role/content dicts, shared with the chain engine.
+        self.conversation: list[dict] = []
+        self._assistant_entries: dict[str, dict] = {}
+        first_kind = "chain" if persona.engine == "chain" else "realtime"
+        self.engine: Engine = services.make_engine(persona, self, self.log, kind=first_kind,
+                                                   conversation=self.conversation, opening="greeting")
+        self.engine_switches: list[dict] = []
+        self._switching: asyncio.Task | None = None
+        self._held_frames: list[np.ndarray] = []
         self.transcript_file = TranscriptFile(self.settings.transcripts_dir, self.call_id)
         self.started_t = time.monotonic()
         self.ended = False
@@ -87,8 +99,12 @@ class Call(EngineSink):
                 self._engine_ready = True
             except (StepFunError, asyncio.TimeoutError) as exc:
                 reason = str(exc) or "engine start timed out"
-                self.log.error("engine_unavailable", engine=self.engine.name, reason=reason)
-                self.hang_up(f"engine unavailable: {reason}")
+                if self._can_fail_over():
+                    self._switching = asyncio.create_task(self._fail_over(f"connect failed: {reason}",
+                                                                          at_start=True))
+                else:
+                    self.log.error("engine_unavailable", engine=self.engine.name, reason=reason)
+                    self.hang_up(f"engine unavailable: {reason}")
             try:
                 await asyncio.wait_for(self._ended_event.wait(), self.persona.max_call_seconds)
             except asyncio.TimeoutError:
@@ -96,6 +112,8 @@ class Call(EngineSink):
                 self.hang_up("max_call_seconds reached")
         finally:
             pump.cancel()
+            if self._switching is not None and not self._switching.done():
+                self._switching.cancel()
             await self._finish()
 
     async def _finish(self) -> None:
@@ -110,6 +128,8 @@ class Call(EngineSink):
             "user_turns": self.user_turns,
             "bot_turns": self.bot_turns,
             "barge_ins": len(self.barge_ins),
+            "engine": self.engine.name,
+            "engine_switches": len(self.engine_switches),
             "first_bot_audio_ms": None if first is None else round((first - self.started_t) * 1000),
             "end_reason": self.end_reason,
         }
@@ -143,6 +163,8 @@ class Call(EngineSink):
             self._barge_in("local_vad")
         if self._engine_ready:
             self.engine.feed(frame)
+        elif len(self._held_frames) < SWITCH_BUFFER_FRAMES:
+            self._held_frames.append(frame)   # the engine is (re)connecting: nothing the caller says is lost
 
     def on_mark(self, name: str) -> None:
         self.playout.on_mark(name)
@@ -181,32 +203,113 @@ class Call(EngineSink):
     def transcript(self, role: str, text: str, item_id: str | None) -> None:
         fields = {"role": role, "text": text, "item_id": item_id, "engine": self.engine.name,
                   "t_ms": round((time.monotonic() - self.started_t) * 1000)}
+        entry = {"role": role, "content": text}
         if role == "assistant":
             self.bot_turns += 1
             if item_id in self._interrupted:
-                fields.update(interrupted=True, heard_ms=self._interrupted[item_id])
+                heard_ms = self._interrupted[item_id]
+                heard = self.engine.heard_text(item_id, heard_ms, text)
+                fields.update(text=heard, full_text=text, interrupted=True, heard_ms=heard_ms)
+                entry["content"] = heard + interrupted_marker(self.persona.language)
+                entry["interrupted"] = True
+            if item_id:
+                self._assistant_entries[item_id] = entry
         else:
             self.user_turns += 1
+        if text or role == "user":
+            self.conversation.append(entry)
         self.transcript_file.write("turn", **fields)
         self.log.info("turn", **{k: v for k, v in fields.items() if k != "engine"})
 
+    def note(self, kind: str, **fields) -> None:
+        self.transcript_file.write(kind, engine=self.engine.name,
+                                   t_ms=round((time.monotonic() - self.started_t) * 1000), **fields)
+        self.log.info(kind, **fields)
+
     def engine_failed(self, reason: str) -> None:
-        if not self.ended:
+        if self.ended or (self._switching is not None and not self._switching.done()):
+            return
+        if self._can_fail_over():
+            self._engine_ready = False
+            self._switching = asyncio.create_task(self._fail_over(reason))
+        else:
             self.log.error("engine_failed", engine=self.engine.name, reason=reason)
             self.hang_up(f"engine failed: {reason}")
+
+    # -- failover -------------------------------------------------------------------------------
+    def _can_fail_over(self) -> bool:
+        return self.persona.engine == "auto" and self.engine.name == "realtime" and not self.ended
+
+    async def _fail_over(self, reason: str, *, at_start: bool = False) -> None:
+        """Realtime → chain without dropping the call; the conversation so far carries over."""
+        t0 = time.monotonic()
+        self._engine_ready = False
+        old = self.engine
+        mid_answer = not at_start and (getattr(old, "responding", False) or self.playout.speaking)
+        if mid_answer:
+            # Stop the half-finished answer; the chain answers the caller's last turn again.
+            for item in self.playout.interrupt():
+                self._cut_turn(item.item_id, item.heard_ms)
+                entry = self._assistant_entries.get(item.item_id)
+                if entry is not None and entry in self.conversation:
+                    self.conversation.remove(entry)
+        if at_start:
+            opening = "greeting"
+        elif mid_answer:
+            last = self.conversation[-1] if self.conversation else None
+            opening = "reanswer" if last is not None and last["role"] == "user" else "reprompt"
+        else:
+            opening = None
+        self.log.warning("engine_switch", old=old.name, new="chain", reason=reason, mid_answer=mid_answer,
+                         opening=opening)
+        try:
+            await asyncio.wait_for(old.close(), 2.0)
+        except Exception:
+            self.log.warning("engine_close_failed", engine=old.name, exc_info=True)
+        new = self.services.make_engine(self.persona, self, self.log, kind="chain",
+                                        conversation=self.conversation, opening=opening)
+        self.engine = new
+        try:
+            await asyncio.wait_for(new.start(), ENGINE_START_TIMEOUT_S)
+        except (StepFunError, asyncio.TimeoutError) as exc:
+            self.log.error("engine_unavailable", engine=new.name, reason=str(exc) or "start timed out")
+            self.hang_up(f"engine unavailable: realtime ({reason}) and chain ({exc})")
+            return
+        switch_ms = round((time.monotonic() - t0) * 1000)
+        record = {"from": old.name, "to": new.name, "reason": reason, "mid_answer": mid_answer,
+                  "opening": opening, "switch_ms": switch_ms,
+                  "t_ms": round((t0 - self.started_t) * 1000)}
+        self.engine_switches.append(record)
+        self.transcript_file.write("engine_switch", **record)
+        held, self._held_frames = self._held_frames, []
+        for frame in held:
+            new.feed(frame)
+        self._engine_ready = True
 
     # -- barge-in -------------------------------------------------------------------------------
     def _barge_in(self, trigger: str) -> None:
         """Within this one loop turn: carrier clear, local queue dropped, engine told what was heard."""
         t0 = time.perf_counter()
         heard = self.playout.interrupt()
+        for item in heard:
+            self._cut_turn(item.item_id, item.heard_ms)
         self.engine.interrupt(heard)
         reaction_us = round((time.perf_counter() - t0) * 1e6)
-        for item in heard:
-            self._interrupted[item.item_id] = item.heard_ms
         record = {"trigger": trigger, "t_ms": round((time.monotonic() - self.started_t) * 1000),
                   "heard": [{"item_id": h.item_id, "heard_ms": h.heard_ms, "generated_ms": h.generated_ms}
                             for h in heard], "reaction_us": reaction_us}
         self.barge_ins.append(record)
         self.transcript_file.write("barge_in", **record)
         self.log.info("barge_in", **record)
+
+    def _cut_turn(self, item_id: str, heard_ms: int) -> None:
+        """The caller heard only ``heard_ms`` of bot item ``item_id``: its text in the conversation follows."""
+        self._interrupted[item_id] = heard_ms
+        entry = self._assistant_entries.get(item_id)
+        if entry is None or entry.get("interrupted"):
+            return      # its transcript has not arrived yet; transcript() cuts it when it does
+        full = entry["content"]
+        heard = self.engine.heard_text(item_id, heard_ms, full)
+        entry["content"] = heard + interrupted_marker(self.persona.language)
+        entry["interrupted"] = True
+        self.transcript_file.write("turn_cut", item_id=item_id, heard_ms=heard_ms, text=heard, full_text=full)

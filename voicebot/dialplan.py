@@ -25,6 +25,39 @@ class RealtimeSettings:
     turn_detection: TurnDetection = TurnDetection()
 
 
+ENGINES = ("realtime", "chain", "auto")
+TTS_TRANSPORTS = ("http", "ws")
+VADS = ("energy",)
+
+# What the chain says when it could not understand, when the chat failed, and (optionally) while it
+# takes over from the realtime model, unless the persona says otherwise.
+DEFAULT_LINES = {
+    "reprompt": {"zh": "抱歉，我没有听清，您能再说一遍吗？", "en": "Sorry, could you say that again?"},
+    "apology": {"zh": "抱歉，我这边出了点问题，请稍等。", "en": "Sorry, I had a problem there. One moment please."},
+}
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """The ASR → chat → TTS engine's settings (used for engine: chain, and as the fallback of auto)."""
+
+    asr_language: str = "en"
+    chat_model: str = "stepaudio-2.5-chat"
+    temperature: float = 0.5
+    tts_voice: str = ""
+    tts_instruction: str | None = None
+    tts_speed: float = 1.0
+    tts_volume: float = 1.0
+    tts_transport: str = "http"
+    vad: str = "energy"
+    silence_ms: int = 600          # caller silence that ends a turn
+    min_speech_ms: int = 200       # shorter noises are not a turn
+    max_turn_s: float = 30.0       # a turn this long is cut and answered
+    reprompt: str = ""
+    apology: str = ""
+    filler: str | None = None      # said while switching from realtime to the chain
+
+
 @dataclass(frozen=True)
 class BargeIn:
     enabled: bool = True
@@ -44,6 +77,9 @@ class Persona:
     barge_in: BargeIn = BargeIn()
     max_call_seconds: int = 900
     default: bool = False
+    engine: str = "auto"
+    chain: ChainSettings = ChainSettings()
+    realtime_response_timeout_s: float = 8.0   # no realtime event this long while a reply is due → failover
 
 
 @dataclass
@@ -93,11 +129,37 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
                        min_speech_ms=bi.get("min_speech_ms", int, 200, minimum=20, maximum=3000))
     bi.reject_unknown()
 
+    engine = f.get("engine", str, "auto", choices=ENGINES)
+    ch = f.section("chain")
+    chain = ChainSettings(
+        asr_language=ch.get("asr_language", str, language, choices=LANGUAGES),
+        chat_model=ch.get("chat_model", str, "stepaudio-2.5-chat"),
+        temperature=ch.get("temperature", float, 0.5, minimum=0.0, maximum=2.0),
+        tts_voice=ch.get("tts_voice", str, voice),
+        tts_instruction=ch.get("tts_instruction", str, None),
+        tts_speed=ch.get("tts_speed", float, 1.0, minimum=0.5, maximum=2.0),
+        tts_volume=ch.get("tts_volume", float, 1.0, minimum=0.1, maximum=2.0),
+        tts_transport=ch.get("tts_transport", str, "http", choices=TTS_TRANSPORTS),
+        vad=ch.get("vad", str, "energy", choices=VADS),
+        silence_ms=ch.get("silence_ms", int, turn_detection.silence_duration_ms, minimum=100, maximum=5000),
+        min_speech_ms=ch.get("min_speech_ms", int, 200, minimum=20, maximum=3000),
+        max_turn_s=ch.get("max_turn_s", float, 30.0, minimum=1.0, maximum=120.0),
+        reprompt=ch.get("reprompt", str, DEFAULT_LINES["reprompt"][language]),
+        apology=ch.get("apology", str, DEFAULT_LINES["apology"][language]),
+        filler=ch.get("filler", str, None),
+    )
+    if chain.tts_instruction is not None and len(chain.tts_instruction) > 200:
+        raise ch.error("tts_instruction", f"must be at most 200 characters, has {len(chain.tts_instruction)}")
+    ch.reject_unknown()
+
     persona = Persona(
         name=name, source=str(source), numbers=tuple(numbers), language=language, voice=voice,
         instructions=instructions, greeting=greeting, realtime=realtime, barge_in=barge_in,
         max_call_seconds=f.get("max_call_seconds", int, 900, minimum=1, maximum=4 * 3600),
         default=is_default,
+        engine=engine,
+        chain=chain,
+        realtime_response_timeout_s=f.get("realtime_response_timeout_s", float, 8.0, minimum=0.5, maximum=60.0),
     )
     f.reject_unknown()
     return persona

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import aiohttp
 import structlog
 from aiohttp import web
 
 from .call import CallServices, EngineFactory
 from .config import Settings
 from .dialplan import Dialplan, Persona
+from .engines.chain import ChainEngine
 from .engines.realtime import RealtimeEngine
 import importlib
 
@@ -19,13 +21,25 @@ log = structlog.get_logger("voicebot.server")
 SERVICES = web.AppKey("services", CallServices)
 
 # Each carrier module in voicebot/telephony exposes add_routes(app, services).
-CARRIER_MODULES = ("twilio",)
+CARRIER_MODULES = ("twilio", "telnyx", "signalwire", "plivo", "exotel")
 
 
-def realtime_engines(settings: Settings) -> EngineFactory:
-    def make(persona: Persona, sink, call_log):
+def stepfun_engines(settings: Settings, services: CallServices) -> EngineFactory:
+    def make(persona: Persona, sink, call_log, *, kind: str, conversation: list, opening: str | None):
+        if kind == "chain":
+            return ChainEngine(persona, settings.stepfun, sink, call_log, http=services.http,
+                               conversation=conversation, opening=opening)
         return RealtimeEngine(persona, settings.stepfun, sink, call_log)
     return make
+
+
+async def _open_http(app: web.Application) -> None:
+    app[SERVICES].http = aiohttp.ClientSession()
+
+
+async def _close_http(app: web.Application) -> None:
+    if app[SERVICES].http is not None:
+        await app[SERVICES].http.close()
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -44,9 +58,12 @@ async def _end_all_calls(app: web.Application) -> None:
 
 def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFactory | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_message_bytes)
-    services = CallServices(settings=settings, dialplan=dialplan,
-                            make_engine=make_engine or realtime_engines(settings))
+    services = CallServices(settings=settings, dialplan=dialplan, make_engine=make_engine or (lambda *a, **k: None))
+    if make_engine is None:
+        services.make_engine = stepfun_engines(settings, services)
     app[SERVICES] = services
+    app.on_startup.append(_open_http)
+    app.on_cleanup.append(_close_http)
     for name in CARRIER_MODULES:
         importlib.import_module(f"voicebot.telephony.{name}").add_routes(app, services)
     app.router.add_get("/healthz", _healthz)

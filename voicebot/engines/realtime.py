@@ -15,14 +15,15 @@ from ..config import StepFunSettings
 from ..dialplan import Persona
 from ..stepfun.errors import StepFunUnavailable
 from ..stepfun.realtime import RealtimeConnection
-from .base import EngineSink
+from .base import EngineSink, heard_text
 
 MODEL_RATE = 24000
 _APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
 _APPEND_SUFFIX = '"}'
-# Errors that say the session itself is gone, as opposed to one bad event.
+# Errors that say the session itself is gone, as opposed to one bad event (server_error type is fatal too).
 _FATAL_ERROR_CODES = {"session_expired", "session_timeout", "insufficient_quota", "invalid_api_key",
                       "authentication_error", "rate_limit_exceeded"}
+WATCHDOG_INTERVAL_S = 0.25
 
 
 def greeting_instructions(persona: Persona) -> str:
@@ -64,6 +65,9 @@ class RealtimeEngine:
         self._cancelled: set[str] = set()
         self._closing = False
         self.errors = 0
+        self._awaiting_reply = False     # a response is due (requested, or the caller's turn ended)
+        self._last_event_t = 0.0
+        self._watchdog: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._conn = await RealtimeConnection.connect(
@@ -83,7 +87,26 @@ class RealtimeEngine:
         if self.persona.greeting:
             self._conn.send({"type": "response.create",
                              "response": {"instructions": greeting_instructions(self.persona)}})
+            self._awaiting_reply = True
+        self._last_event_t = asyncio.get_running_loop().time()
         self._reader = asyncio.create_task(self._read(events))
+        self._watchdog = asyncio.create_task(self._watch())
+
+    @property
+    def responding(self) -> bool:
+        """A response is being generated (or was due and has not finished)."""
+        return self._active_response is not None or self._awaiting_reply
+
+    async def _watch(self) -> None:
+        """A silent socket while a reply is due means the session is stuck: report it so the call fails over."""
+        loop = asyncio.get_running_loop()
+        timeout = self.persona.realtime_response_timeout_s
+        while not self._closing:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            silent = loop.time() - self._last_event_t
+            if self._awaiting_reply and silent > timeout:
+                self.sink.engine_failed(f"no realtime events for {silent:.1f} s while a reply was due")
+                return
 
     def feed(self, frame: np.ndarray) -> None:
         if self._conn is None or self._closing:
@@ -98,6 +121,7 @@ class RealtimeEngine:
             self._conn.send({"type": "response.cancel"})
             self._cancelled.add(self._active_response)
             self._active_response = None
+        self._awaiting_reply = False
         for item in heard:
             model_ms = int(self._item_model_ms.get(item.item_id, 0))
             audio_end_ms = min(item.heard_ms, model_ms)
@@ -107,6 +131,9 @@ class RealtimeEngine:
                              "content_index": 0, "audio_end_ms": audio_end_ms})
             self.log.info("realtime_truncate", item_id=item.item_id, audio_end_ms=audio_end_ms,
                           generated_ms=model_ms)
+
+    def heard_text(self, item_id: str, heard_ms: int, text: str) -> str:
+        return heard_text(text, heard_ms, self._item_model_ms.get(item_id, 0.0))
 
     async def _read(self, events) -> None:
         try:
@@ -121,6 +148,7 @@ class RealtimeEngine:
 
     def _dispatch(self, event: dict) -> None:
         kind = event.get("type")
+        self._last_event_t = asyncio.get_running_loop().time()
         if kind == "response.audio.delta":
             if event.get("response_id") in self._cancelled:
                 return
@@ -151,14 +179,16 @@ class RealtimeEngine:
             response = event.get("response") or {}
             if response.get("id") == self._active_response:
                 self._active_response = None
+                self._awaiting_reply = False
             if response.get("status") not in ("completed", "cancelled", None):
                 self.log.warning("realtime_response_not_completed", status=response.get("status"),
                                  details=response.get("status_details"))
         elif kind == "input_audio_buffer.speech_started":
             self.sink.caller_speech_started()
+        elif kind == "input_audio_buffer.speech_stopped":
+            self._awaiting_reply = True
         elif kind == "response.audio_transcript.done":
-            if event.get("response_id") not in self._cancelled or event.get("transcript"):
-                self.sink.transcript("assistant", event.get("transcript") or "", event.get("item_id"))
+            self.sink.transcript("assistant", event.get("transcript") or "", event.get("item_id"))
         elif kind == "conversation.item.input_audio_transcription.completed":
             self.sink.transcript("user", event.get("transcript") or "", event.get("item_id"))
         elif kind == "error":
@@ -175,12 +205,13 @@ class RealtimeEngine:
             return
         self.log.warning("realtime_error", code=code, type=error.get("type"), message=message,
                          param=error.get("param"), event_id=error.get("event_id"))
-        if code in _FATAL_ERROR_CODES:
-            self.sink.engine_failed(f"realtime error {code}: {message}")
+        if code in _FATAL_ERROR_CODES or error.get("type") == "server_error":
+            self.sink.engine_failed(f"realtime error {code or error.get('type')}: {message}")
 
     async def close(self) -> None:
         self._closing = True
-        if self._reader is not None:
-            self._reader.cancel()
+        for task in (self._reader, self._watchdog):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         if self._conn is not None:
             await self._conn.close()

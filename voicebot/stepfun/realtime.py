@@ -73,9 +73,9 @@ class RealtimeConnection:
                     yield event
         except ConnectionClosed:
             pass
-        rcvd = self._ws.close_rcvd
-        self.close_reason = (f"closed by StepFun (code {rcvd.code}{', ' + rcvd.reason if rcvd.reason else ''})"
-                             if rcvd else "connection lost")
+        code, reason = self._ws.close_code, self._ws.close_reason
+        self.close_reason = ("connection lost" if code in (None, 1006) else
+                             f"closed by StepFun (code {code}{', ' + reason if reason else ''})")
 
     async def close(self) -> None:
         self._outbox.put_nowait(None)

@@ -1,0 +1,324 @@
+"""The fallback chain: local endpointing → stepaudio-2.5-asr → stepaudio-2.5-chat (streamed) → stepaudio-2.5-tts.
+
+TTS starts on the first complete sentence while the chat still streams. On barge-in the running turn is
+cancelled (the chat request and any TTS request or socket are aborted) and only the text the caller heard —
+whole sentences played, plus the played share of the sentence cut off — goes into the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+import structlog
+
+from ..audio import RATE
+from ..audio.playout import HeardItem
+from ..audio.resample import Resampler
+from ..audio.vad import Endpointer
+from ..config import StepFunSettings
+from ..dialplan import Persona
+from ..stepfun.asr import AsrClient
+from ..stepfun.chat import ChatClient
+from ..stepfun.errors import StepFunError
+from ..stepfun.tts import TtsClient
+from .base import EngineSink, heard_text
+
+ASR_RATE = 16000
+# A sentence ends at 。！？；… or at . ! ? ; followed by a space; a long clause may be cut at a comma.
+_SENTENCE_END = re.compile(r"[。！？；…]+[”’」』)）]*|[.!?;]+[\"')\]]*(?=\s)|\n+")
+_CLAUSE_END = re.compile(r"[，、,：:]")
+LONG_CLAUSE_CHARS = 80
+KEEP_SPOKEN_ITEMS = 8      # recent items whose sentence timing is kept for barge-in
+
+
+def split_sentences(buffer: str) -> tuple[list[str], str]:
+    """Complete sentences at the front of ``buffer``, and the unfinished rest."""
+    sentences, start = [], 0
+    for match in _SENTENCE_END.finditer(buffer):
+        piece = buffer[start:match.end()].strip()
+        if piece:
+            sentences.append(piece)
+        start = match.end()
+    rest = buffer[start:]
+    if len(rest) > LONG_CLAUSE_CHARS:
+        cuts = list(_CLAUSE_END.finditer(rest))
+        if cuts:
+            sentences.append(rest[:cuts[-1].end()].strip())
+            rest = rest[cuts[-1].end():]
+    return sentences, rest
+
+
+@dataclass
+class _Spoken:
+    """Audio delivered for one bot item, sentence by sentence (to know which words the caller heard)."""
+
+    sentences: list[tuple[str, int]] = field(default_factory=list)   # (text, ms of audio)
+    recorded: bool = False      # its transcript has been reported
+
+    def heard(self, heard_ms: int) -> str:
+        parts, elapsed = [], 0
+        for text, ms in self.sentences:
+            if heard_ms >= elapsed + ms:
+                parts.append(text)
+            else:
+                parts.append(heard_text(text, heard_ms - elapsed, ms))
+                break
+            elapsed += ms
+        return " ".join(p for p in parts if p) if not _cjk(parts) else "".join(parts)
+
+    @property
+    def text(self) -> str:
+        texts = [t for t, _ in self.sentences]
+        return "".join(texts) if _cjk(texts) else " ".join(texts)
+
+
+def _cjk(parts: list[str]) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for part in parts for ch in part[:4])
+
+
+class ChainEngine:
+    name = "chain"
+
+    def __init__(self, persona: Persona, stepfun: StepFunSettings, sink: EngineSink, log=None, *,
+                 http: aiohttp.ClientSession, conversation: list[dict] | None = None,
+                 opening: str | None = "greeting") -> None:
+        self.persona = persona
+        self.settings = persona.chain
+        self.sink = sink
+        self.log = log or structlog.get_logger("voicebot.engine")
+        key = stepfun.api_key or "emulator"
+        timeout = stepfun.connect_timeout_s
+        self.asr = AsrClient(http, stepfun.base_url, key, connect_timeout=timeout)
+        self.chat = ChatClient(http, stepfun.base_url, key, model=self.settings.chat_model, connect_timeout=timeout)
+        self.tts = TtsClient(http, stepfun.base_url, key, connect_timeout=timeout)
+        self.conversation = conversation if conversation is not None else []
+        self.opening = opening      # "greeting" | "reanswer" (the caller's last turn) | "reprompt" | None
+        self.endpointer = Endpointer(silence_ms=self.settings.silence_ms, min_speech_ms=self.settings.min_speech_ms,
+                                     max_turn_s=self.settings.max_turn_s)
+        self._turns: asyncio.Queue[Callable] = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+        self._current: asyncio.Task | None = None
+        self._items = itertools.count(1)
+        self._spoken: dict[str, _Spoken] = {}
+        self._closed = False
+        self.timings: list[dict] = []       # per turn: endpointing, asr, chat first token, tts first audio
+
+    # -- Engine interface ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name="chain-turns")
+        if self.opening in ("reanswer", "reprompt") and self.settings.filler:
+            # Taking over from the realtime model mid-answer. Turns run one at a time: no interleaved audio.
+            filler = self.settings.filler
+            self._turns.put_nowait(lambda: self._say(self._new_item(), filler))
+        if self.opening == "reanswer":
+            self._turns.put_nowait(lambda: self._answer(self._new_item()))
+        elif self.opening == "reprompt":
+            reprompt = self.settings.reprompt
+            self._turns.put_nowait(lambda: self._say(self._new_item(), reprompt))
+        elif self.opening == "greeting" and self.persona.greeting:
+            greeting = self.persona.greeting
+            self._turns.put_nowait(lambda: self._say(self._new_item(), greeting))
+
+    def feed(self, frame: np.ndarray) -> None:
+        if self._closed:
+            return
+        started, utterance = self.endpointer.push(frame)
+        if started:
+            self.sink.caller_speech_started()
+        if utterance is not None:
+            ended_at = asyncio.get_running_loop().time()
+            self._turns.put_nowait(lambda: self._turn(utterance, ended_at))
+
+    def interrupt(self, heard: list[HeardItem]) -> None:
+        current = self._current
+        if current is not None and not current.done():
+            current.cancel()       # aborts the chat request and the TTS request or socket
+        for item in heard:
+            spoken = self._spoken.get(item.item_id)
+            if spoken is not None and not spoken.recorded:
+                spoken.recorded = True
+                self.sink.transcript("assistant", spoken.text, item.item_id)
+
+    def heard_text(self, item_id: str, heard_ms: int, text: str) -> str:
+        spoken = self._spoken.get(item_id)
+        return spoken.heard(heard_ms) if spoken is not None else text
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in (self._current, self._worker):
+            if task is not None:
+                task.cancel()
+        for task in (self._current, self._worker):
+            if task is not None:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+    # -- turns -------------------------------------------------------------------------------------
+    async def _work(self) -> None:
+        while True:
+            make_turn = await self._turns.get()
+            self._current = asyncio.create_task(make_turn())
+            try:
+                await self._current
+            except asyncio.CancelledError:
+                if self._closed:
+                    raise
+            except Exception:
+                self.log.exception("chain_turn_crashed")
+            finally:
+                self._current = None
+
+    def _new_item(self) -> str:
+        return f"chain_{next(self._items)}"
+
+    async def _turn(self, utterance: np.ndarray, ended_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        timing = {"endpointing_ms": self.settings.silence_ms, "speech_ms": len(utterance) * 1000 // RATE}
+        started = loop.time()
+        pcm16k = _to_16k(utterance)
+        try:
+            result = await self.asr.transcribe(pcm16k, self.settings.asr_language)
+            text = result.text.strip()
+            problem = None if text else "empty transcript"
+        except StepFunError as exc:
+            text, problem = "", str(exc)
+        timing["asr_ms"] = round((loop.time() - started) * 1000)
+        if problem is not None:
+            self.log.warning("chain_asr_failed", reason=problem, speech_ms=timing["speech_ms"])
+            self.sink.note("asr_failed", reason=problem, speech_ms=timing["speech_ms"])
+            await self._say(self._new_item(), self.settings.reprompt)
+            return
+        self.sink.transcript("user", text, None)
+        timing.update(await self._answer(self._new_item(), since=ended_at) or {})
+        self.timings.append(timing)
+
+    async def _answer(self, item_id: str, since: float | None = None) -> dict:
+        """Chat on the conversation so far; speak each sentence as soon as it is complete."""
+        for attempt in (1, 2):
+            try:
+                return await self._answer_once(item_id, since)
+            except StepFunError as exc:
+                self.log.warning("chain_chat_failed", attempt=attempt, reason=str(exc))
+                if item_id in self._spoken:   # part of the answer was spoken: keep that, do not repeat
+                    self._record_assistant(item_id)
+                    self.sink.bot_audio_done(item_id)
+                    return {}
+                await self._say(self._new_item(), self.settings.apology)
+        return {}
+
+    async def _answer_once(self, item_id: str, since: float | None) -> dict:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        timing: dict = {}
+        messages = [{"role": "system", "content": self.persona.instructions},
+                    *({"role": e["role"], "content": e["content"]} for e in self.conversation)]
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.create_task(self._speak_sentences(item_id, sentences, timing, since))
+        text, buffer = "", ""
+        try:
+            async with self.chat.stream(messages, temperature=self.settings.temperature) as stream:
+                async for delta in stream:
+                    if not text:
+                        timing["chat_first_token_ms"] = round((loop.time() - started) * 1000)
+                    text += delta
+                    buffer += delta
+                    done, buffer = split_sentences(buffer)
+                    for sentence in done:
+                        sentences.put_nowait(sentence)
+            if buffer.strip():
+                sentences.put_nowait(buffer.strip())
+            sentences.put_nowait(None)
+            await speaker
+        finally:
+            if not speaker.done():
+                speaker.cancel()
+        if item_id in self._spoken:
+            self._record_assistant(item_id)
+        elif text.strip():
+            self.sink.note("reply_not_spoken", text=text.strip())
+        self.sink.bot_audio_done(item_id)
+        return timing
+
+    async def _speak_sentences(self, item_id: str, sentences: asyncio.Queue, timing: dict,
+                               since: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        while (sentence := await sentences.get()) is not None:
+            first = "tts_first_audio_ms" not in timing
+            tts_started = loop.time()
+            delivered = await self._synthesize(item_id, sentence)
+            if first and delivered:
+                timing["tts_first_audio_ms"] = round((loop.time() - tts_started) * 1000)
+                if since is not None:
+                    timing["turn_end_to_first_audio_ms"] = round((loop.time() - since) * 1000)
+
+    async def _synthesize(self, item_id: str, sentence: str) -> bool:
+        """Speak one sentence into the playout; WebSocket failures fall back to HTTP for that sentence."""
+        s = self.settings
+        options = dict(voice=s.tts_voice, speed=s.tts_speed, volume=s.tts_volume, instruction=s.tts_instruction,
+                       sample_rate=RATE)
+        samples = 0
+        if s.tts_transport == "ws":
+            stream = None
+            try:
+                stream = await self.tts.open_stream(**options)
+                await stream.send_text(sentence)
+                await stream.finish()
+                async for pcm in stream.audio():
+                    samples += len(pcm)
+                    self.sink.bot_audio(item_id, pcm)
+            except StepFunError as exc:
+                self.log.warning("chain_tts_ws_failed", reason=str(exc), fallback="http", delivered_samples=samples)
+                if samples:   # part of the sentence was delivered: the rest is lost, say so in the text
+                    self._sentence_spoken(item_id, heard_text(sentence, samples, samples * 2), samples)
+                    return True
+            finally:
+                if stream is not None:
+                    await stream.close()
+            if samples:
+                self._sentence_spoken(item_id, sentence, samples)
+                return True
+        try:
+            speech = await self.tts.synthesize(sentence, **options)
+        except StepFunError as exc:
+            self.log.warning("chain_tts_failed", reason=str(exc), sentence_chars=len(sentence))
+            self.sink.note("tts_failed", reason=str(exc), text=sentence)
+            return False
+        self.sink.bot_audio(item_id, speech.pcm)
+        self._sentence_spoken(item_id, sentence, len(speech.pcm))
+        return True
+
+    def _sentence_spoken(self, item_id: str, sentence: str, samples: int) -> None:
+        spoken = self._spoken.get(item_id)
+        if spoken is None:
+            spoken = self._spoken[item_id] = _Spoken()
+            for old in list(self._spoken)[:-KEEP_SPOKEN_ITEMS]:
+                del self._spoken[old]
+        spoken.sentences.append((sentence, samples * 1000 // RATE))
+
+    async def _say(self, item_id: str, text: str) -> None:
+        """A fixed line (greeting, re-prompt, apology): TTS only, no chat."""
+        for sentence in split_sentences(text + "\n")[0] or [text]:
+            await self._synthesize(item_id, sentence)
+        self._record_assistant(item_id)
+        self.sink.bot_audio_done(item_id)
+
+    def _record_assistant(self, item_id: str) -> None:
+        spoken = self._spoken.get(item_id)
+        if spoken is not None and not spoken.recorded:
+            spoken.recorded = True
+            self.sink.transcript("assistant", spoken.text, item_id)
+
+
+def _to_16k(pcm8k: np.ndarray) -> np.ndarray:
+    resampler = Resampler(RATE, ASR_RATE)
+    padded = np.concatenate((pcm8k, np.zeros(80, dtype=np.int16)))   # push the filter's tail out
+    out = resampler.process(padded)
+    return out[resampler.delay_samples:resampler.delay_samples + 2 * len(pcm8k)]
