@@ -1,16 +1,24 @@
-"""What every carrier shares: the wire-protocol interface and the socket loop that drives it.
+"""What every carrier shares: the wire-protocol interface and the loop that drives a call over it.
 
 A carrier module only translates its wire messages into ``Started``/``Audio``/``MarkPlayed``/``Dtmf``/
-``Stopped`` events and encodes ``send_audio``/``send_mark``/``send_clear``. Everything else — the socket,
-size limits, authentication order, persona lookup, running the ``Call``, error logging — lives here once.
+``Stopped`` events and encodes ``send_audio``/``send_mark``/``send_clear``. Everything else — size limits,
+authentication order, persona lookup, running the ``Call``, error logging, cleanup — lives here once, in
+:class:`MediaStream`, which does not care how messages travel. Two transports feed it: an aiohttp
+WebSocket (:func:`serve_media_stream`, most carriers) and a plain TCP connection (:func:`serve_tcp_stream`,
+Asterisk AudioSocket).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
 import itertools
+import json
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,19 +27,27 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from ..audio import FRAME_SAMPLES
+from ..config import Fields
 
 if TYPE_CHECKING:
-    from ..call import CallServices
+    from ..call import Call, CallServices
+    from ..dialplan import Dialplan, Persona
 
 log = structlog.get_logger("voicebot.telephony")
 
 START_TIMEOUT_S = 10.0
 MAX_LOGGED_PROTOCOL_ERRORS = 5   # per connection; later ones are counted and summarised at the end
+POLICY_VIOLATION = 1008          # WebSocket close code for refused streams
 _connection_ids = itertools.count(1)
 
 
 class ProtocolError(Exception):
     """A carrier message we cannot use; the message says what was wrong with it."""
+
+
+class FatalProtocolError(ProtocolError):
+    """A message that makes the whole stream unusable (e.g. a start naming a codec we cannot play):
+    logged like any protocol error, then the connection is closed."""
 
 
 @dataclass
@@ -42,6 +58,7 @@ class CallMeta:
     from_number: str | None = None
     to_number: str | None = None
     params: dict[str, str] = field(default_factory=dict)
+    persona: str | None = None       # a persona asked for by name (route/config/custom parameter), else by number
 
 
 @dataclass
@@ -79,6 +96,8 @@ class CarrierSession(ABC):
     supports_marks: bool = True
     # Carriers that keep little or no playback buffer of their own cap how far ahead we may send.
     max_lead_ms: int | None = None
+    # The persona for calls that name no number the dialplan knows (carrier config); None: the default.
+    fallback_persona: str | None = None
 
     def __init__(self, send_text: Callable[[str], None], send_bytes: Callable[[bytes], None]) -> None:
         self.send_text = send_text
@@ -108,6 +127,90 @@ class CarrierSession(ABC):
         return None
 
 
+# -- helpers for carrier modules -------------------------------------------------------------------
+
+def parse_json_object(text: str) -> dict:
+    """One JSON text frame that must hold an object."""
+    try:
+        msg = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"frame is not JSON ({exc.msg} at char {exc.pos}): {text[:60]!r}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"frame is JSON but not an object: {text[:60]!r}")
+    return msg
+
+
+def require(msg: dict, key: str, kind: type | tuple[type, ...], where: str):
+    """``msg[key]`` when it is a ``kind``; otherwise a ProtocolError naming the message and the field."""
+    value = msg.get(key)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        raise ProtocolError(f"{where}: field {key!r} missing or not a {'/'.join(k.__name__ for k in kinds)}")
+    return value
+
+
+def persona_for(dialplan: "Dialplan", meta: CallMeta, fallback: str | None = None) -> tuple["Persona | None", str]:
+    """The persona answering ``meta``'s call, or None and why not: the one asked for by name, else the one
+    owning the called number, else ``fallback`` (the carrier's configured persona), else the default."""
+    if meta.persona:
+        return persona_named(dialplan, meta.persona), f"no persona named {meta.persona!r}"
+    if fallback and (meta.to_number is None or meta.to_number not in dialplan.by_number):
+        return persona_named(dialplan, fallback), f"no persona named {fallback!r}"
+    return dialplan.lookup(meta.to_number), f"no persona for number {meta.to_number!r}"
+
+
+def persona_named(dialplan: "Dialplan", name: str) -> "Persona | None":
+    return next((p for p in dialplan.personas if p.name == name), None)
+
+
+def secret_matches(given: str | None, expected: str) -> bool:
+    """Constant-time comparison of a credential from the wire with the configured one."""
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def basic_auth_problem(request: web.Request, username: str, password: str | None, env_name: str) -> str | None:
+    """None when the upgrade request carries HTTP Basic ``username``/``password``, else why not."""
+    if not password:
+        return f"{env_name} is not set, so no credentials can be checked"
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return "HTTP Basic credentials missing"
+    try:
+        user, sep, given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, ValueError):
+        return "Authorization header is not valid Basic credentials"
+    if not sep or not (secret_matches(user, username) & secret_matches(given, password)):
+        return "wrong username or password"
+    return None
+
+
+def refuse_upgrade(request: web.Request, carrier: str, reason: str, *, basic_realm: str | None = None) -> web.Response:
+    """Answer an unauthenticated media-stream upgrade with 401 before any audio flows."""
+    log.warning("media_stream_refused", carrier=carrier, reason=reason, peer=request.remote, path=request.path)
+    headers = {"WWW-Authenticate": f'Basic realm="{basic_realm}"'} if basic_realm else None
+    return web.Response(status=401, text="unauthorized\n", headers=headers)
+
+
+@dataclass(frozen=True)
+class CarrierOptions:
+    """The ``carriers.<name>`` fields every carrier module reads the same way."""
+
+    enabled: bool = True
+    auth: bool = True             # the carrier's authentication is checked (refusing when its secret is unset)
+    persona: str | None = None    # answers calls that name no number this dialplan knows
+
+
+def read_carrier_options(fields: Fields, dialplan: "Dialplan", *, has_auth: bool = True) -> CarrierOptions:
+    options = CarrierOptions(enabled=fields.get("enabled", bool, True),
+                             auth=fields.get("auth", bool, True) if has_auth else False,
+                             persona=fields.get("persona", str, None))
+    if options.persona is not None and persona_named(dialplan, options.persona) is None:
+        names = ", ".join(p.name for p in dialplan.personas)
+        raise fields.error("persona", f"no persona named {options.persona!r} (known: {names})")
+    return options
+
+
 class FrameAssembler:
     """Re-cuts inbound audio of any length into exact 20 ms frames."""
 
@@ -124,11 +227,106 @@ class FrameAssembler:
         return [pcm[i:i + FRAME_SAMPLES] for i in range(0, whole, FRAME_SAMPLES)]
 
 
-class Outbox:
-    """Queues outgoing frames so that protocol code can send synchronously, in order, within one loop turn."""
+# -- transports ------------------------------------------------------------------------------------
 
+class StreamEnded(Exception):
+    """The transport has no more messages; ``problem`` says why when it was not a normal close."""
+
+    def __init__(self, problem: str | None = None) -> None:
+        super().__init__(problem or "closed")
+        self.problem = problem
+
+
+class Transport(ABC):
+    """One media connection, whatever carries it: messages in, messages out, close."""
+
+    @property
+    @abstractmethod
+    def closed(self) -> bool: ...
+
+    @abstractmethod
+    async def receive(self, timeout: float | None) -> str | bytes:
+        """The next whole message; raises asyncio.TimeoutError, or StreamEnded when there are no more."""
+
+    @abstractmethod
+    async def send(self, data: str | bytes) -> None: ...
+
+    @abstractmethod
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class WebSocketTransport(Transport):
     def __init__(self, ws: web.WebSocketResponse) -> None:
-        self._ws = ws
+        self.ws = ws
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    async def receive(self, timeout: float | None) -> str | bytes:
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            return msg.data
+        if msg.type == WSMsgType.ERROR:
+            raise StreamEnded(f"websocket error: {self.ws.exception()}")
+        raise StreamEnded()   # CLOSE / CLOSING / CLOSED
+
+    async def send(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            await self.ws.send_str(data)
+        else:
+            await self.ws.send_bytes(data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.ws.close(code=code, message=reason.encode())
+
+
+class TcpTransport(Transport):
+    """A plain TCP connection whose byte stream ``read_message`` cuts into the carrier's messages."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 read_message: Callable[[asyncio.StreamReader], Awaitable[bytes | None]]) -> None:
+        self.reader, self.writer = reader, writer
+        self._read_message = read_message
+
+    @property
+    def closed(self) -> bool:
+        return self.writer.is_closing()
+
+    async def receive(self, timeout: float | None) -> bytes:
+        try:
+            message = await asyncio.wait_for(self._read_message(self.reader), timeout)
+        except asyncio.IncompleteReadError as exc:
+            raise StreamEnded(f"connection closed inside a message ({len(exc.partial)} of {exc.expected} "
+                              "bytes read)" if exc.partial else None) from None
+        except ConnectionError as exc:
+            raise StreamEnded(f"connection lost: {exc}") from None
+        if message is None:
+            raise StreamEnded()
+        return message
+
+    async def send(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            raise RuntimeError("a TCP media stream carries bytes only")
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+class Outbox:
+    """Queues outgoing messages so that protocol code can send synchronously, in order, within one loop turn."""
+
+    def __init__(self, transport: Transport | web.WebSocketResponse) -> None:
+        if isinstance(transport, web.WebSocketResponse):
+            transport = WebSocketTransport(transport)
+        self._transport = transport
         self._queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._drain())
 
@@ -140,73 +338,93 @@ class Outbox:
 
     async def _drain(self) -> None:
         while (item := await self._queue.get()) is not None:
-            if self._ws.closed:
+            if self._transport.closed:
                 continue
             try:
-                if isinstance(item, str):
-                    await self._ws.send_str(item)
-                else:
-                    await self._ws.send_bytes(item)
+                await self._transport.send(item)
             except (ConnectionError, RuntimeError):
                 pass   # the reader sees the close and ends the call
 
     async def close(self) -> None:
+        """Send what is queued (for at most 2 s), then stop. Safe to call twice."""
+        if self._task.done():
+            return
         self._queue.put_nowait(None)
         try:
-            await asyncio.wait_for(self._task, 2.0)
+            await asyncio.wait_for(asyncio.shield(self._task), 2.0)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             self._task.cancel()
 
 
-async def serve_media_stream(request: web.Request, session_cls: type[CarrierSession],
-                             services: "CallServices", *, protocols: tuple[str, ...] = (),
-                             **session_kwargs) -> web.WebSocketResponse:
-    """Accept one carrier media WebSocket and run its call until either side hangs up."""
-    from ..call import Call   # call.py imports this module's types
+# -- the call over one media connection ------------------------------------------------------------
 
-    conn_id = next(_connection_ids)
-    clog = log.bind(carrier=session_cls.carrier, conn=conn_id, peer=request.remote)
-    ws = web.WebSocketResponse(max_msg_size=services.settings.max_message_bytes, protocols=protocols,
-                               heartbeat=30.0)
-    await ws.prepare(request)
-    outbox = Outbox(ws)
-    session = session_cls(outbox.send_text, outbox.send_bytes, **session_kwargs)
-    errors = 0
-    call: Call | None = None
-    assembler = FrameAssembler()
+class MediaStream:
+    """Drives one call over one media connection, whatever the transport: start, authorization, persona,
+    the ``Call``, events, protocol-error logging and cleanup."""
 
-    def protocol_error(problem: str) -> None:
-        nonlocal errors
-        errors += 1
-        if errors <= MAX_LOGGED_PROTOCOL_ERRORS:
-            (call.log if call else clog).warning("carrier_protocol_error", problem=problem, count=errors)
+    def __init__(self, transport: Transport, session_cls: type[CarrierSession], services: "CallServices", *,
+                 peer: str | None = None, **session_kwargs) -> None:
+        self.transport = transport
+        self.services = services
+        self.conn_id = next(_connection_ids)
+        self.log = log.bind(carrier=session_cls.carrier, conn=self.conn_id, peer=peer)
+        self.outbox = Outbox(transport)
+        self.session = session_cls(self.outbox.send_text, self.outbox.send_bytes, **session_kwargs)
+        self.call: Call | None = None
+        self.errors = 0
+        self._assembler = FrameAssembler()
 
-    async def handle(events: list[CarrierEvent]) -> None:
-        nonlocal call
+    def protocol_error(self, problem: str) -> None:
+        self.errors += 1
+        if self.errors <= MAX_LOGGED_PROTOCOL_ERRORS:
+            (self.call.log if self.call else self.log).warning("carrier_protocol_error", problem=problem,
+                                                              count=self.errors)
+
+    async def receive(self, message: str | bytes) -> None:
+        """One message from the carrier: parsed by the session, its events acted on."""
+        try:
+            if isinstance(message, str):
+                events = self.session.handle_text(message)
+            else:
+                events = self.session.handle_bytes(message)
+        except ProtocolError as exc:
+            self.protocol_error(str(exc))
+            if isinstance(exc, FatalProtocolError):
+                if self.call is not None:
+                    self.call.hang_up(f"carrier protocol error: {exc}")
+                await self.refuse("unusable stream")
+            return
+        await self.handle(events)
+
+    async def handle(self, events: list[CarrierEvent]) -> None:
+        from ..call import Call   # call.py imports this module's types
+
+        call = self.call
         for event in events:
             if isinstance(event, Audio):
                 if call is not None:
-                    for frame in assembler.push(event.pcm):
+                    for frame in self._assembler.push(event.pcm):
                         call.on_caller_audio(frame)
             elif isinstance(event, MarkPlayed):
                 if call is not None:
                     call.on_mark(event.name)
             elif isinstance(event, Started):
                 if call is not None:
-                    protocol_error("second start message on one stream ignored")
+                    self.protocol_error("second start message on one stream ignored")
                     continue
-                refusal = session.authorize(event.meta)
+                refusal = self.session.authorize(event.meta)
                 if refusal is not None:
-                    clog.warning("media_stream_refused", reason=refusal, call_sid=event.meta.call_id)
-                    await ws.close(code=1008, message=b"unauthorized")
+                    self.log.warning("media_stream_refused", reason=refusal, call_sid=event.meta.call_id)
+                    await self.refuse("unauthorized")
                     return
-                persona = services.dialplan.lookup(event.meta.to_number)
+                persona, why_not = persona_for(self.services.dialplan, event.meta, self.session.fallback_persona)
                 if persona is None:
-                    clog.warning("no_persona_for_number", to=event.meta.to_number, call_sid=event.meta.call_id)
-                    await ws.close(code=1008, message=b"no persona for this number")
+                    self.log.warning("no_persona_for_number", reason=why_not, to=event.meta.to_number,
+                                     call_sid=event.meta.call_id)
+                    await self.refuse("no persona for this call")
                     return
-                call = Call(meta=event.meta, persona=persona, carrier=session, services=services,
-                            close_carrier=ws.close)
+                call = self.call = Call(meta=event.meta, persona=persona, carrier=self.session,
+                                        services=self.services, close_carrier=self.hang_up)
                 call.start()
             elif isinstance(event, Dtmf):
                 if call is not None:
@@ -214,44 +432,132 @@ async def serve_media_stream(request: web.Request, session_cls: type[CarrierSess
             elif isinstance(event, Stopped):
                 if call is not None:
                     call.hang_up(f"carrier: {event.reason}")
-                await ws.close()
+                await self.transport.close()
 
-    try:
-        start_deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
-        while not ws.closed:
-            timeout = None if call is not None else max(start_deadline - asyncio.get_running_loop().time(), 0.01)
-            try:
-                msg = await ws.receive(timeout=timeout)
-            except asyncio.TimeoutError:
-                clog.warning("media_stream_no_start", waited_s=START_TIMEOUT_S)
-                await ws.close(code=1008, message=b"no start message")
-                break
-            if msg.type == WSMsgType.TEXT:
+    async def refuse(self, reason: str) -> None:
+        await self.transport.close(code=POLICY_VIOLATION, reason=reason)
+
+    async def hang_up(self) -> None:
+        """The call is over on our side: tell the carrier in-band where it can be told, then close."""
+        if not self.transport.closed:
+            self.session.send_hangup()
+            await self.outbox.close()
+        await self.transport.close()
+
+    async def run(self) -> None:
+        """Read messages until either side hangs up; the call, if any, is finished on return."""
+        loop = asyncio.get_running_loop()
+        start_deadline = loop.time() + START_TIMEOUT_S
+        try:
+            while not self.transport.closed:
+                timeout = None if self.call is not None else max(start_deadline - loop.time(), 0.01)
                 try:
-                    await handle(session.handle_text(msg.data))
-                except ProtocolError as exc:
-                    protocol_error(str(exc))
-            elif msg.type == WSMsgType.BINARY:
-                try:
-                    await handle(session.handle_bytes(msg.data))
-                except ProtocolError as exc:
-                    protocol_error(str(exc))
-            elif msg.type == WSMsgType.ERROR:
-                protocol_error(f"websocket error: {ws.exception()}")
-                break
-            else:   # CLOSE / CLOSING / CLOSED
-                break
-    except asyncio.CancelledError:
-        if call is not None:
-            call.hang_up("server shutting down")
-        raise
-    finally:
-        if call is not None:
-            call.hang_up("carrier socket closed")
-            await call.finished()
-        if errors > MAX_LOGGED_PROTOCOL_ERRORS:
-            (call.log if call else clog).warning("carrier_protocol_errors_total", count=errors)
-        await outbox.close()
-        if not ws.closed:
-            await ws.close()
+                    message = await self.transport.receive(timeout)
+                except asyncio.TimeoutError:
+                    self.log.warning("media_stream_no_start", waited_s=START_TIMEOUT_S)
+                    await self.refuse("no start message")
+                    break
+                except StreamEnded as end:
+                    if end.problem:
+                        self.protocol_error(end.problem)
+                    break
+                await self.receive(message)
+        except asyncio.CancelledError:
+            if self.call is not None:
+                self.call.hang_up("server shutting down")
+            raise
+        finally:
+            if self.call is not None:
+                self.call.hang_up("carrier socket closed")
+                await self.call.finished()
+            if self.errors > MAX_LOGGED_PROTOCOL_ERRORS:
+                (self.call.log if self.call else self.log).warning("carrier_protocol_errors_total",
+                                                                   count=self.errors)
+            await self.outbox.close()
+            if not self.transport.closed:
+                await self.transport.close()
+
+
+async def serve_media_stream(request: web.Request, session_cls: type[CarrierSession],
+                             services: "CallServices", *, protocols: tuple[str, ...] = (),
+                             **session_kwargs) -> web.WebSocketResponse:
+    """Accept one carrier media WebSocket and run its call until either side hangs up."""
+    ws = web.WebSocketResponse(max_msg_size=services.settings.max_message_bytes, protocols=protocols,
+                               heartbeat=30.0)
+    await ws.prepare(request)
+    stream = MediaStream(WebSocketTransport(ws), session_cls, services, peer=request.remote, **session_kwargs)
+    await stream.run()
     return ws
+
+
+class MediaRoute:
+    """One carrier's media WebSocket route: its ``carriers.<name>`` options, its authentication of the
+    upgrade request (refused with 401 before any audio flows), then :func:`serve_media_stream`.
+
+    Subclasses set ``carrier``, ``path``, ``session_cls`` (and ``protocols``), read their own config fields
+    in :meth:`configure` and check credentials in :meth:`auth_problem`; the module's
+    ``add_routes = TheRoute.add_routes``."""
+
+    carrier: str = ""
+    path: str = ""
+    session_cls: type[CarrierSession]
+    protocols: tuple[str, ...] = ()
+    basic_realm: str | None = None     # set for HTTP Basic carriers: the 401 then asks for credentials
+
+    def __init__(self, services: "CallServices") -> None:
+        self.services = services
+        fields = services.settings.carrier_fields(self.carrier)
+        self.options = read_carrier_options(fields, services.dialplan)
+        self.configure(fields)
+        fields.reject_unknown()
+
+    def configure(self, fields: Fields) -> None:
+        """Read the carrier's own fields (secrets come from the environment, never from the file)."""
+
+    def auth_problem(self, request: web.Request) -> str | None:
+        """None when the upgrade request is authenticated, else why not (only asked while auth is on)."""
+        return None
+
+    def session_kwargs(self, request: web.Request) -> dict:
+        return {"options": self.options, "query": request.query}
+
+    async def media(self, request: web.Request) -> web.StreamResponse:
+        if self.options.auth:
+            problem = self.auth_problem(request)
+            if problem is not None:
+                return refuse_upgrade(request, self.carrier, problem, basic_realm=self.basic_realm)
+        return await serve_media_stream(request, self.session_cls, self.services, protocols=self.protocols,
+                                        **self.session_kwargs(request))
+
+    @classmethod
+    def add_routes(cls, app: web.Application, services: "CallServices") -> None:
+        route = cls(services)
+        if route.options.enabled:
+            app.router.add_get(cls.path, route.media)
+
+
+class BasicAuthRoute(MediaRoute):
+    """A media route whose carrier authenticates with HTTP Basic on the upgrade: ``carriers.<name>.username``
+    and the password from the environment variable ``password_env``."""
+
+    default_username = "voicebot"
+    password_env = ""
+    basic_realm = "voicebot"
+
+    def configure(self, fields: Fields) -> None:
+        self.username = fields.get("username", str, self.default_username)
+        self.password = os.environ.get(self.password_env) or None
+
+    def auth_problem(self, request: web.Request) -> str | None:
+        return basic_auth_problem(request, self.username, self.password, self.password_env)
+
+
+async def serve_tcp_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           read_message: Callable[[asyncio.StreamReader], Awaitable[bytes | None]],
+                           session_cls: type[CarrierSession], services: "CallServices", **session_kwargs) -> None:
+    """Run one call over a plain TCP connection; ``read_message`` cuts the byte stream into messages."""
+    peer = writer.get_extra_info("peername")
+    stream = MediaStream(TcpTransport(reader, writer, read_message), session_cls, services,
+                         peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None, **session_kwargs)
+    await stream.run()
+
