@@ -23,6 +23,7 @@ ZH = "+15550000004"          # Chinese persona
 REALTIME_ONLY = "+15550000005"   # engine: realtime (no fallback chain)
 CHAIN = "+15550000006"       # engine: chain
 CHAIN_WS = "+15550000007"    # engine: chain, TTS over the WebSocket
+DEAF_MODEL = "+15550000008"  # the model's VAD threshold is so high that only our local VAD hears the caller
 
 PERSONAS = f"""\
 personas:
@@ -71,6 +72,16 @@ personas:
     instructions: You are a test assistant on the chain engine.
     greeting: Hello, this is the chain line. How can I help?
     chain: {{silence_ms: 500}}
+  - name: test-deaf-model
+    numbers: ["{DEAF_MODEL}"]
+    engine: realtime
+    language: en
+    voice: lively-girl
+    instructions: Test.
+    greeting: This greeting is long enough for the caller to talk over it before it ends, by design.
+    realtime:
+      turn_detection: {{energy_awakeness_threshold: 5000}}
+    barge_in: {{enabled: true, min_speech_ms: 200}}
   - name: test-chain-ws
     numbers: ["{CHAIN_WS}"]
     engine: chain
@@ -152,3 +163,25 @@ async def stack(tmp_path):
     finally:
         await runner.cleanup()
         await emu_runner.cleanup()
+
+
+# Credentials of the carriers that authenticate with a secret from the environment (read when the app is built).
+CARRIER_SECRETS = {
+    "VONAGE_WS_TOKEN": "test-vonage-token-7e2a",
+    "JAMBONZ_WS_PASSWORD": "test-jambonz-password-5b19",
+    "ASTERISK_WS_PASSWORD": "test-asterisk-password-c3d0",
+    "FREESWITCH_WS_SECRET": "test-freeswitch-secret-91fe",
+}
+
+
+@pytest.fixture
+def carrier_secrets(monkeypatch):
+    for name, value in CARRIER_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    return dict(CARRIER_SECRETS)
+
+
+@pytest.fixture
+async def carrier_stack(carrier_secrets, stack):
+    """``stack`` built with the carriers' secrets already in the environment (they are set up first)."""
+    return stack

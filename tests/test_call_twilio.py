@@ -17,7 +17,7 @@ from voicebot.simulator.twilio import simulate_twilio_call, parse_twiml_stream
 from voicebot.telephony.twilio_auth import compute_signature
 from voicebot.transcript import read_transcript
 
-from conftest import AUTH_TOKEN, EN, NO_BARGE, REALTIME_ONLY, SHORT, ZH
+from conftest import AUTH_TOKEN, DEAF_MODEL, EN, NO_BARGE, REALTIME_ONLY, SHORT, ZH
 
 
 async def transcript_of(stack) -> list[dict]:
@@ -294,3 +294,38 @@ async def test_stepfun_dropping_mid_call_ends_a_realtime_only_call_and_keeps_the
     records = await transcript_of(stack)
     assert records[-1]["type"] == "call_end" and "engine failed" in records[-1]["end_reason"]
     assert any(r["type"] == "turn" and r["role"] == "assistant" for r in records)   # greeting kept
+
+
+async def test_local_vad_barge_in_when_the_model_does_not_hear_the_caller(stack, caller_interrupt):
+    """Our own VAD cuts the bot after min_speech_ms of caller speech, with the same truncation accuracy."""
+    result = await simulate_twilio_call(
+        stack.url, to=DEAF_MODEL, auth_token=AUTH_TOKEN, max_duration_s=20,
+        script=[Say(caller_interrupt, barge_after_bot_ms=1000, label="barge"), Hangup(at_s=9)])
+    assert result.protocol_errors == []
+    assert len(result.clears) == 1
+    session = stack.emulator.sessions[0]
+    assert session.sent_of("input_audio_buffer.speech_started") == []       # the model never heard it
+    truncate = session.received_of("conversation.item.truncate")[0]
+    cut = [s for s in result.segments if s.ended_by == "clear"][0]
+    assert abs(truncate["audio_end_ms"] - cut.played_ms) <= 40
+    reaction = result.barge_in_reaction_s[0]
+    assert 0.15 <= reaction < 0.45         # about min_speech_ms (10 frames) of speech, plus a frame or two
+    barge = [r for r in await transcript_of(stack) if r["type"] == "barge_in"][0]
+    assert barge["trigger"] == "local_vad"
+
+
+async def test_no_secret_reaches_the_logs(stack, caller_en):
+    with structlog.testing.capture_logs() as logs:
+        result = await simulate_twilio_call(
+            stack.url, to=EN, auth_token=AUTH_TOKEN, max_duration_s=20,
+            script=[Say(caller_en, after_bot_done=True, pause_s=0.3), Hangup(after_bot_done=True, pause_s=0.3)])
+        await stack.idle()
+    assert result.protocol_errors == []
+    text = json.dumps(logs, default=str)
+    assert "call_summary" in text
+    for secret in (AUTH_TOKEN, "test-key", "Bearer"):
+        assert secret not in text
+    # The per-call stream token (issued in the TwiML) is not logged either.
+    assert not any("token" in str(v) and "." in str(v) and len(str(v)) > 40 for e in logs for v in e.values())
+    lines = [e for e in logs if e.get("call_id")]
+    assert lines and all(e.get("call_sid") and e.get("persona") == "test-en" for e in lines)
