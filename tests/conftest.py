@@ -14,6 +14,7 @@ from voicebot.config import Settings, StepFunSettings, TwilioSettings
 from voicebot.dialplan import load_dialplan
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REPO_DIALPLANS = Path(__file__).resolve().parent.parent / "dialplans"
 AUTH_TOKEN = "test-twilio-auth-token-4c1d"
 
 EN = "+15550000001"          # English persona, barge-in on (also the default persona)

@@ -24,6 +24,9 @@ _APPEND_SUFFIX = '"}'
 _FATAL_ERROR_CODES = {"session_expired", "session_timeout", "insufficient_quota", "invalid_api_key",
                       "authentication_error", "rate_limit_exceeded"}
 WATCHDOG_INTERVAL_S = 0.25
+# StepFun may deliver a caller's transcript after the reply to it; the reply's transcript waits this long
+# for it so that the conversation stays in spoken order.
+USER_TRANSCRIPT_WAIT_S = 3.0
 
 
 def greeting_instructions(persona: Persona) -> str:
@@ -68,6 +71,8 @@ class RealtimeEngine:
         self._awaiting_reply = False     # a response is due (requested, or the caller's turn ended)
         self._last_event_t = 0.0
         self._watchdog: asyncio.Task | None = None
+        self._untranscribed: set[str] = set()         # committed caller items still without a transcript
+        self._held_replies: list[tuple[str, str]] = []  # (item_id, text) waiting for those transcripts
 
     async def start(self) -> None:
         self._conn = await RealtimeConnection.connect(
@@ -188,13 +193,31 @@ class RealtimeEngine:
         elif kind == "input_audio_buffer.speech_stopped":
             self._awaiting_reply = True
         elif kind == "response.audio_transcript.done":
-            self.sink.transcript("assistant", event.get("transcript") or "", event.get("item_id"))
+            reply = (event.get("item_id"), event.get("transcript") or "")
+            if self._untranscribed:
+                if not self._held_replies:
+                    asyncio.get_running_loop().call_later(USER_TRANSCRIPT_WAIT_S, self._release_replies)
+                self._held_replies.append(reply)
+            else:
+                self.sink.transcript("assistant", reply[1], reply[0])
+        elif kind == "input_audio_buffer.committed":
+            if event.get("item_id"):
+                self._untranscribed.add(event["item_id"])
         elif kind == "conversation.item.input_audio_transcription.completed":
+            self._untranscribed.discard(event.get("item_id"))
             self.sink.transcript("user", event.get("transcript") or "", event.get("item_id"))
+            if not self._untranscribed:
+                self._release_replies()
         elif kind == "error":
             self._on_error(event.get("error") or {})
         elif kind == "session.updated":
             self.log.debug("realtime_session_updated")
+
+    def _release_replies(self) -> None:
+        self._untranscribed.clear()    # a transcript that has not come by now is not coming
+        held, self._held_replies = self._held_replies, []
+        for item_id, text in held:
+            self.sink.transcript("assistant", text, item_id)
 
     def _on_error(self, error: dict) -> None:
         self.errors += 1
@@ -210,6 +233,7 @@ class RealtimeEngine:
 
     async def close(self) -> None:
         self._closing = True
+        self._release_replies()
         for task in (self._reader, self._watchdog):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()

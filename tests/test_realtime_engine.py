@@ -1,0 +1,100 @@
+"""Realtime engine event handling that the emulator does not exercise: StepFun's documented orderings."""
+
+import asyncio
+
+import numpy as np
+
+from voicebot.audio.playout import HeardItem
+from voicebot.config import StepFunSettings
+from voicebot.dialplan import load_dialplan
+from voicebot.engines import realtime
+from voicebot.engines.realtime import RealtimeEngine
+
+from conftest import REPO_DIALPLANS
+
+
+class Sink:
+    def __init__(self):
+        self.turns, self.audio, self.failed = [], [], []
+
+    def transcript(self, role, text, item_id):
+        self.turns.append((role, text))
+
+    def bot_audio(self, item_id, pcm):
+        self.audio.append((item_id, len(pcm)))
+
+    def bot_audio_done(self, item_id):
+        pass
+
+    def caller_speech_started(self):
+        pass
+
+    def note(self, kind, **fields):
+        pass
+
+    def engine_failed(self, reason):
+        self.failed.append(reason)
+
+
+class Conn:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, event):
+        self.sent.append(event)
+
+
+def engine():
+    persona = load_dialplan(REPO_DIALPLANS).default
+    sink = Sink()
+    eng = RealtimeEngine(persona, StepFunSettings(), sink)
+    eng._conn = Conn()
+    return eng, sink
+
+
+async def test_a_late_caller_transcript_keeps_spoken_order():
+    eng, sink = engine()
+    eng._dispatch({"type": "input_audio_buffer.committed", "item_id": "u1"})
+    eng._dispatch({"type": "response.audio_transcript.done", "item_id": "a1", "transcript": "Sure, one moment."})
+    assert sink.turns == []            # held until the caller's own words are known
+    eng._dispatch({"type": "conversation.item.input_audio_transcription.completed", "item_id": "u1",
+                   "transcript": "Where is my order?"})
+    assert sink.turns == [("user", "Where is my order?"), ("assistant", "Sure, one moment.")]
+
+
+async def test_a_transcript_that_never_comes_does_not_hold_the_reply_forever(monkeypatch):
+    monkeypatch.setattr(realtime, "USER_TRANSCRIPT_WAIT_S", 0.05)
+    eng, sink = engine()
+    eng._dispatch({"type": "input_audio_buffer.committed", "item_id": "u1"})
+    eng._dispatch({"type": "response.audio_transcript.done", "item_id": "a1", "transcript": "Hello."})
+    await asyncio.sleep(0.1)
+    assert sink.turns == [("assistant", "Hello.")]
+
+
+async def test_late_deltas_of_a_cancelled_response_are_dropped_and_truncate_is_bounded():
+    eng, sink = engine()
+    pcm = np.zeros(2400, dtype="<i2").tobytes()      # 100 ms at 24 kHz
+    import base64
+    delta = {"type": "response.audio.delta", "response_id": "r1", "item_id": "a1",
+             "delta": base64.b64encode(pcm).decode()}
+    eng._dispatch({"type": "response.created", "response": {"id": "r1"}})
+    eng._dispatch(delta)
+    eng._dispatch(delta)
+    eng.interrupt([HeardItem("a1", heard_ms=500, generated_ms=200)])   # heard can't exceed generated
+    assert [e["type"] for e in eng._conn.sent] == ["response.cancel", "conversation.item.truncate"]
+    assert eng._conn.sent[1]["audio_end_ms"] == 200
+    before = len(sink.audio)
+    eng._dispatch(delta)
+    assert len(sink.audio) == before
+    eng.interrupt([HeardItem("a1", heard_ms=0, generated_ms=200)])     # nothing heard: no truncate at 0
+    assert [e["type"] for e in eng._conn.sent] == ["response.cancel", "conversation.item.truncate"]
+
+
+async def test_fatal_and_recoverable_errors():
+    eng, sink = engine()
+    eng._dispatch({"type": "error", "error": {"type": "invalid_request_error", "code": "invalid_value",
+                                              "message": "bad field"}})
+    assert sink.failed == []
+    eng._dispatch({"type": "error", "error": {"type": "invalid_request_error", "code": "session_expired",
+                                              "message": "limit"}})
+    assert sink.failed and "session_expired" in sink.failed[0]
