@@ -113,6 +113,8 @@ class StepFunSettings:
     base_url: str = DEFAULT_STEPFUN_BASE_URL
     api_key: str | None = field(default=None, repr=False)
     connect_timeout_s: float = 5.0
+    # With a fallback (engine: auto) a slow realtime connect costs the caller silence: give up sooner.
+    failover_connect_timeout_s: float = 1.5
 
     @property
     def ws_base_url(self) -> str:
@@ -188,6 +190,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         base_url=base_url.rstrip("/"),
         api_key=env.get("STEP_API_KEY") or None,
         connect_timeout_s=step.get("connect_timeout_s", float, 5.0, minimum=0.1),
+        failover_connect_timeout_s=step.get("failover_connect_timeout_s", float, 1.5, minimum=0.1),
     )
     step.reject_unknown()
 

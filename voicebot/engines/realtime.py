@@ -75,12 +75,14 @@ class RealtimeEngine:
         self._held_replies: list[tuple[str, str]] = []  # (item_id, text) waiting for those transcripts
 
     async def start(self) -> None:
+        timeout = (self.stepfun.failover_connect_timeout_s if self.persona.engine == "auto"
+                   else self.stepfun.connect_timeout_s)
         self._conn = await RealtimeConnection.connect(
             self.stepfun.ws_base_url, self.stepfun.api_key or "emulator", self.persona.realtime.model,
-            timeout_s=self.stepfun.connect_timeout_s)
+            timeout_s=timeout)
         events = self._conn.events()
         try:
-            first = await asyncio.wait_for(anext(events), self.stepfun.connect_timeout_s)
+            first = await asyncio.wait_for(anext(events), timeout)
         except (StopAsyncIteration, asyncio.TimeoutError):
             await self._conn.close()
             raise StepFunUnavailable("realtime session did not start (no session.created)") from None
