@@ -25,6 +25,7 @@ REALTIME_ONLY = "+15550000005"   # engine: realtime (no fallback chain)
 CHAIN = "+15550000006"       # engine: chain
 CHAIN_WS = "+15550000007"    # engine: chain, TTS over the WebSocket
 DEAF_MODEL = "+15550000008"  # the model's VAD threshold is so high that only our local VAD hears the caller
+IMPATIENT = "+15550000009"   # engine auto, realtime_response_timeout_s: 1
 
 PERSONAS = f"""\
 personas:
@@ -83,6 +84,13 @@ personas:
     realtime:
       turn_detection: {{energy_awakeness_threshold: 5000}}
     barge_in: {{enabled: true, min_speech_ms: 200}}
+  - name: test-impatient
+    numbers: ["{IMPATIENT}"]
+    language: en
+    voice: lively-girl
+    instructions: Test.
+    greeting: Hello from the impatient line.
+    realtime_response_timeout_s: 1.0
   - name: test-chain-ws
     numbers: ["{CHAIN_WS}"]
     engine: chain

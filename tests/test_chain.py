@@ -10,7 +10,7 @@ from voicebot.simulator.caller import Hangup, Say
 from voicebot.simulator.twilio import simulate_twilio_call
 from voicebot.transcript import read_transcript
 
-from conftest import AUTH_TOKEN, CHAIN, CHAIN_WS, EN
+from conftest import AUTH_TOKEN, CHAIN, CHAIN_WS, EN, IMPATIENT
 
 
 async def records_of(stack) -> list[dict]:
@@ -205,6 +205,22 @@ async def test_failover_mid_response_reanswers_the_last_turn(stack, caller_en):
     assert answer and answer[0].played_ms > 300
     gap = answer[0].start_s - question.end_s
     assert gap < 0.5 + 1.5 + 1.5 + 1.0      # end-of-turn silence + the held reply + switch budget + chain
+
+
+async def test_a_silent_realtime_socket_switches_to_the_chain(stack, caller_en):
+    stack.emulator.faults.response_delay_s = 30.0     # the greeting's audio never comes
+    result = await simulate_twilio_call(
+        stack.url, to=IMPATIENT, auth_token=AUTH_TOKEN, max_duration_s=30,
+        script=[Say(caller_en, after_bot_done=True, pause_s=0.4), Hangup(after_bot_done=True, pause_s=0.5)])
+    assert result.protocol_errors == []
+    assert result.first_bot_audio_s is not None and result.first_bot_audio_s < 1.0 + 0.5 + 1.5
+    records = await records_of(stack)
+    switch = [r for r in records if r["type"] == "engine_switch"]
+    assert len(switch) == 1 and "no realtime events" in switch[0]["reason"]
+    assert switch[0]["opening"] == "greeting" and switch[0]["switch_ms"] < 1500
+    said = turns(records)
+    assert said[0] == {**said[0], "role": "assistant", "engine": "chain", "text": "Hello from the impatient line."}
+    assert said[-1]["text"].startswith("You said: (caller speech")
 
 
 async def test_realtime_error_event_switches_to_the_chain(stack, caller_en):

@@ -257,7 +257,12 @@ class Call(EngineSink):
             opening = "greeting"
         elif mid_answer:
             last = self.conversation[-1] if self.conversation else None
-            opening = "reanswer" if last is not None and last["role"] == "user" else "reprompt"
+            if last is not None and last["role"] == "user":
+                opening = "reanswer"
+            elif not any(entry["role"] == "user" for entry in self.conversation):
+                opening = "greeting"      # it was still greeting
+            else:
+                opening = "reprompt"
         else:
             opening = None
         self.log.warning("engine_switch", old=old.name, new="chain", reason=reason, mid_answer=mid_answer,
