@@ -76,6 +76,7 @@ class Emulator:
         realtime_models: Iterable[str] = REALTIME_MODELS,
         session_limit_s: float = SESSION_LIMIT_S,
         retain_sessions: int | None = None,
+        record: bool = True,
     ) -> None:
         self.faults = faults if faults is not None else Faults()
         self.speed = speed                        # audio pacing: 1.0 = real time; <= 0 or inf = no pacing
@@ -83,6 +84,9 @@ class Emulator:
         self.realtime_models = set(realtime_models)
         self.session_limit_s = session_limit_s    # realtime sessions get an error and close after this
         self.retain_sessions = retain_sessions    # keep at most this many closed sessions (None: all)
+        # False (load tests): sessions keep counters only, not every event exchanged, and only the recent
+        # input audio, so memory stays flat however long and many the calls are.
+        self.record = record
         self.sessions: list[RealtimeSession] = []
         self.host: str | None = None
         self.port: int | None = None
@@ -273,12 +277,15 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                         help="accept only this bearer key (default: any non-empty key)")
     parser.add_argument("--session-limit-s", type=float, default=SESSION_LIMIT_S,
                         help="realtime session length limit in seconds (default 1800)")
+    parser.add_argument("--no-record", dest="record", action="store_false",
+                        help="keep counters only, not every realtime event (flat memory for load tests)")
     return parser
 
 
 def main_argv(argv: list[str] | None = None) -> int:
     """``voicebot emulator [--host H] [--port P] [--speed X] [--api-key K]``; returns an exit code."""
     args = build_arg_parser().parse_args(argv)
-    emulator = Emulator(speed=args.speed, api_key=args.api_key, session_limit_s=args.session_limit_s)
+    emulator = Emulator(speed=args.speed, api_key=args.api_key, session_limit_s=args.session_limit_s,
+                        record=args.record)
     run_emulator(args.host, args.port, emulator=emulator)
     return 0

@@ -84,6 +84,7 @@ DEFAULT_TURN_DETECTION: dict[str, Any] = {
 }
 MAX_APPEND_BASE64 = 15 * 1024 * 1024
 MAX_WS_MESSAGE = 20 * 1024 * 1024
+KEEP_INPUT_SAMPLES = 5 * speech.SAMPLE_RATE  # input audio kept between turns when sessions do not record
 CHUNK_MS = 100
 BYTES_PER_MS = speech.SAMPLE_RATE * 2 // 1000
 DEFAULT_REPLY = "Hello, how can I help you?"
@@ -458,7 +459,12 @@ class RealtimeSession:
         self.connected_at = time.monotonic()
         self.received: list[tuple[float, dict]] = []
         self.sent: list[dict] = []
+        self.record = emulator.record             # False: ``received``/``sent`` stay empty, counters only
+        self.events_received = 0
+        self.events_sent = 0
+        self.appends = 0                          # input_audio_buffer.append events accepted
         self.input_audio = bytearray()
+        self._audio_base = 0                      # samples dropped from the front of input_audio (record=False)
         self.config: dict[str, Any] = {
             "modalities": ["text", "audio"],
             "instructions": "",
@@ -501,7 +507,12 @@ class RealtimeSession:
     # -- test helpers --
     @property
     def input_samples(self) -> int:
-        return len(self.input_audio) // 2
+        return self._audio_base + len(self.input_audio) // 2
+
+    def _input_slice(self, start: int, end: int | None = None) -> bytes:
+        """Input audio between two sample positions of the appended stream."""
+        lo = max(0, start - self._audio_base) * 2
+        return self.input_audio[lo:] if end is None else self.input_audio[lo:max(0, end - self._audio_base) * 2]
 
     def received_of(self, type: str) -> list[dict]:
         return [event for _, event in self.received if event.get("type") == type]
@@ -542,7 +553,9 @@ class RealtimeSession:
         if self.closed:
             return
         event.setdefault("event_id", new_id("evt"))
-        self.sent.append(event)
+        self.events_sent += 1
+        if self.record:
+            self.sent.append(event)
         self._outbox.put_nowait(json.dumps(event, ensure_ascii=False))
         self._notify()
 
@@ -578,7 +591,9 @@ class RealtimeSession:
                 if msg.type == WSMsgType.TEXT:
                     self.handle_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    self.received.append((time.monotonic(), {"_binary": len(msg.data)}))
+                    self.events_received += 1
+                    if self.record:
+                        self.received.append((time.monotonic(), {"_binary": len(msg.data)}))
                     self.send_error(ProtocolError("invalid_event", "invalid event format: binary frames are "
                                                   "not supported, send JSON text events"))
                 elif msg.type == WSMsgType.ERROR:
@@ -597,7 +612,7 @@ class RealtimeSession:
             self.emulator.notify()
             log.info("emulator_realtime_session", session_id=self.id, model=self.model, trace_id=self.trace_id,
                      duration_s=round(time.monotonic() - self.connected_at, 3),
-                     events_received=len(self.received), events_sent=len(self.sent),
+                     events_received=self.events_received, events_sent=self.events_sent,
                      audio_in_s=round(self.input_samples / speech.SAMPLE_RATE, 2),
                      responses=len(self.responses), errors=self.errors_sent, close_reason=self.close_reason)
 
@@ -647,20 +662,24 @@ class RealtimeSession:
     # -- dispatch --
     def handle_text(self, data: str) -> None:
         now = time.monotonic()
+        self.events_received += 1
         try:
             event = json.loads(data)
         except ValueError:
-            self.received.append((now, {"_invalid": data[:500]}))
-            self._notify()
+            if self.record:
+                self.received.append((now, {"_invalid": data[:500]}))
+                self._notify()
             self.send_error(ProtocolError("invalid_json", "invalid event format: the message is not valid JSON"))
             return
         if not isinstance(event, dict):
-            self.received.append((now, {"_invalid": data[:500]}))
-            self._notify()
+            if self.record:
+                self.received.append((now, {"_invalid": data[:500]}))
+                self._notify()
             self.send_error(ProtocolError("invalid_event", "invalid event format: an event must be a JSON object"))
             return
-        self.received.append((now, event))
-        self._notify()
+        if self.record:
+            self.received.append((now, event))
+            self._notify()
         try:
             if "event_id" in event and not isinstance(event["event_id"], str):
                 raise _bad_type("event_id", "string")
@@ -724,7 +743,14 @@ class RealtimeSession:
         if isinstance(event["audio"], str) and len(event["audio"]) > MAX_APPEND_BASE64:
             raise _bad_value("audio", "an append event may carry at most 15 MB.")
         raw = _decode_audio(event["audio"], "audio")
+        self.appends += 1
         self.input_audio += raw
+        if (not self.record and self._speech is None and self.config["turn_detection"] is not None
+                and len(self.input_audio) > 2 * KEEP_INPUT_SAMPLES * 2):
+            # Nothing before the last few seconds can still become part of an item: let it go.
+            drop = len(self.input_audio) // 2 - KEEP_INPUT_SAMPLES
+            del self.input_audio[:drop * 2]
+            self._audio_base += drop
         if self.config["turn_detection"] is None or not raw:
             return
         for vad_event in self.vad.feed(np.frombuffer(raw, dtype="<i2")):
@@ -748,7 +774,7 @@ class RealtimeSession:
                    "item_id": item_id})
         prefix = self.config["turn_detection"]["prefix_padding_ms"] * 24
         first = max(self._buffer_start, start - prefix)
-        audio = self.input_audio[first * 2:end * 2]
+        audio = self._input_slice(first, end)
         self._buffer_start = end
         speech_ms = round(end / 24) - round(start / 24)
         item = Item(id=item_id, type="message", role="user", content=[{"type": "input_audio", "transcript": None}],
@@ -778,7 +804,7 @@ class RealtimeSession:
         _check_keys(event, {"type", "event_id"})
         if self.config["turn_detection"] is not None:
             raise ProtocolError("input_audio_buffer_commit_server_vad", "commit when server vad")
-        audio = self.input_audio[self._buffer_start * 2:]
+        audio = self._input_slice(self._buffer_start)
         if not audio:
             raise ProtocolError("input_audio_buffer_commit_empty",
                                 "Error committing input audio buffer: the buffer is empty.")
