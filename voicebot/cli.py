@@ -1,4 +1,4 @@
-"""``voicebot serve · check · emulator · demo · simulate``."""
+"""``voicebot serve · check · emulator · demo · simulate · voices``."""
 
 from __future__ import annotations
 
@@ -109,6 +109,12 @@ def cmd_simulate(args) -> int:
                                     auth_token=os.environ.get("TWILIO_AUTH_TOKEN")))
 
 
+def cmd_voices(args) -> int:
+    from .voices_cli import run
+    configure_logging("auto", "error")   # the command prints its own messages; the key is never among them
+    return asyncio.run(run(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description="Telephony voice-bot server for StepFun speech models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wav-out", default="simulated-call.wav")
     p.add_argument("--max-duration", type=float, default=40.0)
     p.set_defaults(func=cmd_simulate)
+
+    from .voices_cli import add_parser as voices_parser
+    voices_parser(sub).set_defaults(func=cmd_voices)
     return parser
 
 
