@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from voicebot.config import ConfigError, load_settings
+from voicebot.config import ConfigError, check_serving, load_settings
 from voicebot.dialplan import load_dialplan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,8 +117,10 @@ def test_config_environment_overrides_and_secrets(tmp_path):
     assert "sk-secret" not in repr(settings) and "tw-auth-9f8e" not in repr(settings.twilio)
 
 
-def test_real_key_without_twilio_token_is_refused_while_signatures_are_checked(tmp_path):
+def test_serving_with_a_real_key_needs_the_twilio_token_while_signatures_are_checked(tmp_path):
     path = write(tmp_path, "config.yaml", "{}\n")
+    settings = load_settings(path, environ={"STEP_API_KEY": "sk"})    # other commands do not need it
     with pytest.raises(ConfigError) as err:
-        load_settings(path, environ={"STEP_API_KEY": "sk"})
+        check_serving(settings)
     assert err.value.field_path == "TWILIO_AUTH_TOKEN"
+    check_serving(load_settings(path, environ={"STEP_API_KEY": "sk", "TWILIO_AUTH_TOKEN": "t"}))

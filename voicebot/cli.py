@@ -11,7 +11,7 @@ import sys
 import structlog
 from aiohttp import web
 
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, check_serving, load_settings
 from .dialplan import Dialplan, load_dialplan
 from .logs import configure_logging
 
@@ -71,6 +71,7 @@ async def _serve(settings: Settings, dialplan: Dialplan) -> None:
 
 def cmd_serve(args) -> int:
     settings, dialplan = _load(args.config)
+    check_serving(settings)
     configure_logging(settings.log_format, settings.log_level)
     asyncio.run(_serve(settings, dialplan))
     return 0

@@ -233,9 +233,13 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         max_message_bytes=max_message_bytes,
     )
     top.reject_unknown()
-    if twilio.validate_signatures and not twilio.auth_token and not stepfun.emulated:
-        # With a real StepFun key this is a production server: refusing every call silently would be worse.
+    return settings
+
+
+def check_serving(settings: Settings) -> None:
+    """What ``voicebot serve`` needs beyond valid files. With a real StepFun key this is a production
+    server, and refusing every Twilio call for want of a token would be worse than not starting."""
+    if settings.twilio.validate_signatures and not settings.twilio.auth_token and not settings.stepfun.emulated:
         raise ConfigError("environment", "TWILIO_AUTH_TOKEN",
                           "is required while twilio.validate_signatures is on (set it, or turn the check off "
                           "for local testing)")
-    return settings
