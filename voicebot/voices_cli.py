@@ -245,12 +245,7 @@ def _with_prefix(url: str) -> str:
 async def open_target(args: argparse.Namespace, err: IO[str],
                       environ: Mapping[str, str]) -> AsyncIterator[Target]:
     """Where the requests go (see the module docstring); starts and stops an in-process emulator if needed."""
-    env = dict(environ)
-    # load_settings insists on TWILIO_AUTH_TOKEN when a StepFun key is set: that guards the server, not these
-    # commands, which only read the stepfun settings.
-    if not env.get("TWILIO_AUTH_TOKEN"):
-        env["TWILIO_AUTH_TOKEN"] = "unused-by-voices"
-    settings = load_settings(getattr(args, "config", None), env)
+    settings = load_settings(getattr(args, "config", None), dict(environ))
     key = settings.stepfun.api_key
     files_base = environ.get("STEPFUN_FILES_BASE_URL") or None
     files_key = environ.get("STEPFUN_FILES_API_KEY") or None
