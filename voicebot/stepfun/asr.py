@@ -16,9 +16,7 @@ error (never an empty transcript)::
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -27,8 +25,7 @@ import numpy as np
 import structlog
 
 from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status
-from .http import (DEFAULT_BASE_URL, SSEReader, StepFunHttp, Timeouts, expect_event_stream, trace_id_of,
-                   transport_error)
+from .http import DEFAULT_BASE_URL, SseStream, StepFunHttp, Timeouts
 
 log = structlog.get_logger("voicebot.stepfun")
 
@@ -96,105 +93,50 @@ def _stream_error(event: dict, what: str, trace_id: str | None) -> StepFunError:
     return StepFunUnavailable(text, type="stream_error", trace_id=trace_id)
 
 
-class AsrStream:
+class AsrStream(SseStream[str]):
     """One transcription: async iterator of text deltas; ``text`` is final once iteration has ended.
 
     Starts the request on ``async with`` or on the first ``__anext__``; ``aclose()`` (or leaving the
     ``async with``, or cancelling the task that iterates) drops the connection.
     """
 
+    _log_started = "stepfun.asr_started"
+    _log_bad_event = "stepfun.asr_bad_event"
+
     def __init__(self, http: StepFunHttp, body: dict, timeouts: Timeouts, what: str = "asr") -> None:
-        self._http = http
-        self._body = body
-        self._timeouts = timeouts
-        self._what = what
-        self._resp: aiohttp.ClientResponse | None = None
-        self._reader: SSEReader | None = None
-        self._finished = False
+        super().__init__(http, ASR_PATH, body, timeouts, what)
         self.text: str | None = None
         self.deltas: list[str] = []
-        self.trace_id: str | None = None
         self.session_id: str | None = None
         self.usage: dict | None = None
 
-    async def __aenter__(self) -> "AsrStream":
-        await self._start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> "AsrStream":
-        return self
-
-    async def _start(self) -> None:
-        if self._resp is not None or self._finished:
-            return
-        resp = await self._http.request("POST", ASR_PATH, what=self._what, json_body=self._body,
-                                        headers={"Accept": "text/event-stream"}, timeouts=self._timeouts)
-        self.trace_id = trace_id_of(resp)
-        await expect_event_stream(resp, self._what)
-        self._resp = resp
-        self._reader = SSEReader(resp, self._what)
-        log.debug("stepfun.asr_started", trace_id=self.trace_id)
-
-    async def __anext__(self) -> str:
-        if self._finished:
+    def _on_event(self, event: dict) -> str | None:
+        meta = event.get("meta")
+        if isinstance(meta, dict) and meta.get("session_id") and not self.session_id:
+            self.session_id = str(meta["session_id"])
+        kind = event.get("type")
+        if kind == "transcript.text.delta":
+            delta = event.get("delta")
+            if isinstance(delta, str) and delta:
+                self.deltas.append(delta)
+                return delta
+        elif kind == "transcript.text.done":
+            text = event.get("text")
+            self.text = text if isinstance(text, str) else "".join(self.deltas)
+            self.usage = event.get("usage") if isinstance(event.get("usage"), dict) else None
+            log.debug("stepfun.asr_done", trace_id=self.trace_id, session_id=self.session_id, chars=len(self.text))
             raise StopAsyncIteration
-        try:
-            await self._start()
-            assert self._reader is not None
-            while True:
-                try:
-                    payload = await self._reader.__anext__()
-                except StopAsyncIteration:
-                    raise StepFunUnavailable(f"{self._what}: stream ended without transcript.text.done",
-                                             trace_id=self.trace_id) from None
-                if payload == "[DONE]":
-                    continue
-                try:
-                    event = json.loads(payload)
-                except ValueError:
-                    log.warning("stepfun.asr_bad_event", trace_id=self.trace_id, payload=payload[:120])
-                    continue
-                if not isinstance(event, dict):
-                    continue
-                meta = event.get("meta")
-                if isinstance(meta, dict) and meta.get("session_id") and not self.session_id:
-                    self.session_id = str(meta["session_id"])
-                kind = event.get("type")
-                if kind == "transcript.text.delta":
-                    delta = event.get("delta")
-                    if isinstance(delta, str) and delta:
-                        self.deltas.append(delta)
-                        return delta
-                elif kind == "transcript.text.done":
-                    text = event.get("text")
-                    self.text = text if isinstance(text, str) else "".join(self.deltas)
-                    self.usage = event.get("usage") if isinstance(event.get("usage"), dict) else None
-                    log.debug("stepfun.asr_done", trace_id=self.trace_id, session_id=self.session_id,
-                              chars=len(self.text))
-                    await self.aclose()
-                    raise StopAsyncIteration
-                elif kind == "error":
-                    raise _stream_error(event, self._what, self.trace_id)
-                else:
-                    log.debug("stepfun.asr_unknown_event", type=kind, trace_id=self.trace_id)
-        except StopAsyncIteration:
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            await self.aclose()
-            raise transport_error(exc, self._what, trace_id=self.trace_id) from None
-        except BaseException:
-            await self.aclose()
-            raise
+        elif kind == "error":
+            raise _stream_error(event, self._what, self.trace_id)
+        else:
+            log.debug("stepfun.asr_unknown_event", type=kind, trace_id=self.trace_id)
+        return None
 
-    async def aclose(self) -> None:
-        """Stop: drop the connection if the stream is still open (idempotent)."""
-        self._finished = True
-        resp, self._resp = self._resp, None
-        if resp is not None:
-            resp.close()
+    def _on_done_marker(self) -> bool:
+        return False  # only transcript.text.done ends a transcription
+
+    def _on_end(self) -> None:
+        raise StepFunUnavailable(f"{self._what}: stream ended without transcript.text.done", trace_id=self.trace_id)
 
     def result(self) -> Transcript:
         if self.text is None:

@@ -16,8 +16,6 @@ drops the HTTP connection at once, which ends the generation on the server.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -25,8 +23,7 @@ import aiohttp
 import structlog
 
 from .errors import StepFunError, StepFunUnavailable, error_for_status
-from .http import (DEFAULT_BASE_URL, SSE_DONE, SSEReader, StepFunHttp, Timeouts, expect_event_stream,
-                   trace_id_of, transport_error)
+from .http import DEFAULT_BASE_URL, SseStream, StepFunHttp, Timeouts
 
 log = structlog.get_logger("voicebot.stepfun")
 
@@ -90,21 +87,17 @@ def _merge_tool_calls(calls: list[dict], deltas: Any) -> None:
                 call["function"]["arguments"] += fn["arguments"]
 
 
-class ChatStream:
+class ChatStream(SseStream[str]):
     """One streamed completion: async iterator of non-empty text deltas, in order."""
 
+    _log_started = "stepfun.chat_started"
+    _log_bad_event = "stepfun.chat_bad_chunk"
+
     def __init__(self, http: StepFunHttp, body: dict, timeouts: Timeouts, what: str = "chat") -> None:
-        self._http = http
-        self._body = body
-        self._timeouts = timeouts
-        self._what = what
-        self._resp: aiohttp.ClientResponse | None = None
-        self._reader: SSEReader | None = None
-        self._finished = False
+        super().__init__(http, CHAT_PATH, body, timeouts, what)
         self.text = ""
         self.finish_reason: str | None = None
         self.usage: dict | None = None
-        self.trace_id: str | None = None
         self.id: str | None = None
         self.tool_calls: list[dict] = []
         self.completed = False  # [DONE] (or a final finish_reason) was received
@@ -113,96 +106,48 @@ class ChatStream:
     def cut(self) -> bool:
         return self.finish_reason in CUT_REASONS
 
-    async def __aenter__(self) -> "ChatStream":
-        await self._start()
-        return self
+    def _on_event(self, event: dict) -> str | None:
+        if "error" in event:
+            raise _error_in_body(event, self._what, self.trace_id)
+        self.id = self.id or event.get("id")
+        if isinstance(event.get("usage"), dict):
+            self.usage = event["usage"]
+        piece = ""
+        for choice in event.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    piece += content
+                _merge_tool_calls(self.tool_calls, delta.get("tool_calls"))
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str) and reason:
+                self.finish_reason = reason
+                if reason in CUT_REASONS:
+                    log.info("stepfun.chat_cut", finish_reason=reason, trace_id=self.trace_id)
+        if piece:
+            self.text += piece
+            return piece
+        return None
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    def _on_done_marker(self) -> bool:
+        self.completed = True
+        log.debug("stepfun.chat_done", trace_id=self.trace_id, finish_reason=self.finish_reason, usage=self.usage)
+        return True
 
-    def __aiter__(self) -> "ChatStream":
-        return self
-
-    async def _start(self) -> None:
-        if self._resp is not None or self._finished:
-            return
-        resp = await self._http.request("POST", CHAT_PATH, what=self._what, json_body=self._body,
-                                        headers={"Accept": "text/event-stream"}, timeouts=self._timeouts)
-        self.trace_id = trace_id_of(resp)
-        await expect_event_stream(resp, self._what)
-        self._resp = resp
-        self._reader = SSEReader(resp, self._what)
-        log.debug("stepfun.chat_started", trace_id=self.trace_id)
-
-    async def __anext__(self) -> str:
-        if self._finished:
-            raise StopAsyncIteration
-        try:
-            await self._start()
-            assert self._reader is not None
-            while True:
-                try:
-                    payload = await self._reader.__anext__()
-                except StopAsyncIteration:
-                    if self.finish_reason:
-                        self.completed = True
-                        await self.aclose()
-                        raise
-                    raise StepFunUnavailable(f"{self._what}: stream ended before [DONE]",
-                                             trace_id=self.trace_id) from None
-                if payload.strip() == SSE_DONE:
-                    self.completed = True
-                    log.debug("stepfun.chat_done", trace_id=self.trace_id, finish_reason=self.finish_reason,
-                              usage=self.usage)
-                    await self.aclose()
-                    raise StopAsyncIteration
-                try:
-                    chunk = json.loads(payload)
-                except ValueError:
-                    log.warning("stepfun.chat_bad_chunk", trace_id=self.trace_id, payload=payload[:120])
-                    continue
-                if not isinstance(chunk, dict):
-                    continue
-                if "error" in chunk:
-                    raise _error_in_body(chunk, self._what, self.trace_id)
-                self.id = self.id or chunk.get("id")
-                if isinstance(chunk.get("usage"), dict):
-                    self.usage = chunk["usage"]
-                piece = ""
-                for choice in chunk.get("choices") or ():
-                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                        continue
-                    delta = choice.get("delta") or {}
-                    if isinstance(delta, dict):
-                        content = delta.get("content")
-                        if isinstance(content, str):
-                            piece += content
-                        _merge_tool_calls(self.tool_calls, delta.get("tool_calls"))
-                    reason = choice.get("finish_reason")
-                    if isinstance(reason, str) and reason:
-                        self.finish_reason = reason
-                        if reason in CUT_REASONS:
-                            log.info("stepfun.chat_cut", finish_reason=reason, trace_id=self.trace_id)
-                if piece:
-                    self.text += piece
-                    return piece
-        except StopAsyncIteration:
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            await self.aclose()
-            raise transport_error(exc, self._what, trace_id=self.trace_id) from None
-        except BaseException:
-            await self.aclose()
-            raise
+    def _on_end(self) -> None:
+        if not self.finish_reason:
+            super()._on_end()  # raises: ended before [DONE]
+        self.completed = True
 
     async def aclose(self) -> None:
         """Stop now: drop the connection if still open (idempotent)."""
-        self._finished = True
-        resp, self._resp = self._resp, None
-        if resp is not None:
-            resp.close()
-            if not self.completed:
-                log.debug("stepfun.chat_aborted", trace_id=self.trace_id, chars=len(self.text))
+        was_open = self._resp is not None
+        await super().aclose()
+        if was_open and not self.completed:
+            log.debug("stepfun.chat_aborted", trace_id=self.trace_id, chars=len(self.text))
 
     def result(self) -> ChatResult:
         return ChatResult(self.text, self.finish_reason, self.usage, self.trace_id, self.id,

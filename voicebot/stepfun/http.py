@@ -13,6 +13,9 @@
   Connection failures, timeouts and broken streams become :class:`StepFunUnavailable`.
 * :class:`SSEReader` yields the payload of each ``data:`` line of a ``text/event-stream`` body, ``[DONE]``
   included (the caller decides what ends its stream).
+* :class:`SseStream` is the lifecycle every streamed endpoint shares (ASR, chat, TTS over SSE): start the POST,
+  read and decode the events, map transport failures, drop the connection when stopped. Subclasses only say
+  what an event, ``[DONE]`` and the end of the body mean.
 
 The clients take one :class:`aiohttp.ClientSession` shared by the whole process; they never close it.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Generic, Mapping, Self, TypeVar
 
 import aiohttp
 import structlog
@@ -36,6 +39,8 @@ TRACE_HEADER = "X-Trace-Id"
 SSE_DONE = "[DONE]"
 MAX_ERROR_BODY = 64 * 1024
 MAX_SSE_LINE = 32 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 def normalize_base_url(base_url: str) -> str:
@@ -277,3 +282,113 @@ class SSEReader:
             if len(self._buf) > self._max_line:
                 raise StepFunUnavailable(f"{self._what}: event-stream line longer than {self._max_line} bytes",
                                          trace_id=self.trace_id)
+
+
+class SseStream(Generic[T]):
+    """One streamed POST whose answer is ``text/event-stream``: an async iterator of items of type ``T``.
+
+    The request goes out on ``async with`` or on the first ``__anext__``. Each ``data:`` payload is
+    JSON-decoded (a payload that is not JSON is logged and skipped, one that is not an object is skipped) and
+    handed to :meth:`_on_event`, which returns the next item or ``None`` to keep reading. ``[DONE]`` goes to
+    :meth:`_on_done_marker`, the end of the body to :meth:`_on_end`. A hook may raise ``StopAsyncIteration`` to
+    end the stream cleanly, or an error to fail it.
+
+    Whatever ends the iteration (its end, an error, ``aclose()``, leaving the ``async with``, or cancelling the
+    task that iterates) drops the connection at once; transport failures while reading become
+    :class:`StepFunUnavailable` with the answer's trace id.
+    """
+
+    #: structlog event names: the request was answered with a stream / a payload was not JSON (None: no log)
+    _log_started: str | None = None
+    _log_bad_event: str | None = "stepfun.sse_bad_event"
+
+    def __init__(self, http: StepFunHttp, path: str, body: dict, timeouts: Timeouts, what: str) -> None:
+        self._http = http
+        self._path = path
+        self._body = body
+        self._timeouts = timeouts
+        self._what = what
+        self._resp: aiohttp.ClientResponse | None = None
+        self._reader: SSEReader | None = None
+        self._finished = False
+        self.trace_id: str | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def _start(self) -> None:
+        if self._resp is not None or self._finished:
+            return
+        resp = await self._http.request("POST", self._path, what=self._what, json_body=self._body,
+                                        headers={"Accept": "text/event-stream"}, timeouts=self._timeouts)
+        self.trace_id = trace_id_of(resp)
+        await expect_event_stream(resp, self._what)
+        self._resp = resp
+        self._reader = SSEReader(resp, self._what)
+        if self._log_started:
+            log.debug(self._log_started, trace_id=self.trace_id)
+
+    async def __anext__(self) -> T:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            await self._start()
+            assert self._reader is not None
+            while True:
+                try:
+                    payload: str | None = await self._reader.__anext__()
+                except StopAsyncIteration:
+                    payload = None
+                if payload is None:
+                    self._on_end()
+                    raise StopAsyncIteration
+                if payload.strip() == SSE_DONE:
+                    if self._on_done_marker():
+                        raise StopAsyncIteration
+                    continue
+                try:
+                    event = json.loads(payload)
+                except ValueError:
+                    if self._log_bad_event:
+                        log.warning(self._log_bad_event, trace_id=self.trace_id, payload=payload[:120])
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                item = self._on_event(event)
+                if item is not None:
+                    return item
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            await self.aclose()
+            raise transport_error(exc, self._what, trace_id=self.trace_id) from None
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def _on_event(self, event: dict) -> T | None:
+        """One decoded event: the next item, or ``None`` to keep reading."""
+        raise NotImplementedError
+
+    def _on_done_marker(self) -> bool:
+        """``data: [DONE]``: True ends the stream, False skips it."""
+        return True
+
+    def _on_end(self) -> None:
+        """The body ended without ``[DONE]``: return to end the stream cleanly, or raise."""
+        raise StepFunUnavailable(f"{self._what}: stream ended before [DONE]", trace_id=self.trace_id)
+
+    async def aclose(self) -> None:
+        """Stop now: drop the connection if the stream is still open (idempotent)."""
+        self._finished = True
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close()

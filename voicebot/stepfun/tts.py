@@ -40,8 +40,8 @@ import numpy as np
 import structlog
 
 from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status
-from .http import (DEFAULT_BASE_URL, SSE_DONE, TRACE_HEADER, SSEReader, StepFunHttp, Timeouts,
-                   expect_event_stream, trace_id_of, transport_error)
+from .http import (DEFAULT_BASE_URL, TRACE_HEADER, SseStream, StepFunHttp, Timeouts, trace_id_of,
+                   transport_error)
 
 log = structlog.get_logger("voicebot.stepfun")
 
@@ -130,95 +130,44 @@ class Speech:
 
 # ---------------------------------------------------------------------------------------------- HTTP SSE
 
-class TtsHttpStream:
+class TtsHttpStream(SseStream[np.ndarray]):
     """``/audio/speech`` with ``stream_format: "sse"``: async iterator of int16 chunks."""
 
+    _log_bad_event = "stepfun.tts_bad_event"
+
     def __init__(self, http: StepFunHttp, body: dict, timeouts: Timeouts) -> None:
-        self._http = http
-        self._body = body
-        self._timeouts = timeouts
-        self._resp: aiohttp.ClientResponse | None = None
-        self._reader: SSEReader | None = None
+        super().__init__(http, SPEECH_PATH, body, timeouts, "tts")
         self._pcm = _Pcm16()
-        self._finished = False
         self.sample_rate = int(body["sample_rate"])
-        self.trace_id: str | None = None
         self.completed = False
         self.samples = 0
 
-    async def __aenter__(self) -> "TtsHttpStream":
-        await self._start()
-        return self
+    def _on_event(self, event: dict) -> np.ndarray | None:
+        kind = event.get("type")
+        if kind == "speech.audio.delta":
+            pcm = self._pcm.feed(base64.b64decode(event.get("audio") or ""))
+            if len(pcm):
+                self.samples += len(pcm)
+                return pcm
+        elif kind == "speech.audio.done":
+            self.completed = True
+            tail = self._pcm.feed(base64.b64decode(event.get("audio") or ""))
+            if len(tail) and self.samples == 0:
+                self.samples += len(tail)
+                return tail
+        elif kind == "speech.audio.error":
+            err = event.get("error") if isinstance(event.get("error"), dict) else event
+            raise StepFunUnavailable(f"tts: error in stream: {err.get('message') or 'no message'}",
+                                     type=err.get("type"), trace_id=self.trace_id)
+        return None
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    def _on_done_marker(self) -> bool:
+        self.completed = True
+        return True
 
-    def __aiter__(self) -> "TtsHttpStream":
-        return self
-
-    async def _start(self) -> None:
-        if self._resp is not None or self._finished:
-            return
-        resp = await self._http.request("POST", SPEECH_PATH, what="tts", json_body=self._body,
-                                        headers={"Accept": "text/event-stream"}, timeouts=self._timeouts)
-        self.trace_id = trace_id_of(resp)
-        await expect_event_stream(resp, "tts")
-        self._resp = resp
-        self._reader = SSEReader(resp, "tts")
-
-    async def __anext__(self) -> np.ndarray:
-        if self._finished:
-            raise StopAsyncIteration
-        try:
-            await self._start()
-            assert self._reader is not None
-            while True:
-                try:
-                    payload = await self._reader.__anext__()
-                except StopAsyncIteration:
-                    if self.completed:
-                        await self.aclose()
-                        raise
-                    raise StepFunUnavailable("tts: stream ended before speech.audio.done",
-                                             trace_id=self.trace_id) from None
-                if payload.strip() == SSE_DONE:
-                    self.completed = True
-                    await self.aclose()
-                    raise StopAsyncIteration
-                try:
-                    event = json.loads(payload)
-                except ValueError:
-                    continue
-                kind = event.get("type") if isinstance(event, dict) else None
-                if kind == "speech.audio.delta":
-                    pcm = self._pcm.feed(base64.b64decode(event.get("audio") or ""))
-                    if len(pcm):
-                        self.samples += len(pcm)
-                        return pcm
-                elif kind == "speech.audio.done":
-                    self.completed = True
-                    tail = self._pcm.feed(base64.b64decode(event.get("audio") or ""))
-                    if len(tail) and self.samples == 0:
-                        self.samples += len(tail)
-                        return tail
-                elif kind == "speech.audio.error":
-                    err = event.get("error") if isinstance(event.get("error"), dict) else event
-                    raise StepFunUnavailable(f"tts: error in stream: {err.get('message') or 'no message'}",
-                                             type=err.get("type"), trace_id=self.trace_id)
-        except StopAsyncIteration:
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            await self.aclose()
-            raise transport_error(exc, "tts", trace_id=self.trace_id) from None
-        except BaseException:
-            await self.aclose()
-            raise
-
-    async def aclose(self) -> None:
-        self._finished = True
-        resp, self._resp = self._resp, None
-        if resp is not None:
-            resp.close()
+    def _on_end(self) -> None:
+        if not self.completed:
+            raise StepFunUnavailable("tts: stream ended before speech.audio.done", trace_id=self.trace_id)
 
 
 # ---------------------------------------------------------------------------------------------- WebSocket
