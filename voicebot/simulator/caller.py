@@ -184,6 +184,32 @@ class CarrierProtocol(abc.ABC):
     def closing_messages(self) -> list[Message]:
         """Messages sent when the caller hangs up, before the socket is closed."""
 
+    def playback_level(self, buffered_samples: int) -> list[Message]:
+        """Called whenever the playback buffer grew or played a frame: carriers that report their queue
+        (flow control) answer with messages; one that has no buffer may raise :class:`ProtocolViolation`."""
+        return []
+
+    async def connect(self, target: StreamTarget, timeout_s: float) -> "MediaConnection | None":
+        """Open the media connection; None (the default) means a WebSocket to ``target.url``."""
+        return None
+
+
+class MediaConnection(abc.ABC):
+    """A media connection that is not a WebSocket (e.g. AudioSocket's TCP): whole messages both ways.
+    Sending on a closed connection raises ConnectionError; iteration ends when the peer closes."""
+
+    close_code: int | None = None
+    close_reason: str | None = None
+
+    @abc.abstractmethod
+    async def send(self, message: Message) -> None: ...
+
+    @abc.abstractmethod
+    def __aiter__(self): ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
 
 # --------------------------------------------------------------------------------------------------
 # The result
@@ -372,7 +398,7 @@ class SimulatedCall:
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
-        self._ws: ClientConnection | None = None
+        self._ws: ClientConnection | MediaConnection | None = None
         self._buffer = _PlaybackBuffer()
         self._timeline: list[TimelineEvent] = []
         self._heard: list[np.ndarray] = []
@@ -422,7 +448,7 @@ class SimulatedCall:
         try:
             for m in messages:
                 await self._ws.send(m)
-        except ConnectionClosed:
+        except (ConnectionClosed, ConnectionError):
             self._server_closed = True
 
     async def _echo_marks(self, marks: list[MarkRecord], t: float, cleared: bool) -> None:
@@ -457,7 +483,7 @@ class SimulatedCall:
                     continue
                 for ev in events:
                     await self._apply(ev, t)
-        except ConnectionClosed:
+        except (ConnectionClosed, ConnectionError):
             pass
         finally:
             if not self._ended:
@@ -470,6 +496,7 @@ class SimulatedCall:
                 self._event(t, "bot_media_first_received", f"{ev.wire_bytes} bytes")
             self._media.append((t, ev.wire_bytes))
             buf.append(np.asarray(ev.pcm, dtype=np.int16))
+            await self._report_level(t)
         elif isinstance(ev, QueueMark):
             rec = MarkRecord(ev.name, t)
             self._marks.append(rec)
@@ -488,6 +515,16 @@ class SimulatedCall:
                 self._close_segment("clear" if dropped else "drained")
             await self._send(self.protocol.cleared())
             await self._echo_marks(pending, t, cleared=True)
+
+    async def _report_level(self, t: float) -> None:
+        try:
+            messages = self.protocol.playback_level(self._buffer.buffered)
+        except ProtocolViolation as exc:
+            self._protocol_error(t, str(exc))
+            return
+        for m in messages:
+            self._event(t, "flow_control_sent", m if isinstance(m, str) else f"{len(m)} bytes")
+        await self._send(messages)
 
     # -- the 20 ms tick --------------------------------------------------------------------------------
 
@@ -593,6 +630,7 @@ class SimulatedCall:
                 if frame is _HANGUP:
                     return "hangup"
                 heard = self._play_tick(t)
+                await self._report_level(t)
                 if self.record:
                     self._heard.append(heard)
                     self._sent.append(frame)
@@ -605,7 +643,10 @@ class SimulatedCall:
 
     # -- the whole call ----------------------------------------------------------------------------------
 
-    async def _connect(self, target: StreamTarget) -> ClientConnection:
+    async def _connect(self, target: StreamTarget) -> ClientConnection | MediaConnection:
+        connection = await self.protocol.connect(target, self.connect_timeout_s)
+        if connection is not None:
+            return connection
         try:
             return await connect(target.url, additional_headers=target.headers, subprotocols=target.subprotocols,
                                  compression=None, proxy=None, ping_interval=None, open_timeout=self.connect_timeout_s,
