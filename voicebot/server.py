@@ -21,7 +21,8 @@ log = structlog.get_logger("voicebot.server")
 SERVICES = web.AppKey("services", CallServices)
 
 # Each carrier module in voicebot/telephony exposes add_routes(app, services).
-CARRIER_MODULES = ("twilio", "telnyx", "signalwire", "plivo", "exotel")
+CARRIER_MODULES = ("twilio", "telnyx", "signalwire", "plivo", "exotel",
+                   "vonage", "jambonz", "asterisk", "audiosocket", "freeswitch")
 
 
 def stepfun_engines(settings: Settings, services: CallServices) -> EngineFactory:

@@ -102,6 +102,8 @@ class CarrierSession(ABC):
     def __init__(self, send_text: Callable[[str], None], send_bytes: Callable[[bytes], None]) -> None:
         self.send_text = send_text
         self.send_bytes = send_bytes
+        # Set by the loop once the call runs: tells the playout a mark was reached without a wire echo.
+        self.mark_reached: Callable[[str], None] = lambda name: None
 
     @abstractmethod
     def handle_text(self, text: str) -> list[CarrierEvent]:
@@ -121,6 +123,13 @@ class CarrierSession(ABC):
 
     def send_hangup(self) -> None:
         """Carriers that can end the call in-band override this; closing the socket is the fallback."""
+
+    def reached_when_sent(self, name: str) -> None:
+        """``send_mark`` for carriers that can neither echo marks nor flush what we sent (Asterisk
+        AudioSocket, mod_audio_stream): everything handed to them will be heard, so a mark counts as reached
+        once the audio before it is sent. With a small ``max_lead_ms`` that is at most a frame or two ahead of
+        the caller's ear, and a barge-in truncates the model at all the audio the caller will hear."""
+        self.mark_reached(name)
 
     def authorize(self, meta: CallMeta) -> str | None:
         """None when this connection may carry ``meta``'s call, else why not."""
@@ -425,6 +434,8 @@ class MediaStream:
                     return
                 call = self.call = Call(meta=event.meta, persona=persona, carrier=self.session,
                                         services=self.services, close_carrier=self.hang_up)
+                loop = asyncio.get_running_loop()
+                self.session.mark_reached = lambda name, on_mark=call.on_mark: loop.call_soon(on_mark, name)
                 call.start()
             elif isinstance(event, Dtmf):
                 if call is not None:
