@@ -9,38 +9,23 @@ takes (:meth:`L16Protocol.check_audio`) and what each control message means (:me
 from __future__ import annotations
 
 import base64
-import inspect
 import json
-import secrets
 from urllib.parse import urlencode
 
 import aiohttp
 import numpy as np
 
 from voicebot.audio.codecs import WireCodec
-from voicebot.simulator.caller import (CallResult, CarrierProtocol, Message, PlayAudio, ProtocolViolation,
-                                       ServerEvent, SimulatedCall, Step, StreamTarget)
+from voicebot.simulator.caller import CarrierProtocol, Message, PlayAudio, ProtocolViolation, ServerEvent, StreamTarget
+from voicebot.simulator.jsonwire import dumps, new_uuid, simulate, ws_url
+
+__all__ = ["AUTO", "DirectProtocol", "L16Protocol", "basic_auth", "dumps", "exact_fields", "new_uuid", "simulate"]
 
 AUTO = "auto"   # credentials: from the carrier's environment variable; None omits them
 
 
-def dumps(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
-def new_uuid() -> str:
-    h = secrets.token_hex(16)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 def basic_auth(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-
-
-def media_url(base_url: str, path: str, query: dict[str, str] | None = None) -> str:
-    scheme, rest = base_url.rstrip("/").split("://", 1)
-    url = {"https": "wss", "http": "ws"}.get(scheme, scheme) + "://" + rest + path
-    return url + ("?" + urlencode(query) if query else "")
 
 
 def exact_fields(obj: dict, want: dict[str, type], where: str, excerpt: str) -> None:
@@ -81,7 +66,7 @@ class L16Protocol(DirectProtocol):
                  query: dict[str, str] | None = None, codec: WireCodec | None = None,
                  playback_codec: WireCodec | None = None, call_id: str | None = None) -> None:
         super().__init__(call_id)
-        self.url = media_url(base_url, self.path, query)
+        self.url = ws_url(base_url, self.path) + ("?" + urlencode(query) if query else "")
         self.headers = dict(headers or {})
         self.codec = codec or WireCodec("l16", 8000)                 # what the caller sends
         self.playback_codec = playback_codec or WireCodec(self.codec.encoding, self.codec.rate)
@@ -120,12 +105,3 @@ class L16Protocol(DirectProtocol):
             raise ProtocolViolation(f"not a JSON object: {excerpt!r}")
         return obj
 
-
-async def simulate(protocol_cls: type[CarrierProtocol], base_url: str, script: list[Step], max_duration_s: float,
-                   options: dict) -> CallResult:
-    """Run one call: ``options`` that ``protocol_cls`` takes configure the carrier, the rest go to
-    :class:`SimulatedCall` (``noise_dbfs``, ``seed``, ``audible_dbfs``, …)."""
-    accepted = inspect.signature(protocol_cls.__init__).parameters
-    carrier = {name: options.pop(name) for name in list(options) if name in accepted}
-    protocol = protocol_cls(base_url, **carrier)
-    return await SimulatedCall(protocol, script, max_duration_s=max_duration_s, **options).run()
