@@ -9,6 +9,8 @@ import structlog
 from voicebot.simulator.asterisk import AsteriskProtocol, simulate_call
 from voicebot.simulator.caller import Hangup, SimulatedCall
 from voicebot.simulator.l16 import basic_auth
+from voicebot.telephony.asterisk import AsteriskSession
+from voicebot.telephony.base import Dtmf
 
 from carrier_checks import barge_in, conversation, malformed_input, refused_before_audio, transcript_of
 from conftest import CARRIER_SECRETS, EN, SHORT, ZH
@@ -84,3 +86,13 @@ async def test_malformed_messages_hurt_only_their_own_call(carrier_stack, caller
                       "MEDIA_DANCE now", *[b"\xff" * 160] * 25]],
         expected=["binary media of 160 bytes before MEDIA_START", "DTMF_END before MEDIA_START", "empty text frame",
                   "MEDIA_MARK_PROCESSED without a correlation_id", "unknown event 'MEDIA_DANCE'"])
+
+
+def test_dtmf_in_json_and_plain_text():
+    for start, dtmf in (('{"event":"MEDIA_START","format":"ulaw","optimal_frame_size":160}',
+                         '{"event":"DTMF_END","channel_id":"1.1","digit":"9"}'),
+                        ("MEDIA_START connection_id:c format:ulaw optimal_frame_size:160 ptime:20",
+                         "DTMF_END digit:9")):
+        session = AsteriskSession(lambda text: None, lambda data: None)
+        session.handle_text(start)
+        assert session.handle_text(dtmf) == [Dtmf("9")]

@@ -51,4 +51,4 @@ async def test_malformed_messages_hurt_only_their_own_call(carrier_stack, caller
         connections=[[json.dumps({"to": EN, "sampleRate": "16k"}), b"\x00" * 641, "{not json",
                       json.dumps({"type": "mark", "data": {}}), json.dumps({"event": "dtmf"}),
                       *[b"\x00\x01" * 320] * 25]],
-        expected=["641 bytes is not a whole number", "not JSON", "'name' missing", "field 'dtmf' missing"])
+        expected=["641 bytes is not a whole number", "not JSON", "'name' missing", "dtmf: no DTMF digit"])

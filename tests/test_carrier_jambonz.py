@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import websockets
 
 from voicebot.simulator.caller import Hangup
 from voicebot.simulator.jambonz import simulate_call
 from voicebot.simulator.l16 import basic_auth
+from voicebot.telephony.base import Dtmf
+from voicebot.telephony.jambonz import JambonzSession
 
 from carrier_checks import barge_in, conversation, malformed_input, refused_before_audio, transcript_of
 from conftest import CARRIER_SECRETS, EN
@@ -67,3 +70,12 @@ async def test_malformed_messages_hurt_only_their_own_call(carrier_stack, caller
                       json.dumps({"type": "dance"}), *[b"\x00\x01" * 160] * 25]],
         expected=["binary audio of 320 bytes before the call attributes", "'callSid' missing",
                   "JSON but not an object", "neither 'playout' nor 'cleared'", "unknown message type 'dance'"])
+
+
+def test_dtmf_and_stereo_input_take_the_caller():
+    session = JambonzSession(lambda text: None, lambda data: None)
+    session.handle_text(json.dumps({"callSid": "c-3", "sampleRate": 8000, "mixType": "stereo"}))
+    assert session.handle_text(json.dumps({"event": "dtmf", "dtmf": "#", "duration": 100})) == [Dtmf("#")]
+    caller, bot = np.full(160, 1000, np.int16), np.full(160, -7, np.int16)
+    [audio] = session.handle_bytes(np.stack([caller, bot], axis=1).astype("<i2").tobytes())
+    assert np.array_equal(audio.pcm, caller)

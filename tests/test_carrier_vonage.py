@@ -8,6 +8,8 @@ import pytest
 
 from voicebot.simulator.caller import Hangup
 from voicebot.simulator.vonage import simulate_call
+from voicebot.telephony.base import Dtmf
+from voicebot.telephony.vonage import VonageSession
 
 from carrier_checks import barge_in, conversation, malformed_input, refused_before_audio, transcript_of
 from conftest import CARRIER_SECRETS, EN, ZH
@@ -60,3 +62,11 @@ async def test_malformed_messages_hurt_only_their_own_call(carrier_stack, caller
                       json.dumps({"event": "dance"}), *[b"\x00\x01" * 160] * 25]],
         expected=["binary audio of 320 bytes before the websocket:connected message", "not JSON",
                   "321 bytes is not a whole number", "'payload' missing", "unknown event 'dance'"])
+
+
+def test_dtmf_in_either_documented_shape():
+    session = VonageSession(lambda text: None, lambda data: None)
+    session.handle_text(json.dumps({"event": "websocket:connected", "content-type": "audio/l16;rate=16000"}))
+    for msg in ({"event": "websocket:dtmf", "digit": "5", "duration": 260},
+                {"event": "websocket:dtmf", "dtmf": {"digit": "5", "duration": 260}}):
+        assert session.handle_text(json.dumps(msg)) == [Dtmf("5")]

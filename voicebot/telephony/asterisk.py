@@ -20,8 +20,8 @@ import json
 import numpy as np
 
 from ..audio.codecs import UnsupportedCodec, WireCodec
-from .base import (Audio, CallMeta, CarrierEvent, CarrierOptions, CarrierSession, Dtmf, FatalProtocolError,
-                   MarkPlayed, BasicAuthRoute, ProtocolError, Started, parse_json_object)
+from .base import (Audio, BasicAuthRoute, CallMeta, CarrierEvent, CarrierOptions, CarrierSession,
+                   FatalProtocolError, MarkPlayed, ProtocolError, Started, dtmf, parse_json_object)
 
 MEDIA_PATH = "/asterisk/media"
 SUBPROTOCOL = "media"
@@ -76,10 +76,7 @@ class AsteriskSession(CarrierSession):
                 raise ProtocolError("MEDIA_MARK_PROCESSED without a correlation_id")
             return [MarkPlayed(mark)]
         if name == "DTMF_END":
-            digit = msg.get("digit")
-            if not isinstance(digit, (str, int)) or isinstance(digit, bool):
-                raise ProtocolError("DTMF_END without a digit")
-            return [Dtmf(str(digit))]
+            return [dtmf(msg.get("digit"), "DTMF_END")]
         if name == "MEDIA_XOFF":
             self.xoff = True
             return []

@@ -158,6 +158,13 @@ def require(msg: dict, key: str, kind: type | tuple[type, ...], where: str):
     return value
 
 
+def dtmf(value: object, where: str) -> Dtmf:
+    """A DTMF event from a digit field, which carriers write as a string or a number."""
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
+        raise ProtocolError(f"{where}: no DTMF digit")
+    return Dtmf(str(value))
+
+
 def persona_for(dialplan: "Dialplan", meta: CallMeta, fallback: str | None = None) -> tuple["Persona | None", str]:
     """The persona answering ``meta``'s call, or None and why not: the one asked for by name, else the one
     owning the called number, else ``fallback`` (the carrier's configured persona), else the default."""

@@ -17,7 +17,7 @@ only ``playout`` means the caller heard the audio before it.
 
 from __future__ import annotations
 
-from .base import BasicAuthRoute, CarrierEvent, Dtmf, MarkPlayed, ProtocolError, require
+from .base import BasicAuthRoute, CarrierEvent, MarkPlayed, ProtocolError, dtmf, require
 from .l16 import L16Session, call_params, parse_rate
 
 MEDIA_PATH = "/jambonz/media"
@@ -52,10 +52,7 @@ class JambonzSession(L16Session):
                 return []        # dropped by killAudio: the audio before it was not heard
             raise ProtocolError(f"mark {name!r}: event {event!r} is neither 'playout' nor 'cleared'")
         if msg.get("event") == "dtmf":
-            digit = msg.get("dtmf")
-            if not isinstance(digit, (str, int)) or isinstance(digit, bool):
-                raise ProtocolError("dtmf: field 'dtmf' missing or not a digit")
-            return [Dtmf(str(digit))]
+            return [dtmf(msg.get("dtmf"), "dtmf")]
         raise ProtocolError(f"unknown message type {kind!r}" if kind is not None
                             else f"message with neither 'type' nor a known 'event': {str(msg)[:60]}")
 

@@ -20,7 +20,7 @@ import os
 
 from aiohttp import web
 
-from .base import CarrierEvent, Dtmf, MarkPlayed, MediaRoute, ProtocolError, require, secret_matches
+from .base import CarrierEvent, MarkPlayed, MediaRoute, ProtocolError, dtmf, require, secret_matches
 from .l16 import L16Session, call_params, parse_rate
 
 MEDIA_PATH = "/vonage/media"
@@ -48,10 +48,7 @@ class VonageSession(L16Session):
             return []
         if event == "websocket:dtmf":
             nested = msg.get("dtmf") if isinstance(msg.get("dtmf"), dict) else {}
-            digit = msg.get("digit", nested.get("digit"))
-            if not isinstance(digit, (str, int)) or isinstance(digit, bool):
-                raise ProtocolError("websocket:dtmf: field 'digit' missing")
-            return [Dtmf(str(digit))]
+            return [dtmf(msg.get("digit", nested.get("digit")), "websocket:dtmf")]
         if event == "websocket:connected":
             raise ProtocolError("second websocket:connected on one stream ignored")
         raise ProtocolError(f"unknown event {event!r}")
