@@ -6,6 +6,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .audio.vad import BACKENDS as VAD_BACKENDS
+from .audio.vad import DEFAULT_BACKEND as DEFAULT_VAD
+from .audio.vad import VadUnavailable, check_backend
 from .config import ConfigError, Fields, load_yaml
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
@@ -27,7 +30,7 @@ class RealtimeSettings:
 
 ENGINES = ("realtime", "chain", "auto")
 TTS_TRANSPORTS = ("http", "ws")
-VADS = ("energy",)
+VADS = VAD_BACKENDS      # "energy", "webrtc", "silero": see voicebot/audio/vad.py and benchmarks/RESULTS.md
 
 # What the chain says when it could not understand, when the chat failed, and (optionally) while it
 # takes over from the realtime model, unless the persona says otherwise.
@@ -49,7 +52,7 @@ class ChainSettings:
     tts_speed: float = 1.0
     tts_volume: float = 1.0
     tts_transport: str = "http"
-    vad: str = "energy"
+    vad: str = DEFAULT_VAD         # the endpointing VAD backend (audio/vad.py)
     silence_ms: int = 600          # caller silence that ends a turn
     min_speech_ms: int = 200       # shorter noises are not a turn
     max_turn_s: float = 30.0       # a turn this long is cut and answered
@@ -140,7 +143,7 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
         tts_speed=ch.get("tts_speed", float, 1.0, minimum=0.5, maximum=2.0),
         tts_volume=ch.get("tts_volume", float, 1.0, minimum=0.1, maximum=2.0),
         tts_transport=ch.get("tts_transport", str, "http", choices=TTS_TRANSPORTS),
-        vad=ch.get("vad", str, "energy", choices=VADS),
+        vad=ch.get("vad", str, DEFAULT_VAD, choices=VADS),
         silence_ms=ch.get("silence_ms", int, turn_detection.silence_duration_ms, minimum=100, maximum=5000),
         min_speech_ms=ch.get("min_speech_ms", int, 200, minimum=20, maximum=3000),
         max_turn_s=ch.get("max_turn_s", float, 30.0, minimum=1.0, maximum=120.0),
@@ -150,6 +153,11 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
     )
     if chain.tts_instruction is not None and len(chain.tts_instruction) > 200:
         raise ch.error("tts_instruction", f"must be at most 200 characters, has {len(chain.tts_instruction)}")
+    if engine != "realtime":        # the chain may run: its VAD must be usable now, not at call time
+        try:
+            check_backend(chain.vad)
+        except VadUnavailable as exc:
+            raise ch.error("vad", str(exc)) from None
     ch.reject_unknown()
 
     persona = Persona(

@@ -100,7 +100,7 @@ class ChainEngine:
         self.conversation = conversation if conversation is not None else []
         self.opening = opening      # "greeting" | "reanswer" (the caller's last turn) | "reprompt" | None
         self.endpointer = Endpointer(silence_ms=self.settings.silence_ms, min_speech_ms=self.settings.min_speech_ms,
-                                     max_turn_s=self.settings.max_turn_s)
+                                     max_turn_s=self.settings.max_turn_s, vad=self.settings.vad)
         self._turns: asyncio.Queue[Callable] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._current: asyncio.Task | None = None
