@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import structlog
 
+from voicebot.audio.g711 import ulaw_encode
 from voicebot.simulator.asterisk import AsteriskProtocol, simulate_call
 from voicebot.simulator.caller import Hangup, SimulatedCall
 from voicebot.simulator.l16 import basic_auth
@@ -96,3 +98,24 @@ def test_dtmf_in_json_and_plain_text():
         session = AsteriskSession(lambda text: None, lambda data: None)
         session.handle_text(start)
         assert session.handle_text(dtmf) == [Dtmf("9")]
+
+
+def test_xoff_holds_media_and_marks_in_order_and_a_flush_drops_what_is_held():
+    sent: list = []
+    session = AsteriskSession(sent.append, sent.append)
+    session.handle_text('{"event":"MEDIA_START","format":"ulaw","optimal_frame_size":160}')
+    frame = np.zeros(160, np.int16)
+    session.handle_text('{"event":"MEDIA_XOFF"}')
+    session.send_audio(frame)
+    session.send_mark("vb1")
+    session.send_audio(frame)
+    assert sent == []
+    session.handle_text('{"event":"MEDIA_XON"}')
+    assert [type(m) for m in sent] == [bytes, str, bytes]
+    assert json.loads(sent[1]) == {"command": "MARK_MEDIA", "correlation_id": "vb1"}
+    sent.clear()
+    session.handle_text('{"event":"MEDIA_XOFF"}')
+    session.send_audio(frame)
+    session.send_clear()
+    session.send_audio(frame)                  # after the flush Asterisk's queue is empty again
+    assert json.loads(sent[0]) == {"command": "FLUSH_MEDIA"} and sent[1:] == [ulaw_encode(frame)]

@@ -152,6 +152,7 @@ class AsteriskSession(CarrierSession):
     def send_clear(self) -> None:
         self._held.clear()
         self._partial = b""
+        self.xoff = False     # the flush empties Asterisk's queue: whatever comes next fits
         self.send_text(self._command("FLUSH_MEDIA"))
 
     def send_hangup(self) -> None:
