@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import secrets
 import socket
 import tempfile
@@ -45,7 +46,7 @@ def _latencies(result: CallResult) -> list[str]:
         if reaction is None:
             lines.append("barge-in                 no clear arrived")
         else:
-            lines.append(f"barge-in reaction        {reaction * 1000:7.0f} ms from caller speech to Twilio clear")
+            lines.append(f"barge-in reaction        {reaction * 1000:7.0f} ms from caller speech to the carrier's clear")
     lines.append(f"marks echoed             {result.marks_echoed:7d}")
     lines.append(f"protocol errors          {len(result.protocol_errors):7d}")
     return lines
@@ -128,7 +129,9 @@ async def run_simulate(*, url: str, to: str, from_: str, wav: str, barge_wav: st
         print(f"voicebot simulate: no simulated caller for carrier {carrier!r}")
         return 2
     script = caller_script(read_wav_8k(wav), read_wav_8k(barge_wav) if barge_wav else None)
-    options = {"auth_token": auth_token} if auth_token else {}
+    # Twilio-style carriers sign with the auth token; the others read their own secrets from the environment.
+    accepts_token = "auth_token" in inspect.signature(module.simulate_call).parameters
+    options = {"auth_token": auth_token} if auth_token and accepts_token else {}
     result = await module.simulate_call(url.rstrip("/"), to=to, from_=from_, script=script,
                                         max_duration_s=max_duration_s, **options)
     _report(result, wav_out)
