@@ -102,10 +102,13 @@ personas:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def listening_socket() -> socket.socket:
+    """A loopback socket bound to a free port, kept open for the server (tests run in parallel workers,
+    so a port must not be given up between choosing it and serving on it)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +158,8 @@ async def stack(tmp_path):
     plans = tmp_path / "dialplans"
     plans.mkdir()
     (plans / "test.yaml").write_text(PERSONAS, encoding="utf-8")
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     settings = Settings(
         source="test", host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}",
         dialplans_dir=plans, transcripts_dir=tmp_path / "transcripts",
@@ -165,7 +169,7 @@ async def stack(tmp_path):
     app = create_app(settings, load_dialplan(plans))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.SockSite(runner, sock).start()
     try:
         yield Stack(url=f"http://127.0.0.1:{port}", settings=settings, emulator=emulator,
                     transcripts=settings.transcripts_dir, app=app)

@@ -25,7 +25,7 @@ from voicebot.simulator.caller import Hangup
 from voicebot.simulator.twilio import simulate_twilio_call
 from voicebot.voices_cli import check_clip, run
 
-from conftest import AUTH_TOKEN, FIXTURES, free_port
+from conftest import AUTH_TOKEN, FIXTURES, listening_socket
 
 REPO = Path(__file__).resolve().parent.parent
 TRANSCRIPT = "Hello, I would like to check the status of my order please. Wait, sorry, I have another question."
@@ -174,7 +174,8 @@ personas:
     instructions: You speak with a cloned voice on the chain.
     greeting: Hello from the chain, in my cloned voice.
 """, encoding="utf-8")
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     settings = Settings(
         source="test", host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}",
         dialplans_dir=plans, transcripts_dir=tmp_path / "transcripts",
@@ -182,7 +183,7 @@ personas:
         twilio=TwilioSettings(validate_signatures=True, auth_token=AUTH_TOKEN))
     runner = web.AppRunner(create_app(settings, load_dialplan(plans)), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.SockSite(runner, sock).start()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
