@@ -5,7 +5,9 @@
 * One-shot faults: :func:`take_fault` reads a ``Faults`` field and clears it, so "fail once" means the next
   request only. ``Faults.http_delay_s`` delays every answer of these endpoints (:func:`http_delay`).
 * A record of every request on ``Emulator.http_log`` (:class:`HttpRecord`, newest last; audio payloads elided)
-  so tests can check what a client actually sent, e.g. the chat history after a barge-in.
+  so tests can check what a client actually sent, e.g. the chat history after a barge-in. Records carry
+  ``time.monotonic()`` stamps (received, first body byte, handler done) so benchmarks can take the
+  emulator's own service time out of a client's latency (the monotonic clock is shared by processes).
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ class HttpRecord:
     done: bool = False              # the answer was sent to its end
     aborted: bool = False           # the client went away first
     at: float = field(default_factory=time.time)
+    # time.monotonic(): request handed to the handler, streamed answer's headers sent, handler returned
+    # (for a non-streamed answer its body is written just after that)
+    received: float = field(default_factory=time.monotonic)
+    first_byte: float | None = None
+    finished: float | None = None
+
+
+HTTP_RECORD = web.RequestKey("http_record", HttpRecord) if hasattr(web, "RequestKey") else "voicebot.http_record"
 
 
 def http_log(emulator: Emulator) -> list[HttpRecord]:
@@ -101,20 +111,24 @@ def endpoint(emulator: Emulator, name: str, fail_fault: str | None = None) -> Ca
         @functools.wraps(handler)
         async def run(request: web.Request) -> web.StreamResponse:
             record = new_record(emulator, request, name)
-            denied = check_bearer(request)
-            if denied is not None:
-                record.status, record.error, record.done = 401, "unauthorized", True
-                return denied
-            await http_delay(emulator)
-            status = take_fault(emulator, fail_fault) if fail_fault else None
-            if status is not None:
-                record.status, record.error, record.done = int(status), "injected fault", True
-                return fault_response(int(status), name)
+            request[HTTP_RECORD] = record
             try:
-                return await handler(request, record)
-            except BadRequest as exc:
-                record.status, record.error, record.done = exc.status, exc.message, True
-                return error_response(exc.status, exc.message, exc.type)
+                denied = check_bearer(request)
+                if denied is not None:
+                    record.status, record.error, record.done = 401, "unauthorized", True
+                    return denied
+                await http_delay(emulator)
+                status = take_fault(emulator, fail_fault) if fail_fault else None
+                if status is not None:
+                    record.status, record.error, record.done = int(status), "injected fault", True
+                    return fault_response(int(status), name)
+                try:
+                    return await handler(request, record)
+                except BadRequest as exc:
+                    record.status, record.error, record.done = exc.status, exc.message, True
+                    return error_response(exc.status, exc.message, exc.type)
+            finally:
+                record.finished = time.monotonic()
         return run
     return wrap
 
@@ -156,6 +170,9 @@ async def open_event_stream(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)
+    record = request.get(HTTP_RECORD)
+    if record is not None:
+        record.first_byte = time.monotonic()
     return resp
 
 
