@@ -260,40 +260,43 @@ class ChainEngine:
                     timing["turn_end_to_first_audio_ms"] = round((loop.time() - since) * 1000)
 
     async def _synthesize(self, item_id: str, sentence: str) -> bool:
-        """Speak one sentence into the playout; WebSocket failures fall back to HTTP for that sentence."""
+        """Speak one sentence into the playout as its audio arrives. HTTP streams it (SSE); a WebSocket
+        failure before any audio falls back to HTTP for that sentence."""
         s = self.settings
         options = dict(voice=s.tts_voice, speed=s.tts_speed, volume=s.tts_volume, instruction=s.tts_instruction,
                        sample_rate=RATE)
-        samples = 0
         if s.tts_transport == "ws":
-            stream = None
+            delivered = [0]
             try:
-                stream = await self.tts.open_stream(**options)
-                await stream.send_text(sentence)
-                await stream.finish()
-                async for pcm in stream.audio():
-                    samples += len(pcm)
-                    self.sink.bot_audio(item_id, pcm)
+                async with await self.tts.open_stream(**options) as stream:
+                    await stream.send_text(sentence)
+                    await stream.finish()
+                    await self._play(item_id, stream.audio(), delivered)
+                return self._spoken_if_any(item_id, sentence, delivered[0])
             except StepFunError as exc:
-                self.log.warning("chain_tts_ws_failed", reason=str(exc), fallback="http", delivered_samples=samples)
-                if samples:   # part of the sentence was delivered: the rest is lost, say so in the text
-                    self._sentence_spoken(item_id, heard_text(sentence, samples, samples * 2), samples)
-                    return True
-            finally:
-                if stream is not None:
-                    await stream.close()
-            if samples:
-                self._sentence_spoken(item_id, sentence, samples)
-                return True
+                self.log.warning("chain_tts_ws_failed", reason=str(exc), delivered_samples=delivered[0],
+                                 fallback="http" if not delivered[0] else None)
+                if delivered[0]:      # the caller heard the start of it: do not say it twice
+                    return self._spoken_if_any(item_id, sentence, delivered[0])
+        delivered = [0]
         try:
-            speech = await self.tts.synthesize(sentence, **options)
+            async with self.tts.stream_http(sentence, **options) as stream:
+                await self._play(item_id, stream, delivered)
         except StepFunError as exc:
-            self.log.warning("chain_tts_failed", reason=str(exc), sentence_chars=len(sentence))
+            self.log.warning("chain_tts_failed", reason=str(exc), sentence_chars=len(sentence),
+                             delivered_samples=delivered[0])
             self.sink.note("tts_failed", reason=str(exc), text=sentence)
-            return False
-        self.sink.bot_audio(item_id, speech.pcm)
-        self._sentence_spoken(item_id, sentence, len(speech.pcm))
-        return True
+        return self._spoken_if_any(item_id, sentence, delivered[0])
+
+    async def _play(self, item_id: str, chunks, delivered: list[int]) -> None:
+        async for pcm in chunks:
+            delivered[0] += len(pcm)
+            self.sink.bot_audio(item_id, pcm)
+
+    def _spoken_if_any(self, item_id: str, sentence: str, samples: int) -> bool:
+        if samples:
+            self._sentence_spoken(item_id, sentence, samples)
+        return bool(samples)
 
     def _sentence_spoken(self, item_id: str, sentence: str, samples: int) -> None:
         spoken = self._spoken.get(item_id)
