@@ -18,7 +18,7 @@ All timestamps are ``time.monotonic()``, which is one clock for every process on
   asr            server: ``AsrClient.transcribe`` start → end
   chat           server: ``ChatClient.stream`` called; first delta out of ``ChatStream.__anext__``
   sentence       server: ``ChainEngine._synthesize`` entered with the first sentence
-  tts            server: ``TtsClient.synthesize`` start → end
+  tts            server: ``TtsClient.stream_http`` request → its first audio chunk
   first frame    server: the first Twilio ``media`` message of the reply handed to the WebSocket
                  (``WebSocketTransport.send`` returned); the simulator's receive time is shown too
   emulator       each request's ``HttpRecord`` (voicebot/emulator/http_common.py): received by the
@@ -116,7 +116,7 @@ def install_probes(events: list) -> None:
     from voicebot.engines import chain
     from voicebot.stepfun.asr import AsrClient
     from voicebot.stepfun.chat import ChatClient, ChatStream
-    from voicebot.stepfun.tts import TtsClient
+    from voicebot.stepfun.tts import TtsClient, TtsHttpStream
     from voicebot.telephony.base import WebSocketTransport
 
     now = time.monotonic
@@ -144,7 +144,25 @@ def install_probes(events: list) -> None:
         setattr(cls, name, wrapper)
 
     span(AsrClient, "transcribe", "asr")
-    span(TtsClient, "synthesize", "tts")
+
+    # TTS: from the sentence's request to its first audio chunk (the chain plays chunks as they stream in).
+    original_stream_http = TtsClient.stream_http
+
+    def stream_http(self, *args, **kwargs):
+        stream = original_stream_http(self, *args, **kwargs)
+        stream._bench_t0 = now()
+        return stream
+    TtsClient.stream_http = stream_http
+
+    original_tts_next = TtsHttpStream.__anext__
+
+    async def tts_next(self):
+        value = await original_tts_next(self)
+        if not getattr(self, "_bench_seen", False):
+            self._bench_seen = True
+            events.append({"kind": "tts", "t0": self._bench_t0, "t1": now()})
+        return value
+    TtsHttpStream.__anext__ = tts_next
 
     original_stream = ChatClient.stream
 
@@ -299,7 +317,7 @@ def analyse(utterances: list[dict], events: list[dict], emulator: list[dict]) ->
         emu_asr = r_asr["finished"] - r_asr["received"]
         emu_chat_first = (r_chat["first_byte"] or r_chat["finished"]) - r_chat["received"]
         emu_chat = min(r_chat["finished"], sentence["t"]) - r_chat["received"]
-        emu_tts = r_tts["finished"] - r_tts["received"]
+        emu_tts = min(r_tts["finished"], tts["t1"]) - r_tts["received"]   # streamed: up to our first chunk
         total = media["t"] - end
         endpointing = e_t - end
         row = {
