@@ -47,7 +47,8 @@ from .app import Emulator
 from .asr import speech_span_s
 from .http_common import (BadRequest, HttpRecord, elide_audio, endpoint, fault, get, open_event_stream, read_json,
                           sse, take_fault)
-from .realtime import DEFAULT_REPLY, _MARKER_RE, spoken_text
+from .realtime import DEFAULT_REPLY
+from .realtime_events import MARKER_RE, spoken_text
 
 CHAT_MODELS = frozenset({"stepaudio-2.5-chat"})
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -105,7 +106,7 @@ def plan_reply(messages: list[dict]) -> str:
             continue
         text = _text_parts(msg.get("content")).strip()
         if text:
-            if _MARKER_RE.search(text):
+            if MARKER_RE.search(text):
                 return spoken_text(text) or DEFAULT_REPLY
             if _CJK_RE.search(text):
                 return f"你说：{text.rstrip('。！？!?.')}。"
@@ -116,7 +117,7 @@ def plan_reply(messages: list[dict]) -> str:
     for msg in messages:
         if msg["role"] == "system":
             text = _text_parts(msg.get("content"))
-            if _MARKER_RE.search(text):
+            if MARKER_RE.search(text):
                 return spoken_text(text) or DEFAULT_REPLY
     return DEFAULT_REPLY
 

@@ -44,14 +44,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import copy
 import json
 import math
-import re
 import time
-import uuid
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -61,387 +57,17 @@ from aiohttp import WSMsgType, web
 
 from . import speech
 from .app import TRACE_ID, Emulator, check_bearer, error_response
+from .realtime_events import (BYTES_PER_MS, DEFAULT_TURN_DETECTION, DEFAULT_VOICE, MARKER_RE,
+                              MAX_APPEND_BASE64, RESPONSE_FIELDS, SESSION_FIELDS, Item,
+                              ProtocolError, Response, bad_type, bad_value, check_keys, decode_audio, int_field,
+                              missing, new_id, spoken_text, str_field, validate_fields, validate_item)
 
 log = structlog.get_logger("voicebot.emulator")
 
-DEFAULT_VOICE = "linjiajiejie"
-REALTIME_VOICES = frozenset({
-    "linjiajiejie", "cixingnansheng", "qingchunshaonv", "wenrounansheng", "elegantgentle-female",
-    "livelybreezy-female", "wenrougongzi", "yuanqinansheng", "jingdiannvsheng", "wenroushunv",
-    "tianmeinvsheng", "yuanqishaonv", "zhengpaiqingnian", "qingniandaxuesheng", "boyinnansheng",
-    "ruyananshi", "shenchennanyin", "qinqienvsheng", "wenrounvsheng", "jilingshaonv", "ruanmengnvsheng",
-    "youyanvsheng", "lengyanyujie", "shuangkuaijiejie", "wenjingxuejie", "linjiameimei", "zhixingjiejie",
-    "zixinnansheng", "shuangkuainansheng", "ganliannvsheng", "qinhenvsheng", "huolinvsheng",
-    "vibrant-youth", "lively-girl", "soft-spoken-gentleman", "magnetic-voiced-male",
-    "energeticconfident-female",
-})
-CLONE_VOICE_PREFIX = "voice-tone-"
-DEFAULT_TURN_DETECTION: dict[str, Any] = {
-    "type": "server_vad",
-    "prefix_padding_ms": 500,
-    "silence_duration_ms": 100,
-    "energy_awakeness_threshold": 2500,
-}
-MAX_APPEND_BASE64 = 15 * 1024 * 1024
 MAX_WS_MESSAGE = 20 * 1024 * 1024
 KEEP_INPUT_SAMPLES = 5 * speech.SAMPLE_RATE  # input audio kept between turns when sessions do not record
 CHUNK_MS = 100
-BYTES_PER_MS = speech.SAMPLE_RATE * 2 // 1000
 DEFAULT_REPLY = "Hello, how can I help you?"
-
-_MARKER_RE = re.compile(r"(?:say\s+exactly|verbatim|原样输出)\s*[:：]\s*", re.IGNORECASE)
-_QUOTES = "\"'“”‘’「」『』"
-_FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:24]}"
-
-
-def spoken_text(text: str) -> str:
-    """What the emulator says for ``text``: the part after a marker ("Say exactly:" …) if any, unquoted."""
-    match = _MARKER_RE.search(text)
-    said = text[match.end():] if match else text
-    said = said.strip()
-    if len(said) >= 2 and said[0] in _QUOTES and said[-1] in _QUOTES:
-        said = said[1:-1].strip()
-    return said
-
-
-class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, param: str | None = None,
-                 type: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
-        self.type = type
-
-
-# ---------------------------------------------------------------------------------------------- validation
-
-def _missing(param: str) -> ProtocolError:
-    return ProtocolError("missing_required_parameter", f"Missing required parameter: '{param}'.", param)
-
-
-def _bad_type(param: str, expected: str) -> ProtocolError:
-    return ProtocolError("invalid_type", f"Invalid type for '{param}': expected {expected}.", param)
-
-
-def _bad_value(param: str, message: str) -> ProtocolError:
-    return ProtocolError("invalid_value", f"Invalid value for '{param}': {message}", param)
-
-
-def _check_keys(obj: dict, allowed: set[str], where: str = "") -> None:
-    for key in obj:
-        if key not in allowed:
-            name = f"{where}.{key}" if where else key
-            raise ProtocolError("unknown_parameter", f"Unknown parameter: '{name}'.", name)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int_field(obj: dict, key: str, param: str, *, required: bool, lo: int = 0, hi: int | None = None):
-    if key not in obj:
-        if required:
-            raise _missing(param)
-        return None
-    value = obj[key]
-    if not _is_int(value):
-        raise _bad_type(param, "integer")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise _bad_value(param, f"must be an integer {bound}, got {value}.")
-    return value
-
-
-def _str_field(obj: dict, key: str, param: str, *, required: bool, nonempty: bool = False):
-    if key not in obj or (obj[key] is None and not required):
-        if required:
-            raise _missing(param)
-        return None
-    value = obj[key]
-    if not isinstance(value, str):
-        raise _bad_type(param, "string")
-    if nonempty and not value:
-        raise _bad_value(param, "must not be empty.")
-    return value
-
-
-def _decode_audio(value: Any, param: str) -> bytes:
-    if not isinstance(value, str):
-        raise _bad_type(param, "base64 string")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise _bad_value(param, "audio is not valid base64.") from None
-    if len(raw) % 2:
-        raise _bad_value(param, "pcm16 audio must have an even number of bytes.")
-    return raw
-
-
-def _validate_modalities(value: Any, param: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
-        raise _bad_type(param, "array of strings")
-    if sorted(value) not in (["text"], ["audio", "text"]):
-        raise _bad_value(param, "supported combinations are ['text'] and ['text', 'audio'].")
-    return list(value)
-
-
-def _validate_voice(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise _bad_type(param, "string")
-    if value not in REALTIME_VOICES and not (value.startswith(CLONE_VOICE_PREFIX)
-                                             and len(value) > len(CLONE_VOICE_PREFIX)):
-        raise _bad_value(param, f"unknown voice '{value}'.")
-    return value
-
-
-def _validate_format(value: Any, param: str) -> str:
-    if value != "pcm16":
-        raise _bad_value(param, f"only 'pcm16' is supported, got {value!r}.")
-    return value
-
-
-def _validate_turn_detection(value: Any, param: str) -> dict | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise _bad_type(param, "object or null")
-    _check_keys(value, {"type", "prefix_padding_ms", "silence_duration_ms", "energy_awakeness_threshold"}, param)
-    if "type" not in value:
-        raise _missing(f"{param}.type")
-    if value["type"] != "server_vad":
-        raise _bad_value(f"{param}.type", f"only 'server_vad' is supported, got {value['type']!r}.")
-    result = dict(DEFAULT_TURN_DETECTION)
-    for key, hi in (("prefix_padding_ms", 60_000), ("silence_duration_ms", 60_000),
-                    ("energy_awakeness_threshold", 5000)):
-        got = _int_field(value, key, f"{param}.{key}", required=False, lo=0, hi=hi)
-        if got is not None:
-            result[key] = got
-    return result
-
-
-def _validate_tools(value: Any, param: str) -> list[dict]:
-    if not isinstance(value, list):
-        raise _bad_type(param, "array")
-    for i, tool in enumerate(value):
-        where = f"{param}[{i}]"
-        if not isinstance(tool, dict):
-            raise _bad_type(where, "object")
-        _check_keys(tool, {"type", "function"}, where)
-        kind = tool.get("type")
-        if kind not in ("function", "web_search", "retrieval"):
-            raise _bad_value(f"{where}.type", "must be 'function', 'web_search' or 'retrieval'.")
-        fn = tool.get("function")
-        if not isinstance(fn, dict):
-            raise _missing(f"{where}.function") if fn is None else _bad_type(f"{where}.function", "object")
-        if kind == "function":
-            _check_keys(fn, {"name", "description", "parameters"}, f"{where}.function")
-            name = _str_field(fn, "name", f"{where}.function.name", required=True)
-            if not _FUNCTION_NAME_RE.match(name):
-                raise _bad_value(f"{where}.function.name", "use 1-64 ASCII letters, digits, '_' or '-'.")
-            if "parameters" in fn and not isinstance(fn["parameters"], dict):
-                raise _bad_type(f"{where}.function.parameters", "object")
-        else:
-            _check_keys(fn, {"description", "options"}, f"{where}.function")
-    return copy.deepcopy(value)
-
-
-def _validate_tool_choice(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise ProtocolError("invalid_event", "invalid event format", param)
-    if value not in ("auto", "required", "none"):
-        raise _bad_value(param, "must be 'auto', 'required' or 'none'.")
-    return value
-
-
-def _validate_temperature(value: Any, param: str) -> float:
-    if not _is_number(value):
-        raise _bad_type(param, "number")
-    if not 0.0 <= value <= 2.0:
-        raise _bad_value(param, "must be between 0 and 2.")
-    return value
-
-
-def _validate_max_tokens(value: Any, param: str) -> int | str:
-    if value == "inf":
-        return value
-    if not _is_int(value) or value < 1:
-        raise _bad_value(param, "must be a positive integer or 'inf'.")
-    return value
-
-
-def _validate_transcription(value: Any, param: str) -> dict | None:
-    if value is not None and not isinstance(value, dict):
-        raise _bad_type(param, "object or null")
-    return value
-
-
-def _validate_instructions(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise _bad_type(param, "string")
-    return value
-
-
-SESSION_FIELDS = {
-    "modalities": _validate_modalities,
-    "instructions": _validate_instructions,
-    "voice": _validate_voice,
-    "input_audio_format": _validate_format,
-    "output_audio_format": _validate_format,
-    "turn_detection": _validate_turn_detection,
-    "tools": _validate_tools,
-    "tool_choice": _validate_tool_choice,
-    "temperature": _validate_temperature,
-    "max_response_output_tokens": _validate_max_tokens,
-    "input_audio_transcription": _validate_transcription,
-}
-RESPONSE_FIELDS = {
-    "modalities": _validate_modalities,
-    "instructions": _validate_instructions,
-    "voice": _validate_voice,
-    "output_audio_format": _validate_format,
-    "tools": _validate_tools,
-    "tool_choice": _validate_tool_choice,
-    "temperature": _validate_temperature,
-    "max_response_output_tokens": _validate_max_tokens,
-}
-
-
-def _validate_fields(obj: Any, validators: dict, where: str) -> dict:
-    if not isinstance(obj, dict):
-        raise _bad_type(where, "object")
-    out = {}
-    for key, value in obj.items():
-        validate = validators.get(key)
-        if validate is None:
-            raise ProtocolError("unknown_parameter", f"Unknown parameter: '{where}.{key}'.", f"{where}.{key}")
-        out[key] = validate(value, f"{where}.{key}")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- conversation
-
-@dataclass
-class Item:
-    """One conversation item; ``audio`` is its 24 kHz PCM16 (user audio, or assistant audio generated)."""
-
-    id: str
-    type: str
-    role: str | None = None
-    status: str = "completed"
-    content: list[dict] = field(default_factory=list)
-    call_id: str | None = None
-    output: str | None = None
-    audio: bytearray = field(default_factory=bytearray)
-    speech_ms: int | None = None          # VAD items: audio_end_ms - audio_start_ms
-    truncated_ms: int | None = None       # set by conversation.item.truncate
-    response_id: str | None = None        # assistant items: the response that produced it
-
-    def public(self) -> dict:
-        item: dict[str, Any] = {"id": self.id, "object": "realtime.item", "type": self.type, "status": self.status}
-        if self.type == "message":
-            item["role"] = self.role
-            item["content"] = copy.deepcopy(self.content)
-        else:
-            item["call_id"] = self.call_id
-            item["output"] = self.output
-        return item
-
-    @property
-    def audio_ms(self) -> float:
-        return len(self.audio) / BYTES_PER_MS
-
-
-@dataclass
-class Response:
-    id: str
-    modalities: list[str]
-    voice: str
-    instructions: str | None
-    status: str = "in_progress"
-    status_details: dict | None = None
-    item: Item | None = None
-    text: str = ""                 # what the reply says in full
-    transcript_sent: str = ""      # what has been streamed so far
-    planned_ms: float | None = None  # length of the full reply audio, once known
-    task: asyncio.Task | None = None
-    created_at: float = field(default_factory=time.monotonic)
-    first_delta_at: float | None = None
-
-    @property
-    def audio(self) -> bool:
-        return "audio" in self.modalities
-
-
-def _validate_item(item: Any) -> Item:
-    if not isinstance(item, dict):
-        raise _missing("item") if item is None else _bad_type("item", "object")
-    _check_keys(item, {"id", "type", "object", "status", "role", "content", "call_id", "output"}, "item")
-    item_id = _str_field(item, "id", "item.id", required=False, nonempty=True)
-    if item_id is not None and len(item_id) > 64:
-        raise _bad_value("item.id", "must be at most 64 characters.")
-    if "object" in item and item["object"] != "realtime.item":
-        raise _bad_value("item.object", "must be 'realtime.item'.")
-    if "status" in item and item["status"] not in ("completed", "incomplete", "in_progress"):
-        raise _bad_value("item.status", "must be 'completed', 'incomplete' or 'in_progress'.")
-    kind = _str_field(item, "type", "item.type", required=True)
-    new_item_id = item_id or new_id("item")
-    if kind == "function_call_output":
-        for key in ("role", "content"):
-            if key in item:
-                raise ProtocolError("unknown_parameter", f"Unknown parameter for function_call_output: "
-                                    f"'item.{key}'.", f"item.{key}")
-        call_id = _str_field(item, "call_id", "item.call_id", required=True, nonempty=True)
-        output = _str_field(item, "output", "item.output", required=True)
-        return Item(id=new_item_id, type=kind, call_id=call_id, output=output)
-    if kind != "message":
-        raise _bad_value("item.type", f"must be 'message' or 'function_call_output', got {kind!r}.")
-    for key in ("call_id", "output"):
-        if key in item:
-            raise ProtocolError("unknown_parameter", f"Unknown parameter for message: 'item.{key}'.",
-                                f"item.{key}")
-    role = _str_field(item, "role", "item.role", required=True)
-    allowed = {"system": ("input_text",), "user": ("input_text", "input_audio"), "assistant": ("text",)}
-    if role not in allowed:
-        raise _bad_value("item.role", f"must be 'system', 'user' or 'assistant', got {role!r}.")
-    content = item.get("content")
-    if content is None:
-        raise _missing("item.content")
-    if not isinstance(content, list):
-        raise _bad_type("item.content", "array")
-    if not content:
-        raise _bad_value("item.content", "must not be empty.")
-    parts: list[dict] = []
-    audio = bytearray()
-    for i, part in enumerate(content):
-        where = f"item.content[{i}]"
-        if not isinstance(part, dict):
-            raise _bad_type(where, "object")
-        ptype = _str_field(part, "type", f"{where}.type", required=True)
-        if ptype not in allowed[role]:
-            raise _bad_value(f"{where}.type", f"{role} items take only {' or '.join(allowed[role])} "
-                                              f"content, got {ptype!r}.")
-        if ptype == "input_audio":
-            _check_keys(part, {"type", "audio", "transcript"}, where)
-            if "audio" not in part:
-                raise _missing(f"{where}.audio")
-            audio += _decode_audio(part["audio"], f"{where}.audio")
-            transcript = _str_field(part, "transcript", f"{where}.transcript", required=False)
-            parts.append({"type": "input_audio", "transcript": transcript})
-        else:
-            _check_keys(part, {"type", "text"}, where)
-            text = _str_field(part, "text", f"{where}.text", required=True)
-            parts.append({"type": ptype, "text": text})
-    return Item(id=new_item_id, type="message", role=role, content=parts, audio=audio)
-
 
 # ---------------------------------------------------------------------------------------------- session
 
@@ -682,12 +308,12 @@ class RealtimeSession:
             self._notify()
         try:
             if "event_id" in event and not isinstance(event["event_id"], str):
-                raise _bad_type("event_id", "string")
+                raise bad_type("event_id", "string")
             kind = event.get("type")
             if kind is None:
-                raise _missing("type")
+                raise missing("type")
             if not isinstance(kind, str):
-                raise _bad_type("type", "string")
+                raise bad_type("type", "string")
             handler = self._handlers.get(kind)
             if handler is None:
                 raise ProtocolError("unknown_event_type", f"Invalid value: '{kind}'. Unknown client event type.",
@@ -718,10 +344,10 @@ class RealtimeSession:
                                 "in this session", param)
 
     def _on_session_update(self, event: dict) -> None:
-        _check_keys(event, {"type", "event_id", "session"})
+        check_keys(event, {"type", "event_id", "session"})
         if "session" not in event:
-            raise _missing("session")
-        changes = _validate_fields(event["session"], SESSION_FIELDS, "session")
+            raise missing("session")
+        changes = validate_fields(event["session"], SESSION_FIELDS, "session")
         self._check_voice_change(changes.get("voice"), "session.voice")
         was_vad = self.config["turn_detection"] is not None
         self.config.update(changes)
@@ -737,12 +363,12 @@ class RealtimeSession:
 
     # -- input audio --
     def _on_append(self, event: dict) -> None:
-        _check_keys(event, {"type", "event_id", "audio"})
+        check_keys(event, {"type", "event_id", "audio"})
         if "audio" not in event:
-            raise _missing("audio")
+            raise missing("audio")
         if isinstance(event["audio"], str) and len(event["audio"]) > MAX_APPEND_BASE64:
-            raise _bad_value("audio", "an append event may carry at most 15 MB.")
-        raw = _decode_audio(event["audio"], "audio")
+            raise bad_value("audio", "an append event may carry at most 15 MB.")
+        raw = decode_audio(event["audio"], "audio")
         self.appends += 1
         self.input_audio += raw
         if (not self.record and self._speech is None and self.config["turn_detection"] is not None
@@ -801,7 +427,7 @@ class RealtimeSession:
                            "content_index": index, "transcript": transcript})
 
     def _on_commit(self, event: dict) -> None:
-        _check_keys(event, {"type", "event_id"})
+        check_keys(event, {"type", "event_id"})
         if self.config["turn_detection"] is not None:
             raise ProtocolError("input_audio_buffer_commit_server_vad", "commit when server vad")
         audio = self._input_slice(self._buffer_start)
@@ -814,7 +440,7 @@ class RealtimeSession:
         self._commit_item(item)
 
     def _on_clear(self, event: dict) -> None:
-        _check_keys(event, {"type", "event_id"})
+        check_keys(event, {"type", "event_id"})
         self._buffer_start = self.input_samples
         self._speech = None
         self.vad.reset(self.input_samples)
@@ -825,9 +451,9 @@ class RealtimeSession:
         return next((item for item in self.items if item.id == item_id), None)
 
     def _on_item_create(self, event: dict) -> None:
-        _check_keys(event, {"type", "event_id", "previous_item_id", "item"})
-        previous_id = _str_field(event, "previous_item_id", "previous_item_id", required=False)
-        item = _validate_item(event.get("item"))
+        check_keys(event, {"type", "event_id", "previous_item_id", "item"})
+        previous_id = str_field(event, "previous_item_id", "previous_item_id", required=False)
+        item = validate_item(event.get("item"))
         if self._find_item(item.id) is not None:
             raise ProtocolError("duplicate_item_id", f"Item with id '{item.id}' already exists.", "item.id")
         if previous_id is None:
@@ -848,8 +474,8 @@ class RealtimeSession:
             self._transcribe(item)
 
     def _on_item_delete(self, event: dict) -> None:
-        _check_keys(event, {"type", "event_id", "item_id"})
-        item_id = _str_field(event, "item_id", "item_id", required=True, nonempty=True)
+        check_keys(event, {"type", "event_id", "item_id"})
+        item_id = str_field(event, "item_id", "item_id", required=True, nonempty=True)
         item = self._find_item(item_id)
         if item is None:
             raise ProtocolError("item_not_found", f"Item with id '{item_id}' not found.", "item_id")
@@ -860,20 +486,20 @@ class RealtimeSession:
         self.send({"type": "conversation.item.deleted", "item_id": item_id})
 
     def _on_item_truncate(self, event: dict) -> None:
-        _check_keys(event, {"type", "event_id", "item_id", "content_index", "audio_end_ms"})
-        item_id = _str_field(event, "item_id", "item_id", required=True, nonempty=True)
-        content_index = _int_field(event, "content_index", "content_index", required=True)
-        audio_end_ms = _int_field(event, "audio_end_ms", "audio_end_ms", required=True)
+        check_keys(event, {"type", "event_id", "item_id", "content_index", "audio_end_ms"})
+        item_id = str_field(event, "item_id", "item_id", required=True, nonempty=True)
+        content_index = int_field(event, "content_index", "content_index", required=True)
+        audio_end_ms = int_field(event, "audio_end_ms", "audio_end_ms", required=True)
         item = self._find_item(item_id)
         if item is None:
             raise ProtocolError("item_not_found", f"Item with id '{item_id}' not found.", "item_id")
         if item.type != "message" or item.role != "assistant":
-            raise _bad_value("item_id", "only assistant message items can be truncated.")
+            raise bad_value("item_id", "only assistant message items can be truncated.")
         if content_index >= len(item.content) or item.content[content_index].get("type") != "audio":
-            raise _bad_value("content_index", f"item '{item_id}' has no audio content at index {content_index}.")
+            raise bad_value("content_index", f"item '{item_id}' has no audio content at index {content_index}.")
         generated_ms = item.audio_ms
         if audio_end_ms > math.ceil(generated_ms):
-            raise _bad_value("audio_end_ms", f"audio_end_ms is longer than the audio: {audio_end_ms} ms requested, "
+            raise bad_value("audio_end_ms", f"audio_end_ms is longer than the audio: {audio_end_ms} ms requested, "
                              f"{generated_ms:.0f} ms of audio generated for item '{item_id}'.")
         part = item.content[content_index]
         said = part.get("transcript") or ""
@@ -894,16 +520,16 @@ class RealtimeSession:
 
     # -- responses --
     def _on_response_create(self, event: dict) -> None:
-        _check_keys(event, {"type", "event_id", "response"})
-        overrides = _validate_fields(event["response"], RESPONSE_FIELDS, "response") if "response" in event else {}
+        check_keys(event, {"type", "event_id", "response"})
+        overrides = validate_fields(event["response"], RESPONSE_FIELDS, "response") if "response" in event else {}
         self._check_voice_change(overrides.get("voice"), "response.voice")
         if self.response is not None:
             raise ProtocolError("conversation_already_has_active_response", "ongoing response already exists")
         self._start_response(overrides)
 
     def _on_response_cancel(self, event: dict) -> None:
-        _check_keys(event, {"type", "event_id", "response_id"})
-        response_id = _str_field(event, "response_id", "response_id", required=False)
+        check_keys(event, {"type", "event_id", "response_id"})
+        response_id = str_field(event, "response_id", "response_id", required=False)
         if self.response is None:
             raise ProtocolError("response_cancel_not_active", "no ongoing response to cancel")
         if response_id is not None and response_id != self.response.id:
@@ -924,7 +550,7 @@ class RealtimeSession:
 
     def _plan_reply(self, resp: Response) -> tuple[str, bytes | None]:
         """(transcript, echo audio or None) of a reply, following the conventions in the module docstring."""
-        if resp.instructions and _MARKER_RE.search(resp.instructions):
+        if resp.instructions and MARKER_RE.search(resp.instructions):
             return spoken_text(resp.instructions), None
         for item in reversed(self.items):
             if item.type == "function_call_output":
@@ -938,7 +564,7 @@ class RealtimeSession:
             if texts:
                 return spoken_text(" ".join(texts)) or DEFAULT_REPLY, None
         instructions = self.config["instructions"]
-        if instructions and _MARKER_RE.search(instructions):
+        if instructions and MARKER_RE.search(instructions):
             return spoken_text(instructions), None
         return DEFAULT_REPLY, None
 
