@@ -8,7 +8,6 @@ import json
 
 import aiohttp
 import numpy as np
-import pytest
 import structlog
 import websockets
 
