@@ -9,6 +9,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from . import latency
 from .call import CallServices, EngineFactory
 from .config import Settings
 from .dialplan import Dialplan, Persona
@@ -19,6 +20,7 @@ import importlib
 log = structlog.get_logger("voicebot.server")
 
 SERVICES = web.AppKey("services", CallServices)
+LATENCY_PROBE = web.AppKey("latency_probe", asyncio.Task)
 
 # Each carrier module in voicebot/telephony exposes add_routes(app, services).
 CARRIER_MODULES = ("twilio", "telnyx", "signalwire", "plivo", "exotel",
@@ -48,6 +50,23 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "calls": len(services.calls)})
 
 
+async def _debug_latency(request: web.Request) -> web.Response:
+    """The latency histograms (VOICEBOT_LATENCY=1 only); ``?reset=1`` starts a new window after reading."""
+    body = latency.snapshot()
+    body["calls"] = len(request.app[SERVICES].calls)
+    if request.query.get("reset") in ("1", "true"):
+        latency.reset()
+    return web.json_response(body)
+
+
+async def _start_latency_probe(app: web.Application) -> None:
+    app[LATENCY_PROBE] = asyncio.create_task(latency.loop_lag_probe())
+
+
+async def _stop_latency_probe(app: web.Application) -> None:
+    app[LATENCY_PROBE].cancel()
+
+
 async def _end_all_calls(app: web.Application) -> None:
     calls = list(app[SERVICES].calls)
     if calls:
@@ -68,6 +87,10 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     for name in CARRIER_MODULES:
         importlib.import_module(f"voicebot.telephony.{name}").add_routes(app, services)
     app.router.add_get("/healthz", _healthz)
+    if latency.ENABLED:
+        app.router.add_get("/debug/latency", _debug_latency)
+        app.on_startup.append(_start_latency_probe)
+        app.on_cleanup.append(_stop_latency_probe)
     app.on_shutdown.append(_end_all_calls)
     return app
 

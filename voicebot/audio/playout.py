@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .. import latency
 from . import FRAME_MS, FRAME_SAMPLES, RATE
 
 
@@ -59,13 +60,15 @@ class Playout:
         self.lead_s = lead_ms / 1000
         self.mark_every_ms = mark_every_ms
         self.clock = clock
-        self._frames: deque[tuple[_Item, np.ndarray]] = deque()
+        # (item, frame, when its audio reached us — latency.clock(), only with latency.ENABLED)
+        self._frames: deque[tuple[_Item, np.ndarray, float]] = deque()
         self._partial: dict[str, np.ndarray] = {}
         self._items: dict[str, _Item] = {}
         self._marks: dict[str, tuple[_Item, int]] = {}    # pending mark name -> (item, position in ms)
         self._virtual_echoes: deque[tuple[float, str]] = deque()
         self._mark_seq = 0
         self._playhead_t = 0.0      # when everything sent so far will have played (pacing clock)
+        self._ideal_t = 0.0         # the same for an infinitely fast server (latency.ENABLED only)
         self.first_audio_sent_t: float | None = None
         self.frames_sent = 0
 
@@ -80,8 +83,9 @@ class Playout:
         if pending is not None:
             pcm = np.concatenate((pending, pcm))
         whole = len(pcm) - len(pcm) % FRAME_SAMPLES
+        arrived = latency.arrival if latency.ENABLED else 0.0
         for start in range(0, whole, FRAME_SAMPLES):
-            self._frames.append((item, pcm[start:start + FRAME_SAMPLES]))
+            self._frames.append((item, pcm[start:start + FRAME_SAMPLES], arrived))
         if whole < len(pcm):
             self._partial[item_id] = pcm[whole:]
 
@@ -95,7 +99,7 @@ class Playout:
         if tail is not None:
             frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
             frame[:len(tail)] = tail
-            self._frames.append((item, frame))
+            self._frames.append((item, frame, latency.arrival if latency.ENABLED else 0.0))
 
     # -- pacing ---------------------------------------------------------------------------------
     def pump(self) -> float:
@@ -107,13 +111,15 @@ class Playout:
         sent_any = False
         previous: _Item | None = None
         while self._frames and self._playhead_t - now < self.lead_s - 1e-6:
-            item, frame = self._frames.popleft()
+            item, frame, arrived = self._frames.popleft()
             if item.sent_ms == 0 or not sent_any and self._carrier_idle(now):
                 # Start of an item, or resuming after the carrier ran dry: anchor playback here.
                 self._send_mark(item, item.sent_ms)
             if previous is not None and previous is not item:
                 self._send_mark(previous, previous.sent_ms)
             self.out.send_audio(frame)
+            if latency.ENABLED:
+                self._record_lateness(arrived)
             if self.first_audio_sent_t is None:
                 self.first_audio_sent_t = now
             self.frames_sent += 1
@@ -128,6 +134,13 @@ class Playout:
         if self._virtual_echoes:
             return max(self._virtual_echoes[0][0] - now, 0.001)
         return FRAME_MS / 1000
+
+    def _record_lateness(self, arrived: float) -> None:
+        """latency "out": how long after it was due this frame went to the carrier. Due: its audio has
+        arrived and a server that took no time would have sent it (lead_ms before its playback slot)."""
+        due = max(arrived, self._ideal_t - self.lead_s)
+        self._ideal_t = max(self._ideal_t, due) + FRAME_MS / 1000
+        latency.record("out", latency.clock() - due)
 
     def _carrier_idle(self, now: float) -> bool:
         return not self._marks
@@ -200,17 +213,20 @@ class Playout:
                 touched.append(HeardItem(item.item_id, heard, generated_ms))
         if self._marks or self._frames:
             self.out.send_clear()
+            if latency.ENABLED and latency.arrival_side:
+                latency.record("barge_model" if latency.arrival_side == "model" else "barge_vad",
+                               latency.clock() - latency.arrival)
         self._frames.clear()
         self._partial.clear()
         self._marks.clear()
         self._virtual_echoes.clear()
         self._items.clear()
-        self._playhead_t = now
+        self._playhead_t = self._ideal_t = now
         return touched
 
     def forget_finished(self) -> None:
         """Drop bookkeeping of items that have fully played (keeps memory flat on long calls)."""
-        queued = {id(item) for item, _ in self._frames}
+        queued = {id(item) for item, _, _ in self._frames}
         pending = {id(item) for item, _ in self._marks.values()}
         for item_id, item in list(self._items.items()):
             if item.complete and id(item) not in queued and id(item) not in pending and item_id not in self._partial:

@@ -9,6 +9,7 @@ import binascii
 import numpy as np
 import structlog
 
+from .. import latency
 from ..audio.playout import HeardItem
 from ..audio.resample import Resampler
 from ..config import StepFunSettings
@@ -119,7 +120,15 @@ class RealtimeEngine:
         if self._conn is None or self._closing:
             return
         pcm24 = self._upsampler.process(frame)
-        self._conn.send_raw(_APPEND_PREFIX + base64.b64encode(pcm24.tobytes()).decode() + _APPEND_SUFFIX)
+        text = _APPEND_PREFIX + base64.b64encode(pcm24.tobytes()).decode() + _APPEND_SUFFIX
+        if latency.ENABLED:
+            # The span starts when the carrier message reached us (Twilio stamps it), else here.
+            start = latency.arrival if latency.arrival_side == "carrier" else latency.clock()
+            latency.arrival_side = ""
+            latency.count("frames_fed")
+            self._conn.send_raw(text, start)
+        else:
+            self._conn.send_raw(text)
 
     def interrupt(self, heard: list[HeardItem]) -> None:
         if self._conn is None:

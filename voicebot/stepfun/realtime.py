@@ -11,6 +11,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from .. import latency
 from .errors import StepFunError, StepFunUnavailable, error_for_status
 
 log = structlog.get_logger("voicebot.stepfun")
@@ -48,13 +49,19 @@ class RealtimeConnection:
     def send(self, event: dict) -> None:
         self._outbox.put_nowait(json.dumps(event, ensure_ascii=False))
 
-    def send_raw(self, text: str) -> None:
-        self._outbox.put_nowait(text)
+    def send_raw(self, text: str, since: float | None = None) -> None:
+        """Queue an already-encoded event; ``since`` (latency.ENABLED): when its cause reached us."""
+        self._outbox.put_nowait(text if since is None else (text, since))
 
     async def _drain(self) -> None:
-        while (text := await self._outbox.get()) is not None:
+        while (item := await self._outbox.get()) is not None:
             try:
-                await self._ws.send(text)
+                if type(item) is tuple:
+                    await self._ws.send(item[0])
+                    latency.record("in", latency.clock() - item[1])
+                    latency.count("appends_sent")
+                else:
+                    await self._ws.send(item)
             except ConnectionClosed:
                 return
 
@@ -62,6 +69,8 @@ class RealtimeConnection:
         """Server events until the socket closes; ``close_reason`` then says why."""
         try:
             async for text in self._ws:
+                if latency.ENABLED:
+                    latency.arrival, latency.arrival_side = latency.clock(), "model"
                 try:
                     event = json.loads(text)
                 except (ValueError, TypeError):

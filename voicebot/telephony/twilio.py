@@ -12,6 +12,7 @@ import numpy as np
 import structlog
 from aiohttp import web
 
+from .. import latency
 from ..audio.codecs import UnsupportedCodec, WireCodec
 from .base import Audio, CallMeta, CarrierSession, Dtmf, MarkPlayed, ProtocolError, Started, Stopped, serve_media_stream
 from .twilio_auth import StreamTokens, validate_signature
@@ -42,6 +43,8 @@ class TwilioSession(CarrierSession):
         self._prefix = ""
 
     def handle_text(self, text: str):
+        if latency.ENABLED:
+            latency.arrival, latency.arrival_side = latency.clock(), "carrier"
         try:
             msg = json.loads(text)
         except ValueError as exc:
@@ -55,6 +58,8 @@ class TwilioSession(CarrierSession):
             media = _field(msg, "media", dict, "media")
             if media.get("track", "inbound") != "inbound":
                 return []
+            if latency.ENABLED:
+                latency.count("carrier_frames_in")
             payload = _field(media, "payload", str, "media.media")
             try:
                 audio = base64.b64decode(payload, validate=True)
