@@ -92,7 +92,8 @@ def cmd_check(args) -> int:
 def cmd_emulator(args) -> int:
     from .emulator.app import Emulator, run_emulator
     configure_logging("auto", "info")
-    emulator = Emulator(speed=args.speed, api_key=args.api_key, session_limit_s=args.session_limit_s)
+    emulator = Emulator(speed=args.speed, api_key=args.api_key, session_limit_s=args.session_limit_s,
+                        record=args.record)
     run_emulator(args.host, args.port, emulator=emulator)
     return 0
 
@@ -114,6 +115,11 @@ def cmd_voices(args) -> int:
     from .voices_cli import run
     configure_logging("auto", "error")   # the command prints its own messages; the key is never among them
     return asyncio.run(run(args))
+
+
+def cmd_loadtest(args) -> int:
+    from .loadtest import run_cli
+    return run_cli(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wav-out", default="simulated-call.wav")
     p.add_argument("--max-duration", type=float, default=40.0)
     p.set_defaults(func=cmd_simulate)
+
+    from .loadtest import add_arguments as loadtest_options
+    p = loadtest_options(sub.add_parser("loadtest", help="N simulated Twilio callers against a server process "
+                                        "and an emulator process: CPU, memory, latency per N"))
+    p.set_defaults(func=cmd_loadtest)
 
     from .voices_cli import add_parser as voices_parser
     voices_parser(sub).set_defaults(func=cmd_voices)

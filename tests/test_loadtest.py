@@ -1,0 +1,63 @@
+"""The load generator at tiny scale: it runs end to end and its report carries every figure.
+
+Timings are reported, never asserted: this machine is shared and the figures belong in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from voicebot import latency
+from voicebot.loadtest import Options, run_loadtest, summarize_call
+
+
+def test_histogram_percentiles_are_within_its_resolution():
+    h = latency.Histogram()
+    for us in range(1, 1001):            # 1 µs … 1 ms, uniform
+        h.add(us * 1e-6)
+    summary = h.summary()
+    assert summary["count"] == 1000
+    assert summary["max_ms"] == pytest.approx(1.0)
+    for q, key in ((0.50, "p50_ms"), (0.95, "p95_ms"), (0.99, "p99_ms")):
+        assert summary[key] == pytest.approx(q, rel=0.06)
+    assert latency.Histogram().summary()["p99_ms"] == 0.0
+
+
+def test_underruns_are_short_gaps_after_a_drained_segment():
+    seg = lambda a, b, how="drained": SimpleNamespace(start_s=a, end_s=b, ended_by=how)   # noqa: E731
+    result = SimpleNamespace(
+        segments=[seg(0.5, 2.0), seg(2.04, 3.0), seg(5.0, 6.0, "clear"), seg(6.1, 7.0), seg(9.0, 9.5)],
+        duration_s=10.0, media_received=[], first_bot_audio_s=0.52, barge_in_reaction_s=[0.03],
+        utterances=[], clears=[6.0], marks_echoed=3, protocol_errors=[], end_reason="max_duration",
+        setup_s=0.01, max_tick_lag_ms=1.0, late_ticks=0)
+    summary = summarize_call(result)
+    # 2.0 → 2.04 is a 40 ms underrun (2 frames); 6.0 → 6.1 follows a clear; 7.0 → 9.0 is a pause.
+    assert summary["underruns"] == 1 and summary["late_frames"] == 2
+    assert summary["frames_sent"] == 500
+
+
+@pytest.mark.parametrize("target", ["voicebot", "naive"])
+async def test_tiny_load_run_reports_every_figure(tmp_path, target):
+    report = await run_loadtest(Options(steps=(3,), target=target, ramp_s=1.0, hold_s=6.0, pin=False,
+                                        quiet=True, workdir=str(tmp_path), stop_on_fail=False))
+    assert len(report["steps"]) == 1
+    step = report["steps"][0]
+    assert step["n"] == 3 and step["calls_ok"] == 3, step["notes"]
+    assert step["frames_sent"] > 3 * 6 / 0.02 * 0.9
+    assert step["appends_model"] > 0 and step["bot_frames_received"] > 0
+    assert not math.isnan(step["cpu_pct"]) and step["cpu_pct"] > 0
+    assert step["rss_idle_mb"] > 0 and step["rss_peak_mb"] >= step["rss_idle_mb"] * 0.9
+    for name in ("in", "out", "loop"):
+        figures = step["latency"][name]
+        assert figures["count"] > 0 and {"p50_ms", "p95_ms", "p99_ms"} <= set(figures), name
+    assert step["first_bot_audio_ms"]["count"] == 3 and step["first_bot_audio_ms"]["p50"] > 0
+    assert step["caller_ticks"] == step["frames_sent"]
+    assert step["protocol_errors"] == 0
+    if target == "voicebot":
+        assert step["frames_server_in"] == step["frames_sent"]
+        assert step["frames_fed"] is not None and step["lost_before_engine"] is not None
+    assert f"{target}" in report["table"] and "verdict" in report["table"]
+    assert (tmp_path / "report.json").exists()

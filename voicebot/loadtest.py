@@ -1,0 +1,860 @@
+"""``voicebot loadtest``: how many concurrent calls one server process holds, and at what latency.
+
+For each N of a ramp (10, 25, 50, …) it starts, on loopback only:
+
+* the StepFun **emulator** in its own process (``record=False``: counters only), so its CPU is not ours;
+* the **server** in its own process: ``voicebot serve`` with a temporary config (Twilio signatures checked
+  with a ``TWILIO_AUTH_TOKEN`` set here, ``STEPFUN_BASE_URL`` at the emulator, ``STEP_API_KEY`` set,
+  ``VOICEBOT_LATENCY=1`` so ``GET /debug/latency`` serves its histograms), pinned to CPU 0 with ``--pin``;
+  or, as the reference, the **naive relay** below (json + audioop, no pacing) on the same port layout;
+* N **simulated Twilio callers** (:mod:`voicebot.simulator.twilio`, the tests' caller: real-time 20 ms
+  μ-law frames of the speech fixtures with pauses, marks echoed after playback, barge-in on a share of the
+  turns) spread over worker processes, started over ``ramp_s`` and all hanging up at the same moment.
+
+It measures over the window when all N calls are up (``hold_s``): the server's CPU (user+sys from
+/proc/<pid>/stat, % of one core) and RSS growth per call (/proc/<pid>/status, against the idle server);
+from the server's histograms, server-added latency per frame both ways and barge-in reaction (trigger →
+``clear``); from the callers, late bot frames (underruns of the simulated Twilio buffer inside an
+utterance), first-bot-audio time and barge-in reaction as the caller sees it; lost caller frames
+(frames the callers sent vs ``append`` events the emulator counted), and whether the callers kept
+real-time pace (a late caller invalidates the step: it is reported, never hidden).
+
+The whole run is bounded: each step lasts about ``ramp_s + hold_s`` plus start-up and drain, every
+process started here is ended by its pid, and the ramp stops early once a step fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+NUMBER = "+15550100000"
+FRAME_S = 0.020
+UNDERRUN_GAP_S = 0.300       # bot audio stopping for less than this and resuming = an underrun, not a pause
+# Callers share a machine with the server: a tick > 10 ms late now and then is noise, but callers that are
+# often late, or later than the playout lead (they could then cause underruns themselves), void the step.
+MAX_LATE_TICK_SHARE = 0.005
+MAX_TICK_LAG_MS = 100.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+DEFAULT_STEPS = (10, 25, 50, 100, 150, 200, 300)
+CRITERIA = {"lost_frames": 0, "late_frames": 0, "p99_server_ms": 20.0, "p99_barge_ms": 20.0, "cpu_pct": 80.0}
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def proc_cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class Child:
+    """A process started here; ended by its pid only."""
+
+    def __init__(self, name: str, argv: list[str], *, env: dict | None = None, log_path: Path,
+                 cpus: set[int] | None = None, stdout=None) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=stdout or self._log, stderr=self._log,
+                                     stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        if cpus:
+            try:
+                os.sched_setaffinity(self.pid, cpus)
+            except OSError:
+                pass
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 8.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+    def tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+async def http_json(url: str, timeout: float = 5.0) -> dict:
+    import aiohttp
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            return await resp.json(content_type=None)
+
+
+async def wait_http(url: str, child: Child, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited ({child.proc.returncode}):\n{child.tail()}")
+        try:
+            await http_json(url, 1.0)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{child.name} did not answer {url} within {timeout} s:\n{child.tail()}")
+            await asyncio.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------------------------ the config
+
+PERSONA = """\
+name: load
+numbers: ["{number}"]
+default: true
+engine: {engine}
+language: en
+voice: lively-girl
+instructions: You are the load-test assistant. Keep answers short.
+greeting: Hello, thanks for calling the load test line. How can I help you today?
+realtime:
+  turn_detection: {{silence_duration_ms: 500, prefix_padding_ms: 300, energy_awakeness_threshold: 2500}}
+barge_in: {{enabled: true, min_speech_ms: 200}}
+max_call_seconds: 3600
+"""
+
+CONFIG = """\
+server: {{host: 127.0.0.1, port: {port}, public_url: "http://127.0.0.1:{port}"}}
+stepfun: {{connect_timeout_s: 15, failover_connect_timeout_s: 15}}
+twilio: {{validate_signatures: true}}
+playout: {{lead_ms: 100, mark_every_ms: 100}}
+dialplans: dialplans
+transcripts_dir: transcripts
+logging: {{format: json, level: info}}
+"""
+
+
+def write_config(root: Path, port: int, engine: str) -> Path:
+    (root / "dialplans").mkdir(parents=True, exist_ok=True)
+    (root / "dialplans" / "load.yaml").write_text(PERSONA.format(number=NUMBER, engine=engine))
+    path = root / "config.yaml"
+    path.write_text(CONFIG.format(port=port))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the emulator
+
+def emulator_main(port: int, speed: float) -> None:
+    """The StepFun emulator (record=False) plus ``GET /debug/stats``: per-session counters."""
+    from aiohttp import web
+
+    from .emulator.app import Emulator, create_app
+    from .logs import configure_logging
+
+    configure_logging("json", "warning")
+    emulator = Emulator(speed=speed, record=False)
+    app = create_app(emulator)
+
+    async def stats(request: web.Request) -> web.Response:
+        sessions = emulator.sessions
+        return web.json_response({
+            "sessions": len(sessions), "open": sum(1 for s in sessions if not s.closed),
+            "appends": sum(s.appends for s in sessions),
+            "events_received": sum(s.events_received for s in sessions),
+            "events_sent": sum(s.events_sent for s in sessions),
+            "errors_sent": sum(s.errors_sent for s in sessions),
+            "responses": sum(len(s.responses) for s in sessions)})
+
+    app.router.add_get("/debug/stats", stats)
+    _run_app(app, port)
+
+
+def _run_app(app, port: int) -> None:
+    from aiohttp import web
+
+    _use_uvloop()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, handle_signals=True)
+
+
+def _use_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ the reference
+
+def naive_relay_main(port: int, stepfun_ws: str) -> None:
+    """The reference: a minimal Twilio ⇄ StepFun realtime relay as one would first write it — ``json`` and
+    ``audioop`` (μ-law, ``ratecv``), no pacing (each 100 ms delta goes out as one media message at once, then a
+    mark), barge-in on the model's ``speech_started`` only (clear + cancel, no truncation, nothing known of
+    what the caller heard). Same latency histograms as the server (``in``, ``out``, ``barge_model``)."""
+    import warnings
+
+    import websockets
+    from aiohttp import WSMsgType, web
+
+    from . import latency
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+
+    latency.ENABLED = True
+
+    async def voice(request: web.Request) -> web.Response:
+        await request.post()
+        twiml = ('<?xml version="1.0" encoding="UTF-8"?><Response><Connect>'
+                 f'<Stream url="ws://127.0.0.1:{port}/twilio/media"/></Connect></Response>')
+        return web.Response(text=twiml, content_type="text/xml")
+
+    async def media(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        stream_sid = None
+        model = None
+        reader = None
+        up_state = None
+        state = {"response": None, "down": None}
+
+        async def from_model():
+            async for text in model:
+                t0 = latency.clock()
+                event = json.loads(text)
+                kind = event.get("type")
+                if kind == "response.audio.delta":
+                    pcm24 = base64.b64decode(event["delta"])
+                    pcm8, state["down"] = audioop.ratecv(pcm24, 2, 1, 24000, 8000, state["down"])
+                    payload = base64.b64encode(audioop.lin2ulaw(pcm8, 2)).decode()
+                    await ws.send_str(json.dumps({"event": "media", "streamSid": stream_sid,
+                                                  "media": {"payload": payload}}))
+                    latency.record("out", latency.clock() - t0)
+                    await ws.send_str(json.dumps({"event": "mark", "streamSid": stream_sid,
+                                                  "mark": {"name": event["item_id"]}}))
+                elif kind == "response.created":
+                    state["response"] = event["response"]["id"]
+                elif kind == "response.done":
+                    state["response"] = None
+                    state["down"] = None
+                elif kind == "input_audio_buffer.speech_started":
+                    await ws.send_str(json.dumps({"event": "clear", "streamSid": stream_sid}))
+                    latency.record("barge_model", latency.clock() - t0)
+                    if state["response"] is not None:
+                        await model.send(json.dumps({"type": "response.cancel"}))
+
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    break
+                t0 = latency.clock()
+                data = json.loads(msg.data)
+                event = data.get("event")
+                if event == "media" and model is not None:
+                    pcm8 = audioop.ulaw2lin(base64.b64decode(data["media"]["payload"]), 2)
+                    pcm24, up_state = audioop.ratecv(pcm8, 2, 1, 8000, 24000, up_state)
+                    await model.send(json.dumps({"type": "input_audio_buffer.append",
+                                                 "audio": base64.b64encode(pcm24).decode()}))
+                    latency.record("in", latency.clock() - t0)
+                elif event == "start":
+                    stream_sid = data["start"]["streamSid"]
+                    model = await websockets.connect(f"{stepfun_ws}/realtime?model=stepaudio-2.5-realtime",
+                                                     additional_headers={"Authorization": "Bearer load"},
+                                                     max_size=None, compression=None)
+                    await model.send(json.dumps({"type": "session.update", "session": {
+                        "modalities": ["text", "audio"], "instructions": "You are the load-test assistant.",
+                        "voice": "lively-girl", "input_audio_format": "pcm16", "output_audio_format": "pcm16",
+                        "turn_detection": {"type": "server_vad", "silence_duration_ms": 500,
+                                           "prefix_padding_ms": 300, "energy_awakeness_threshold": 2500}}}))
+                    await model.send(json.dumps({"type": "response.create", "response": {
+                        "instructions": "Say exactly: Hello, thanks for calling the load test line. "
+                                        "How can I help you today?"}}))
+                    reader = asyncio.create_task(from_model())
+                elif event == "stop":
+                    break
+        finally:
+            if reader is not None:
+                reader.cancel()
+            if model is not None:
+                await model.close()
+        return ws
+
+    async def debug(request: web.Request) -> web.Response:
+        body = latency.snapshot()
+        if request.query.get("reset") in ("1", "true"):
+            latency.reset()
+        return web.json_response(body)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def start_probe(app):
+        app["probe"] = asyncio.create_task(latency.loop_lag_probe())
+
+    app = web.Application()
+    app.router.add_post("/twilio/voice", voice)
+    app.router.add_get("/twilio/media", media)
+    app.router.add_get("/debug/latency", debug)
+    app.router.add_get("/healthz", healthz)
+    app.on_startup.append(start_probe)
+    _run_app(app, port)
+
+
+# ------------------------------------------------------------------------------------------------ the callers
+
+def caller_script(rng: np.random.Generator, fixtures: dict[str, np.ndarray], barge_share: float, turns: int = 60):
+    """Wait for the greeting; then turns of speech, each after the bot's reply and a pause, or (a share of
+    them) over the bot's reply ``barge_after_bot_ms`` into it. Runs until the call's time is up."""
+    from .simulator.caller import Say
+
+    script = []
+    for turn in range(turns):
+        if turn > 0 and rng.random() < barge_share:
+            script.append(Say(fixtures["caller_interrupt"], barge_after_bot_ms=float(rng.uniform(400, 1500)),
+                              label="barge"))
+        else:
+            wav = fixtures["caller_en" if rng.random() < 0.5 else "caller_zh"]
+            script.append(Say(wav, after_bot_done=True, pause_s=float(rng.uniform(0.3, 1.2)), label="turn"))
+    return script
+
+
+def summarize_call(result) -> dict:
+    """The per-call figures the report needs (the full CallResult stays in the worker)."""
+    segments = result.segments
+    gaps = [b.start_s - a.end_s for a, b in zip(segments, segments[1:])
+            if a.ended_by == "drained" and b.start_s - a.end_s < UNDERRUN_GAP_S]
+    return {
+        "frames_sent": int(round(result.duration_s / FRAME_S)),
+        "media_received": len(result.media_received),
+        "late_frames": int(sum(max(1, round(g / FRAME_S)) for g in gaps)),
+        "underruns": len(gaps),
+        "first_bot_audio_s": result.first_bot_audio_s,
+        "barge_reaction_s": [r for r in result.barge_in_reaction_s],
+        "barges": sum(1 for u in result.utterances if u.barge),
+        "turns": len(result.utterances),
+        "clears": len(result.clears),
+        "marks_echoed": result.marks_echoed,
+        "protocol_errors": len(result.protocol_errors),
+        "end_reason": result.end_reason,
+        "setup_s": result.setup_s,
+        "max_tick_lag_ms": result.max_tick_lag_ms,
+        "late_ticks": result.late_ticks,
+        "duration_s": result.duration_s,
+    }
+
+
+async def _run_callers(url: str, auth_token: str, specs: list[dict], barge_share: float) -> list[dict]:
+    import aiohttp
+
+    from .audio.wav import read_wav_8k
+    from .simulator.caller import CallSetupError
+    from .simulator.twilio import simulate_twilio_call
+
+    fixtures = {name: read_wav_8k(FIXTURES / f"{name}.wav")
+                for name in ("caller_en", "caller_zh", "caller_interrupt")}
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def one(spec: dict) -> dict:
+        rng = np.random.default_rng(spec["seed"])
+        script = caller_script(rng, fixtures, barge_share)
+        await asyncio.sleep(max(0.0, spec["start_at"] - time.monotonic()))
+        started = time.monotonic()
+        try:
+            result = await simulate_twilio_call(
+                url, to=NUMBER, auth_token=auth_token, script=script, record=False, seed=spec["seed"],
+                max_duration_s=max(1.0, spec["end_at"] - started), http_session=session,
+                connect_timeout_s=30.0)
+        except CallSetupError as exc:
+            return {"error": str(exc)[:300], "started": started}
+        except Exception as exc:   # a broken call is a finding, not a crash of the load test
+            return {"error": f"{type(exc).__name__}: {exc}"[:300], "started": started}
+        summary = summarize_call(result)
+        summary["start_lag_s"] = started - spec["start_at"]
+        return summary
+
+    try:
+        return await asyncio.gather(*(one(spec) for spec in specs))
+    finally:
+        await session.close()
+
+
+def worker_main(url: str, auth_token: str, specs_json: str, barge_share: float) -> None:
+    """One caller process: runs its calls, prints one JSON object (per-call summaries, its own CPU)."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    uv = _use_uvloop()
+    specs = json.loads(specs_json)
+    cpu0, t0 = time.process_time(), time.monotonic()
+    calls = asyncio.run(_run_callers(url, auth_token, specs, barge_share))
+    print(json.dumps({"calls": calls, "cpu_s": time.process_time() - cpu0, "wall_s": time.monotonic() - t0,
+                      "uvloop": uv}))
+
+
+# ------------------------------------------------------------------------------------------------ one step
+
+@dataclass
+class Options:
+    steps: tuple[int, ...] = DEFAULT_STEPS
+    target: str = "voicebot"            # "voicebot" (voicebot serve) | "naive" (the reference relay)
+    engine: str = "realtime"            # persona engine for voicebot: realtime | chain | auto
+    ramp_s: float = 10.0
+    hold_s: float = 20.0
+    calls_per_worker: int = 60
+    barge_share: float = 0.3
+    speed: float = 2.0                  # emulator audio pacing (× real time); 1.0 leaves the model no slack
+    pin: bool = True                    # server on CPU 0, everything else on the other CPUs
+    seed: int = 1
+    stop_on_fail: bool = True
+    max_run_s: float = 1800.0
+    py_spy: str | None = None           # record a py-spy profile of the server at the last step here
+    workdir: str | None = None
+    quiet: bool = False
+    server_entry: str = "voicebot.cli"  # experiments: a module run instead, with `serve --config …`
+
+
+@dataclass
+class StepResult:
+    n: int
+    target: str
+    valid: bool = True
+    passed: bool = False
+    notes: list[str] = field(default_factory=list)
+    calls_ok: int = 0
+    calls_failed: int = 0
+    cpu_pct: float = 0.0
+    rss_idle_mb: float = 0.0
+    rss_peak_mb: float = 0.0
+    rss_per_call_mb: float = 0.0
+    frames_sent: int = 0
+    frames_server_in: int | None = None
+    frames_fed: int | None = None
+    appends_model: int = 0
+    lost_frames: int = 0
+    lost_before_engine: int | None = None
+    late_frames: int = 0
+    underruns: int = 0
+    bot_frames_received: int = 0
+    latency: dict = field(default_factory=dict)
+    first_bot_audio_ms: dict = field(default_factory=dict)
+    barge_caller_ms: dict = field(default_factory=dict)
+    barges: int = 0
+    barges_unanswered: int = 0
+    caller_max_tick_lag_ms: float = 0.0
+    caller_late_ticks: int = 0
+    caller_ticks: int = 0
+    caller_cpu_pct: float = 0.0
+    emulator_cpu_pct: float = 0.0
+    protocol_errors: int = 0
+    workers: int = 0
+    window_s: float = 0.0
+
+
+def _pcts(values: list[float], scale: float = 1000.0) -> dict:
+    if not values:
+        return {"count": 0}
+    arr = np.asarray(values, dtype=np.float64) * scale
+    return {"count": len(values), "p50": round(float(np.percentile(arr, 50)), 1),
+            "p95": round(float(np.percentile(arr, 95)), 1), "p99": round(float(np.percentile(arr, 99)), 1),
+            "max": round(float(arr.max()), 1)}
+
+
+class Sampler:
+    """Samples a process's CPU seconds and RSS every ``interval`` s."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, float, int]] = []
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.samples.append((time.monotonic(), proc_cpu_s(self.pid), proc_rss_bytes(self.pid)))
+            except (OSError, ValueError, IndexError):
+                return
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def cpu_pct(self, t0: float, t1: float) -> float:
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2:
+            return float("nan")
+        (ta, ca, _), (tb, cb, _) = inside[0], inside[-1]
+        return 100.0 * (cb - ca) / (tb - ta) if tb > ta else float("nan")
+
+    def rss_max(self, t0: float, t1: float) -> int:
+        inside = [s[2] for s in self.samples if t0 <= s[0] <= t1]
+        return max(inside) if inside else 0
+
+
+async def run_step(n: int, opts: Options, root: Path, log) -> StepResult:
+    step = StepResult(n=n, target=opts.target)
+    step_dir = root / f"{opts.target}-{n}"
+    step_dir.mkdir(parents=True, exist_ok=True)
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus = {cpus[0]} if opts.pin and len(cpus) > 1 else None
+    other_cpus = set(cpus[1:]) if opts.pin and len(cpus) > 1 else None
+    python = sys.executable
+    children: list[Child] = []
+    auth_token = secrets.token_hex(16)
+    try:
+        emu_port, port = free_port(), free_port()
+        emulator = Child("emulator", [python, "-m", "voicebot.loadtest", "_emulator", "--port", str(emu_port),
+                                      "--speed", str(opts.speed)],
+                         log_path=step_dir / "emulator.log", cpus=other_cpus)
+        children.append(emulator)
+        env = dict(os.environ)
+        env.update({"TWILIO_AUTH_TOKEN": auth_token, "STEP_API_KEY": "loadtest-key",
+                    "STEPFUN_BASE_URL": f"http://127.0.0.1:{emu_port}/step_plan/v1", "VOICEBOT_LATENCY": "1"})
+        env.pop("VOICEBOT_CONFIG", None)
+        if opts.target == "naive":
+            argv = [python, "-m", "voicebot.loadtest", "_naive_relay", "--port", str(port),
+                    "--stepfun-ws", f"ws://127.0.0.1:{emu_port}/step_plan/v1"]
+        else:
+            config = write_config(step_dir, port, opts.engine)
+            argv = [python, "-m", opts.server_entry, "serve", "--config", str(config)]
+        server = Child("server", argv, env=env, log_path=step_dir / "server.log", cpus=server_cpus)
+        children.append(server)
+        url = f"http://127.0.0.1:{port}"
+        await wait_http(f"http://127.0.0.1:{emu_port}/debug/stats", emulator)
+        await wait_http(f"{url}/healthz", server)
+        await asyncio.sleep(0.5)
+        rss_idle = proc_rss_bytes(server.pid)
+        sampler, emu_sampler = Sampler(server.pid), Sampler(emulator.pid)
+        sampler.start()
+        emu_sampler.start()
+
+        # Calls: started over ramp_s, all hanging up at end_at.
+        n_workers = max(1, math.ceil(n / opts.calls_per_worker))
+        step.workers = n_workers
+        start0 = time.monotonic() + 2.0 + 0.3 * n_workers      # worker start-up (imports)
+        end_at = start0 + opts.ramp_s + opts.hold_s
+        specs = [{"index": i, "seed": opts.seed * 100003 + i,
+                  "start_at": start0 + opts.ramp_s * i / max(1, n), "end_at": end_at} for i in range(n)]
+        workers = []
+        for w in range(n_workers):
+            mine = specs[w::n_workers]
+            workers.append(Child(f"callers{w}", [python, "-m", "voicebot.loadtest", "_callers", "--url", url,
+                                                 "--auth-token-env", "LOADTEST_TWILIO_TOKEN",
+                                                 "--barge-share", str(opts.barge_share),
+                                                 "--specs", json.dumps(mine)],
+                                 env={**os.environ, "LOADTEST_TWILIO_TOKEN": auth_token},
+                                 log_path=step_dir / f"callers{w}.log", cpus=other_cpus,
+                                 stdout=subprocess.PIPE))
+        children.extend(workers)
+        window = (start0 + opts.ramp_s + 1.0, end_at - 0.5)
+        step.window_s = round(window[1] - window[0], 1)
+        await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+        await http_json(f"{url}/debug/latency?reset=1")
+        spy = None
+        if opts.py_spy:
+            local = Path(sys.executable).parent / "py-spy"
+            fmt = {".json": "speedscope", ".txt": "raw"}.get(Path(opts.py_spy).suffix, "flamegraph")
+            out = Path(opts.py_spy)
+            out = out.with_name(f"{out.stem}-{opts.target}-{n}{out.suffix}")
+            spy = subprocess.Popen([str(local) if local.exists() else "py-spy", "record", "-p", str(server.pid),
+                                    "-o", str(out), "-d", str(int(window[1] - window[0])), "-r", "100",
+                                    "--nonblocking", "-f", fmt],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
+        lat = await http_json(f"{url}/debug/latency")
+        if spy is not None:
+            try:
+                await asyncio.to_thread(spy.wait, 60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+
+        # Collect the callers.
+        outputs = []
+        for worker in workers:
+            try:
+                out, _ = await asyncio.to_thread(worker.proc.communicate, None, max(30.0, end_at - time.monotonic() + 60))
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                out, _ = worker.proc.communicate()
+                step.notes.append(f"{worker.name} timed out")
+            try:
+                outputs.append(json.loads(out.decode().strip().splitlines()[-1]))
+            except (ValueError, IndexError):
+                step.notes.append(f"{worker.name} gave no result: {worker.tail(400)}")
+        # Let the server and the emulator finish the last calls, then read the counters.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            stats = await http_json(f"http://127.0.0.1:{emu_port}/debug/stats")
+            if stats["open"] == 0:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.3)
+        stats = await http_json(f"http://127.0.0.1:{emu_port}/debug/stats")
+        totals = await http_json(f"{url}/debug/latency")
+        await sampler.stop()
+        await emu_sampler.stop()
+
+        # -- figures --
+        step.cpu_pct = round(sampler.cpu_pct(*window), 1)
+        step.emulator_cpu_pct = round(emu_sampler.cpu_pct(*window), 1)
+        rss_peak = sampler.rss_max(*window)
+        step.rss_idle_mb = round(rss_idle / 2**20, 1)
+        step.rss_peak_mb = round(rss_peak / 2**20, 1)
+        calls = [c for out in outputs for c in out["calls"]]
+        ok = [c for c in calls if "error" not in c]
+        step.calls_ok, step.calls_failed = len(ok), len(calls) - len(ok) + (n - len(calls))
+        step.rss_per_call_mb = round((rss_peak - rss_idle) / 2**20 / max(1, n), 3)
+        for c in calls:
+            if "error" in c and len(step.notes) < 8:
+                step.notes.append(f"call failed: {c['error']}")
+        step.frames_sent = sum(c["frames_sent"] for c in ok)
+        step.appends_model = stats["appends"]
+        counters = totals.get("counters", {})
+        step.frames_server_in = counters.get("carrier_frames_in")
+        step.frames_fed = counters.get("frames_fed")
+        if step.frames_server_in is not None and step.frames_fed is not None:
+            step.lost_before_engine = step.frames_server_in - step.frames_fed
+        if step.frames_fed is not None:
+            # Lost in the server or on the wire once the engine is up; frames that arrive while the engine is
+            # still connecting are counted apart (lost_before_engine: Call holds them and never feeds them).
+            step.lost_frames = (step.frames_sent - step.frames_server_in) + (step.frames_fed - step.appends_model)
+        else:
+            step.lost_frames = step.frames_sent - step.appends_model
+        step.late_frames = sum(c["late_frames"] for c in ok)
+        step.underruns = sum(c["underruns"] for c in ok)
+        step.bot_frames_received = sum(c["media_received"] for c in ok)
+        step.latency = lat.get("histograms", {})
+        step.first_bot_audio_ms = _pcts([c["first_bot_audio_s"] for c in ok if c["first_bot_audio_s"] is not None])
+        reactions = [r for c in ok for r in c["barge_reaction_s"]]
+        step.barges = len(reactions)
+        step.barges_unanswered = sum(1 for r in reactions if r is None)
+        step.barge_caller_ms = _pcts([r for r in reactions if r is not None])
+        step.caller_max_tick_lag_ms = round(max((c["max_tick_lag_ms"] for c in ok), default=0.0), 1)
+        step.caller_late_ticks = sum(c["late_ticks"] for c in ok)
+        step.caller_ticks = step.frames_sent
+        step.protocol_errors = sum(c["protocol_errors"] for c in ok)
+        wall = sum(out["wall_s"] for out in outputs)
+        step.caller_cpu_pct = round(100.0 * sum(out["cpu_s"] for out in outputs) / max(1e-9, wall / max(1, len(outputs))), 1)
+        judge(step)
+        return step
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+def judge(step: StepResult) -> None:
+    """Valid: every call ran and the callers kept real-time pace. Passed: valid and every criterion met."""
+    if step.calls_failed:
+        step.valid = False
+        step.notes.append(f"{step.calls_failed} calls failed")
+    if step.caller_late_ticks:
+        share = step.caller_late_ticks / max(1, step.caller_ticks)
+        if share > MAX_LATE_TICK_SHARE or step.caller_max_tick_lag_ms >= MAX_TICK_LAG_MS:
+            step.valid = False
+        step.notes.append(f"callers late: {step.caller_late_ticks} of {step.caller_ticks} ticks > 10 ms late "
+                          f"({100 * share:.2f} %, worst {step.caller_max_tick_lag_ms} ms)")
+    lat = step.latency
+
+    def p99(name: str) -> float:
+        return float(lat.get(name, {}).get("p99_ms", 0.0))
+
+    server_p99 = max(p99("in"), p99("out"))
+    barge_p99 = max(p99("barge_model"), p99("barge_vad"))
+    failures = []
+    if step.lost_before_engine:
+        step.notes.append(f"{step.lost_before_engine} caller frames arrived while the engine connected and were "
+                          "never fed (call.py, not load)")
+    if step.lost_frames > CRITERIA["lost_frames"]:
+        failures.append(f"{step.lost_frames} caller frames never reached the model")
+    if step.late_frames > CRITERIA["late_frames"]:
+        failures.append(f"{step.late_frames} bot frames late ({step.underruns} underruns)")
+    if server_p99 >= CRITERIA["p99_server_ms"]:
+        failures.append(f"server-added p99 {server_p99:.1f} ms")
+    if barge_p99 >= CRITERIA["p99_barge_ms"]:
+        failures.append(f"barge-in p99 {barge_p99:.1f} ms")
+    if not step.cpu_pct < CRITERIA["cpu_pct"]:
+        failures.append(f"CPU {step.cpu_pct:.0f} %")
+    step.notes.extend(failures)
+    step.passed = step.valid and not failures
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def format_table(steps: list[StepResult]) -> str:
+    head = ("target      N  ok  CPU%  RSS/call  lost  held  late  in p50/p99   out p50/p99  loop p99  barge p99"
+            "  1st audio p50/p99  caller barge p50  caller lag  verdict")
+    lines = [head, "-" * len(head)]
+    for s in steps:
+        lat = s.latency
+
+        def h(name: str, key: str) -> str:
+            v = lat.get(name, {})
+            return "-" if not v.get("count") else f"{v[key]:.1f}"
+        barge = max((float(lat.get(k, {}).get("p99_ms", 0.0)) for k in ("barge_model", "barge_vad")
+                     if lat.get(k, {}).get("count")), default=float("nan"))
+        fa = s.first_bot_audio_ms
+        verdict = "PASS" if s.passed else ("invalid" if not s.valid else "fail")
+        lines.append(
+            f"{s.target:<8} {s.n:>4} {s.calls_ok:>3} {s.cpu_pct:>5.1f} {s.rss_per_call_mb:>6.2f} MB {s.lost_frames:>5}"
+            f" {'-' if s.lost_before_engine is None else s.lost_before_engine:>5} {s.late_frames:>5}  {h('in', 'p50_ms'):>4}/{h('in', 'p99_ms'):<6} {h('out', 'p50_ms'):>4}/{h('out', 'p99_ms'):<6}"
+            f" {h('loop', 'p99_ms'):>7}  {barge:>8.1f}  {fa.get('p50', float('nan')):>7.0f}/{fa.get('p99', float('nan')):<7.0f}"
+            f"  {s.barge_caller_ms.get('p50', float('nan')):>14.0f}  {s.caller_max_tick_lag_ms:>7.1f} ms  {verdict}")
+    return "\n".join(lines)
+
+
+async def run_loadtest(opts: Options) -> dict:
+    root = Path(opts.workdir) if opts.workdir else Path(tempfile.mkdtemp(prefix="voicebot-load-"))
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results: list[StepResult] = []
+
+    def say(text: str) -> None:
+        if not opts.quiet:
+            print(text, flush=True)
+
+    say(f"voicebot loadtest: target {opts.target}" + (f" (engine {opts.engine})" if opts.target == "voicebot" else "")
+        + f", steps {list(opts.steps)}, ramp {opts.ramp_s:g} s + hold {opts.hold_s:g} s, "
+        f"emulator speed {opts.speed:g}, barge share {opts.barge_share:g}, files in {root}")
+    for n in opts.steps:
+        if time.monotonic() - started > opts.max_run_s:
+            say(f"stopping: the run has used its {opts.max_run_s:g} s")
+            break
+        step = await run_step(n, opts, root, say)
+        results.append(step)
+        say(format_table([step]).splitlines()[-1] + ("   " + "; ".join(step.notes) if step.notes else ""))
+        if opts.stop_on_fail and step.valid and not step.passed:
+            break
+    passing = [s.n for s in results if s.passed]
+    report = {
+        "target": opts.target, "engine": opts.engine, "options": asdict(opts), "criteria": CRITERIA,
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "steps": [asdict(s) for s in results],
+        "max_passing_n": max(passing) if passing else None,
+        "table": format_table(results),
+    }
+    (root / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)),
+                        help="comma-separated call counts to ramp through (default %(default)s)")
+    parser.add_argument("--target", choices=("voicebot", "naive", "both"), default="voicebot",
+                        help="the server under test, the naive reference relay, or both in turn")
+    parser.add_argument("--engine", choices=("realtime", "chain", "auto"), default="realtime",
+                        help="persona engine of the server under test (default realtime)")
+    parser.add_argument("--ramp", type=float, default=10.0, help="seconds over which the calls start")
+    parser.add_argument("--hold", type=float, default=20.0, help="seconds all N calls run together (measured)")
+    parser.add_argument("--calls-per-worker", type=int, default=60, help="simulated callers per worker process")
+    parser.add_argument("--barge-share", type=float, default=0.3, help="share of caller turns that barge in")
+    parser.add_argument("--speed", type=float, default=2.0, help="emulator audio pacing, × real time")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="do not pin the server to CPU 0 and the load generator to the others")
+    parser.add_argument("--keep-going", action="store_true", help="run every step even after one fails")
+    parser.add_argument("--max-run", type=float, default=1800.0, help="stop starting steps after this many s")
+    parser.add_argument("--py-spy", help="profile the server with py-spy during each step's window, to this file")
+    parser.add_argument("--workdir", help="keep configs, logs and report.json here (default: a temp dir)")
+    parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--server-entry", default="voicebot.cli", help=argparse.SUPPRESS)
+    return parser
+
+
+def options_from_args(args, target: str | None = None) -> Options:
+    return Options(steps=tuple(int(x) for x in args.steps.split(",") if x.strip()),
+                   target=target or args.target, engine=args.engine, ramp_s=args.ramp, hold_s=args.hold,
+                   calls_per_worker=args.calls_per_worker, barge_share=args.barge_share, speed=args.speed,
+                   pin=args.pin, stop_on_fail=not args.keep_going, max_run_s=args.max_run, py_spy=args.py_spy,
+                   workdir=args.workdir, server_entry=args.server_entry)
+
+
+def run_cli(args) -> int:
+    targets = ("voicebot", "naive") if args.target == "both" else (args.target,)
+    reports = []
+    for target in targets:
+        opts = options_from_args(args, target)
+        if opts.workdir and len(targets) > 1:
+            opts.workdir = str(Path(opts.workdir) / target)
+        report = asyncio.run(run_loadtest(opts))
+        reports.append(report)
+    print()
+    for report in reports:
+        print(report["table"])
+        print(f"{report['target']}: highest N meeting every criterion: {report['max_passing_n']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_emulator":
+        p = argparse.ArgumentParser()
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--speed", type=float, default=2.0)
+        a = p.parse_args(argv[1:])
+        emulator_main(a.port, a.speed)
+        return 0
+    if argv and argv[0] == "_naive_relay":
+        p = argparse.ArgumentParser()
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--stepfun-ws", required=True)
+        a = p.parse_args(argv[1:])
+        naive_relay_main(a.port, a.stepfun_ws)
+        return 0
+    if argv and argv[0] == "_callers":
+        p = argparse.ArgumentParser()
+        p.add_argument("--url", required=True)
+        p.add_argument("--auth-token-env", required=True)
+        p.add_argument("--barge-share", type=float, default=0.3)
+        p.add_argument("--specs", required=True)
+        a = p.parse_args(argv[1:])
+        worker_main(a.url, os.environ[a.auth_token_env], a.specs, a.barge_share)
+        return 0
+    parser = add_arguments(argparse.ArgumentParser(prog="voicebot loadtest", description=__doc__.splitlines()[0]))
+    return run_cli(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
