@@ -61,7 +61,7 @@ class RealtimeEngine:
         self.sink = sink
         self.log = log or structlog.get_logger("voicebot.engine")
         self._conn: RealtimeConnection | None = None
-        self._reader: asyncio.Task | None = None
+        self._reader_failed = False
         self._upsampler = Resampler(8000, MODEL_RATE)
         self._downsamplers: dict[str, Resampler] = {}
         self._item_model_ms: dict[str, float] = {}    # audio the model generated per item
@@ -81,12 +81,13 @@ class RealtimeEngine:
         self._conn = await RealtimeConnection.connect(
             self.stepfun.ws_base_url, self.stepfun.api_key or "emulator", self.persona.realtime.model,
             timeout_s=timeout)
-        events = self._conn.events()
         try:
-            first = await asyncio.wait_for(anext(events), timeout)
-        except (StopAsyncIteration, asyncio.TimeoutError):
+            first = await asyncio.wait_for(self._conn.next_event(), timeout)
+        except asyncio.TimeoutError:
+            first = None
+        if first is None:
             await self._conn.close()
-            raise StepFunUnavailable("realtime session did not start (no session.created)") from None
+            raise StepFunUnavailable("realtime session did not start (no session.created)")
         if first.get("type") != "session.created":
             await self._conn.close()
             raise StepFunUnavailable(f"realtime session started with {first.get('type')!r}, not session.created")
@@ -97,7 +98,8 @@ class RealtimeEngine:
                              "response": {"instructions": greeting_instructions(self.persona)}})
             self._awaiting_reply = True
         self._last_event_t = asyncio.get_running_loop().time()
-        self._reader = asyncio.create_task(self._read(events))
+        # Events are handled as the socket delivers them, in the same loop step (no reader task).
+        self._conn.listen(self._on_event, self._on_socket_closed)
         self._watchdog = asyncio.create_task(self._watch())
 
     @property
@@ -151,15 +153,18 @@ class RealtimeEngine:
     def heard_text(self, item_id: str, heard_ms: int, text: str) -> str:
         return heard_text(text, heard_ms, self._item_model_ms.get(item_id, 0.0))
 
-    async def _read(self, events) -> None:
+    def _on_event(self, event: dict) -> None:
+        if self._reader_failed:
+            return
         try:
-            async for event in events:
-                self._dispatch(event)
+            self._dispatch(event)
         except Exception as exc:   # a bug here must end the call cleanly, not hang it
+            self._reader_failed = True
             self.log.exception("realtime_reader_crashed")
             self.sink.engine_failed(f"realtime reader crashed: {type(exc).__name__}")
-            return
-        if not self._closing:
+
+    def _on_socket_closed(self) -> None:
+        if not self._closing and not self._reader_failed:
             self.sink.engine_failed(f"realtime socket {self._conn.close_reason if self._conn else 'closed'}")
 
     def _dispatch(self, event: dict) -> None:
@@ -245,8 +250,7 @@ class RealtimeEngine:
     async def close(self) -> None:
         self._closing = True
         self._release_replies()
-        for task in (self._reader, self._watchdog):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
         if self._conn is not None:
             await self._conn.close()

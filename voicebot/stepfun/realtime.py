@@ -1,42 +1,333 @@
-"""Thin client for the StepFun realtime WebSocket (``/realtime?model=…``): connect, send, receive events."""
+"""Thin client for the StepFun realtime WebSocket (``/realtime?model=…``): connect, send, receive events.
+
+A call sends one ``append`` per 20 ms frame and receives a stream of small events, so the per-message cost
+matters more than anything else here. The connection therefore drives websockets' sans-I/O protocol
+(``websockets.client.ClientProtocol``) on a plain asyncio transport: ``send`` frames and writes to the
+socket at once (no queue, no writer task), and events are parsed in the socket's data callback and handed
+to the listener in the same loop step (no reader task, no async generator per event). Where a proxy is
+configured for the URL, websockets' own client is used instead (it knows proxies), behind the same API.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 import websockets
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from .. import latency
 from .errors import StepFunError, StepFunUnavailable, error_for_status
 
+try:   # optional (voicebot[fast]): parses events 2-3x faster than json
+    import orjson as _orjson
+except ImportError:   # pragma: no cover - depends on the environment
+    _orjson = None
+
 log = structlog.get_logger("voicebot.stepfun")
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024   # one append may carry up to 15 MB
+MAX_BUFFERED_BYTES = 4 * 1024 * 1024  # unsent data (~30 s of appends): StepFun is not reading, give up
+PING_INTERVAL_S = 20.0                # keepalive: a ping every 20 s, the pong due before the next one
+CLOSE_TIMEOUT_S = 2.0
+
+Listener = Callable[[dict], None]
+
+
+def _loads(data: bytes | str):
+    return _orjson.loads(data) if _orjson is not None else json.loads(data)
+
+
+def _dumps(event: dict) -> str:
+    return json.dumps(event, ensure_ascii=False)
+
+
+def _proxy_for(uri) -> str | None:
+    try:
+        from websockets.proxy import get_proxy
+    except ImportError:   # websockets < 15 has no proxy support
+        return None
+    try:
+        return get_proxy(uri)
+    except Exception:
+        return None
 
 
 class RealtimeConnection:
-    """One realtime session. ``send`` only queues, so callers can emit several events within one loop turn."""
+    """One realtime session. ``send`` writes at once (never blocks); events go to the listener set with
+    :meth:`listen` (synchronously, in the loop step that read them); before that they wait for
+    :meth:`next_event`. ``close_reason`` says why the socket closed."""
 
-    def __init__(self, ws: ClientConnection, url: str) -> None:
-        self._ws = ws
+    def __init__(self, url: str) -> None:
         self.url = url
         self.session_id: str | None = None
         self.close_reason: str | None = None
-        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
-        self._writer = asyncio.create_task(self._drain())
+        self._pending: deque[dict] = deque()
+        self._waiter: asyncio.Future | None = None
+        self._listener: Listener | None = None
+        self._on_closed: Callable[[], None] | None = None
+        self._ended = False
 
     @classmethod
     async def connect(cls, ws_base_url: str, api_key: str, model: str, *, timeout_s: float) -> "RealtimeConnection":
         url = f"{ws_base_url}/realtime?model={model}"
+        headers = {"Authorization": f"Bearer {api_key}"}
+        uri = parse_uri(url)
+        if _proxy_for(uri):
+            return await _LibraryConnection.open(url, headers, timeout_s)
+        return await _SansIoConnection.open(url, uri, headers, timeout_s)
+
+    # -- sending (subclasses) -----------------------------------------------------------------------
+    def send(self, event: dict) -> None:
+        self.send_raw(_dumps(event))
+
+    def send_raw(self, text: str, since: float | None = None) -> None:
+        """Send an already-encoded event; ``since`` (latency.ENABLED): when its cause reached us."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    # -- receiving ------------------------------------------------------------------------------------
+    def _deliver(self, data: bytes | str) -> None:
+        if latency.ENABLED:
+            latency.arrival, latency.arrival_side = latency.clock(), "model"
         try:
-            ws = await connect(url, additional_headers={"Authorization": f"Bearer {api_key}"},
-                               open_timeout=timeout_s, max_size=MAX_EVENT_BYTES, ping_interval=20,
-                               ping_timeout=20, close_timeout=2, compression=None)
+            event = _loads(data)
+        except (ValueError, TypeError):
+            log.warning("stepfun_bad_event", problem="not JSON", sample=str(data[:80]))
+            return
+        if not isinstance(event, dict):
+            return
+        if self.session_id is None and event.get("type") == "session.created":
+            self.session_id = (event.get("session") or {}).get("id")
+        if self._listener is not None:
+            self._listener(event)
+        else:
+            self._pending.append(event)
+            self._wake()
+
+    def _ended_with(self, reason: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.close_reason = reason
+        self._wake()
+        if self._on_closed is not None:
+            self._on_closed()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next_event(self) -> dict | None:
+        """The next event not yet handed to a listener; None once the socket has closed."""
+        while not self._pending:
+            if self._ended:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._pending.popleft()
+
+    def listen(self, on_event: Listener, on_closed: Callable[[], None]) -> None:
+        """From now on every event goes to ``on_event`` as it is read; ``on_closed`` once the socket is gone."""
+        self._listener, self._on_closed = on_event, on_closed
+        while self._pending and self._listener is on_event:
+            on_event(self._pending.popleft())
+        if self._ended:
+            on_closed()
+
+    async def events(self) -> AsyncIterator[dict]:
+        """Server events until the socket closes (for callers that prefer iterating; no listener set)."""
+        while (event := await self.next_event()) is not None:
+            yield event
+
+
+def _close_reason(code: int | None, reason: str) -> str:
+    return ("connection lost" if code in (None, 1006) else
+            f"closed by StepFun (code {code}{', ' + reason if reason else ''})")
+
+
+class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
+    """websockets' protocol state machine on an asyncio transport, written to synchronously."""
+
+    def __init__(self, url: str, uri) -> None:
+        super().__init__(url)
+        self._ws = ClientProtocol(uri, max_size=MAX_EVENT_BYTES)
+        self._transport: asyncio.Transport | None = None
+        self._handshake: asyncio.Future | None = None
+        self._lost: asyncio.Future | None = None
+        self._fragments: list[bytes] | None = None
+        self._ping: asyncio.TimerHandle | None = None
+        self._pong_due = False
+
+    @classmethod
+    async def open(cls, url: str, uri, headers: dict[str, str], timeout_s: float) -> "_SansIoConnection":
+        loop = asyncio.get_running_loop()
+        conn = cls(url, uri)
+        conn._handshake = loop.create_future()
+        conn._lost = loop.create_future()
+        request = conn._ws.connect()
+        for name, value in headers.items():
+            request.headers[name] = value
+        request.headers["User-Agent"] = f"voicebot websockets/{websockets.__version__}"
+
+        async def handshake() -> None:
+            await loop.create_connection(lambda: conn, uri.host, uri.port,
+                                         ssl=ssl.create_default_context() if uri.secure else None,
+                                         server_hostname=uri.host if uri.secure else None)
+            conn._ws.send_request(request)
+            conn._flush()
+            await conn._handshake
+
+        try:
+            await asyncio.wait_for(handshake(), timeout_s)
+        except InvalidStatus as exc:
+            conn._abort()
+            response = exc.response
+            body = bytes(response.body or b"")[:300].decode("utf-8", "replace")
+            raise error_for_status(response.status_code, f"realtime upgrade refused: {body or 'no body'}",
+                                   trace_id=response.headers.get("X-Trace-Id")) from None
+        except (OSError, asyncio.TimeoutError, InvalidHandshake, EOFError) as exc:
+            conn._abort()
+            raise StepFunUnavailable(f"realtime connect to {url} failed: {type(exc).__name__}: {exc}") from None
+        conn._ping = loop.call_later(PING_INTERVAL_S, conn._keepalive)
+        return conn
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        ws = self._ws
+        ws.receive_data(data)
+        events = ws.events_received()
+        self._flush()    # pongs, the close reply
+        for event in events:
+            if event.__class__ is Response:
+                self._handshake_done()
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if event.fin:
+                    self._deliver(event.data)
+                else:
+                    self._fragments = [event.data]
+            elif opcode is Opcode.CONT and self._fragments is not None:
+                self._fragments.append(event.data)
+                if event.fin:
+                    data, self._fragments = b"".join(self._fragments), None
+                    self._deliver(data)
+            elif opcode is Opcode.PONG:
+                self._pong_due = False
+        if ws.state is State.CLOSED and self._transport is not None:
+            self._transport.close()
+
+    def eof_received(self) -> None:
+        self._ws.receive_eof()
+        self._flush()
+        self._handshake_done()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._ping is not None:
+            self._ping.cancel()
+        rcvd = self._ws.close_rcvd
+        self._handshake_done(exc or EOFError("connection closed during the handshake"))
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        self._ended_with(_close_reason(rcvd.code if rcvd else None, rcvd.reason if rcvd else ""))
+
+    def _handshake_done(self, exc: BaseException | None = None) -> None:
+        future = self._handshake
+        if future is None or future.done():
+            return
+        problem = self._ws.handshake_exc or exc
+        if problem is not None:
+            future.set_exception(problem)
+        elif self._ws.state is State.OPEN:
+            future.set_result(None)
+
+    # -- writing ----------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        for chunk in self._ws.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            elif transport.can_write_eof():
+                transport.write_eof()
+
+    def send_raw(self, text: str, since: float | None = None) -> None:
+        transport = self._transport
+        if transport is None or self._ws.state is not State.OPEN or transport.is_closing():
+            return    # closing: the listener hears about it
+        self._ws.send_text(text.encode())
+        transport.writelines(self._ws.data_to_send())
+        if since is not None:
+            latency.record("in", latency.clock() - since)
+            latency.count("appends_sent")
+        if transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
+            log.warning("stepfun_not_reading", buffered=transport.get_write_buffer_size())
+            self._abort()
+
+    def _keepalive(self) -> None:
+        if self._ws.state is not State.OPEN:
+            return
+        if self._pong_due:
+            log.warning("stepfun_keepalive_timeout", after_s=PING_INTERVAL_S)
+            self._abort()
+            return
+        self._pong_due = True
+        self._ws.send_ping(b"vb")
+        self._flush()
+        self._ping = asyncio.get_running_loop().call_later(PING_INTERVAL_S, self._keepalive)
+
+    def _abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def close(self) -> None:
+        if self._ping is not None:
+            self._ping.cancel()
+        if self._transport is None or self._lost is None or self._lost.done():
+            return
+        if self._ws.state is State.OPEN:
+            self._ws.send_close(1000)
+            self._flush()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self._abort()
+
+
+class _LibraryConnection(RealtimeConnection):
+    """websockets' asyncio client (used where a proxy is configured): a writer task and a reader task."""
+
+    def __init__(self, ws, url: str) -> None:
+        super().__init__(url)
+        self._ws = ws
+        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._drain())
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, url: str, headers: dict[str, str], timeout_s: float) -> "_LibraryConnection":
+        from websockets.asyncio.client import connect
+        try:
+            ws = await connect(url, additional_headers=headers, open_timeout=timeout_s, max_size=MAX_EVENT_BYTES,
+                               ping_interval=PING_INTERVAL_S, ping_timeout=PING_INTERVAL_S,
+                               close_timeout=CLOSE_TIMEOUT_S, compression=None)
         except InvalidStatus as exc:
             response = exc.response
             body = bytes(response.body or b"")[:300].decode("utf-8", "replace")
@@ -46,11 +337,7 @@ class RealtimeConnection:
             raise StepFunUnavailable(f"realtime connect to {url} failed: {type(exc).__name__}: {exc}") from None
         return cls(ws, url)
 
-    def send(self, event: dict) -> None:
-        self._outbox.put_nowait(json.dumps(event, ensure_ascii=False))
-
     def send_raw(self, text: str, since: float | None = None) -> None:
-        """Queue an already-encoded event; ``since`` (latency.ENABLED): when its cause reached us."""
         self._outbox.put_nowait(text if since is None else (text, since))
 
     async def _drain(self) -> None:
@@ -65,26 +352,15 @@ class RealtimeConnection:
             except ConnectionClosed:
                 return
 
-    async def events(self) -> AsyncIterator[dict]:
-        """Server events until the socket closes; ``close_reason`` then says why."""
+    async def _read(self) -> None:
         try:
-            async for text in self._ws:
-                if latency.ENABLED:
-                    latency.arrival, latency.arrival_side = latency.clock(), "model"
-                try:
-                    event = json.loads(text)
-                except (ValueError, TypeError):
-                    log.warning("stepfun_bad_event", problem="not JSON", sample=str(text)[:80])
-                    continue
-                if isinstance(event, dict):
-                    if event.get("type") == "session.created":
-                        self.session_id = (event.get("session") or {}).get("id")
-                    yield event
+            async for data in self._ws:
+                self._deliver(data)
         except ConnectionClosed:
             pass
-        code, reason = self._ws.close_code, self._ws.close_reason
-        self.close_reason = ("connection lost" if code in (None, 1006) else
-                             f"closed by StepFun (code {code}{', ' + reason if reason else ''})")
+        except Exception:   # a bug in a listener must not leave the call hanging
+            log.exception("stepfun_listener_failed")
+        self._ended_with(_close_reason(self._ws.close_code, self._ws.close_reason or ""))
 
     async def close(self) -> None:
         self._outbox.put_nowait(None)
@@ -93,6 +369,10 @@ class RealtimeConnection:
         except (asyncio.TimeoutError, asyncio.CancelledError):
             self._writer.cancel()
         await self._ws.close()
+        try:
+            await asyncio.wait_for(self._reader, 1.0)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._reader.cancel()
 
 
 __all__ = ["RealtimeConnection", "StepFunError", "websockets"]
