@@ -17,6 +17,11 @@ from ..audio.codecs import UnsupportedCodec, WireCodec
 from .base import Audio, CallMeta, CarrierSession, Dtmf, MarkPlayed, ProtocolError, Started, Stopped, serve_media_stream
 from .twilio_auth import StreamTokens, validate_signature
 
+try:   # optional (voicebot[fast]): a media message parses in ~0.7 µs instead of ~2.4 µs
+    from orjson import loads as _loads
+except ImportError:   # pragma: no cover - depends on the environment
+    _loads = json.loads
+
 log = structlog.get_logger("voicebot.twilio")
 
 VOICE_PATH = "/twilio/voice"
@@ -41,12 +46,14 @@ class TwilioSession(CarrierSession):
         self.stream_sid: str | None = None
         self.codec: WireCodec | None = None
         self._prefix = ""
+        self._mark_prefix = ""
+        self._clear = ""
 
     def handle_text(self, text: str):
         if latency.ENABLED:
             latency.arrival, latency.arrival_side = latency.clock(), "carrier"
         try:
-            msg = json.loads(text)
+            msg = _loads(text)
         except ValueError as exc:
             raise ProtocolError(f"frame is not JSON ({exc.msg} at char {exc.pos}): {text[:60]!r}") from None
         if not isinstance(msg, dict):
@@ -77,7 +84,10 @@ class TwilioSession(CarrierSession):
                 raise ProtocolError("start.start: customParameters is not an object")
             self.codec = self.codec_for(start.get("mediaFormat") or {})
             self.stream_sid = stream_sid
-            self._prefix = '{"event":"media","streamSid":' + json.dumps(stream_sid) + ',"media":{"payload":"'
+            sid = json.dumps(stream_sid)
+            self._prefix = '{"event":"media","streamSid":' + sid + ',"media":{"payload":"'
+            self._mark_prefix = '{"event":"mark","streamSid":' + sid + ',"mark":{"name":'
+            self._clear = '{"event":"clear","streamSid":' + sid + '}'
             params = {str(k): str(v) for k, v in params.items()}
             return [Started(CallMeta(carrier="twilio", call_id=call_sid, stream_id=stream_sid,
                                      from_number=params.get("From"), to_number=params.get("To"),
@@ -107,10 +117,10 @@ class TwilioSession(CarrierSession):
         self.send_text(self._prefix + base64.b64encode(self.codec.encode(frame)).decode() + '"}}')
 
     def send_mark(self, name: str) -> None:
-        self.send_text(json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}))
+        self.send_text(self._mark_prefix + json.dumps(name) + "}}")
 
     def send_clear(self) -> None:
-        self.send_text(json.dumps({"event": "clear", "streamSid": self.stream_sid}))
+        self.send_text(self._clear)
 
 
 def twiml_stream(stream_url: str, params: dict[str, str]) -> str:
