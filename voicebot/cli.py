@@ -73,6 +73,8 @@ def cmd_serve(args) -> int:
     settings, dialplan = _load(args.config)
     check_serving(settings)
     configure_logging(settings.log_format, settings.log_level)
+    from .server import install_event_loop
+    log.info("event_loop", loop=install_event_loop())
     asyncio.run(_serve(settings, dialplan))
     return 0
 
