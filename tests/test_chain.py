@@ -193,6 +193,9 @@ async def test_failover_mid_response_reanswers_the_last_turn(stack, caller_en):
     switch = [r for r in records if r["type"] == "engine_switch"]
     assert len(switch) == 1
     assert switch[0]["mid_answer"] is True and switch[0]["opening"] == "reanswer"
+    # From the moment the failure was seen to the chain's first audio (the emulator answers at once).
+    silence = [r for r in records if r["type"] == "engine_switch_audio"]
+    assert len(silence) == 1 and silence[0]["silence_ms"] < 1500
     assert "socket" in switch[0]["reason"] or "closed" in switch[0]["reason"] or "lost" in switch[0]["reason"]
     said = turns(records)
     # Complete and ordered: greeting (realtime), the question, the answer (chain).

@@ -66,6 +66,7 @@ class Call(EngineSink):
                                                    conversation=self.conversation, opening="greeting")
         self.engine_switches: list[dict] = []
         self._switching: asyncio.Task | None = None
+        self._switched_t: float | None = None     # when the last failover began, until its first audio
         self._held_frames: list[np.ndarray] = []
         self.transcript_file = TranscriptFile(self.settings.transcripts_dir, self.call_id)
         self.started_t = time.monotonic()
@@ -186,6 +187,12 @@ class Call(EngineSink):
     def bot_audio(self, item_id: str, pcm: np.ndarray) -> None:
         if self.ended or item_id in self._interrupted:
             return
+        if self._switched_t is not None:
+            # The silence the caller heard around an engine switch ends here.
+            silence_ms = round((time.monotonic() - self._switched_t) * 1000)
+            self._switched_t = None
+            self.transcript_file.write("engine_switch_audio", engine=self.engine.name, silence_ms=silence_ms)
+            self.log.info("engine_switch_audio", engine=self.engine.name, silence_ms=silence_ms)
         self.playout.enqueue(item_id, pcm)
         self.playout.pump()      # send what is due right away; the pump task paces the rest
         self._wake_pump.set()
@@ -243,6 +250,7 @@ class Call(EngineSink):
     async def _fail_over(self, reason: str, *, at_start: bool = False) -> None:
         """Realtime → chain without dropping the call; the conversation so far carries over."""
         t0 = time.monotonic()
+        self._switched_t = t0
         self._engine_ready = False
         old = self.engine
         mid_answer = not at_start and (getattr(old, "responding", False) or self.playout.speaking)
@@ -265,8 +273,6 @@ class Call(EngineSink):
                 opening = "reprompt"
         else:
             opening = None
-        self.log.warning("engine_switch", old=old.name, new="chain", reason=reason, mid_answer=mid_answer,
-                         opening=opening)
         try:
             await asyncio.wait_for(old.close(), 2.0)
         except Exception:
@@ -286,6 +292,7 @@ class Call(EngineSink):
                   "t_ms": round((t0 - self.started_t) * 1000)}
         self.engine_switches.append(record)
         self.transcript_file.write("engine_switch", **record)
+        self.log.warning("engine_switch", **record)
         held, self._held_frames = self._held_frames, []
         for frame in held:
             new.feed(frame)
