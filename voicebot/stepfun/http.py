@@ -192,16 +192,21 @@ class StepFunHttp:
         """:meth:`request` and read the JSON body; returns ``(document, trace_id)``."""
         resp = await self.request(method, path, what=what, **kwargs)
         trace_id = trace_id_of(resp)
-        try:
-            body = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise transport_error(exc, what, trace_id=trace_id) from None
-        finally:
-            resp.release()
+        body = await read_body(resp, what)
         try:
             return json.loads(body), trace_id
         except ValueError:
             raise StepFunUnavailable(f"{what}: answer is not JSON: {body[:120]!r}", trace_id=trace_id) from None
+
+
+async def read_body(resp: aiohttp.ClientResponse, what: str) -> bytes:
+    """The whole body, then the connection back to the pool; a broken read is a typed error."""
+    try:
+        return await resp.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise transport_error(exc, what, trace_id=trace_id_of(resp)) from None
+    finally:
+        resp.release()
 
 
 async def expect_event_stream(resp: aiohttp.ClientResponse, what: str) -> None:
@@ -210,12 +215,7 @@ async def expect_event_stream(resp: aiohttp.ClientResponse, what: str) -> None:
     if ctype.startswith("text/event-stream") or not ctype.startswith("application/json"):
         return
     trace_id = trace_id_of(resp)
-    try:
-        body = await resp.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise transport_error(exc, what, trace_id=trace_id) from None
-    finally:
-        resp.release()
+    body = await read_body(resp, what)
     err = error_from_body(400, body, what=what, trace_id=trace_id)
     raise StepFunRequestError(f"{err.message} (JSON answer where an event stream was expected)",
                               status=resp.status, type=err.type, code=err.code, trace_id=trace_id)
