@@ -48,8 +48,10 @@ FIXTURES = REPO / "tests" / "fixtures"
 NUMBER = "+15550100000"
 FRAME_S = 0.020
 UNDERRUN_GAP_S = 0.300       # bot audio stopping for less than this and resuming = an underrun, not a pause
-# Callers share a machine with the server: a tick > 10 ms late now and then is noise, but callers that are
-# often late, or later than the playout lead (they could then cause underruns themselves), void the step.
+# Callers share a machine with the server: a tick > 10 ms late now and then is noise. Callers that are often
+# late, or later than the playout lead, may starve their own playback buffer: then the late bot frames they
+# report cannot be told from the server's, and a step that has any is void. Server-side figures (CPU, memory,
+# latency histograms, frames reaching the model) do not depend on the callers' timing.
 MAX_LATE_TICK_SHARE = 0.005
 MAX_TICK_LAG_MS = 100.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -685,13 +687,14 @@ async def run_step(n: int, opts: Options, root: Path, log) -> StepResult:
 
 
 def judge(step: StepResult) -> None:
-    """Valid: every call ran and the callers kept real-time pace. Passed: valid and every criterion met."""
+    """Valid: every call ran, and no late bot frame may be the callers' own doing. Passed: valid and every
+    criterion met."""
     if step.calls_failed:
         step.valid = False
         step.notes.append(f"{step.calls_failed} calls failed")
     if step.caller_late_ticks:
         share = step.caller_late_ticks / max(1, step.caller_ticks)
-        if share > MAX_LATE_TICK_SHARE or step.caller_max_tick_lag_ms >= MAX_TICK_LAG_MS:
+        if (share > MAX_LATE_TICK_SHARE or step.caller_max_tick_lag_ms >= MAX_TICK_LAG_MS) and step.late_frames:
             step.valid = False
         step.notes.append(f"callers late: {step.caller_late_ticks} of {step.caller_ticks} ticks > 10 ms late "
                           f"({100 * share:.2f} %, worst {step.caller_max_tick_lag_ms} ms)")
