@@ -52,7 +52,7 @@ _STOP_FRAC = 1.15  # stopband edge / Nyquist of the lower rate (4.6 kHz at 8 kHz
 _COEF_BITS = 24  # taps are multiples of 2**-_COEF_BITS (keeps float64 sums exact)
 _ROW_TARGET = 48  # aim for about this many input (and output) samples per gemm row
 _FRAME_PERIODS = 160  # ratio periods in 20 ms when gcd(src, dst) == 8000
-_MAX_PERIODS = 320  # at most this many periods per internal chunk (bounds buffers)
+_MAX_PERIODS = 800  # at most this many periods per internal chunk (bounds buffers); 800: a 100 ms delta at 24 kHz is one gemm
 _MAX_TAPS = 1 << 16
 _HI = np.array(32767.0)  # 0-d arrays: cheaper ufunc operands than Python floats
 _LO = np.array(-32768.0)
