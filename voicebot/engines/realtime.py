@@ -19,8 +19,9 @@ from ..stepfun.realtime import RealtimeConnection
 from .base import EngineSink, heard_text
 
 MODEL_RATE = 24000
-_APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
-_APPEND_SUFFIX = '"}'
+# An append is built as UTF-8 bytes around the base64 of the samples (no str round trip per frame).
+_APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
+_APPEND_SUFFIX = b'"}'
 # Errors that say the session itself is gone, as opposed to one bad event (server_error type is fatal too).
 _FATAL_ERROR_CODES = {"session_expired", "session_timeout", "insufficient_quota", "invalid_api_key",
                       "authentication_error", "rate_limit_exceeded"}
@@ -122,7 +123,7 @@ class RealtimeEngine:
         if self._conn is None or self._closing:
             return
         pcm24 = self._upsampler.process(frame)
-        text = _APPEND_PREFIX + base64.b64encode(pcm24.tobytes()).decode() + _APPEND_SUFFIX
+        text = _APPEND_PREFIX + binascii.b2a_base64(pcm24, newline=False) + _APPEND_SUFFIX
         if latency.ENABLED:
             # The span starts when the carrier message reached us (Twilio stamps it), else here.
             start = latency.arrival if latency.arrival_side == "carrier" else latency.clock()

@@ -90,8 +90,9 @@ class RealtimeConnection:
     def send(self, event: dict) -> None:
         self.send_raw(_dumps(event))
 
-    def send_raw(self, text: str, since: float | None = None) -> None:
-        """Send an already-encoded event; ``since`` (latency.ENABLED): when its cause reached us."""
+    def send_raw(self, text: str | bytes, since: float | None = None) -> None:
+        """Send an already-encoded event (str, or its UTF-8 bytes); ``since`` (latency.ENABLED): when its
+        cause reached us."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -268,11 +269,11 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
             elif transport.can_write_eof():
                 transport.write_eof()
 
-    def send_raw(self, text: str, since: float | None = None) -> None:
+    def send_raw(self, text: str | bytes, since: float | None = None) -> None:
         transport = self._transport
         if transport is None or self._ws.state is not State.OPEN or transport.is_closing():
             return    # closing: the listener hears about it
-        self._ws.send_text(text.encode())
+        self._ws.send_text(text if type(text) is bytes else text.encode())
         transport.writelines(self._ws.data_to_send())
         if since is not None:
             latency.record("in", latency.clock() - since)
@@ -337,18 +338,18 @@ class _LibraryConnection(RealtimeConnection):
             raise StepFunUnavailable(f"realtime connect to {url} failed: {type(exc).__name__}: {exc}") from None
         return cls(ws, url)
 
-    def send_raw(self, text: str, since: float | None = None) -> None:
+    def send_raw(self, text: str | bytes, since: float | None = None) -> None:
         self._outbox.put_nowait(text if since is None else (text, since))
 
     async def _drain(self) -> None:
         while (item := await self._outbox.get()) is not None:
             try:
                 if type(item) is tuple:
-                    await self._ws.send(item[0])
+                    await self._ws.send(item[0], text=True)
                     latency.record("in", latency.clock() - item[1])
                     latency.count("appends_sent")
                 else:
-                    await self._ws.send(item)
+                    await self._ws.send(item, text=True)
             except ConnectionClosed:
                 return
 

@@ -69,7 +69,7 @@ class TwilioSession(CarrierSession):
                 latency.count("carrier_frames_in")
             payload = _field(media, "payload", str, "media.media")
             try:
-                audio = base64.b64decode(payload, validate=True)
+                audio = binascii.a2b_base64(payload, strict_mode=True)   # b64decode(validate=True), cheaper
             except (binascii.Error, ValueError):
                 raise ProtocolError(f"media chunk {media.get('chunk')!r}: payload is not valid base64") from None
             return [Audio(self.codec.decode(audio))]
