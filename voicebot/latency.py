@@ -12,12 +12,15 @@ frame. What is measured (all on the process's monotonic clock, in one event loop
   the carrier frame that confirmed our own VAD) reaching us → the carrier ``clear`` queued;
 * ``loop``: lateness of a 10 ms timer: how long anything ready (a socket, a queued message) waits for
   the event loop. It bounds what the spans above cannot see: time in the socket readers before our code
-  runs and in the carrier outbox after it.
+  runs and in the carrier outbox after it;
+* ``gc``: pauses of Python's cyclic garbage collector (counters ``gc_gen0`` … ``gc_gen2``): the loop stands
+  still while it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import os
 import time
@@ -73,7 +76,7 @@ class Histogram:
                 "p99_ms": ms(self.percentile(0.99)), "max_ms": ms(self.max)}
 
 
-NAMES = ("in", "out", "barge_model", "barge_vad", "loop")
+NAMES = ("in", "out", "barge_model", "barge_vad", "loop", "gc")
 histograms: dict[str, Histogram] = {name: Histogram() for name in NAMES}
 counters: dict[str, int] = {}
 _window_start = clock()
@@ -99,6 +102,24 @@ def snapshot() -> dict:
     return {"enabled": ENABLED, "window_s": round(clock() - _window_start, 3),
             "histograms": {name: h.summary() for name, h in histograms.items()},
             "counters": dict(counters)}
+
+
+_gc_started = 0.0
+
+
+def _gc_callback(phase: str, info: dict) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = clock()
+    else:
+        histograms["gc"].add(clock() - _gc_started)
+        count(f"gc_gen{info.get('generation', 0)}")
+
+
+def watch_gc() -> None:
+    """Record every garbage-collector pause from now on (once per process)."""
+    if _gc_callback not in gc.callbacks:
+        gc.callbacks.append(_gc_callback)
 
 
 async def loop_lag_probe(interval_s: float = 0.010) -> None:

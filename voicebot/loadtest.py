@@ -323,6 +323,7 @@ def naive_relay_main(port: int, stepfun_ws: str) -> None:
         return web.json_response({"status": "ok"})
 
     async def start_probe(app):
+        latency.watch_gc()
         app["probe"] = asyncio.create_task(latency.loop_lag_probe())
 
     app = web.Application()
@@ -730,7 +731,7 @@ def judge(step: StepResult) -> None:
 # ------------------------------------------------------------------------------------------------ the run
 
 def format_table(steps: list[StepResult]) -> str:
-    head = ("target      N  ok  CPU%  RSS/call  lost  held  late  in p50/p99   out p50/p99  loop p99  barge p99"
+    head = ("target      N  ok  CPU%  RSS/call  lost  held  late  in p50/p99   out p50/p99  loop p99  gc max  barge p99"
             "  1st audio p50/p99  caller barge p50  caller lag  verdict")
     lines = [head, "-" * len(head)]
     for s in steps:
@@ -746,7 +747,7 @@ def format_table(steps: list[StepResult]) -> str:
         lines.append(
             f"{s.target:<8} {s.n:>4} {s.calls_ok:>3} {s.cpu_pct:>5.1f} {s.rss_per_call_mb:>6.2f} MB {'-' if s.lost_frames is None else s.lost_frames:>5}"
             f" {'-' if s.lost_before_engine is None else s.lost_before_engine:>5} {s.late_frames:>5}  {h('in', 'p50_ms'):>4}/{h('in', 'p99_ms'):<6} {h('out', 'p50_ms'):>4}/{h('out', 'p99_ms'):<6}"
-            f" {h('loop', 'p99_ms'):>7}  {barge:>8.1f}  {fa.get('p50', float('nan')):>7.0f}/{fa.get('p99', float('nan')):<7.0f}"
+            f" {h('loop', 'p99_ms'):>7}  {h('gc', 'max_ms'):>6}  {barge:>8.1f}  {fa.get('p50', float('nan')):>7.0f}/{fa.get('p99', float('nan')):<7.0f}"
             f"  {s.barge_caller_ms.get('p50', float('nan')):>14.0f}  {s.caller_max_tick_lag_ms:>7.1f} ms  {verdict}")
     return "\n".join(lines)
 

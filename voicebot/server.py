@@ -61,6 +61,7 @@ async def _debug_latency(request: web.Request) -> web.Response:
 
 
 async def _start_latency_probe(app: web.Application) -> None:
+    latency.watch_gc()
     app[LATENCY_PROBE] = asyncio.create_task(latency.loop_lag_probe())
 
 
