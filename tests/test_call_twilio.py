@@ -328,3 +328,14 @@ async def test_no_secret_reaches_the_logs(stack, caller_en):
     assert not any("token" in str(v) and "." in str(v) and len(str(v)) > 40 for e in logs for v in e.values())
     lines = [e for e in logs if e.get("call_id")]
     assert lines and all(e.get("call_sid") and e.get("persona") == "test-en" for e in lines)
+
+
+async def test_caller_audio_sent_while_the_model_connects_is_not_lost(stack, caller_en):
+    """Frames that arrive before the realtime session is up reach the model once it is."""
+    result = await simulate_twilio_call(stack.url, to=EN, auth_token=AUTH_TOKEN, max_duration_s=20,
+                                        script=[Say(caller_en, at_s=0.0), Hangup(at_s=6.0)])
+    await stack.idle()
+    session = stack.emulator.sessions[0]
+    appended = len(session.received_of("input_audio_buffer.append"))
+    caller_frames = len(result.sent) // 160
+    assert appended == caller_frames, (appended, caller_frames)

@@ -97,7 +97,7 @@ class Call(EngineSink):
         try:
             try:
                 await asyncio.wait_for(self.engine.start(), ENGINE_START_TIMEOUT_S)
-                self._engine_ready = True
+                self._engine_connected(self.engine)
             except (StepFunError, asyncio.TimeoutError) as exc:
                 reason = str(exc) or "engine start timed out"
                 if self._can_fail_over():
@@ -293,9 +293,13 @@ class Call(EngineSink):
         self.engine_switches.append(record)
         self.transcript_file.write("engine_switch", **record)
         self.log.warning("engine_switch", **record)
+        self._engine_connected(new)
+
+    def _engine_connected(self, engine: Engine) -> None:
+        """What the caller said while the engine was connecting reaches it now, in order."""
         held, self._held_frames = self._held_frames, []
         for frame in held:
-            new.feed(frame)
+            engine.feed(frame)
         self._engine_ready = True
 
     # -- barge-in -------------------------------------------------------------------------------
