@@ -29,6 +29,7 @@ WATCHDOG_INTERVAL_S = 0.25
 # StepFun may deliver a caller's transcript after the reply to it; the reply's transcript waits this long
 # for it so that the conversation stays in spoken order.
 USER_TRANSCRIPT_WAIT_S = 3.0
+SILENT_TAIL = 64      # peak below which the resampler's tail at the end of an item is not worth a frame
 
 
 def greeting_instructions(persona: Persona) -> str:
@@ -193,9 +194,11 @@ class RealtimeEngine:
             if event.get("response_id") in self._cancelled:
                 return
             if resampler is not None:
-                # Push the filter's tail out so the last syllable is not cut.
+                # Push the filter's tail out so the last syllable is not cut; a silent tail (speech that
+                # already ended) would only become a stray padded frame after the playout drained.
                 tail = resampler.process(np.zeros(3 * (resampler.delay_samples + 1), dtype=np.int16))
-                self.sink.bot_audio(item_id, tail)
+                if len(tail) and int(np.abs(tail).max()) > SILENT_TAIL:
+                    self.sink.bot_audio(item_id, tail)
             self.sink.bot_audio_done(item_id)
         elif kind == "response.done":
             response = event.get("response") or {}
