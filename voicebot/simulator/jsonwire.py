@@ -9,6 +9,8 @@ their types (nested objects as dicts) -- and turns a checked message into playba
 
 from __future__ import annotations
 
+import abc
+
 import base64
 import binascii
 import inspect
@@ -108,8 +110,9 @@ class JsonCarrierProtocol(CarrierProtocol):
             raise ProtocolViolation(f"{exc}: {excerpt!r}") from None
         return self.on_server_message(event, obj)
 
+    @abc.abstractmethod
     def on_server_message(self, event: str, obj: dict) -> list[ServerEvent]:
-        raise NotImplementedError
+        """One server JSON message, already checked for shape and stream id."""
 
     def check_stream_id(self, event: str, key: str, value: str) -> None:
         if value != self.stream_id:

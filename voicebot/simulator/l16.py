@@ -8,6 +8,8 @@ takes (:meth:`L16Protocol.check_audio`) and what each control message means (:me
 
 from __future__ import annotations
 
+import abc
+
 import base64
 import json
 from urllib.parse import urlencode
@@ -91,9 +93,9 @@ class L16Protocol(DirectProtocol):
     def check_audio(self, data: bytes) -> None:
         """Raise ProtocolViolation for a binary frame the carrier would refuse."""
 
+    @abc.abstractmethod
     def control(self, text: str, excerpt: str) -> list[ServerEvent]:
         """One TEXT frame from the server."""
-        raise NotImplementedError
 
     @staticmethod
     def json_object(text: str, excerpt: str) -> dict:

@@ -22,6 +22,8 @@ The clients take one :class:`aiohttp.ClientSession` shared by the whole process;
 
 from __future__ import annotations
 
+import abc
+
 import asyncio
 import json
 from dataclasses import dataclass, replace
@@ -284,7 +286,7 @@ class SSEReader:
                                          trace_id=self.trace_id)
 
 
-class SseStream(Generic[T]):
+class SseStream(abc.ABC, Generic[T]):
     """One streamed POST whose answer is ``text/event-stream``: an async iterator of items of type ``T``.
 
     The request goes out on ``async with`` or on the first ``__anext__``. Each ``data:`` payload is
@@ -374,9 +376,9 @@ class SseStream(Generic[T]):
             await self.aclose()
             raise
 
+    @abc.abstractmethod
     def _on_event(self, event: dict) -> T | None:
         """One decoded event: the next item, or ``None`` to keep reading."""
-        raise NotImplementedError
 
     def _on_done_marker(self) -> bool:
         """``data: [DONE]``: True ends the stream, False skips it."""

@@ -10,6 +10,8 @@ configured for the URL, websockets' own client is used instead (it knows proxies
 
 from __future__ import annotations
 
+import abc
+
 import asyncio
 import json
 import ssl
@@ -62,7 +64,7 @@ def _proxy_for(uri) -> str | None:
         return None
 
 
-class RealtimeConnection:
+class RealtimeConnection(abc.ABC):
     """One realtime session. ``send`` writes at once (never blocks); events go to the listener set with
     :meth:`listen` (synchronously, in the loop step that read them); before that they wait for
     :meth:`next_event`. ``close_reason`` says why the socket closed."""
@@ -90,13 +92,14 @@ class RealtimeConnection:
     def send(self, event: dict) -> None:
         self.send_raw(_dumps(event))
 
+    @abc.abstractmethod
     def send_raw(self, text: str | bytes, since: float | None = None) -> None:
         """Send an already-encoded event (str, or its UTF-8 bytes); ``since`` (latency.ENABLED): when its
         cause reached us."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Close the session's socket."""
 
     # -- receiving ------------------------------------------------------------------------------------
     def _deliver(self, data: bytes | str) -> None:
