@@ -149,15 +149,27 @@ class Stack:
 @pytest.fixture
 async def stack(tmp_path):
     """The real server (create_app) with the emulator as its StepFun, both listening on loopback."""
-    from aiohttp import web
-
     from voicebot.emulator.app import Emulator, start_emulator
-    from voicebot.server import create_app
 
     emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=3.0))
     plans = tmp_path / "dialplans"
     plans.mkdir()
     (plans / "test.yaml").write_text(PERSONAS, encoding="utf-8")
+    runner, settings, app = await start_voice_server(tmp_path, plans, emulator)
+    try:
+        yield Stack(url=settings.public_url, settings=settings, emulator=emulator,
+                    transcripts=settings.transcripts_dir, app=app)
+    finally:
+        await runner.cleanup()
+        await emu_runner.cleanup()
+
+
+async def start_voice_server(tmp_path, plans: Path, emulator):
+    """The real server (create_app) on a loopback socket, with ``emulator`` as its StepFun."""
+    from aiohttp import web
+
+    from voicebot.server import create_app
+
     sock = listening_socket()
     port = sock.getsockname()[1]
     settings = Settings(
@@ -170,12 +182,7 @@ async def stack(tmp_path):
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock).start()
-    try:
-        yield Stack(url=f"http://127.0.0.1:{port}", settings=settings, emulator=emulator,
-                    transcripts=settings.transcripts_dir, app=app)
-    finally:
-        await runner.cleanup()
-        await emu_runner.cleanup()
+    return runner, settings, app
 
 
 # Credentials of the carriers that authenticate with a secret from the environment (read when the app is built).

@@ -13,19 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aiohttp import web
 
 from voicebot.audio.wav import read_wav, write_wav
 from voicebot.cli import build_parser
-from voicebot.config import Settings, StepFunSettings, TwilioSettings
-from voicebot.dialplan import load_dialplan
 from voicebot.emulator.app import Emulator, start_emulator
 from voicebot.emulator.http_common import http_log
 from voicebot.simulator.caller import Hangup
 from voicebot.simulator.twilio import simulate_twilio_call
 from voicebot.voices_cli import check_clip, run
 
-from conftest import AUTH_TOKEN, FIXTURES, listening_socket
+from conftest import AUTH_TOKEN, FIXTURES, start_voice_server
 
 REPO = Path(__file__).resolve().parent.parent
 TRANSCRIPT = "Hello, I would like to check the status of my order please. Wait, sorry, I have another question."
@@ -152,7 +149,6 @@ async def test_preview_without_sample_text_says_a_sentence_in_the_clips_language
 @contextlib.asynccontextmanager
 async def voice_server(emu, tmp_path: Path, voice: str):
     """The real server with two personas speaking ``voice``: one on the realtime engine, one on the chain."""
-    from voicebot.server import create_app
 
     plans = tmp_path / "dialplans"
     plans.mkdir(exist_ok=True)
@@ -174,18 +170,9 @@ personas:
     instructions: You speak with a cloned voice on the chain.
     greeting: Hello from the chain, in my cloned voice.
 """, encoding="utf-8")
-    sock = listening_socket()
-    port = sock.getsockname()[1]
-    settings = Settings(
-        source="test", host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}",
-        dialplans_dir=plans, transcripts_dir=tmp_path / "transcripts",
-        stepfun=StepFunSettings(base_url=emu.base_url, api_key="test-key", connect_timeout_s=3.0),
-        twilio=TwilioSettings(validate_signatures=True, auth_token=AUTH_TOKEN))
-    runner = web.AppRunner(create_app(settings, load_dialplan(plans)), access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+    runner, settings, _ = await start_voice_server(tmp_path, plans, emu)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield settings.public_url
     finally:
         await runner.cleanup()
 
