@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from voicebot.audio import FRAME_MS, FRAME_SAMPLES, RATE
+from voicebot.simulator.voice import Microphone, speech_frames
 
 log = structlog.get_logger(__name__)
 
@@ -317,6 +318,10 @@ class CallResult:
 # The carrier's playback buffer
 
 
+_SILENCE = np.zeros(FRAME_SAMPLES, np.int16)  # what a frame with nothing to play sounds like (shared)
+_SILENCE.flags.writeable = False
+
+
 class _PlaybackBuffer:
     """Server audio queued for playout, with marks at absolute sample positions."""
 
@@ -335,6 +340,8 @@ class _PlaybackBuffer:
             self.enqueued_total += len(pcm)
 
     def take(self, n: int) -> np.ndarray:
+        if not self._chunks:
+            return _SILENCE[:0]
         parts = []
         while n > 0 and self._chunks:
             head = self._chunks[0]
@@ -388,6 +395,7 @@ class SimulatedCall:
         self.max_duration_s = max_duration_s
         self.noise_rms = None if noise_dbfs is None else 32768.0 * 10 ** (noise_dbfs / 20)
         self.rng = np.random.default_rng(seed)
+        self._mic = Microphone(self.rng, self.noise_rms)
         self.record = record
         self.audible_rms = 32768.0 * 10 ** (audible_dbfs / 20)
         self.utterance_gap_s = utterance_gap_s
@@ -522,9 +530,10 @@ class SimulatedCall:
         except ProtocolViolation as exc:
             self._protocol_error(t, str(exc))
             return
-        for m in messages:
-            self._event(t, "flow_control_sent", m if isinstance(m, str) else f"{len(m)} bytes")
-        await self._send(messages)
+        if messages:
+            for m in messages:
+                self._event(t, "flow_control_sent", m if isinstance(m, str) else f"{len(m)} bytes")
+            await self._send(messages)
 
     # -- the 20 ms tick --------------------------------------------------------------------------------
 
@@ -556,7 +565,7 @@ class SimulatedCall:
                 self._close_segment("drained")
             if t - self._last_played_end >= self.utterance_gap_s:
                 self._utterance_ms = None
-            pcm = np.zeros(FRAME_SAMPLES, np.int16)
+            pcm = _SILENCE
         return pcm
 
     def _triggered(self, step: Step, t: float) -> bool:
@@ -568,11 +577,6 @@ class SimulatedCall:
         if isinstance(step, Say) and step.barge_after_bot_ms is not None:
             return self._utterance_ms is not None and self._utterance_ms >= step.barge_after_bot_ms
         return t >= self._armed_at + step.pause_s - 1e-9
-
-    def _noise(self) -> np.ndarray:
-        if self.noise_rms is None:
-            return np.zeros(FRAME_SAMPLES, np.int16)
-        return np.clip(np.rint(self.rng.normal(0.0, self.noise_rms, FRAME_SAMPLES)), -32768, 32767).astype(np.int16)
 
     def _caller_tick(self, t: float):
         """The caller's frame for this tick, or _HANGUP."""
@@ -587,14 +591,13 @@ class SimulatedCall:
                 self._utterance = CallerUtterance(t, t, step.label, barge)
                 self._event(t, "caller_speech_start", (step.label or f"step {self._step + 1}")
                             + (" (barge-in)" if barge else ""))
-        frame = self._noise()
+                self._mic.speak(speech_frames(step.pcm))
+        frame = self._mic.next_frame()
         if self._speaking is not None:
-            chunk = self._speaking.pcm[self._speech_pos : self._speech_pos + FRAME_SAMPLES]
+            chunk_len = min(FRAME_SAMPLES, len(self._speaking.pcm) - self._speech_pos)
             self._speech_pos += FRAME_SAMPLES
-            frame = np.clip(frame.astype(np.int32) + np.pad(chunk, (0, FRAME_SAMPLES - len(chunk))),
-                            -32768, 32767).astype(np.int16)
             if self._speech_pos >= len(self._speaking.pcm):
-                end = t + len(chunk) / RATE
+                end = t + chunk_len / RATE
                 assert self._utterance is not None
                 self._utterance.end_s = end
                 self._utterances.append(self._utterance)
@@ -624,7 +627,8 @@ class SimulatedCall:
                 if t >= self.max_duration_s - 1e-9:
                     return "max_duration"
                 # audio queued before these marks finished playing by now
-                await self._echo_marks(self._buffer.reached_marks(), t, cleared=False)
+                if self._buffer.marks:
+                    await self._echo_marks(self._buffer.reached_marks(), t, cleared=False)
                 # the caller acts on what it has heard up to now, then the carrier plays the next 20 ms
                 frame = self._caller_tick(t)
                 if frame is _HANGUP:
