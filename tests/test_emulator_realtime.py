@@ -640,3 +640,18 @@ def test_app_key_and_threshold_mapping():
     assert isinstance(app[EMULATOR], Emulator)
     assert speech.threshold_to_dbfs(2500) == -40.0
     assert speech.threshold_to_rms(0) < speech.threshold_to_rms(2500) < speech.threshold_to_rms(5000)
+
+
+@pytest.mark.parametrize("chunk", [1, 239, 480, 2400, None])
+def test_vad_events_do_not_depend_on_how_the_audio_is_cut(chunk):
+    # turns with pauses, a short blip that is no onset, and a gap inside an onset
+    signal = np.concatenate([line_noise(0.5), speech_like(0.8), line_noise(0.3), speech_like(0.02, seed=4),
+                             line_noise(0.4), speech_like(0.02, seed=5), np.zeros(240, np.int16),
+                             speech_like(1.0, seed=6), line_noise(0.6)])
+    whole = speech.EnergyVAD(2500, 200).feed(signal)
+    assert [e.kind for e in whole] == ["start", "stop", "start", "stop"]
+    vad = speech.EnergyVAD(2500, 200)
+    step = chunk or len(signal)
+    pieces = [vad.feed(signal[i:i + step]) for i in range(0, len(signal), step)]
+    assert [e for events in pieces for e in events] == whole
+    assert vad.position == len(signal) // speech.BLOCK_SAMPLES * speech.BLOCK_SAMPLES

@@ -48,6 +48,7 @@ import copy
 import json
 import math
 import time
+import weakref
 from http import HTTPStatus
 from typing import Any
 
@@ -62,8 +63,14 @@ from .realtime_events import (BYTES_PER_MS, DEFAULT_TURN_DETECTION, DEFAULT_VOIC
                               ProtocolError, Response, bad_type, bad_value, check_keys, decode_audio, int_field,
                               missing, new_id, spoken_text, str_field, validate_fields, validate_item)
 
+try:  # the faster codec when installed (the "fast" extra)
+    import orjson
+except ImportError:  # pragma: no cover - orjson is optional
+    orjson = None
+
 log = structlog.get_logger("voicebot.emulator")
 
+WATCH_INTERVAL_S = 0.02                   # how often faults and the session limit are checked
 MAX_WS_MESSAGE = 20 * 1024 * 1024
 KEEP_INPUT_SAMPLES = 5 * speech.SAMPLE_RATE  # input audio kept between turns when sessions do not record
 CHUNK_MS = 100
@@ -111,6 +118,8 @@ class RealtimeSession:
         self.closed = False
         self.close_reason: str | None = None
         self.errors_sent = 0
+        self._error_fault_sent = False
+        self._closing: asyncio.Task | None = None
         self._buffer_start = 0                    # sample where the uncommitted input buffer starts
         self._speech: tuple[str, int] | None = None  # (item_id, start sample) of the turn in progress
         td = self.config["turn_detection"]
@@ -182,7 +191,7 @@ class RealtimeSession:
         self.events_sent += 1
         if self.record:
             self.sent.append(event)
-        self._outbox.put_nowait(json.dumps(event, ensure_ascii=False))
+        self._outbox.put_nowait(_dumps(event))
         self._notify()
 
     def send_error(self, exc: ProtocolError, client_event: dict | None = None) -> None:
@@ -210,7 +219,8 @@ class RealtimeSession:
     # -- lifecycle --
     async def run(self) -> None:
         self._sender = asyncio.create_task(self._send_loop())
-        watchdog = asyncio.create_task(self._watchdog())
+        watchdog = _Watchdog.of_loop()
+        watchdog.add(self)
         self.send({"type": "session.created", "session": self._created_view()})
         try:
             async for msg in self.ws:
@@ -229,7 +239,7 @@ class RealtimeSession:
             self.close_reason = self.close_reason or f"client closed ({self.ws.close_code})"
             if self.response is not None and self.response.task is not None:
                 self.response.task.cancel()
-            watchdog.cancel()
+            watchdog.discard(self)
             self.closed = True
             self._outbox.put_nowait(None)
             if self._sender is not None and not self._sender.done():
@@ -261,36 +271,38 @@ class RealtimeSession:
         if transport is not None:
             transport.abort()
 
-    async def _watchdog(self) -> None:
-        error_sent = False
-        while not self.closed:
-            await asyncio.sleep(0.02)
-            elapsed = time.monotonic() - self.connected_at
-            faults = self.emulator.faults
-            if faults.drop_realtime_after_s is not None and elapsed >= faults.drop_realtime_after_s:
-                self._drop()
-                return
-            if not error_sent and faults.error_event_after_s is not None and elapsed >= faults.error_event_after_s:
-                error_sent = True
-                self.send_error(ProtocolError("server_error", "The server had an error while processing your "
-                                              "request.", type="server_error"))
-                if self.response is not None:
-                    self._finish(self.response, "failed", {"type": "failed", "error": {
-                        "type": "server_error", "code": "server_error"}})
-            if elapsed >= self.emulator.session_limit_s:
-                self.send_error(ProtocolError("session_expired", "Your session hit the maximum duration of "
-                                              f"{self.emulator.session_limit_s / 60:g} minutes."))
-                if self.response is not None:
-                    self._finish(self.response, "incomplete", {"type": "incomplete", "reason": "session_expired"})
-                await self._close("session limit", 1000, b"session expired")
-                return
+    def _watch(self, now: float) -> bool:
+        """Apply the faults and the session limit due by ``now``; False once there is nothing left to watch."""
+        if self.closed:
+            return False
+        elapsed = now - self.connected_at
+        faults = self.emulator.faults
+        if faults.drop_realtime_after_s is not None and elapsed >= faults.drop_realtime_after_s:
+            self._drop()
+            return False
+        if (not self._error_fault_sent and faults.error_event_after_s is not None
+                and elapsed >= faults.error_event_after_s):
+            self._error_fault_sent = True
+            self.send_error(ProtocolError("server_error", "The server had an error while processing your "
+                                          "request.", type="server_error"))
+            if self.response is not None:
+                self._finish(self.response, "failed", {"type": "failed", "error": {
+                    "type": "server_error", "code": "server_error"}})
+        if elapsed >= self.emulator.session_limit_s:
+            self.send_error(ProtocolError("session_expired", "Your session hit the maximum duration of "
+                                          f"{self.emulator.session_limit_s / 60:g} minutes."))
+            if self.response is not None:
+                self._finish(self.response, "incomplete", {"type": "incomplete", "reason": "session_expired"})
+            self._closing = asyncio.create_task(self._close("session limit", 1000, b"session expired"))
+            return False
+        return True
 
     # -- dispatch --
     def handle_text(self, data: str) -> None:
         now = time.monotonic()
         self.events_received += 1
         try:
-            event = json.loads(data)
+            event = _loads(data)
         except ValueError:
             if self.record:
                 self.received.append((now, {"_invalid": data[:500]}))
@@ -673,6 +685,59 @@ class RealtimeSession:
                                         "output_tokens": out_tokens}}})
         if self.response is resp:
             self.response = None
+
+
+class _Watchdog:
+    """One timer for every open realtime session on an event loop (not one each): every
+    ``WATCH_INTERVAL_S`` each session applies the faults and the session limit that are due."""
+
+    _by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog]" = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self.sessions: dict[RealtimeSession, None] = {}   # in the order they connected
+        self.task: asyncio.Task | None = None
+
+    @classmethod
+    def of_loop(cls) -> "_Watchdog":
+        loop = asyncio.get_running_loop()
+        watchdog = cls._by_loop.get(loop)
+        if watchdog is None:
+            watchdog = cls._by_loop[loop] = cls()
+        return watchdog
+
+    def add(self, session: RealtimeSession) -> None:
+        self.sessions[session] = None
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+
+    def discard(self, session: RealtimeSession) -> None:
+        self.sessions.pop(session, None)
+
+    async def _run(self) -> None:
+        while self.sessions:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = time.monotonic()
+            for session in list(self.sessions):
+                try:
+                    keep = session._watch(now)
+                except Exception:  # noqa: BLE001 - one session's failure must not stop the others' watch
+                    log.exception("emulator_realtime_watchdog_failed", session_id=session.id)
+                    keep = False
+                if not keep:
+                    self.discard(session)
+
+
+def _loads(data: str) -> Any:
+    return orjson.loads(data) if orjson is not None else json.loads(data)
+
+
+def _dumps(event: dict) -> str:
+    if orjson is not None:
+        try:
+            return orjson.dumps(event).decode()
+        except TypeError:  # not a plain JSON type (e.g. an integer beyond 64 bits): the standard encoder
+            pass
+    return json.dumps(event, ensure_ascii=False)
 
 
 def planned_audio_ms(resp: Response) -> float:

@@ -213,6 +213,9 @@ def synthesize_speech(text: str, voice: str = "", *, level_dbfs: float = SPEECH_
 
 # ---------------------------------------------------------------------------------------------- VAD
 
+_NO_SAMPLES = np.empty(0, dtype=np.int16)
+
+
 @dataclass(frozen=True)
 class VadEvent:
     kind: Literal["start", "stop"]
@@ -237,7 +240,7 @@ class EnergyVAD:
         """Forget any speech in progress (and realign to ``position`` if given)."""
         if position is not None:
             self.position = position
-            self._pending = np.empty(0, dtype=np.int16)
+            self._pending = _NO_SAMPLES
         self.speaking = False
         self._candidate: int | None = None
         self._candidate_blocks = 0
@@ -248,11 +251,23 @@ class EnergyVAD:
         """Consume int16 samples; return the start/stop events they complete, in order."""
         data = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
         n_blocks = len(data) // BLOCK_SAMPLES
-        self._pending = data[n_blocks * BLOCK_SAMPLES:].copy()
+        whole = n_blocks * BLOCK_SAMPLES
+        if whole < len(data):
+            self._pending = data[whole:].copy()
+        elif len(self._pending):
+            self._pending = _NO_SAMPLES
         if n_blocks == 0:
             return []
-        blocks = data[: n_blocks * BLOCK_SAMPLES].astype(np.float64).reshape(n_blocks, BLOCK_SAMPLES)
-        voiced_flags = np.einsum("ij,ij->i", blocks, blocks) >= self._threshold_ms
+        blocks = data[:whole].astype(np.float64).reshape(n_blocks, BLOCK_SAMPLES)
+        voiced_flags = (np.einsum("ij,ij->i", blocks, blocks) >= self._threshold_ms).tolist()
+        # Most of a call is one state throughout a feed: silence with no onset pending, or speech going on.
+        if not self.speaking and self._candidate is None and not any(voiced_flags):
+            self.position += whole
+            return []
+        if self.speaking and all(voiced_flags):
+            self.position += whole
+            self._last_voiced_end = self.position
+            return []
         events: list[VadEvent] = []
         min_blocks = max(1, -(-MIN_SPEECH_MS // BLOCK_MS))
         for voiced in voiced_flags:
