@@ -24,8 +24,6 @@ from typing import Literal, Union
 import aiohttp
 import numpy as np
 import structlog
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from voicebot.audio import FRAME_MS, FRAME_SAMPLES, RATE
 from voicebot.simulator.voice import Microphone, speech_frames
@@ -406,7 +404,7 @@ class SimulatedCall:
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
-        self._ws: ClientConnection | MediaConnection | None = None
+        self._ws: MediaConnection | None = None
         self._buffer = _PlaybackBuffer()
         self._timeline: list[TimelineEvent] = []
         self._heard: list[np.ndarray] = []
@@ -456,7 +454,7 @@ class SimulatedCall:
         try:
             for m in messages:
                 await self._ws.send(m)
-        except (ConnectionClosed, ConnectionError):
+        except ConnectionError:
             self._server_closed = True
 
     async def _echo_marks(self, marks: list[MarkRecord], t: float, cleared: bool) -> None:
@@ -491,7 +489,7 @@ class SimulatedCall:
                     continue
                 for ev in events:
                     await self._apply(ev, t)
-        except (ConnectionClosed, ConnectionError):
+        except ConnectionError:
             pass
         finally:
             if not self._ended:
@@ -647,19 +645,14 @@ class SimulatedCall:
 
     # -- the whole call ----------------------------------------------------------------------------------
 
-    async def _connect(self, target: StreamTarget) -> ClientConnection | MediaConnection:
+    async def _connect(self, target: StreamTarget) -> MediaConnection:
         connection = await self.protocol.connect(target, self.connect_timeout_s)
         if connection is not None:
             return connection
-        try:
-            return await connect(target.url, additional_headers=target.headers, subprotocols=target.subprotocols,
-                                 compression=None, proxy=None, ping_interval=None, open_timeout=self.connect_timeout_s,
-                                 max_size=self.max_message_bytes, user_agent_header=None)
-        except InvalidStatus as exc:
-            body = exc.response.body.decode("utf-8", "replace") if exc.response.body else ""
-            raise StreamRefused(target.url, exc.response.status_code, body) from exc
-        except (InvalidHandshake, InvalidURI, OSError, TimeoutError) as exc:
-            raise CallSetupError(f"media stream {target.url}: {type(exc).__name__}: {exc}") from exc
+        from voicebot.simulator.wsclient import open_websocket  # it builds on this module
+
+        return await open_websocket(target, session=self.http_session, timeout_s=self.connect_timeout_s,
+                                    max_message_bytes=self.max_message_bytes)
 
     async def run(self) -> CallResult:
         self._loop = asyncio.get_running_loop()

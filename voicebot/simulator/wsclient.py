@@ -1,0 +1,80 @@
+"""The simulated carrier's media WebSocket, on aiohttp's client (its frame writer and reader are compiled,
+which matters at 50 frames a second per call in the load test).
+
+A :class:`~voicebot.simulator.caller.MediaConnection`: whole text or binary messages both ways, pings
+answered, the server's close frame answered and its code and reason kept; iteration ends when the server
+closes or the connection drops; sending on a closed connection raises ``ConnectionError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from voicebot.simulator.caller import CallSetupError, MediaConnection, Message, StreamRefused, StreamTarget
+
+_END = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+
+
+class WebSocketConnection(MediaConnection):
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession | None) -> None:
+        self._ws = ws
+        self._session = session  # ours to close, when the call brought no session
+        self.close_reason: str | None = None
+
+    @property
+    def close_code(self) -> int | None:  # type: ignore[override]
+        return self._ws.close_code
+
+    async def send(self, message: Message) -> None:
+        if isinstance(message, str):
+            await self._ws.send_str(message)
+        else:
+            await self._ws.send_bytes(message)
+
+    def __aiter__(self):
+        return self._messages()
+
+    async def _messages(self):
+        ws = self._ws
+        while True:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is aiohttp.WSMsgType.TEXT or kind is aiohttp.WSMsgType.BINARY:
+                yield msg.data
+            elif kind in _END:
+                if kind is aiohttp.WSMsgType.CLOSE and msg.extra:
+                    self.close_reason = msg.extra
+                return
+
+    async def close(self) -> None:
+        try:
+            await self._ws.close()
+        finally:
+            if self._session is not None:
+                await self._session.close()
+
+
+async def open_websocket(target: StreamTarget, *, session: aiohttp.ClientSession | None, timeout_s: float,
+                         max_message_bytes: int) -> WebSocketConnection:
+    """Open the media WebSocket like the carrier does: no compression, no proxy, no client pings."""
+    own = session is None
+    if own:
+        session = aiohttp.ClientSession()
+    try:
+        ws = await asyncio.wait_for(session.ws_connect(
+            target.url, headers=target.headers, protocols=tuple(target.subprotocols or ()), compress=0,
+            autoping=True, heartbeat=None, max_msg_size=max_message_bytes,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0)), timeout_s)
+    except aiohttp.WSServerHandshakeError as exc:
+        if own:
+            await session.close()
+        if exc.status == 101:  # upgraded, but the handshake itself was wrong
+            raise CallSetupError(f"media stream {target.url}: {exc.message}") from exc
+        raise StreamRefused(target.url, exc.status) from exc
+    except (aiohttp.ClientError, OSError, ValueError, asyncio.TimeoutError) as exc:
+        if own:
+            await session.close()
+        raise CallSetupError(f"media stream {target.url}: {type(exc).__name__}: {exc}") from exc
+    return WebSocketConnection(ws, session if own else None)
