@@ -366,6 +366,9 @@ class StepResult:
     caller_ticks: int = 0
     caller_cpu_pct: float = 0.0
     emulator_cpu_pct: float = 0.0
+    # per unit of work, comparable between runs whatever the server and the callers' lateness did:
+    caller_cpu_us_per_tick: float = 0.0      # the callers' CPU for their whole run / frames sent
+    emulator_cpu_us_per_append: float = 0.0  # the emulator's CPU over the step / appends it took
     protocol_errors: int = 0
     workers: int = 0
     window_s: float = 0.0
@@ -570,6 +573,10 @@ async def run_step(n: int, opts: Options, root: Path, log) -> StepResult:
         step.protocol_errors = sum(c["protocol_errors"] for c in ok)
         wall = sum(out["wall_s"] for out in outputs)
         step.caller_cpu_pct = round(100.0 * sum(out["cpu_s"] for out in outputs) / max(1e-9, wall / max(1, len(outputs))), 1)
+        step.caller_cpu_us_per_tick = round(1e6 * sum(out["cpu_s"] for out in outputs) / max(1, step.frames_sent), 1)
+        if len(emu_sampler.samples) >= 2:
+            emu_cpu_s = emu_sampler.samples[-1][1] - emu_sampler.samples[0][1]
+            step.emulator_cpu_us_per_append = round(1e6 * emu_cpu_s / max(1, step.appends_model), 1)
         judge(step)
         return step
     finally:
