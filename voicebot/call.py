@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
+from .audio.pacer import PacedJob, Pacer, shared_pacer
 from .audio.playout import Playout
 from .audio.vad import EnergyVad
 from .config import Settings
@@ -77,7 +78,8 @@ class Call(EngineSink):
         self.barge_ins: list[dict] = []
         self._interrupted: dict[str, int] = {}   # item id -> ms heard when cut off
         self._ended_event = asyncio.Event()
-        self._wake_pump = asyncio.Event()
+        self._pacing = PacedJob(self._pace)
+        self._pacer: Pacer | None = None
         self._task: asyncio.Task | None = None
         self._engine_ready = False
 
@@ -93,7 +95,7 @@ class Call(EngineSink):
         self._task = asyncio.create_task(self._run(), name=f"call-{self.call_id}")
 
     async def _run(self) -> None:
-        pump = asyncio.create_task(self._pump())
+        self._pacer = shared_pacer()
         try:
             try:
                 await asyncio.wait_for(self.engine.start(), ENGINE_START_TIMEOUT_S)
@@ -112,7 +114,7 @@ class Call(EngineSink):
                 self.log.info("max_call_seconds_reached", max_call_seconds=self.persona.max_call_seconds)
                 self.hang_up("max_call_seconds reached")
         finally:
-            pump.cancel()
+            self._pacer.cancel(self._pacing)
             if self._switching is not None and not self._switching.done():
                 self._switching.cancel()
             await self._finish()
@@ -174,14 +176,16 @@ class Call(EngineSink):
         self.log.info("dtmf", digit=digit)
         self.transcript_file.write("dtmf", digit=digit)
 
-    async def _pump(self) -> None:
-        while True:
-            if not self.playout.has_work:
-                self._wake_pump.clear()
-                await self._wake_pump.wait()
-            delay = self.playout.pump()
-            if self.playout.has_work:
-                await asyncio.sleep(delay)
+    def _pace(self) -> float | None:
+        """Send the bot audio that is due; seconds until the playout needs pacing again, None when idle."""
+        delay = self.playout.pump()
+        return delay if self.playout.has_work else None
+
+    def _send_due_audio(self) -> None:
+        """Send what is due right away; the shared pacer runs the playout again when the next frame is."""
+        delay = self._pace()
+        if delay is not None and self._pacer is not None and not self.ended:
+            self._pacer.schedule(self._pacing, delay)
 
     # -- engine side (EngineSink) ---------------------------------------------------------------
     def bot_audio(self, item_id: str, pcm: np.ndarray) -> None:
@@ -194,14 +198,12 @@ class Call(EngineSink):
             self.transcript_file.write("engine_switch_audio", engine=self.engine.name, silence_ms=silence_ms)
             self.log.info("engine_switch_audio", engine=self.engine.name, silence_ms=silence_ms)
         self.playout.enqueue(item_id, pcm)
-        self.playout.pump()      # send what is due right away; the pump task paces the rest
-        self._wake_pump.set()
+        self._send_due_audio()
 
     def bot_audio_done(self, item_id: str) -> None:
         if item_id not in self._interrupted:
             self.playout.end_item(item_id)
-            self.playout.pump()
-            self._wake_pump.set()
+            self._send_due_audio()
 
     def caller_speech_started(self) -> None:
         if self.persona.barge_in.enabled and self.playout.speaking:

@@ -37,7 +37,8 @@ log = structlog.get_logger("voicebot.telephony")
 
 START_TIMEOUT_S = 10.0
 MAX_LOGGED_PROTOCOL_ERRORS = 5   # per connection; later ones are counted and summarised at the end
-POLICY_VIOLATION = 1008          # WebSocket close code for refused streams
+SEND_NOW_MAX_BUFFERED = 16 * 1024   # above this many unsent bytes, sends wait for the socket to drain
+POLICY_VIOLATION = 1008             # WebSocket close code for refused streams
 _connection_ids = itertools.count(1)
 
 
@@ -267,13 +268,19 @@ class Transport(ABC):
     @abstractmethod
     async def send(self, data: str | bytes) -> None: ...
 
+    def send_now(self, data: str | bytes) -> bool:
+        """Write ``data`` without waiting when the connection takes it at once; False when it must go
+        through :meth:`send` (the socket is backed up, or this transport cannot write synchronously)."""
+        return False
+
     @abstractmethod
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
 class WebSocketTransport(Transport):
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, socket: asyncio.Transport | None = None) -> None:
         self.ws = ws
+        self._socket = socket     # the upgraded connection, for its write-buffer level
 
     @property
     def closed(self) -> bool:
@@ -292,6 +299,23 @@ class WebSocketTransport(Transport):
             await self.ws.send_str(data)
         else:
             await self.ws.send_bytes(data)
+
+    def send_now(self, data: str | bytes) -> bool:
+        # aiohttp writes an uncompressed frame synchronously and only then may wait for the socket to
+        # drain. With the socket's buffer low that wait never happens, so the send coroutine is run to
+        # completion right here instead of costing a task wake-up per message.
+        socket = self._socket
+        if socket is None or self.ws.closed or socket.get_write_buffer_size() > SEND_NOW_MAX_BUFFERED:
+            return False
+        sending = self.ws.send_str(data) if isinstance(data, str) else self.ws.send_bytes(data)
+        try:
+            sending.send(None)
+        except StopIteration:
+            return True
+        except (ConnectionError, RuntimeError):
+            return True    # closing: the reader sees the close and ends the call
+        sending.close()    # it paused for flow control after writing the frame; later sends queue up
+        return True
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.ws.close(code=code, message=reason.encode())
@@ -327,6 +351,13 @@ class TcpTransport(Transport):
         self.writer.write(data)
         await self.writer.drain()
 
+    def send_now(self, data: str | bytes) -> bool:
+        if isinstance(data, str) or self.writer.is_closing() \
+                or self.writer.transport.get_write_buffer_size() > SEND_NOW_MAX_BUFFERED:
+            return False
+        self.writer.write(data)
+        return True
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if not self.writer.is_closing():
             self.writer.close()
@@ -337,29 +368,39 @@ class TcpTransport(Transport):
 
 
 class Outbox:
-    """Queues outgoing messages so that protocol code can send synchronously, in order, within one loop turn."""
+    """Lets protocol code send synchronously and in order: a message is written at once while the connection
+    takes it, and queued behind the others while the socket is backed up (or the transport cannot write
+    synchronously)."""
 
     def __init__(self, transport: Transport | web.WebSocketResponse) -> None:
         if isinstance(transport, web.WebSocketResponse):
             transport = WebSocketTransport(transport)
         self._transport = transport
         self._queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self._backlog = 0     # messages queued and not yet sent: while any are, new ones queue behind them
         self._task = asyncio.create_task(self._drain())
 
     def send_text(self, text: str) -> None:
-        self._queue.put_nowait(text)
+        self._send(text)
 
     def send_bytes(self, data: bytes) -> None:
+        self._send(data)
+
+    def _send(self, data: str | bytes) -> None:
+        if self._backlog == 0 and self._transport.send_now(data):
+            return
+        self._backlog += 1
         self._queue.put_nowait(data)
 
     async def _drain(self) -> None:
         while (item := await self._queue.get()) is not None:
-            if self._transport.closed:
-                continue
             try:
-                await self._transport.send(item)
+                if not self._transport.closed:
+                    await self._transport.send(item)
             except (ConnectionError, RuntimeError):
                 pass   # the reader sees the close and ends the call
+            finally:
+                self._backlog -= 1
 
     async def close(self) -> None:
         """Send what is queued (for at most 2 s), then stop. Safe to call twice."""
@@ -500,10 +541,12 @@ async def serve_media_stream(request: web.Request, session_cls: type[CarrierSess
                              services: "CallServices", *, protocols: tuple[str, ...] = (),
                              **session_kwargs) -> web.WebSocketResponse:
     """Accept one carrier media WebSocket and run its call until either side hangs up."""
+    # No permessage-deflate: carriers don't ask for it, μ-law barely compresses, and uncompressed frames
+    # are what lets the outbox write without a task wake-up per message.
     ws = web.WebSocketResponse(max_msg_size=services.settings.max_message_bytes, protocols=protocols,
-                               heartbeat=30.0)
+                               heartbeat=30.0, compress=False)
     await ws.prepare(request)
-    stream = MediaStream(WebSocketTransport(ws), session_cls, services, peer=request.remote, **session_kwargs)
+    stream = MediaStream(WebSocketTransport(ws, request.transport), session_cls, services, peer=request.remote, **session_kwargs)
     await stream.run()
     return ws
 
