@@ -71,19 +71,19 @@ _ALAW_DECODE = np.array([_alaw_to_linear(c) for c in range(256)], dtype=np.int16
 
 def ulaw_decode(data: bytes) -> np.ndarray:
     """μ-law bytes → int16 samples."""
-    return _ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)]
+    return _ULAW_DECODE.take(np.frombuffer(data, dtype=np.uint8))
 
 
 def ulaw_encode(pcm: np.ndarray) -> bytes:
     """int16 samples → μ-law bytes."""
-    return _ULAW_ENCODE[pcm.view(np.uint16)].tobytes()
+    return _ULAW_ENCODE.take(pcm.view(np.uint16)).tobytes()
 
 
 def alaw_decode(data: bytes) -> np.ndarray:
     """A-law bytes → int16 samples."""
-    return _ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)]
+    return _ALAW_DECODE.take(np.frombuffer(data, dtype=np.uint8))
 
 
 def alaw_encode(pcm: np.ndarray) -> bytes:
     """int16 samples → A-law bytes."""
-    return _ALAW_ENCODE[pcm.view(np.uint16)].tobytes()
+    return _ALAW_ENCODE.take(pcm.view(np.uint16)).tobytes()

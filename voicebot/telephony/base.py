@@ -454,8 +454,6 @@ class MediaStream:
         await self.handle(events)
 
     async def handle(self, events: list[CarrierEvent]) -> None:
-        from ..call import Call   # call.py imports this module's types
-
         call = self.call
         for event in events:
             if isinstance(event, Audio):
@@ -480,6 +478,7 @@ class MediaStream:
                                      call_sid=event.meta.call_id)
                     await self.refuse("no persona for this call")
                     return
+                from ..call import Call   # call.py imports this module's types; here, not per message
                 call = self.call = Call(meta=event.meta, persona=persona, carrier=self.session,
                                         services=self.services, close_carrier=self.hang_up)
                 loop = asyncio.get_running_loop()
