@@ -100,3 +100,42 @@ async def test_fragmented_messages_are_joined_and_a_server_close_is_reported():
         assert reason == "closed by StepFun (code 1011, overloaded)"
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 300_000])
+def test_hand_built_text_frames_are_what_websockets_writes_and_a_server_reads_back(size):
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    from voicebot.stepfun.realtime import MaskKeys, masked_text_frame
+
+    payload = (('{"type":"input_audio_buffer.append","audio":"' + "QUJD" * size)[:size]).encode()
+    key = MaskKeys().take()
+    ours = masked_text_frame(payload, key)
+    import secrets
+    original, secrets.token_bytes = secrets.token_bytes, lambda n: key
+    try:
+        theirs = Frame(Opcode.TEXT, payload).serialize(mask=True)
+    finally:
+        secrets.token_bytes = original
+    assert ours == theirs
+    assert ours[-len(payload):] != payload or size == 0   # masked on the wire
+
+    reader = StreamReader()          # websockets' own frame parser, as a server reads client frames
+    reader.feed_data(ours)
+    reader.feed_eof()
+    parsing = Frame.parse(reader.read_exact, mask=True)
+    with pytest.raises(StopIteration) as parsed:
+        next(parsing)
+    frame = parsed.value.value
+    assert frame.opcode is Opcode.TEXT and frame.fin and frame.data == payload
+    assert not reader.buffer         # nothing left over
+
+
+def test_masking_keys_are_fresh_per_frame_and_refilled_from_the_os():
+    from voicebot.stepfun.realtime import MaskKeys
+
+    keys = MaskKeys(batch=4)
+    drawn = [keys.take() for _ in range(4000)]
+    assert all(len(k) == 4 for k in drawn)
+    assert len(set(drawn)) > 3990          # 32-bit random keys: repeats are rare, not systematic
