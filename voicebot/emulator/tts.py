@@ -121,7 +121,8 @@ def render_speech_sync(text: str, voice_key: str, rate: int, *, speed: float = 1
     for phrase in phrases(text):
         if parts:
             parts.append(pause)
-        parts.append(speech.synthesize_speech(phrase, voice_key))
+        # Cached per phrase, as the realtime emulator's speech is: a repeated phrase costs no synthesis.
+        parts.append(np.frombuffer(speech.synthesize_speech_bytes(phrase, voice_key), dtype="<i2"))
     if not parts:
         return np.zeros(rate // 5, dtype=np.int16)
     pcm = np.concatenate(parts)
