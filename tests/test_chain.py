@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from voicebot import latency
+from voicebot.audio.playout import Playout
 from voicebot.emulator.http_common import http_log
 from voicebot.engines.chain import split_sentences
 from voicebot.simulator.caller import Hangup, Say
@@ -277,3 +281,38 @@ async def test_tts_websocket_failure_falls_back_to_http_for_that_sentence(stack,
     assert requests(stack, "tts.ws") and requests(stack, "tts")   # the failed sentence went over HTTP
     answer = [s for s in result.segments if s.start_s > result.utterances[0].end_s]
     assert answer and answer[0].played_ms > 300
+
+
+@pytest.mark.parametrize("to", [CHAIN, CHAIN_WS], ids=["tts-http", "tts-ws"])
+async def test_load_test_instrumentation_follows_the_chain(stack, caller_en, monkeypatch, to):
+    """With VOICEBOT_LATENCY on, the chain counts the frames it takes, cuts into utterances and sends to ASR,
+    times each frame's 'in' span, and starts each bot frame's 'out' span when its TTS audio arrived."""
+    monkeypatch.setattr(latency, "ENABLED", True)
+    monkeypatch.setattr(latency, "counters", {})
+    monkeypatch.setattr(latency, "histograms", {name: latency.Histogram() for name in latency.NAMES})
+    stamps = []
+    enqueue = Playout.enqueue
+
+    def spy(self, item_id, pcm):
+        stamps.append((latency.arrival_side, latency.arrival, latency.clock()))
+        enqueue(self, item_id, pcm)
+
+    monkeypatch.setattr(Playout, "enqueue", spy)
+    result = await simulate_twilio_call(
+        stack.url, to=to, auth_token=AUTH_TOKEN, max_duration_s=30,
+        script=[Say(caller_en, after_bot_done=True, pause_s=0.4), Hangup(after_bot_done=True, pause_s=0.5)])
+    assert result.protocol_errors == []
+    await records_of(stack)
+    counters = latency.counters
+    assert counters["carrier_frames_in"] > 0 and counters["frames_fed"] == counters["carrier_frames_in"]
+    assert latency.histograms["in"].n == counters["frames_fed"]
+    # One utterance: all of it went to ASR, and ASR took all of it (caller_en is about 3.4 s of speech).
+    speech_s = counters["chain_speech_frames"] * 0.020
+    assert 3.0 < speech_s < counters["frames_fed"] * 0.020
+    assert counters["chain_asr_frames"] == counters["chain_speech_frames"]
+    assert stack.emulator.asr_requests == 1 and stack.emulator.asr_audio_ms == round(speech_s * 1000)
+    # Every chunk of bot audio (greeting and reply) reached the playout stamped by its TTS stream.
+    assert len(stamps) > 10 and all(side == "model" for side, _, _ in stamps)
+    assert all(arrived <= now for _, arrived, now in stamps)
+    assert len({arrived for _, arrived, _ in stamps}) > len(stamps) // 2   # per chunk, not once per call
+    assert latency.histograms["out"].n > 0

@@ -61,3 +61,23 @@ async def test_tiny_load_run_reports_every_figure(tmp_path, target):
         assert step["frames_fed"] is not None and step["lost_before_engine"] is not None
     assert f"{target}" in report["table"] and "verdict" in report["table"]
     assert (tmp_path / "report.json").exists()
+
+
+async def test_tiny_chain_load_run_counts_frames_to_asr_and_times_both_ways(tmp_path):
+    """The chain engine is measured like the realtime one: frames taken, frames reaching ASR, 'in' and 'out'."""
+    report = await run_loadtest(Options(steps=(2,), engine="chain", ramp_s=1.0, hold_s=14.0, pin=False,
+                                        quiet=True, workdir=str(tmp_path), stop_on_fail=False))
+    step = report["steps"][0]
+    assert step["calls_ok"] == 2, step["notes"]
+    assert step["frames_server_in"] == step["frames_sent"]
+    assert step["frames_fed"] == step["frames_server_in"] and step["lost_before_engine"] == 0
+    # Each caller finished at least one turn: its frames went to ASR, and ASR took what was sent.
+    assert step["speech_frames"] > 2 * 1.0 / 0.02
+    assert 0 < step["asr_frames_model"] <= step["asr_frames_sent"] <= step["speech_frames"]
+    assert step["not_speech_frames"] == step["frames_fed"] - step["speech_frames"] > 0
+    assert step["lost_frames"] == step["speech_frames"] - step["asr_frames_model"]
+    assert step["appends_model"] == 0 and step["bot_frames_received"] > 0
+    for name in ("in", "out"):
+        assert step["latency"][name]["count"] > 0, name
+    assert step["latency"]["in"]["count"] <= step["frames_fed"]
+    assert not any("not instrumented" in note for note in step["notes"])

@@ -5,9 +5,12 @@ Off unless the environment has ``VOICEBOT_LATENCY=1`` when the process starts; t
 frame. What is measured (all on the process's monotonic clock, in one event loop):
 
 * ``in``: a carrier message reaching the carrier module → its audio's ``append`` written to the StepFun
-  socket (parse, decode, local VAD, resample, encode, the StepFun outbox, the socket write);
-* ``out``: a bot frame being due (its StepFun delta has arrived and the pacing lead allows it) → the
-  frame handed to the carrier connection (decode, resample, playout, pacing timer lateness, encode);
+  socket (parse, decode, local VAD, resample, encode, the StepFun outbox, the socket write). For the chain
+  engine, which uploads whole utterances to ASR instead: → the frame taken into the chain's endpointer
+  (parse, decode, local VAD, the endpointer's VAD and buffer, and a barge-in the frame triggers);
+* ``out``: a bot frame being due (its audio has arrived — a realtime delta, or a chunk of the chain's TTS
+  stream — and the pacing lead allows it) → the frame handed to the carrier connection (decode, resample,
+  playout, pacing timer lateness, encode);
 * ``barge_model`` / ``barge_vad``: the message that triggered a barge-in (StepFun ``speech_started``, or
   the carrier frame that confirmed our own VAD) reaching us → the carrier ``clear`` queued;
 * ``loop``: lateness of a 10 ms timer: how long anything ready (a socket, a queued message) waits for
@@ -15,6 +18,10 @@ frame. What is measured (all on the process's monotonic clock, in one event loop
   runs and in the carrier outbox after it;
 * ``gc``: pauses of Python's cyclic garbage collector (counters ``gc_gen0`` … ``gc_gen2``): the loop stands
   still while it runs.
+
+Counters: ``carrier_frames_in`` (caller frames parsed), ``frames_fed`` (caller frames an engine took),
+``appends_sent`` (realtime), ``chain_speech_frames`` (caller frames the chain's endpointer cut into
+utterances) and ``chain_asr_frames`` (those sent to ASR).
 """
 
 from __future__ import annotations

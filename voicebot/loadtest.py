@@ -2,7 +2,9 @@
 
 For each N of a ramp (10, 25, 50, …) it starts, on loopback only:
 
-* the StepFun **emulator** in its own process (``record=False``: counters only), so its CPU is not ours;
+* the StepFun **emulator** in its own process (``record=False``: counters only), so its CPU is not ours.
+  Realtime audio is paced at ``speed`` × real time; ASR, chat and TTS (the chain engine) have no pacing and
+  no delay at all (the emulator's fault delays stay 0, TTS speech is cached per phrase): they answer at once;
 * the **server** in its own process: ``voicebot serve`` with a temporary config (Twilio signatures checked
   with a ``TWILIO_AUTH_TOKEN`` set here, ``STEPFUN_BASE_URL`` at the emulator, ``STEP_API_KEY`` set,
   ``VOICEBOT_LATENCY=1`` so ``GET /debug/latency`` serves its histograms), pinned to CPU 0 with ``--pin``;
@@ -16,8 +18,10 @@ It measures over the window when all N calls are up (``hold_s``): the server's C
 from the server's histograms, server-added latency per frame both ways and barge-in reaction (trigger →
 ``clear``); from the callers, late bot frames (underruns of the simulated Twilio buffer inside an
 utterance), first-bot-audio time and barge-in reaction as the caller sees it; lost caller frames
-(frames the callers sent vs ``append`` events the emulator counted), and whether the callers kept
-real-time pace (a late caller invalidates the step: it is reported, never hidden).
+(frames the callers sent vs ``append`` events the emulator counted; for the chain engine, frames the server
+received and the frames of every utterance its endpointer cut vs the audio the emulator's ASR took, with the
+frames outside any utterance — silence, noise — reported apart as dropped by design), and whether the
+callers kept real-time pace (a late caller invalidates the step: it is reported, never hidden).
 
 The whole run is bounded: each step lasts about ``ramp_s + hold_s`` plus start-up and drain, every
 process started here is ended by its pid, and the ramp stops early once a step fails.
@@ -197,7 +201,8 @@ def emulator_main(port: int, speed: float) -> None:
             "events_received": sum(s.events_received for s in sessions),
             "events_sent": sum(s.events_sent for s in sessions),
             "errors_sent": sum(s.errors_sent for s in sessions),
-            "responses": sum(len(s.responses) for s in sessions)})
+            "responses": sum(len(s.responses) for s in sessions),
+            "asr_requests": emulator.asr_requests, "asr_audio_ms": emulator.asr_audio_ms})
 
     app.router.add_get("/debug/stats", stats)
     run_app(app, port)
@@ -323,7 +328,8 @@ class Options:
     hold_s: float = 20.0
     calls_per_worker: int = 60
     barge_share: float = 0.3
-    speed: float = 2.0                  # emulator audio pacing (× real time); 1.0 leaves the model no slack
+    speed: float = 2.0                  # emulator realtime audio pacing (× real time); 1.0 leaves the model
+                                        # no slack. ASR, chat and TTS are never paced
     pin: bool = True                    # server on CPU 0, everything else on the other CPUs
     seed: int = 1
     stop_on_fail: bool = True
@@ -351,8 +357,13 @@ class StepResult:
     frames_server_in: int | None = None
     frames_fed: int | None = None
     appends_model: int = 0
-    lost_frames: int | None = 0          # None: not measured (the chain engine sends no appends)
+    lost_frames: int | None = 0          # None: not measured
     lost_before_engine: int | None = None
+    # chain engine only: caller frames the endpointer cut into utterances, those sent to ASR, those ASR took
+    speech_frames: int | None = None
+    asr_frames_sent: int | None = None
+    asr_frames_model: int | None = None
+    not_speech_frames: int | None = None   # fed but in no utterance: silence/noise, dropped by design
     late_frames: int = 0
     underruns: int = 0
     bot_frames_received: int = 0
@@ -549,9 +560,23 @@ async def run_step(n: int, opts: Options, root: Path, log) -> StepResult:
         if step.frames_server_in is not None and step.frames_fed is not None:
             step.lost_before_engine = step.frames_server_in - step.frames_fed
         if opts.target == "voicebot" and opts.engine == "chain":
-            step.lost_frames = None   # the chain uploads audio to ASR, not as appends: not counted yet
-            step.notes.append("chain engine: caller frames reaching the model, the 'in' span and the start of "
-                              "the 'out' span (TTS audio arriving) are not instrumented yet")
+            # The chain uploads each utterance the endpointer cuts to ASR (no appends). Frames outside every
+            # utterance (silence between turns, noise shorter than min_speech_ms, a turn unfinished at hang-up)
+            # are dropped by design and reported apart; an utterance cut but not sent to ASR, or sent but not
+            # taken by it, is lost.
+            step.speech_frames = counters.get("chain_speech_frames", 0)
+            step.asr_frames_sent = counters.get("chain_asr_frames", 0)
+            step.asr_frames_model = stats["asr_audio_ms"] // round(FRAME_S * 1000)
+            if step.frames_fed is not None:
+                step.not_speech_frames = step.frames_fed - step.speech_frames
+            if step.frames_server_in is None:
+                step.lost_frames = None
+            else:
+                step.lost_frames = ((step.frames_sent - step.frames_server_in)
+                                    + (step.speech_frames - step.asr_frames_model))
+            step.notes.append(f"chain: {step.speech_frames} caller frames in utterances, {step.asr_frames_sent} "
+                              f"sent to ASR, {step.asr_frames_model} taken by ASR; {step.not_speech_frames} "
+                              "outside any utterance (dropped by design)")
         elif step.frames_fed is not None:
             # Lost in the server or on the wire once the engine is up; frames that arrive while the engine is
             # still connecting are counted apart (lost_before_engine: Call holds them and never feeds them).
@@ -690,7 +715,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--hold", type=float, default=20.0, help="seconds all N calls run together (measured)")
     parser.add_argument("--calls-per-worker", type=int, default=60, help="simulated callers per worker process")
     parser.add_argument("--barge-share", type=float, default=0.3, help="share of caller turns that barge in")
-    parser.add_argument("--speed", type=float, default=2.0, help="emulator audio pacing, × real time")
+    parser.add_argument("--speed", type=float, default=2.0,
+                        help="emulator realtime audio pacing, × real time (ASR, chat and TTS answer at once)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="do not pin the server to CPU 0 and the load generator to the others")
     parser.add_argument("--keep-going", action="store_true", help="run every step even after one fails")

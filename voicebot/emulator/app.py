@@ -96,6 +96,8 @@ class Emulator:
         from .voices import VoiceRegistry  # here: voices.py imports this module
         self.voice_registry = VoiceRegistry()     # uploaded files and cloned voices (voices.py)
         self.http_log: list = []                  # an HttpRecord per ASR/chat/TTS/voices request (http_common.py)
+        self.asr_requests = 0                     # ASR requests whose audio was accepted, and its total length
+        self.asr_audio_ms = 0
 
     # -- addresses (set by start_emulator) --
     @property

@@ -137,11 +137,13 @@ async def _handle(request: web.Request, record: HttpRecord, emulator: Emulator) 
     body = await read_json(request)
     record.body = elide_audio(body)
     pcm, rate, options = _parse(body)
+    audio_ms = len(pcm) * 1000 // rate
+    emulator.asr_requests += 1
+    emulator.asr_audio_ms += audio_ms
     text = transcript_for(pcm, rate)
     record.result = text
     pieces = _pieces(text)
     session_id = f"sse_{uuid.uuid4().hex[:20]}"
-    audio_ms = len(pcm) * 1000 // rate
     stream_error = take_fault(emulator, "asr_stream_error_once")
 
     def meta() -> dict:

@@ -17,7 +17,8 @@ import aiohttp
 import numpy as np
 import structlog
 
-from ..audio import RATE
+from .. import latency
+from ..audio import FRAME_SAMPLES, RATE
 from ..audio.playout import HeardItem
 from ..audio.resample import Resampler
 from ..audio.vad import Endpointer
@@ -134,6 +135,15 @@ class ChainEngine:
         if utterance is not None:
             ended_at = asyncio.get_running_loop().time()
             self._turns.put_nowait(lambda: self._turn(utterance, ended_at))
+            if latency.ENABLED:
+                latency.count("chain_speech_frames", len(utterance) // FRAME_SAMPLES)
+        if latency.ENABLED:
+            # "in" for the chain: the carrier message reached us (Twilio stamps it), else now → the frame is
+            # in the endpointer's buffer. A barge-in the frame confirmed happened inside and counts too.
+            start = latency.arrival if latency.arrival_side == "carrier" else latency.clock()
+            latency.arrival_side = ""
+            latency.count("frames_fed")
+            latency.record("in", latency.clock() - start)
 
     def interrupt(self, heard: list[HeardItem]) -> None:
         current = self._current
@@ -184,6 +194,8 @@ class ChainEngine:
         timing = {"endpointing_ms": self.settings.silence_ms, "speech_ms": len(utterance) * 1000 // RATE}
         started = loop.time()
         pcm16k = _to_16k(utterance)
+        if latency.ENABLED:
+            latency.count("chain_asr_frames", len(utterance) // FRAME_SAMPLES)
         try:
             result = await self.asr.transcribe(pcm16k, self.settings.asr_language)
             text = result.text.strip()

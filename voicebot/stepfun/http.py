@@ -32,6 +32,7 @@ from typing import Any, Generic, Mapping, Self, TypeVar
 import aiohttp
 import structlog
 
+from .. import latency
 from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status
 
 log = structlog.get_logger("voicebot.stepfun")
@@ -303,6 +304,8 @@ class SseStream(abc.ABC, Generic[T]):
     #: structlog event names: the request was answered with a stream / a payload was not JSON (None: no log)
     _log_started: str | None = None
     _log_bad_event: str | None = "stepfun.sse_bad_event"
+    #: each payload stamps ``latency.arrival`` (side "model") before it is decoded: the stream carries audio
+    _stamps_arrival = False
 
     def __init__(self, http: StepFunHttp, path: str, body: dict, timeouts: Timeouts, what: str) -> None:
         self._http = http
@@ -351,6 +354,8 @@ class SseStream(abc.ABC, Generic[T]):
                 if payload is None:
                     self._on_end()
                     raise StopAsyncIteration
+                if self._stamps_arrival and latency.ENABLED:
+                    latency.arrival, latency.arrival_side = latency.clock(), "model"
                 if payload.strip() == SSE_DONE:
                     if self._on_done_marker():
                         raise StopAsyncIteration

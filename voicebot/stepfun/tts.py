@@ -39,6 +39,7 @@ import aiohttp
 import numpy as np
 import structlog
 
+from .. import latency
 from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status
 from .http import (DEFAULT_BASE_URL, TRACE_HEADER, SseStream, StepFunHttp, Timeouts, trace_id_of,
                    transport_error)
@@ -134,6 +135,7 @@ class TtsHttpStream(SseStream[np.ndarray]):
     """``/audio/speech`` with ``stream_format: "sse"``: async iterator of int16 chunks."""
 
     _log_bad_event = "stepfun.tts_bad_event"
+    _stamps_arrival = True
 
     def __init__(self, http: StepFunHttp, body: dict, timeouts: Timeouts) -> None:
         super().__init__(http, SPEECH_PATH, body, timeouts, "tts")
@@ -200,7 +202,8 @@ class TtsStream:
         self.session_id = session_id
         self.sample_rate = sample_rate
         self._read_timeout = read_timeout
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()   # (int16 chunk, when its message arrived) | _END
+        self._arrived = 0.0     # latency.clock() when the message being handled arrived (latency.ENABLED)
         self._pcm = _Pcm16()
         self._error: StepFunError | None = None
         self._eos = False
@@ -281,7 +284,11 @@ class TtsStream:
             if item is _END:
                 self._eos = True
                 break
-            yield item
+            pcm, arrived = item
+            if latency.ENABLED:
+                # What the consumer does with this chunk (the playout) starts from when it reached us.
+                latency.arrival, latency.arrival_side = arrived, "model"
+            yield pcm
         if self._error is not None:
             raise self._error
 
@@ -300,12 +307,14 @@ class TtsStream:
     def _emit(self, pcm: np.ndarray) -> None:
         if len(pcm):
             self.samples_received += len(pcm)
-            self._queue.put_nowait(pcm)
+            self._queue.put_nowait((pcm, self._arrived))
 
     async def _read_loop(self) -> None:
         try:
             while True:
                 msg = await self._ws.receive()
+                if latency.ENABLED:
+                    self._arrived = latency.clock()
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     self._last_event = asyncio.get_running_loop().time()
                     try:
