@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -15,6 +16,12 @@ from voicebot.simulator.twilio import simulate_twilio_call
 from voicebot.transcript import read_transcript
 
 from conftest import AUTH_TOKEN, CHAIN, CHAIN_WS, EN, IMPATIENT
+
+
+def reply_to(transcript: str) -> str:
+    """The emulator chat's answer to the emulator ASR's transcript of caller speech."""
+    seconds = float(re.fullmatch(r"\(caller speech (\d+\.\d+) s\)", transcript).group(1))
+    return f"You said something for {seconds:.1f} seconds."
 
 
 async def records_of(stack) -> list[dict]:
@@ -55,7 +62,7 @@ async def test_a_whole_call_on_the_chain_engine(stack, caller_en, caller_interru
     assert all(t["engine"] == "chain" for t in said)
     assert said[0]["text"] == "Hello, this is the chain line. How can I help?"
     assert said[1]["text"].startswith("(caller speech 3.")                # ASR heard the whole question
-    assert said[2]["text"] == f"You said: {said[1]['text']}."
+    assert said[2]["text"] == reply_to(said[1]["text"])
     # Every bot turn was heard: greeting and two replies, each after the caller finished.
     first, second = result.utterances[0], result.utterances[1]
     assert any(s.start_s > first.end_s and s.end_s < second.start_s and s.played_ms > 300 for s in result.segments)
@@ -174,7 +181,7 @@ async def test_failover_at_connect_answers_on_the_chain(stack, caller_en):
     said = turns(records)
     assert [t["role"] for t in said] == ["assistant", "user", "assistant"]
     assert said[0]["text"] == "Hello, this is the test line of Acme. How can I help you today?"
-    assert said[2]["text"].startswith("You said: (caller speech")
+    assert said[2]["text"].startswith("You said something for ")
     assert records[-1]["engine_switches"] == 1
 
 
@@ -205,7 +212,7 @@ async def test_failover_mid_response_reanswers_the_last_turn(stack, caller_en):
     # Complete and ordered: greeting (realtime), the question, the answer (chain).
     assert [(t["role"], t["engine"]) for t in said] == [("assistant", "realtime"), ("user", "realtime"),
                                                         ("assistant", "chain")]
-    assert said[2]["text"] == f"You said: {said[1]['text']}."
+    assert said[2]["text"] == reply_to(said[1]["text"])
     # The caller heard the chain's answer, and not much silence around the switch.
     question = result.utterances[0]
     answer = [s for s in result.segments if s.start_s > question.end_s]
@@ -227,7 +234,7 @@ async def test_a_silent_realtime_socket_switches_to_the_chain(stack, caller_en):
     assert switch[0]["opening"] == "greeting" and switch[0]["switch_ms"] < 1500
     said = turns(records)
     assert said[0] == {**said[0], "role": "assistant", "engine": "chain", "text": "Hello from the impatient line."}
-    assert said[-1]["text"].startswith("You said: (caller speech")
+    assert said[-1]["text"].startswith("You said something for ")
 
 
 async def test_realtime_error_event_switches_to_the_chain(stack, caller_en):
@@ -240,7 +247,7 @@ async def test_realtime_error_event_switches_to_the_chain(stack, caller_en):
     switch = [r for r in records if r["type"] == "engine_switch"]
     assert len(switch) == 1 and "server_error" in switch[0]["reason"]
     assert turns(records)[-1]["engine"] == "chain"
-    assert turns(records)[-1]["text"].startswith("You said: (caller speech")
+    assert turns(records)[-1]["text"].startswith("You said something for ")
 
 
 async def run_with_fault_on_the_turn(stack, caller_en, to, fault, value):
@@ -270,14 +277,14 @@ async def test_chat_failure_apologises_and_retries_once(stack, caller_en):
     result, records = await run_with_fault_on_the_turn(stack, caller_en, CHAIN, "chat_fail_once", 500)
     texts = [t["text"] for t in turns(records) if t["role"] == "assistant"]
     assert "Sorry, I had a problem there. One moment please." in texts
-    assert texts[-1].startswith("You said: (caller speech")      # the retry answered
+    assert texts[-1].startswith("You said something for ")      # the retry answered
     assert len(requests(stack, "chat")) == 2
 
 
 async def test_tts_websocket_failure_falls_back_to_http_for_that_sentence(stack, caller_en):
     result, records = await run_with_fault_on_the_turn(stack, caller_en, CHAIN_WS, "tts_ws_fail_once", 503)
     said = turns(records)
-    assert said[-1]["text"].startswith("You said: (caller speech")
+    assert said[-1]["text"].startswith("You said something for ")
     assert requests(stack, "tts.ws") and requests(stack, "tts")   # the failed sentence went over HTTP
     answer = [s for s in result.segments if s.start_s > result.utterances[0].end_s]
     assert answer and answer[0].played_ms > 300
@@ -316,3 +323,12 @@ async def test_load_test_instrumentation_follows_the_chain(stack, caller_en, mon
     assert all(arrived <= now for _, arrived, now in stamps)
     assert len({arrived for _, arrived, _ in stamps}) > len(stamps) // 2   # per chunk, not once per call
     assert latency.histograms["out"].n > 0
+
+
+def test_emulator_chat_answers_asr_placeholders_as_the_realtime_emulator_answers_the_same_speech():
+    from voicebot.emulator.chat import plan_reply
+
+    assert plan_reply([{"role": "user", "content": "(caller speech 3.34 s)"}]) == \
+        "You said something for 3.3 seconds."
+    assert plan_reply([{"role": "user", "content": "I heard (caller speech 3.34 s) twice"}]) == \
+        "You said: I heard (caller speech 3.34 s) twice."

@@ -12,8 +12,10 @@ Reply (deterministic; same conventions as the realtime emulator):
 
 * the newest ``tool`` message → ``"The tool returned: <content>"``;
 * else the newest ``user`` message: its text with a marker (``Say exactly:``, ``verbatim:``, ``原样输出:``) →
-  the text after the marker, verbatim; plain text → ``"You said: <text>."`` (Chinese text →
-  ``"你说：<text>。"``); audio only → ``"You said something for 1.4 seconds."``;
+  the text after the marker, verbatim; the emulator ASR's transcript of speech it cannot read
+  (``"(caller speech 1.42 s)"``) or audio only → ``"You said something for 1.4 seconds."``, as the realtime
+  emulator answers the same speech; other plain text → ``"You said: <text>."`` (Chinese text →
+  ``"你说：<text>。"``);
 * else a ``system`` message with a marker → that text; else ``"Hello, how can I help you?"``.
 
 ``stop`` cuts the reply before the first stop string; ``max_tokens`` cuts it to that many pieces with
@@ -55,6 +57,7 @@ ROLES = frozenset({"system", "user", "assistant", "tool"})
 FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
 _CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef"
 _CJK_RE = re.compile(f"[{_CJK}]")
+_ASR_PLACEHOLDER_RE = re.compile(r"\(caller speech (\d+(?:\.\d+)?) s\)")
 _PIECE_RE = re.compile(f"\\s*[{_CJK}]|\\s*[^\\s{_CJK}]+|\\s+")
 _FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -108,6 +111,8 @@ def plan_reply(messages: list[dict]) -> str:
         if text:
             if MARKER_RE.search(text):
                 return spoken_text(text) or DEFAULT_REPLY
+            if placeholder := _ASR_PLACEHOLDER_RE.fullmatch(text):
+                return f"You said something for {float(placeholder.group(1)):.1f} seconds."
             if _CJK_RE.search(text):
                 return f"你说：{text.rstrip('。！？!?.')}。"
             return f"You said: {text.rstrip('.!?。！？')}."
