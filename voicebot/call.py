@@ -24,7 +24,9 @@ from .transcript import TranscriptFile
 log = structlog.get_logger("voicebot.call")
 
 ENGINE_START_TIMEOUT_S = 15.0
-SWITCH_BUFFER_FRAMES = 250      # caller audio kept while engines switch (5 s), fed to the new engine
+# Caller audio kept while an engine connects or engines switch, fed to it once it is up: as long as a start may
+# take, so that a slow but successful start loses nothing (8 kHz int16: 320 B per frame, 240 KB at most).
+SWITCH_BUFFER_FRAMES = int(ENGINE_START_TIMEOUT_S / 0.020)
 
 # make_engine(persona, sink, log, kind=…, conversation=…, opening=…) → Engine.
 # kind: "realtime" | "chain"; opening (chain): "greeting" | "reanswer" | "reprompt" | None.
@@ -69,6 +71,7 @@ class Call(EngineSink):
         self._switching: asyncio.Task | None = None
         self._switched_t: float | None = None     # when the last failover began, until its first audio
         self._held_frames: list[np.ndarray] = []
+        self._held_dropped = 0
         self.transcript_file = TranscriptFile(self.settings.transcripts_dir, self.call_id)
         self.started_t = time.monotonic()
         self.ended = False
@@ -168,6 +171,10 @@ class Call(EngineSink):
             self.engine.feed(frame)
         elif len(self._held_frames) < SWITCH_BUFFER_FRAMES:
             self._held_frames.append(frame)   # the engine is (re)connecting: nothing the caller says is lost
+        else:
+            if not self._held_dropped:
+                self.log.warning("caller_audio_dropped_while_connecting", held_s=SWITCH_BUFFER_FRAMES * 0.020)
+            self._held_dropped += 1
 
     def on_mark(self, name: str) -> None:
         self.playout.on_mark(name)
@@ -300,6 +307,10 @@ class Call(EngineSink):
     def _engine_connected(self, engine: Engine) -> None:
         """What the caller said while the engine was connecting reaches it now, in order."""
         held, self._held_frames = self._held_frames, []
+        if self._held_dropped:
+            self.log.warning("caller_audio_lost_while_connecting", frames=self._held_dropped,
+                             lost_ms=self._held_dropped * 20, fed_ms=len(held) * 20)
+            self._held_dropped = 0
         for frame in held:
             engine.feed(frame)
         self._engine_ready = True
