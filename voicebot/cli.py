@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -44,7 +45,7 @@ async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | No
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host if host is not None else settings.host,
-                       settings.port if port is None else port)
+                       settings.port if port is None else port, reuse_port=settings.workers > 1 or None)
     await site.start()
     bound = runner.addresses[0]
     url = f"http://{'127.0.0.1' if bound[0] in ('0.0.0.0', '::') else bound[0]}:{bound[1]}"
@@ -71,12 +72,31 @@ async def _serve(settings: Settings, dialplan: Dialplan) -> None:
 
 def cmd_serve(args) -> int:
     settings, dialplan = _load(args.config)
+    if args.workers is not None:
+        settings = dataclasses.replace(settings, workers=args.workers)
     check_serving(settings)
+    from .telephony.twilio_auth import STREAM_SECRET_ENV, stream_token_secret
+    try:
+        stream_token_secret()   # made once, before any worker forks: every worker signs and checks with it
+    except ValueError as exc:
+        raise ConfigError("environment", STREAM_SECRET_ENV, str(exc)) from None
     configure_logging(settings.log_format, settings.log_level)
     from .server import install_event_loop
-    log.info("event_loop", loop=install_event_loop())
-    asyncio.run(_serve(settings, dialplan))
-    return 0
+    if settings.workers == 1:
+        log.info("event_loop", loop=install_event_loop())
+        asyncio.run(_serve(settings, dialplan))
+        return 0
+    from .workers import Supervisor
+
+    if settings.stepfun.emulated:
+        log.warning("stepfun_emulator_per_worker", workers=settings.workers,
+                    message="no STEP_API_KEY: each worker answers with its own embedded emulator")
+
+    def serve(index: int) -> None:
+        log.info("event_loop", loop=install_event_loop())
+        asyncio.run(_serve(settings, dialplan))
+
+    return Supervisor(settings.workers, serve).run()
 
 
 def cmd_check(args) -> int:
@@ -124,12 +144,24 @@ def cmd_loadtest(args) -> int:
     return run_cli(args)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of processes, 1 or more, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description="Telephony voice-bot server for StepFun speech models")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the voice server (embedded StepFun emulator when STEP_API_KEY is unset)")
     p.add_argument("--config", help="config file (default: $VOICEBOT_CONFIG or ./config.yaml)")
+    p.add_argument("--workers", type=_positive_int, help="server processes sharing the port, one per core to use "
+                   "(default: server.workers in the config, 1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate config.yaml and the dialplans, list personas")

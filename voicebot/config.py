@@ -132,6 +132,7 @@ class Settings:
     source: str
     host: str = "0.0.0.0"
     port: int = 8080
+    workers: int = 1          # server processes sharing the port (SO_REUSEPORT)
     public_url: str = "http://127.0.0.1:8080"
     dialplans_dir: Path = Path("dialplans")
     transcripts_dir: Path = Path("transcripts")
@@ -178,6 +179,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     port = server.get("port", int, 8080, minimum=0, maximum=65535)
     public_url = _url(server, "public_url", f"http://127.0.0.1:{port}", ("http", "https"))
     max_message_bytes = server.get("max_message_bytes", int, 64 * 1024, minimum=1024)
+    workers = server.get("workers", int, 1, minimum=1, maximum=256)
     server.reject_unknown()
 
     step = top.section("stepfun")
@@ -222,6 +224,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         source=str(config_path),
         host=host,
         port=port,
+        workers=workers,
         public_url=public_url,
         dialplans_dir=base_dir / top.get("dialplans", str, "dialplans"),
         transcripts_dir=base_dir / top.get("transcripts_dir", str, "transcripts"),
@@ -239,6 +242,9 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
 def check_serving(settings: Settings) -> None:
     """What ``voicebot serve`` needs beyond valid files. With a real StepFun key this is a production
     server, and refusing every Twilio call for want of a token would be worse than not starting."""
+    if settings.workers > 1 and settings.port == 0:
+        raise ConfigError(settings.source, "server.port",
+                          "must be a fixed port when several workers share it (workers > 1), not 0")
     if settings.twilio.validate_signatures and not settings.twilio.auth_token and not settings.stepfun.emulated:
         raise ConfigError("environment", "TWILIO_AUTH_TOKEN",
                           "is required while twilio.validate_signatures is on (set it, or turn the check off "

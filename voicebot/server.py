@@ -48,7 +48,7 @@ async def _close_http(app: web.Application) -> None:
 
 async def _healthz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    return web.json_response({"status": "ok", "calls": len(services.calls)})
+    return web.json_response({"status": "ok", "calls": len(services.calls), "pid": os.getpid()})
 
 
 async def _debug_latency(request: web.Request) -> web.Response:

@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 
 from .base import ProtocolError, Started, read_carrier_options, serve_media_stream
 from .twilio import TwilioRoutes, TwilioSession
-from .twilio_auth import StreamTokens, validate_signature
+from .twilio_auth import StreamTokens, stream_token_secret, validate_signature
 
 VOICE_PATH = "/signalwire/voice"
 MEDIA_PATH = "/signalwire/media"
@@ -56,7 +56,7 @@ class SignalWireRoutes(TwilioRoutes):
         self.options = options
         self.signing_key = signing_key
         self.codec = codec
-        self.tokens = StreamTokens(os.urandom(32), ttl_s=token_ttl_s)
+        self.tokens = StreamTokens(stream_token_secret(), ttl_s=token_ttl_s)
         self.stream_url = services.settings.public_ws_url + MEDIA_PATH
 
     def _signature_ok(self, url: str, params, signature: str | None) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -15,7 +14,7 @@ from aiohttp import web
 from .. import latency
 from ..audio.codecs import UnsupportedCodec, WireCodec
 from .base import Audio, CallMeta, CarrierSession, Dtmf, MarkPlayed, ProtocolError, Started, Stopped, serve_media_stream
-from .twilio_auth import StreamTokens, validate_signature
+from .twilio_auth import StreamTokens, stream_token_secret, validate_signature
 
 try:   # optional (voicebot[fast]): a media message parses in ~0.7 µs instead of ~2.4 µs
     from orjson import loads as _loads
@@ -137,7 +136,7 @@ class TwilioRoutes:
     def __init__(self, services) -> None:
         self.services = services
         settings = services.settings
-        self.tokens = StreamTokens(os.urandom(32), ttl_s=settings.twilio.stream_token_ttl_s)
+        self.tokens = StreamTokens(stream_token_secret(), ttl_s=settings.twilio.stream_token_ttl_s)
         self.stream_url = settings.public_ws_url + MEDIA_PATH
 
     def _signature_ok(self, url: str, params, signature: str | None) -> str | None:

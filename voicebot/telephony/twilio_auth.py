@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import time
 from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Iterable, Mapping
@@ -47,6 +48,27 @@ def validate_signature(auth_token: str, url: str, params: Mapping[str, str] | It
     items = list(params.items() if isinstance(params, Mapping) else params)
     return any(hmac.compare_digest(compute_signature(auth_token, candidate, items), signature)
                for candidate in _port_variants(url))
+
+
+STREAM_SECRET_ENV = "VOICEBOT_STREAM_SECRET"
+MIN_STREAM_SECRET_BYTES = 16
+_server_secret: bytes | None = None
+
+
+def stream_token_secret() -> bytes:
+    """The key stream tokens are signed with. ``$VOICEBOT_STREAM_SECRET`` when set (several servers behind
+    one public URL must share it); otherwise one random key per server, made on first use: ``voicebot serve
+    --workers`` makes it before the workers fork, so a token issued by one worker opens a stream on another."""
+    global _server_secret
+    configured = os.environ.get(STREAM_SECRET_ENV)
+    if configured:
+        if len(configured.encode()) < MIN_STREAM_SECRET_BYTES:
+            raise ValueError(f"{STREAM_SECRET_ENV} is too short: use at least {MIN_STREAM_SECRET_BYTES} random "
+                             "characters")
+        return configured.encode()
+    if _server_secret is None:
+        _server_secret = os.urandom(32)
+    return _server_secret
 
 
 class StreamTokens:

@@ -1,0 +1,167 @@
+"""``voicebot serve --workers N``: processes sharing one port, tokens valid across them, clean stop, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from voicebot.config import ConfigError, check_serving, load_settings
+from voicebot.simulator.caller import Hangup, Say
+from voicebot.simulator.twilio import simulate_twilio_call
+from voicebot.telephony import twilio_auth
+
+REPO = Path(__file__).resolve().parent.parent
+AUTH_TOKEN = "workers-test-auth-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _config(tmp_path: Path, port: int) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+server: {{host: 127.0.0.1, port: {port}, public_url: "http://127.0.0.1:{port}"}}
+dialplans: {REPO / "dialplans"}
+transcripts_dir: {tmp_path / "transcripts"}
+logging: {{format: json, level: info}}
+""")
+    return config
+
+
+def _serve(config: Path, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("STEP_API_KEY", "VOICEBOT_STREAM_SECRET")}
+    env["TWILIO_AUTH_TOKEN"] = AUTH_TOKEN
+    return subprocess.Popen([sys.executable, "-m", "voicebot.cli", "serve", "--config", str(config), *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+async def _pids_answering(url: str, attempts: int) -> set[int]:
+    pids = set()
+    for _ in range(attempts):   # a new connection each time: SO_REUSEPORT spreads them over the workers
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            async with session.get(url + "/healthz") as response:
+                pids.add((await response.json())["pid"])
+    return pids
+
+
+async def _wait_up(url: str, proc: subprocess.Popen, workers: int, timeout_s: float = 30.0) -> set[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            pids = await _pids_answering(url, 20)
+        except aiohttp.ClientError:
+            pids = set()
+        if len(pids) >= workers:
+            return pids
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{workers} workers did not all answer within {timeout_s} s")
+
+
+def _stop(proc: subprocess.Popen) -> tuple[int, list[dict]]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logs = []
+    for line in proc.stderr.read().splitlines() + proc.stdout.read().splitlines():
+        try:
+            logs.append(json.loads(line))
+        except ValueError:
+            pass
+    return code, logs
+
+
+async def test_calls_spread_over_workers_and_a_token_from_one_opens_the_stream_on_another(tmp_path, caller_en):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(_config(tmp_path, port), "--workers", "2")
+    try:
+        pids = await _wait_up(url, proc, workers=2)
+        assert proc.pid not in pids and len(pids) == 2
+        # The webhook and the media socket are separate connections, each on whichever worker the kernel
+        # picks: with 12 calls, some tokens are checked by a worker that did not issue them (all 12 landing on
+        # the worker that issued their token has a chance of 1 in 4096).
+        results = await asyncio.gather(*(
+            simulate_twilio_call(url, to="+15557650199", auth_token=AUTH_TOKEN, max_duration_s=20,
+                                 stream_signature=None,     # the stream token alone must authorize it
+                                 script=[Say(caller_en, after_bot_done=True, pause_s=0.3),
+                                         Hangup(after_bot_done=True, pause_s=0.3)])
+            for _ in range(12)))
+    finally:
+        code, logs = _stop(proc)
+    for result in results:
+        assert result.protocol_errors == []
+        assert result.first_bot_audio_s is not None            # the stream was accepted and answered
+        assert len(result.utterances) == 1 and result.end_reason == "hangup"
+    assert code == 0
+    summaries = [e for e in logs if e.get("event") == "call_summary"]
+    assert len(summaries) == 12
+    webhook_worker = {e["call_sid"]: e["worker"] for e in logs if e.get("event") == "twilio_call_incoming"}
+    stream_worker = {e["call_sid"]: e["worker"] for e in summaries}
+    assert len(webhook_worker) == 12 and webhook_worker.keys() == stream_worker.keys()
+    crossed = [sid for sid in stream_worker if stream_worker[sid] != webhook_worker[sid]]
+    assert crossed, "no call had its webhook and its stream on different workers"
+    assert not [e for e in logs if e.get("event") in ("media_stream_refused", "worker_exited")]
+    assert len(list((tmp_path / "transcripts").rglob("*.jsonl"))) == 12
+    assert any(e.get("event") == "workers_stopped" for e in logs)
+
+
+async def test_a_worker_that_dies_is_replaced_and_the_port_keeps_answering(tmp_path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(_config(tmp_path, port), "--workers", "2")
+    try:
+        before = await _wait_up(url, proc, workers=2)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        after: set[int] = set()
+        while time.monotonic() < deadline and not (len(after) == 2 and victim not in after):
+            await asyncio.sleep(0.3)
+            after = await _pids_answering(url, 20)
+        assert victim not in after and len(after) == 2
+    finally:
+        code, logs = _stop(proc)
+    assert code == 0
+    exited = [e for e in logs if e.get("event") == "worker_exited"]
+    assert len(exited) == 1 and exited[0]["pid"] == victim and exited[0]["exitcode"] == -signal.SIGKILL
+    assert any(e.get("event") == "worker_restarted" for e in logs)
+
+
+def test_workers_need_a_fixed_port(tmp_path):
+    config = _config(tmp_path, 0)
+    settings = load_settings(config, environ={"TWILIO_AUTH_TOKEN": AUTH_TOKEN})
+    check_serving(settings)                                  # one process may take any free port
+    import dataclasses
+    with pytest.raises(ConfigError, match="server.port"):
+        check_serving(dataclasses.replace(settings, workers=2))
+    proc = subprocess.run([sys.executable, "-m", "voicebot.cli", "serve", "--config", str(config), "--workers", "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--workers" in proc.stderr and "1 or more" in proc.stderr
+
+
+def test_a_configured_stream_secret_is_used_and_a_short_one_refused(monkeypatch):
+    monkeypatch.setenv(twilio_auth.STREAM_SECRET_ENV, "s" * 32)
+    issued = twilio_auth.StreamTokens(twilio_auth.stream_token_secret()).issue("CA1", "+1", "+2")
+    assert twilio_auth.StreamTokens(("s" * 32).encode()).check(issued, "CA1", "+1", "+2") is None
+    monkeypatch.setenv(twilio_auth.STREAM_SECRET_ENV, "short")
+    with pytest.raises(ValueError, match="VOICEBOT_STREAM_SECRET is too short"):
+        twilio_auth.stream_token_secret()
+    monkeypatch.delenv(twilio_auth.STREAM_SECRET_ENV)
+    assert twilio_auth.stream_token_secret() == twilio_auth.stream_token_secret()   # one key per server
