@@ -26,12 +26,15 @@ carrier_secret = secret_in_env("SIGNALWIRE_SIGNING_KEY", KEY)
 
 async def test_call_heard_both_ways_over_l16_16k(stack, caller_en):
     result = await conversation(stack, simulate_call, caller_en, codec="L16@16000h")
-    assert {size for _, size in result.media_received} == {640}     # 20 ms of 16 kHz L16
+    sizes = [size for _, size in result.media_received]
+    assert set(sizes) <= {640 * k for k in range(1, 6)}     # whole 20 ms frames of 16 kHz L16, ≤ 100 ms
+    assert sizes.count(3200) >= 0.8 * len(sizes)
 
 
 async def test_barge_in_over_l16_24k_truncates_at_what_signalwire_played(stack, caller_en, caller_interrupt):
     result = await barge_in(stack, simulate_call, caller_en, caller_interrupt, codec="L16@24000h")
-    assert {size for _, size in result.media_received} == {960}
+    sizes = [size for _, size in result.media_received]
+    assert set(sizes) <= {960 * k for k in range(1, 6)}     # whole 20 ms frames of 24 kHz L16, ≤ 100 ms
 
 
 async def test_cxml_asks_for_the_configured_codec(aiohttp_client, tmp_path):

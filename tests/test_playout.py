@@ -1,6 +1,7 @@
 """Playout pacing and the "what did the caller hear" bookkeeping, against a model of a carrier's buffer."""
 
 import numpy as np
+import pytest
 
 from voicebot.audio.playout import Playout
 
@@ -24,13 +25,18 @@ class CarrierModel:
         self.pending_echoes = []     # (time, name)
         self.clears = []
         self.sent_marks = []
+        self.wire = []               # ("audio", samples) / ("mark", name), in the order sent
 
-    def send_audio(self, frame):
-        start = max(self.play_end, self.clock.t)
-        self.play_end = start + 0.020
-        self.frames.append((start, frame))
+    def send_audio(self, pcm):
+        assert len(pcm) % 160 == 0, "audio messages carry whole 20 ms frames"
+        self.wire.append(("audio", len(pcm)))
+        for i in range(0, len(pcm), 160):
+            start = max(self.play_end, self.clock.t)
+            self.play_end = start + 0.020
+            self.frames.append((start, pcm[i:i + 160]))
 
     def send_mark(self, name):
+        self.wire.append(("mark", name))
         self.sent_marks.append(name)
         self.pending_echoes.append((max(self.play_end, self.clock.t), name))
 
@@ -77,10 +83,11 @@ def test_sends_only_the_lead_ahead_of_real_time():
     assert all(len(f) == 160 for _, f in carrier.frames)
 
 
-def test_heard_ms_follows_what_the_carrier_played():
+@pytest.mark.parametrize("chunk_ms", [20, 100])
+def test_heard_ms_follows_what_the_carrier_played(chunk_ms):
     clock = Clock()
     carrier = CarrierModel(clock)
-    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, clock=clock)
+    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, chunk_ms=chunk_ms, clock=clock)
     start = clock.t
     playout.enqueue("item1", speech(3000))
     for t in (0.25, 0.73, 1.51, 2.02):
@@ -89,10 +96,11 @@ def test_heard_ms_follows_what_the_carrier_played():
         assert abs(playout.heard_ms("item1") - truth) <= 20, (t, playout.heard_ms("item1"), truth)
 
 
-def test_underrun_gap_is_not_counted_as_heard():
+@pytest.mark.parametrize("chunk_ms", [20, 100])
+def test_underrun_gap_is_not_counted_as_heard(chunk_ms):
     clock = Clock()
     carrier = CarrierModel(clock)
-    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, clock=clock)
+    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, chunk_ms=chunk_ms, clock=clock)
     start = clock.t
     playout.enqueue("item1", speech(300))
     run_until(clock, carrier, playout, start + 0.8)       # 300 ms played, then 500 ms of nothing
@@ -105,10 +113,11 @@ def test_underrun_gap_is_not_counted_as_heard():
     assert playout.heard_ms("item1") < 520
 
 
-def test_interrupt_clears_reports_heard_and_ignores_cleared_mark_echoes():
+@pytest.mark.parametrize("chunk_ms", [20, 100])
+def test_interrupt_clears_reports_heard_and_ignores_cleared_mark_echoes(chunk_ms):
     clock = Clock()
     carrier = CarrierModel(clock)
-    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, clock=clock)
+    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, chunk_ms=chunk_ms, clock=clock)
     start = clock.t
     playout.enqueue("item1", speech(3000))
     run_until(clock, carrier, playout, start + 1.234)
@@ -126,10 +135,11 @@ def test_interrupt_clears_reports_heard_and_ignores_cleared_mark_echoes():
     assert not playout.speaking
 
 
-def test_without_marks_the_pacing_clock_stands_in():
+@pytest.mark.parametrize("chunk_ms", [20, 100])
+def test_without_marks_the_pacing_clock_stands_in(chunk_ms):
     clock = Clock()
     carrier = CarrierModel(clock, supports_marks=False)
-    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, clock=clock)
+    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, chunk_ms=chunk_ms, clock=clock)
     start = clock.t
     playout.enqueue("item1", speech(1500))
     playout.end_item("item1")
@@ -141,10 +151,11 @@ def test_without_marks_the_pacing_clock_stands_in():
     assert not playout.speaking
 
 
-def test_items_in_sequence_each_know_their_own_position():
+@pytest.mark.parametrize("chunk_ms", [20, 100])
+def test_items_in_sequence_each_know_their_own_position(chunk_ms):
     clock = Clock()
     carrier = CarrierModel(clock)
-    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, clock=clock)
+    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, chunk_ms=chunk_ms, clock=clock)
     start = clock.t
     playout.enqueue("a", speech(500))
     playout.end_item("a")
@@ -154,3 +165,40 @@ def test_items_in_sequence_each_know_their_own_position():
     assert abs(playout.heard_ms("b") - 300) <= 20
     heard = playout.interrupt()
     assert [h.item_id for h in heard] == ["b"]
+
+
+def test_where_the_carrier_takes_any_length_frames_go_out_in_chunks_that_never_cross_a_mark():
+    clock = Clock()
+    carrier = CarrierModel(clock)
+    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, chunk_ms=100, clock=clock)
+    start = clock.t
+    playout.enqueue("a", speech(1000))
+    playout.end_item("a")
+    playout.enqueue("b", speech(250, seed=1))      # 12.5 frames: the last one padded
+    playout.end_item("b")
+    run_until(clock, carrier, playout, start + 2.0)
+    sizes = [n for kind, n in carrier.wire if kind == "audio"]
+    assert sizes == [800] * 10 + [800, 800, 480]    # 1 s of a, 260 ms of b: one message per 100 ms
+    # every 100 ms of an item is followed by its mark, so "heard" stays exact
+    kinds = [kind for kind, _ in carrier.wire]
+    assert kinds[:3] == ["mark", "audio", "mark"] and kinds[-2:] == ["audio", "mark"]
+    assert all(kinds[i + 1] == "mark" for i, k in enumerate(kinds) if k == "audio")
+    assert playout.heard_ms("a") == 1000 and playout.heard_ms("b") == 260
+    assert not playout.speaking
+
+
+def test_chunks_keep_the_carrier_buffer_between_the_lead_and_the_lead_plus_a_chunk():
+    clock = Clock()
+    carrier = CarrierModel(clock)
+    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, chunk_ms=100, clock=clock)
+    start = clock.t
+    playout.enqueue("a", speech(3000))
+    ahead = []
+    while clock.t < start + 2.5:
+        playout.pump()
+        carrier.deliver(playout)
+        ahead.append(carrier.play_end - clock.t)
+        clock.t = round(clock.t + 0.005, 6)
+    assert min(ahead[20:]) >= 0.080 - 1e-9        # never starved (one 5 ms step of slack)
+    assert max(ahead) < 0.200                     # below lead + chunk
+    assert len([1 for kind, _ in carrier.wire if kind == "audio"]) == 26   # 2.5 s + lead, 100 ms each

@@ -58,8 +58,11 @@ class Call(EngineSink):
         lead_ms = self.settings.playout.lead_ms
         if carrier.max_lead_ms is not None:
             lead_ms = min(lead_ms, carrier.max_lead_ms)
-        self.playout = Playout(carrier, lead_ms=lead_ms,
-                               mark_every_ms=self.settings.playout.mark_every_ms)
+        chunk_ms = self.settings.playout.chunk_ms
+        if carrier.max_chunk_ms is not None:
+            chunk_ms = min(chunk_ms, carrier.max_chunk_ms)
+        self.playout = Playout(carrier, lead_ms=lead_ms, mark_every_ms=self.settings.playout.mark_every_ms,
+                               chunk_ms=chunk_ms)
         self.vad = EnergyVad(min_speech_ms=persona.barge_in.min_speech_ms)
         # The conversation as the caller heard it: role/content dicts, shared with the chain engine.
         self.conversation: list[dict] = []

@@ -99,6 +99,7 @@ def load_yaml(path: Path) -> Any:
 class PlayoutSettings:
     lead_ms: int = 100          # how far ahead of real time audio is sent to the carrier
     mark_every_ms: int = 100    # spacing of playback marks; bounds how stale "heard" can be
+    chunk_ms: int = 100         # most bot audio per carrier message, where the carrier takes any length
 
 
 @dataclass(frozen=True)
@@ -208,9 +209,11 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     playout = PlayoutSettings(
         lead_ms=po.get("lead_ms", int, 100, minimum=20, maximum=2000),
         mark_every_ms=po.get("mark_every_ms", int, 100, minimum=20, maximum=2000),
+        chunk_ms=po.get("chunk_ms", int, 100, minimum=20, maximum=1000),
     )
-    if playout.lead_ms % 20 or playout.mark_every_ms % 20:
-        raise ConfigError(config_path, "playout", "lead_ms and mark_every_ms must be multiples of 20 (one frame)")
+    if playout.lead_ms % 20 or playout.mark_every_ms % 20 or playout.chunk_ms % 20:
+        raise ConfigError(config_path, "playout",
+                          "lead_ms, mark_every_ms and chunk_ms must be multiples of 20 (one frame)")
     po.reject_unknown()
 
     logging_ = top.section("logging")

@@ -6,6 +6,11 @@ of every item, every ``mark_every_ms`` and whenever the local queue runs dry; th
 the audio before it has played. Between echoes the playhead advances with the wall clock, but never past
 the next mark that has not come back, so an underrun on the carrier side is not counted as heard.
 Carriers without marks get "virtual" echoes from the pacing clock instead: same bookkeeping, one code path.
+
+Where the carrier takes audio messages of any length, consecutive frames of one item go out together, up to
+``chunk_ms`` per message and never across a mark: once a frame is due, the message carrying it is filled
+with the frames after it. That sends ~5× fewer messages (Twilio advises 50–100 ms chunks against choppy
+audio) and keeps the carrier's buffer between ``lead_ms`` and ``lead_ms + chunk_ms``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class CarrierOutput(Protocol):
 
     supports_marks: bool
 
-    def send_audio(self, frame: np.ndarray) -> None: ...
+    def send_audio(self, pcm: np.ndarray) -> None: ...     # whole 20 ms frames, at most chunk_ms of them
 
     def send_mark(self, name: str) -> None: ...
 
@@ -54,11 +59,13 @@ class _Item:
 
 
 class Playout:
-    def __init__(self, out: CarrierOutput, *, lead_ms: int = 100, mark_every_ms: int = 100,
+    def __init__(self, out: CarrierOutput, *, lead_ms: int = 100, mark_every_ms: int = 100, chunk_ms: int = FRAME_MS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.out = out
         self.lead_s = lead_ms / 1000
         self.mark_every_ms = mark_every_ms
+        self.chunk_frames = max(1, chunk_ms // FRAME_MS)
+        self._chunk: list[np.ndarray] = []      # frames of the audio message being filled
         self.clock = clock
         # (item, frame, when its audio reached us — latency.clock(), only with latency.ENABLED)
         self._frames: deque[tuple[_Item, np.ndarray, float]] = deque()
@@ -110,14 +117,16 @@ class Playout:
             self._playhead_t = now
         sent_any = False
         previous: _Item | None = None
-        while self._frames and self._playhead_t - now < self.lead_s - 1e-6:
+        while self._frames and (self._chunk or self._playhead_t - now < self.lead_s - 1e-6):
             item, frame, arrived = self._frames.popleft()
             if item.sent_ms == 0 or not sent_any and self._carrier_idle(now):
                 # Start of an item, or resuming after the carrier ran dry: anchor playback here.
                 self._send_mark(item, item.sent_ms)
             if previous is not None and previous is not item:
                 self._send_mark(previous, previous.sent_ms)
-            self.out.send_audio(frame)
+            self._chunk.append(frame)
+            if len(self._chunk) >= self.chunk_frames:
+                self._send_chunk()
             if latency.ENABLED:
                 self._record_lateness(arrived)
             if self.first_audio_sent_t is None:
@@ -129,6 +138,7 @@ class Playout:
             previous = item
             if item.sent_ms % self.mark_every_ms == 0 or not self._frames:
                 self._send_mark(item, item.sent_ms)
+        self._send_chunk()
         if self._frames:
             return max(self._playhead_t - now - self.lead_s, 0.0) + 0.001
         if self._virtual_echoes:
@@ -150,7 +160,14 @@ class Playout:
         """Frames to send or virtual echoes to fire: the pump must keep running."""
         return bool(self._frames) or bool(self._virtual_echoes)
 
+    def _send_chunk(self) -> None:
+        chunk = self._chunk
+        if chunk:
+            self.out.send_audio(chunk[0] if len(chunk) == 1 else np.concatenate(chunk))
+            self._chunk = []
+
     def _send_mark(self, item: _Item, position_ms: int) -> None:
+        self._send_chunk()     # a mark follows exactly the audio before it
         if self._marks and next(reversed(self._marks.values())) == (item, position_ms):
             return
         self._mark_seq += 1
@@ -217,6 +234,7 @@ class Playout:
                 latency.record("barge_model" if latency.arrival_side == "model" else "barge_vad",
                                latency.clock() - latency.arrival)
         self._frames.clear()
+        self._chunk = []
         self._partial.clear()
         self._marks.clear()
         self._virtual_echoes.clear()

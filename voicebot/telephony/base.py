@@ -97,6 +97,8 @@ class CarrierSession(ABC):
     supports_marks: bool = True
     # Carriers that keep little or no playback buffer of their own cap how far ahead we may send.
     max_lead_ms: int | None = None
+    # The most bot audio one outgoing message may carry (whole 20 ms frames); None: any length.
+    max_chunk_ms: int | None = 20
     # The persona for calls that name no number the dialplan knows (carrier config); None: the default.
     fallback_persona: str | None = None
 

@@ -37,6 +37,7 @@ def _field(msg: dict, key: str, kind: type, where: str):
 class TwilioSession(CarrierSession):
     carrier = "twilio"
     supports_marks = True
+    max_chunk_ms = None     # Twilio buffers media messages of any length
 
     def __init__(self, send_text, send_bytes, *, tokens: StreamTokens, upgrade_signed: bool) -> None:
         super().__init__(send_text, send_bytes)
