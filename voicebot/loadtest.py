@@ -165,18 +165,18 @@ CONFIG = """\
 server: {{host: 127.0.0.1, port: {port}, public_url: "http://127.0.0.1:{port}"}}
 stepfun: {{connect_timeout_s: 15, failover_connect_timeout_s: 15}}
 twilio: {{validate_signatures: true}}
-playout: {{lead_ms: 100, mark_every_ms: 100}}
+playout: {{lead_ms: 100, mark_every_ms: 100, chunk_ms: {chunk_ms}}}
 dialplans: dialplans
 transcripts_dir: transcripts
 logging: {{format: json, level: info}}
 """
 
 
-def write_config(root: Path, port: int, engine: str) -> Path:
+def write_config(root: Path, port: int, engine: str, chunk_ms: int = 100) -> Path:
     (root / "dialplans").mkdir(parents=True, exist_ok=True)
     (root / "dialplans" / "load.yaml").write_text(PERSONA.format(number=NUMBER, engine=engine))
     path = root / "config.yaml"
-    path.write_text(CONFIG.format(port=port))
+    path.write_text(CONFIG.format(port=port, chunk_ms=chunk_ms))
     return path
 
 
@@ -324,6 +324,7 @@ class Options:
     steps: tuple[int, ...] = DEFAULT_STEPS
     target: str = "voicebot"            # "voicebot" (voicebot serve) | "naive" (the reference relay)
     engine: str = "realtime"            # persona engine for voicebot: realtime | chain | auto
+    chunk_ms: int = 100                 # the server's playout.chunk_ms: bot audio per Twilio media message
     ramp_s: float = 10.0
     hold_s: float = 20.0
     calls_per_worker: int = 60
@@ -460,7 +461,7 @@ async def run_step(n: int, opts: Options, root: Path, log) -> StepResult:
             argv = [python, str(NAIVE_RELAY), "--port", str(port),
                     "--stepfun-ws", f"ws://127.0.0.1:{emu_port}/step_plan/v1"]
         else:
-            config = write_config(step_dir, port, opts.engine)
+            config = write_config(step_dir, port, opts.engine, opts.chunk_ms)
             argv = [python, "-m", opts.server_entry, "serve", "--config", str(config)]
         server = Child("server", argv, env=env, log_path=step_dir / "server.log", cpus=server_cpus)
         children.append(server)
@@ -681,6 +682,7 @@ async def run_loadtest(opts: Options) -> dict:
             print(text, flush=True)
 
     say(f"voicebot loadtest: target {opts.target}" + (f" (engine {opts.engine})" if opts.target == "voicebot" else "")
+        + (f", {opts.chunk_ms} ms per media message" if opts.target == "voicebot" else "")
         + f", steps {list(opts.steps)}, ramp {opts.ramp_s:g} s + hold {opts.hold_s:g} s, "
         f"emulator speed {opts.speed:g}, barge share {opts.barge_share:g}, files in {root}")
     for n in opts.steps:
@@ -709,6 +711,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="comma-separated call counts to ramp through (default %(default)s)")
     parser.add_argument("--target", choices=("voicebot", "naive", "both"), default="voicebot",
                         help="the server under test, the naive reference relay, or both in turn")
+    parser.add_argument("--chunk-ms", type=int, default=100, choices=(20, 40, 60, 80, 100),
+                        help="the server's playout.chunk_ms: most bot audio per Twilio media message (default 100)")
     parser.add_argument("--engine", choices=("realtime", "chain", "auto"), default="realtime",
                         help="persona engine of the server under test (default realtime)")
     parser.add_argument("--ramp", type=float, default=10.0, help="seconds over which the calls start")
@@ -730,7 +734,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def options_from_args(args, target: str | None = None) -> Options:
     return Options(steps=tuple(int(x) for x in args.steps.split(",") if x.strip()),
-                   target=target or args.target, engine=args.engine, ramp_s=args.ramp, hold_s=args.hold,
+                   target=target or args.target, engine=args.engine, chunk_ms=args.chunk_ms,
+                   ramp_s=args.ramp, hold_s=args.hold,
                    calls_per_worker=args.calls_per_worker, barge_share=args.barge_share, speed=args.speed,
                    pin=args.pin, stop_on_fail=not args.keep_going, max_run_s=args.max_run, py_spy=args.py_spy,
                    workdir=args.workdir, server_entry=args.server_entry)
