@@ -81,3 +81,29 @@ async def test_tiny_chain_load_run_counts_frames_to_asr_and_times_both_ways(tmp_
         assert step["latency"][name]["count"] > 0, name
     assert step["latency"]["in"]["count"] <= step["frames_fed"]
     assert not any("not instrumented" in note for note in step["notes"])
+
+
+def test_both_targets_are_measured_n_by_n_in_turn_and_each_stops_at_its_own_failure(monkeypatch, capsys):
+    import argparse
+    from dataclasses import asdict
+
+    from voicebot import loadtest
+
+    ran: list[tuple[str, int]] = []
+
+    async def fake_run(opts):
+        (n,) = opts.steps
+        ran.append((opts.target, n))
+        failed = opts.target == "voicebot" and n >= 50        # our server fails from 50 calls on
+        step = loadtest.StepResult(n=n, target=opts.target, passed=not failed)
+        return {"target": opts.target, "steps": [asdict(step)], "max_passing_n": None, "table": ""}
+
+    monkeypatch.setattr(loadtest, "run_loadtest", fake_run)
+    args = loadtest.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--target", "both", "--steps", "10,25,50,100"])
+    assert loadtest.run_cli(args) == 0
+    assert ran == [("voicebot", 10), ("naive", 10), ("voicebot", 25), ("naive", 25),
+                   ("voicebot", 50), ("naive", 50), ("naive", 100)]
+    out = capsys.readouterr().out
+    assert "voicebot: highest N meeting every criterion: 25" in out
+    assert "naive: highest N meeting every criterion: 100" in out

@@ -743,13 +743,10 @@ def options_from_args(args, target: str | None = None) -> Options:
 
 def run_cli(args) -> int:
     targets = ("voicebot", "naive") if args.target == "both" else (args.target,)
-    reports = []
-    for target in targets:
-        opts = options_from_args(args, target)
-        if opts.workdir and len(targets) > 1:
-            opts.workdir = str(Path(opts.workdir) / target)
-        report = asyncio.run(run_loadtest(opts))
-        reports.append(report)
+    if len(targets) == 1:
+        reports = [asyncio.run(run_loadtest(options_from_args(args)))]
+    else:
+        reports = _run_interleaved(args, targets)
     print()
     for report in reports:
         print(report["table"])
@@ -757,6 +754,35 @@ def run_cli(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=1))
     return 0
+
+
+def _run_interleaved(args, targets: tuple[str, ...]) -> list[dict]:
+    """Each N for every target in turn (our server, then the reference) rather than one whole ramp after the
+    other: on a shared machine whose speed drifts over minutes, the two figures of one N are then measured
+    a minute apart, not a quarter of an hour."""
+    steps: dict[str, list[StepResult]] = {target: [] for target in targets}
+    stopped: set[str] = set()
+    for n in options_from_args(args).steps:
+        for target in targets:
+            if target in stopped:
+                continue
+            opts = options_from_args(args, target)
+            opts.steps = (n,)
+            if opts.workdir:
+                opts.workdir = str(Path(opts.workdir) / target / str(n))
+            report = asyncio.run(run_loadtest(opts))
+            results = [StepResult(**step) for step in report["steps"]]
+            steps[target].extend(results)
+            if opts.stop_on_fail and any(r.valid and not r.passed for r in results):
+                stopped.add(target)
+    reports = []
+    for target, results in steps.items():
+        passing = [r.n for r in results if r.passed]
+        reports.append({"target": target, "engine": args.engine, "options": asdict(options_from_args(args, target)),
+                        "criteria": CRITERIA, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                        "steps": [asdict(r) for r in results], "max_passing_n": max(passing) if passing else None,
+                        "table": format_table(results)})
+    return reports
 
 
 def main(argv: list[str] | None = None) -> int:
