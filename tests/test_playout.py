@@ -167,10 +167,14 @@ def test_items_in_sequence_each_know_their_own_position(chunk_ms):
     assert [h.item_id for h in heard] == ["b"]
 
 
-def test_where_the_carrier_takes_any_length_frames_go_out_in_chunks_that_never_cross_a_mark():
+def chunked_playout(chunk_ms):
     clock = Clock()
     carrier = CarrierModel(clock)
-    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, chunk_ms=100, clock=clock)
+    return clock, carrier, Playout(carrier, lead_ms=100, mark_every_ms=100, chunk_ms=chunk_ms, clock=clock)
+
+
+def test_where_the_carrier_takes_any_length_frames_go_out_in_chunks_that_never_cross_a_mark():
+    clock, carrier, playout = chunked_playout(chunk_ms=100)
     start = clock.t
     playout.enqueue("a", speech(1000))
     playout.end_item("a")
@@ -188,9 +192,7 @@ def test_where_the_carrier_takes_any_length_frames_go_out_in_chunks_that_never_c
 
 
 def test_chunks_keep_the_carrier_buffer_between_the_lead_and_the_lead_plus_a_chunk():
-    clock = Clock()
-    carrier = CarrierModel(clock)
-    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, chunk_ms=100, clock=clock)
+    clock, carrier, playout = chunked_playout(chunk_ms=100)
     start = clock.t
     playout.enqueue("a", speech(3000))
     ahead = []
