@@ -631,8 +631,8 @@ def judge(step: StepResult) -> None:
     barge_p99 = max(p99("barge_model"), p99("barge_vad"))
     failures = []
     if step.lost_before_engine:
-        step.notes.append(f"{step.lost_before_engine} caller frames arrived while the engine connected and were "
-                          "never fed (call.py, not load)")
+        step.notes.append(f"{step.lost_before_engine} caller frames never fed to the engine: the call ended, or "
+                          "the engine took over 15 s to start, before it was up (the server log says which)")
     if step.lost_frames is not None and step.lost_frames > CRITERIA["lost_frames"]:
         failures.append(f"{step.lost_frames} caller frames never reached the model")
     if step.late_frames > CRITERIA["late_frames"]:
