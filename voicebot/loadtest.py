@@ -632,7 +632,7 @@ def judge(step: StepResult) -> None:
     failures = []
     if step.lost_before_engine:
         step.notes.append(f"{step.lost_before_engine} caller frames never fed to the engine: the call ended, or "
-                          "the engine took over 15 s to start, before it was up (the server log says which)")
+                          "the engine took over 15 s to start, before it was up")
     if step.lost_frames is not None and step.lost_frames > CRITERIA["lost_frames"]:
         failures.append(f"{step.lost_frames} caller frames never reached the model")
     if step.late_frames > CRITERIA["late_frames"]:
