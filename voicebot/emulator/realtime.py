@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import json
 import math
 import time
 import weakref
@@ -56,17 +55,13 @@ import numpy as np
 import structlog
 from aiohttp import WSMsgType, web
 
+from .. import jsoncodec
 from . import speech
 from .app import TRACE_ID, Emulator, check_bearer, error_response
 from .realtime_events import (BYTES_PER_MS, DEFAULT_TURN_DETECTION, DEFAULT_VOICE, MARKER_RE,
                               MAX_APPEND_BASE64, RESPONSE_FIELDS, SESSION_FIELDS, Item,
                               ProtocolError, Response, bad_type, bad_value, check_keys, decode_audio, int_field,
                               missing, new_id, spoken_text, str_field, validate_fields, validate_item)
-
-try:  # the faster codec when installed (the "fast" extra)
-    import orjson
-except ImportError:  # pragma: no cover - orjson is optional
-    orjson = None
 
 log = structlog.get_logger("voicebot.emulator")
 
@@ -191,7 +186,7 @@ class RealtimeSession:
         self.events_sent += 1
         if self.record:
             self.sent.append(event)
-        self._outbox.put_nowait(_dumps(event))
+        self._outbox.put_nowait(jsoncodec.dumps(event))
         self._notify()
 
     def send_error(self, exc: ProtocolError, client_event: dict | None = None) -> None:
@@ -302,7 +297,7 @@ class RealtimeSession:
         now = time.monotonic()
         self.events_received += 1
         try:
-            event = _loads(data)
+            event = jsoncodec.loads(data)
         except ValueError:
             if self.record:
                 self.received.append((now, {"_invalid": data[:500]}))
@@ -725,19 +720,6 @@ class _Watchdog:
                     keep = False
                 if not keep:
                     self.discard(session)
-
-
-def _loads(data: str) -> Any:
-    return orjson.loads(data) if orjson is not None else json.loads(data)
-
-
-def _dumps(event: dict) -> str:
-    if orjson is not None:
-        try:
-            return orjson.dumps(event).decode()
-        except TypeError:  # not a plain JSON type (e.g. an integer beyond 64 bits): the standard encoder
-            pass
-    return json.dumps(event, ensure_ascii=False)
 
 
 def planned_audio_ms(resp: Response) -> float:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+from voicebot import jsoncodec
 from voicebot.audio.g711 import ulaw_decode, ulaw_encode
 from voicebot.simulator.caller import (
     CallResult,
@@ -34,11 +35,6 @@ from voicebot.simulator.caller import (
     StreamTarget,
 )
 from voicebot.telephony.twilio_auth import compute_signature
-
-try:  # the faster parser when installed (the "fast" extra); both refuse what is not JSON
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - orjson is optional
-    _loads = json.loads
 
 AUTO = "auto"  # sign with the auth token (when one is given); or pass an explicit value / None to omit
 
@@ -206,7 +202,7 @@ class TwilioProtocol(CarrierProtocol):
             raise ProtocolViolation(f"31950: binary frame of {len(message)} bytes (only JSON text frames are accepted)")
         excerpt = message if len(message) <= 120 else message[:117] + "..."
         try:
-            obj = _loads(message)
+            obj = jsoncodec.loads(message)
         except ValueError:
             raise ProtocolViolation(f"31951: not JSON: {excerpt!r}") from None
         if not isinstance(obj, dict):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 
 import asyncio
-import json
 import os
 import ssl
 import struct
@@ -29,13 +28,8 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from .. import latency
+from .. import jsoncodec, latency
 from .errors import StepFunError, StepFunUnavailable, error_for_status
-
-try:   # optional (voicebot[fast]): parses events 2-3x faster than json
-    import orjson as _orjson
-except ImportError:   # pragma: no cover - depends on the environment
-    _orjson = None
 
 log = structlog.get_logger("voicebot.stepfun")
 
@@ -45,14 +39,6 @@ PING_INTERVAL_S = 20.0                # keepalive: a ping every 20 s, the pong d
 CLOSE_TIMEOUT_S = 2.0
 
 Listener = Callable[[dict], None]
-
-
-def _loads(data: bytes | str):
-    return _orjson.loads(data) if _orjson is not None else json.loads(data)
-
-
-def _dumps(event: dict) -> str:
-    return json.dumps(event, ensure_ascii=False)
 
 
 class MaskKeys:
@@ -122,7 +108,7 @@ class RealtimeConnection(abc.ABC):
 
     # -- sending (subclasses) -----------------------------------------------------------------------
     def send(self, event: dict) -> None:
-        self.send_raw(_dumps(event))
+        self.send_raw(jsoncodec.dumps(event))
 
     @abc.abstractmethod
     def send_raw(self, text: str | bytes, since: float | None = None) -> None:
@@ -138,7 +124,7 @@ class RealtimeConnection(abc.ABC):
         if latency.ENABLED:
             latency.arrival, latency.arrival_side = latency.clock(), "model"
         try:
-            event = _loads(data)
+            event = jsoncodec.loads(data)
         except (ValueError, TypeError):
             log.warning("stepfun_bad_event", problem="not JSON", sample=str(data[:80]))
             return
