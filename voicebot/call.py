@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
+from .audio import FRAME_MS
 from .audio.pacer import PacedJob, Pacer, shared_pacer
 from .audio.playout import Playout
 from .audio.vad import EnergyVad
@@ -26,7 +27,7 @@ log = structlog.get_logger("voicebot.call")
 ENGINE_START_TIMEOUT_S = 15.0
 # Caller audio kept while an engine connects or engines switch, fed to it once it is up: as long as a start may
 # take, so that a slow but successful start loses nothing (8 kHz int16: 320 B per frame, 240 KB at most).
-SWITCH_BUFFER_FRAMES = int(ENGINE_START_TIMEOUT_S / 0.020)
+SWITCH_BUFFER_FRAMES = int(ENGINE_START_TIMEOUT_S * 1000) // FRAME_MS
 
 # make_engine(persona, sink, log, kind=…, conversation=…, opening=…) → Engine.
 # kind: "realtime" | "chain"; opening (chain): "greeting" | "reanswer" | "reprompt" | None.
@@ -176,7 +177,7 @@ class Call(EngineSink):
             self._held_frames.append(frame)   # the engine is (re)connecting: nothing the caller says is lost
         else:
             if not self._held_dropped:
-                self.log.warning("caller_audio_dropped_while_connecting", held_s=SWITCH_BUFFER_FRAMES * 0.020)
+                self.log.warning("caller_audio_dropped_while_connecting", held_ms=SWITCH_BUFFER_FRAMES * FRAME_MS)
             self._held_dropped += 1
 
     def on_mark(self, name: str) -> None:
@@ -312,7 +313,7 @@ class Call(EngineSink):
         held, self._held_frames = self._held_frames, []
         if self._held_dropped:
             self.log.warning("caller_audio_lost_while_connecting", frames=self._held_dropped,
-                             lost_ms=self._held_dropped * 20, fed_ms=len(held) * 20)
+                             lost_ms=self._held_dropped * FRAME_MS, fed_ms=len(held) * FRAME_MS)
             self._held_dropped = 0
         for frame in held:
             engine.feed(frame)

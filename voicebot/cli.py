@@ -45,7 +45,7 @@ async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | No
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host if host is not None else settings.host,
-                       settings.port if port is None else port, reuse_port=settings.workers > 1 or None)
+                       settings.port if port is None else port, reuse_port=settings.workers > 1)
     await site.start()
     bound = runner.addresses[0]
     url = f"http://{'127.0.0.1' if bound[0] in ('0.0.0.0', '::') else bound[0]}:{bound[1]}"

@@ -125,7 +125,7 @@ class AudioSocketListener:
 
     async def start(self, app: web.Application | None = None) -> None:
         self._server = await asyncio.start_server(self._connected, self.host, self.port,
-                                                  reuse_port=self.services.settings.workers > 1 or None)
+                                                  reuse_port=self.services.settings.workers > 1)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("audiosocket_listening", host=self.host, port=self.port, authentication="none: network only",
                  persona=self.options.persona)
