@@ -14,7 +14,7 @@ import json
 import sys
 
 from voicebot import latency
-from voicebot.loadtest import run_app
+from voicebot.loadgen import run_app
 
 def naive_relay_main(port: int, stepfun_ws: str) -> None:
     """The reference: a minimal Twilio ⇄ StepFun realtime relay as one would first write it — ``json`` and

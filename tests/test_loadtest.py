@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from voicebot import latency
-from voicebot.loadtest import Options, run_loadtest, summarize_call
+from voicebot.loadgen import summarize_call
+from voicebot.loadtest import Options, run_loadtest
 
 
 def test_histogram_percentiles_are_within_its_resolution():
