@@ -44,8 +44,14 @@ logging: {{format: json, level: info}}
 def _serve(config: Path, *args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("STEP_API_KEY", "VOICEBOT_STREAM_SECRET")}
     env["TWILIO_AUTH_TOKEN"] = AUTH_TOKEN
-    return subprocess.Popen([sys.executable, "-m", "voicebot.cli", "serve", "--config", str(config), *args],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The log goes to a file (a pipe nobody reads until the end could fill up and stall the workers), opened
+    # for appending so that the workers' lines never overwrite each other.
+    log_file = open(config.parent / "server.log", "a")
+    proc = subprocess.Popen([sys.executable, "-m", "voicebot.cli", "serve", "--config", str(config), *args],
+                            cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    proc.log_path = config.parent / "server.log"
+    log_file.close()
+    return proc
 
 
 async def _pids_answering(url: str, attempts: int) -> set[int]:
@@ -60,7 +66,7 @@ async def _pids_answering(url: str, attempts: int) -> set[int]:
 async def _wait_up(url: str, proc: subprocess.Popen, workers: int, timeout_s: float = 30.0) -> set[int]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
+        assert proc.poll() is None, proc.log_path.read_text()[-3000:]
         try:
             pids = await _pids_answering(url, 20)
         except aiohttp.ClientError:
@@ -79,11 +85,9 @@ def _stop(proc: subprocess.Popen) -> tuple[int, list[dict]]:
         if proc.poll() is None:
             proc.kill()
     logs = []
-    for line in proc.stderr.read().splitlines() + proc.stdout.read().splitlines():
-        try:
-            logs.append(json.loads(line))
-        except ValueError:
-            pass
+    for line in proc.log_path.read_text().splitlines():
+        if line.startswith("{"):    # structlog's JSON lines (stdlib warnings, if any, are plain text)
+            logs.append(json.loads(line))   # whole lines: the workers' lines never interleave
     return code, logs
 
 

@@ -32,7 +32,9 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # One write per line (print() writes the line and its newline apart): lines from the workers of
+        # `serve --workers`, which share the stream, then never interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
     # aiohttp's access log and library warnings go through stdlib logging.
