@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from voicebot.audio.pacer import PacedJob, Pacer, shared_pacer
-from voicebot.telephony.base import Outbox, Transport
+from voicebot.telephony.transport import Outbox, Transport
 
 
 class CountingLoop:
