@@ -142,7 +142,7 @@ class SlowSocket(Transport):
     def closed(self) -> bool:
         return False
 
-    async def receive(self):
+    async def deliver(self, on_message):
         raise NotImplementedError("the outbox never reads")
 
     def send_now(self, data) -> bool:

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from ..audio import FRAME_SAMPLES
 from ..config import Fields
+from ..wsserver import ServerWebSocket
 from .transport import Outbox, StreamEnded, TcpTransport, Transport, WebSocketTransport
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("voicebot.telephony")
 
 START_TIMEOUT_S = 10.0
+HEARTBEAT_S = 30.0   # a silent carrier is pinged after this long, dropped without a pong
 MAX_LOGGED_PROTOCOL_ERRORS = 5   # per connection; later ones are counted and summarised at the end
 POLICY_VIOLATION = 1008             # WebSocket close code for refused streams
 _connection_ids = itertools.count(1)
@@ -263,6 +265,7 @@ class MediaStream:
         self.call: Call | None = None
         self.errors = 0
         self._assembler = FrameAssembler()
+        self._ending: asyncio.Future | None = None   # set once the connection is being closed on our side
 
     def protocol_error(self, problem: str) -> None:
         self.errors += 1
@@ -270,8 +273,11 @@ class MediaStream:
             (self.call.log if self.call else self.log).warning("carrier_protocol_error", problem=problem,
                                                               count=self.errors)
 
-    async def receive(self, message: str | bytes) -> None:
-        """One message from the carrier: parsed by the session, its events acted on."""
+    def receive(self, message: str | bytes) -> None:
+        """One message from the carrier, in the loop step that read it: parsed by the session, its events
+        acted on. What must wait (closing the connection) runs as a task; later messages are then ignored."""
+        if self._ending is not None:
+            return
         try:
             if isinstance(message, str):
                 events = self.session.handle_text(message)
@@ -282,11 +288,11 @@ class MediaStream:
             if isinstance(exc, FatalProtocolError):
                 if self.call is not None:
                     self.call.hang_up(f"carrier protocol error: {exc}")
-                await self.refuse("unusable stream")
+                self._end(self.refuse("unusable stream"))
             return
-        await self.handle(events)
+        self.handle(events)
 
-    async def handle(self, events: list[CarrierEvent]) -> None:
+    def handle(self, events: list[CarrierEvent]) -> None:
         call = self.call
         for event in events:
             if isinstance(event, Audio):
@@ -303,13 +309,13 @@ class MediaStream:
                 refusal = self.session.authorize(event.meta)
                 if refusal is not None:
                     self.log.warning("media_stream_refused", reason=refusal, call_sid=event.meta.call_id)
-                    await self.refuse("unauthorized")
+                    self._end(self.refuse("unauthorized"))
                     return
                 persona, why_not = persona_for(self.services.dialplan, event.meta, self.session.fallback_persona)
                 if persona is None:
                     self.log.warning("no_persona_for_number", reason=why_not, to=event.meta.to_number,
                                      call_sid=event.meta.call_id)
-                    await self.refuse("no persona for this call")
+                    self._end(self.refuse("no persona for this call"))
                     return
                 from ..call import Call   # call.py imports this module's types; here, not per message
                 call = self.call = Call(meta=event.meta, persona=persona, carrier=self.session,
@@ -323,7 +329,17 @@ class MediaStream:
             elif isinstance(event, Stopped):
                 if call is not None:
                     call.hang_up(f"carrier: {event.reason}")
-                await self.transport.close()
+                self._end(self.transport.close())
+                return
+
+    def _end(self, closing: Awaitable[None]) -> None:
+        """Stop acting on messages; ``closing`` ends the connection (``run`` waits for it)."""
+        self._ending = asyncio.ensure_future(closing)
+
+    def _no_start(self) -> None:
+        if self.call is None and self._ending is None:
+            self.log.warning("media_stream_no_start", waited_s=START_TIMEOUT_S)
+            self._end(self.refuse("no start message"))
 
     async def refuse(self, reason: str) -> None:
         await self.transport.close(code=POLICY_VIOLATION, reason=reason)
@@ -336,28 +352,21 @@ class MediaStream:
         await self.transport.close()
 
     async def run(self) -> None:
-        """Read messages until either side hangs up; the call, if any, is finished on return."""
-        loop = asyncio.get_running_loop()
-        start_deadline = loop.time() + START_TIMEOUT_S
+        """Deliver messages until either side hangs up; the call, if any, is finished on return."""
+        no_start = asyncio.get_running_loop().call_later(START_TIMEOUT_S, self._no_start)
         try:
-            while not self.transport.closed:
-                timeout = None if self.call is not None else max(start_deadline - loop.time(), 0.01)
-                try:
-                    message = await self.transport.receive(timeout)
-                except asyncio.TimeoutError:
-                    self.log.warning("media_stream_no_start", waited_s=START_TIMEOUT_S)
-                    await self.refuse("no start message")
-                    break
-                except StreamEnded as end:
-                    if end.problem:
-                        self.protocol_error(end.problem)
-                    break
-                await self.receive(message)
+            await self.transport.deliver(self.receive)
+        except StreamEnded as end:
+            if end.problem:
+                self.protocol_error(end.problem)
         except asyncio.CancelledError:
             if self.call is not None:
                 self.call.hang_up("server shutting down")
             raise
         finally:
+            no_start.cancel()
+            if self._ending is not None:
+                await self._ending
             if self.call is not None:
                 self.call.hang_up("carrier socket closed")
                 await self.call.finished()
@@ -371,16 +380,15 @@ class MediaStream:
 
 async def serve_media_stream(request: web.Request, session_cls: type[CarrierSession],
                              services: "CallServices", *, protocols: tuple[str, ...] = (),
-                             **session_kwargs) -> web.WebSocketResponse:
+                             **session_kwargs) -> web.StreamResponse:
     """Accept one carrier media WebSocket and run its call until either side hangs up."""
     # No permessage-deflate: carriers don't ask for it, μ-law barely compresses, and uncompressed frames
     # are what lets the outbox write without a task wake-up per message.
-    ws = web.WebSocketResponse(max_msg_size=services.settings.max_message_bytes, protocols=protocols,
-                               heartbeat=30.0, compress=False)
-    await ws.prepare(request)
-    stream = MediaStream(WebSocketTransport(ws, request.transport), session_cls, services, peer=request.remote, **session_kwargs)
+    ws = await ServerWebSocket.accept(request, protocols=protocols, heartbeat_s=HEARTBEAT_S,
+                                      max_message_bytes=services.settings.max_message_bytes)
+    stream = MediaStream(WebSocketTransport(ws), session_cls, services, peer=request.remote, **session_kwargs)
     await stream.run()
-    return ws
+    return ws.response
 
 
 class MediaRoute:

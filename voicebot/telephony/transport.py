@@ -1,5 +1,6 @@
-"""How messages travel to and from a carrier connection: an aiohttp WebSocket or a plain TCP stream behind one
-:class:`Transport` interface, and the :class:`Outbox` that lets protocol code send synchronously and in order.
+"""How messages travel to and from a carrier connection: a WebSocket (:mod:`voicebot.wsserver`) or a plain TCP
+stream behind one :class:`Transport` interface, and the :class:`Outbox` that lets protocol code send
+synchronously and in order.
 """
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 
-from aiohttp import WSMsgType, web
+from ..wsserver import ServerWebSocket
 
 SEND_NOW_MAX_BUFFERED = 16 * 1024   # above this many unsent bytes, sends wait for the socket to drain
+
+MessageHandler = Callable[[str | bytes], None]
 
 
 class StreamEnded(Exception):
@@ -29,8 +32,9 @@ class Transport(ABC):
     def closed(self) -> bool: ...
 
     @abstractmethod
-    async def receive(self, timeout: float | None) -> str | bytes:
-        """The next whole message; raises asyncio.TimeoutError, or StreamEnded when there are no more."""
+    async def deliver(self, on_message: MessageHandler) -> None:
+        """Hand every message to ``on_message`` as it arrives, until the connection ends; raises
+        StreamEnded with the problem when it ended abnormally."""
 
     @abstractmethod
     async def send(self, data: str | bytes) -> None: ...
@@ -45,47 +49,33 @@ class Transport(ABC):
 
 
 class WebSocketTransport(Transport):
-    def __init__(self, ws: web.WebSocketResponse, socket: asyncio.Transport | None = None) -> None:
+    """A carrier WebSocket: messages reach ``on_message`` in the socket's own data callback."""
+
+    def __init__(self, ws: ServerWebSocket) -> None:
         self.ws = ws
-        self._socket = socket     # the upgraded connection, for its write-buffer level
 
     @property
     def closed(self) -> bool:
         return self.ws.closed
 
-    async def receive(self, timeout: float | None) -> str | bytes:
-        msg = await self.ws.receive(timeout=timeout)
-        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            return msg.data
-        if msg.type == WSMsgType.ERROR:
-            raise StreamEnded(f"websocket error: {self.ws.exception()}")
-        raise StreamEnded()   # CLOSE / CLOSING / CLOSED
+    async def deliver(self, on_message: MessageHandler) -> None:
+        self.ws.listen(on_message)
+        await self.ws.wait_closed()
+        if self.ws.problem:
+            raise StreamEnded(self.ws.problem)
 
     async def send(self, data: str | bytes) -> None:
-        if isinstance(data, str):
-            await self.ws.send_str(data)
-        else:
-            await self.ws.send_bytes(data)
+        self.send_now(data)
 
     def send_now(self, data: str | bytes) -> bool:
-        # aiohttp writes an uncompressed frame synchronously and only then may wait for the socket to
-        # drain. With the socket's buffer low that wait never happens, so the send coroutine is run to
-        # completion right here instead of costing a task wake-up per message.
-        socket = self._socket
-        if socket is None or self.ws.closed or socket.get_write_buffer_size() > SEND_NOW_MAX_BUFFERED:
-            return False
-        sending = self.ws.send_str(data) if isinstance(data, str) else self.ws.send_bytes(data)
-        try:
-            sending.send(None)
-        except StopIteration:
-            return True
-        except (ConnectionError, RuntimeError):
-            return True    # closing: the reader sees the close and ends the call
-        sending.close()    # it paused for flow control after writing the frame; later sends queue up
+        if isinstance(data, str):
+            self.ws.send_text(data)
+        else:
+            self.ws.send_bytes(data)
         return True
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self.ws.close(code=code, message=reason.encode())
+        await self.ws.close(code, reason)
 
 
 class TcpTransport(Transport):
@@ -100,17 +90,18 @@ class TcpTransport(Transport):
     def closed(self) -> bool:
         return self.writer.is_closing()
 
-    async def receive(self, timeout: float | None) -> bytes:
-        try:
-            message = await asyncio.wait_for(self._read_message(self.reader), timeout)
-        except asyncio.IncompleteReadError as exc:
-            raise StreamEnded(f"connection closed inside a message ({len(exc.partial)} of {exc.expected} "
-                              "bytes read)" if exc.partial else None) from None
-        except ConnectionError as exc:
-            raise StreamEnded(f"connection lost: {exc}") from None
-        if message is None:
-            raise StreamEnded()
-        return message
+    async def deliver(self, on_message: MessageHandler) -> None:
+        while not self.closed:
+            try:
+                message = await self._read_message(self.reader)
+            except asyncio.IncompleteReadError as exc:
+                raise StreamEnded(f"connection closed inside a message ({len(exc.partial)} of {exc.expected} "
+                                  "bytes read)" if exc.partial else None) from None
+            except ConnectionError as exc:
+                raise StreamEnded(f"connection lost: {exc}") from None
+            if message is None:
+                return
+            on_message(message)
 
     async def send(self, data: str | bytes) -> None:
         if isinstance(data, str):
@@ -139,9 +130,7 @@ class Outbox:
     takes it, and queued behind the others while the socket is backed up (or the transport cannot write
     synchronously)."""
 
-    def __init__(self, transport: Transport | web.WebSocketResponse) -> None:
-        if isinstance(transport, web.WebSocketResponse):
-            transport = WebSocketTransport(transport)
+    def __init__(self, transport: Transport) -> None:
         self._transport = transport
         self._queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self._backlog = 0     # messages queued and not yet sent: while any are, new ones queue behind them
