@@ -20,7 +20,7 @@ All timestamps are ``time.monotonic()``, which is one clock for every process on
   sentence       server: ``ChainEngine._synthesize`` entered with the first sentence
   tts            server: ``TtsClient.stream_http`` request → its first audio chunk
   first frame    server: the first Twilio ``media`` message of the reply handed to the WebSocket
-                 (``WebSocketTransport.send`` returned); the simulator's receive time is shown too
+                 (``WebSocketTransport.send_now`` wrote it); the simulator's receive time is shown too
   emulator       each request's ``HttpRecord`` (voicebot/emulator/http_common.py): received by the
                  handler → headers of the streamed answer sent (first_byte) → handler returned (finished)
 
@@ -198,14 +198,15 @@ def install_probes(events: list) -> None:
             events.append({"kind": "timings", "t": now(), **self.timings[-1]})
     chain.ChainEngine._turn = turn
 
-    original_send = WebSocketTransport.send
+    original_send_now = WebSocketTransport.send_now
 
-    async def send(self, data):
-        await original_send(self, data)
+    def send_now(self, data):
+        sent = original_send_now(self, data)
         if armed["media"] and isinstance(data, str) and data.startswith('{"event":"media"'):
             armed["media"] = False
             events.append({"kind": "media_sent", "t": now()})
-    WebSocketTransport.send = send
+        return sent
+    WebSocketTransport.send_now = send_now
 
 
 async def child_server(out: Path, stepfun_url: str, dialplans: Path, log_path: Path) -> None:
