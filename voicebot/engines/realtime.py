@@ -25,7 +25,7 @@ _APPEND_SUFFIX = b'"}'
 # Errors that say the session itself is gone, as opposed to one bad event (server_error type is fatal too).
 _FATAL_ERROR_CODES = {"session_expired", "session_timeout", "insufficient_quota", "invalid_api_key",
                       "authentication_error", "rate_limit_exceeded"}
-WATCHDOG_INTERVAL_S = 0.25
+WATCHDOG_CHECKS_PER_TIMEOUT = 8   # a stuck session is reported at most 1/8 of its timeout late
 # StepFun may deliver a caller's transcript after the reply to it; the reply's transcript waits this long
 # for it so that the conversation stays in spoken order.
 USER_TRANSCRIPT_WAIT_S = 3.0
@@ -114,7 +114,7 @@ class RealtimeEngine:
         loop = asyncio.get_running_loop()
         timeout = self.persona.realtime_response_timeout_s
         while not self._closing:
-            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            await asyncio.sleep(timeout / WATCHDOG_CHECKS_PER_TIMEOUT)
             silent = loop.time() - self._last_event_t
             if self._awaiting_reply and silent > timeout:
                 self.sink.engine_failed(f"no realtime events for {silent:.1f} s while a reply was due")
