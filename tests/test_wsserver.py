@@ -141,7 +141,7 @@ async def test_upgrade_response_and_fragments_split_across_reads(aiohttp_server)
     (masked(0x1, b"x" * 600, fin=False) + masked(0x0, b"x" * 600), 1009, "1200 bytes"),
     (masked(0x8, b"\x03"), 1002, "1 byte"),
     (masked(0x8, struct.pack("!H", 999)), 1002, "invalid close code"),
-])
+], ids=lambda value: "" if isinstance(value, bytes) else str(value))   # frames are randomly masked: no ids from them
 async def test_violations_close_with_the_rfc_code_and_say_why(aiohttp_server, frame, code, problem):
     received: list = []
     server = await aiohttp_server(echo_app(received))
