@@ -391,19 +391,19 @@ async def test_marks_keep_their_order_when_the_buffer_just_drained():
         def __init__(self) -> None:
             self.sent: list[str] = []
 
-        async def send(self, message: str) -> None:
+        def send_nowait(self, message: str) -> None:
             self.sent.append(message)
 
     protocol = TwilioProtocol("http://unused", to="+1")
     call = SimulatedCall(protocol, [])
     call._loop, call._ws = asyncio.get_running_loop(), StubSocket()
     echoed = lambda: [json.loads(m)["mark"]["name"] for m in call._ws.sent]  # noqa: E731
-    await call._apply(PlayAudio(tone(0.02), 160), 0.0)
-    await call._apply(QueueMark("a"), 0.0)
+    call._apply(PlayAudio(tone(0.02), 160), 0.0)
+    call._apply(QueueMark("a"), 0.0)
     call._play_tick(0.0)  # the last 20 ms leave the buffer and play until t = 0.02
-    await call._apply(QueueMark("b"), 0.005)
+    call._apply(QueueMark("b"), 0.005)
     assert echoed() == []
-    await call._echo_marks(call._buffer.reached_marks(), 0.02, cleared=False)
+    call._echo_marks(call._buffer.reached_marks(), 0.02, cleared=False)
     assert echoed() == ["a", "b"]
-    await call._apply(QueueMark("c"), 0.03)  # nothing queued at all: echoed at once
+    call._apply(QueueMark("c"), 0.03)  # nothing queued at all: echoed at once
     assert echoed() == ["a", "b", "c"]

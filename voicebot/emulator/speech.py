@@ -36,6 +36,7 @@ SAMPLE_RATE = 24_000
 BLOCK_MS = 10
 BLOCK_SAMPLES = SAMPLE_RATE * BLOCK_MS // 1000
 MIN_SPEECH_MS = 40
+MIN_SPEECH_BLOCKS = max(1, -(-MIN_SPEECH_MS // BLOCK_MS))
 MAX_ONSET_GAP_BLOCKS = 2
 FULL_SCALE = 32768.0
 
@@ -214,6 +215,7 @@ def synthesize_speech(text: str, voice: str = "", *, level_dbfs: float = SPEECH_
 # ---------------------------------------------------------------------------------------------- VAD
 
 _NO_SAMPLES = np.empty(0, dtype=np.int16)
+SMALL_FEED_SAMPLES = 8 * BLOCK_SAMPLES   # up to this many samples, one dot per block
 
 
 @dataclass(frozen=True)
@@ -249,17 +251,16 @@ class EnergyVAD:
 
     def feed(self, pcm: np.ndarray) -> list[VadEvent]:
         """Consume int16 samples; return the start/stop events they complete, in order."""
-        data = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
-        n_blocks = len(data) // BLOCK_SAMPLES
-        whole = n_blocks * BLOCK_SAMPLES
-        if whole < len(data):
-            self._pending = data[whole:].copy()
-        elif len(self._pending):
+        if len(self._pending):
+            pcm = np.concatenate((self._pending, pcm))
             self._pending = _NO_SAMPLES
-        if n_blocks == 0:
+        whole = len(pcm) - len(pcm) % BLOCK_SAMPLES
+        if whole < len(pcm):
+            self._pending = pcm[whole:].copy()
+            pcm = pcm[:whole]
+        if not whole:
             return []
-        blocks = data[:whole].astype(np.float64).reshape(n_blocks, BLOCK_SAMPLES)
-        voiced_flags = (np.einsum("ij,ij->i", blocks, blocks) >= self._threshold_ms).tolist()
+        voiced_flags = self._voiced(pcm)
         # Most of a call is one state throughout a feed: silence with no onset pending, or speech going on.
         if not self.speaking and self._candidate is None and not any(voiced_flags):
             self.position += whole
@@ -269,7 +270,6 @@ class EnergyVAD:
             self._last_voiced_end = self.position
             return []
         events: list[VadEvent] = []
-        min_blocks = max(1, -(-MIN_SPEECH_MS // BLOCK_MS))
         for voiced in voiced_flags:
             start = self.position
             end = start + BLOCK_SAMPLES
@@ -281,7 +281,7 @@ class EnergyVAD:
                         self._candidate_blocks = 0
                     self._candidate_blocks += 1
                     self._gap_blocks = 0
-                    if self._candidate_blocks >= min_blocks:
+                    if self._candidate_blocks >= MIN_SPEECH_BLOCKS:
                         self.speaking = True
                         self._last_voiced_end = end
                         events.append(VadEvent("start", self._candidate))
@@ -296,3 +296,18 @@ class EnergyVAD:
                 self.speaking = False
                 events.append(VadEvent("stop", self._last_voiced_end))
         return events
+
+    def _voiced(self, pcm: np.ndarray) -> list[bool]:
+        """Whether each block of ``pcm`` (whole blocks) reaches the threshold. Sums of squares of int16 are
+        exact in float64 whatever the order, so both ways agree; an append (a few blocks) takes the one with
+        the fewest numpy calls: one dot per block."""
+        x = pcm.astype(np.float64)
+        threshold = self._threshold_ms
+        if len(x) > SMALL_FEED_SAMPLES:
+            np.square(x, out=x)
+            return (x.reshape(-1, BLOCK_SAMPLES).sum(axis=1) >= threshold).tolist()
+        flags = []
+        for i in range(0, len(x), BLOCK_SAMPLES):
+            block = x[i:i + BLOCK_SAMPLES]
+            flags.append(block.dot(block) >= threshold)
+        return flags

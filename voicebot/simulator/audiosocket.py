@@ -35,10 +35,17 @@ class TcpConnection(MediaConnection):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
 
-    async def send(self, message: Message) -> None:
+    def send_nowait(self, message: Message) -> None:
         if self.writer.is_closing():
             raise ConnectionResetError("connection closed")
         self.writer.write(message if isinstance(message, bytes) else message.encode())
+
+    @property
+    def writing_paused(self) -> bool:
+        transport = self.writer.transport
+        return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+
+    async def drain(self) -> None:
         await self.writer.drain()
 
     async def __aiter__(self):

@@ -5,7 +5,8 @@ here: the caller's script, the real-time 20 ms loop, the carrier's playback buff
 clear), the recording of both directions, and the timeline and figures of the finished call.
 
 Time is "caller time": seconds since the stream started (the carrier's ``start`` message). Tick ``n``
-runs at ``t0 + n * 20 ms`` on an absolute schedule (late ticks catch up, nothing drifts). At each tick the
+runs at ``t0 + n * 20 ms`` on an absolute schedule (late ticks catch up, nothing drifts), driven by the
+loop's shared clock (``clock.py``) together with every other call on the loop. At each tick the
 carrier echoes marks whose audio has finished playing, the caller decides what to do from what it has
 heard so far and sends frame ``n`` (its audio for ``[n*20, n*20+20)`` ms), and the carrier takes the next
 20 ms from its buffer: what the caller hears during that interval. Timing resolution is one frame.
@@ -26,6 +27,7 @@ import numpy as np
 import structlog
 
 from voicebot.audio import FRAME_MS, FRAME_SAMPLES, RATE
+from voicebot.simulator import clock
 from voicebot.simulator.voice import Microphone, speech_frames
 
 log = structlog.get_logger(__name__)
@@ -194,14 +196,24 @@ class CarrierProtocol(abc.ABC):
 
 
 class MediaConnection(abc.ABC):
-    """A media connection that is not a WebSocket (e.g. AudioSocket's TCP): whole messages both ways.
-    Sending on a closed connection raises ConnectionError; iteration ends when the peer closes."""
+    """The media connection (a WebSocket, or e.g. AudioSocket's TCP): whole messages both ways.
+
+    Messages are written at once, in the order given; what the socket cannot take yet is buffered, and
+    ``writing_paused`` says when that buffer is full (``drain()`` waits until it is not). Sending on a
+    closed connection raises ConnectionError; iteration ends when the peer closes."""
 
     close_code: int | None = None
     close_reason: str | None = None
 
     @abc.abstractmethod
-    async def send(self, message: Message) -> None: ...
+    def send_nowait(self, message: Message) -> None: ...
+
+    @property
+    def writing_paused(self) -> bool:
+        return False
+
+    async def drain(self) -> None:
+        """Wait until ``writing_paused`` is False."""
 
     @abc.abstractmethod
     def __aiter__(self): ...
@@ -421,8 +433,9 @@ class SimulatedCall:
         self._utterance_ms: float | None = None  # played ms of the bot's current utterance since it became audible
         self._ended = False
         self._server_closed = False
+        self._end_reason = "server_closed"
         self._ticks = 0
-        self._max_lag_ms = 0.0
+        self._max_lag_s = 0.0
         self._late_ticks = 0
         # script state
         self._step = 0
@@ -448,20 +461,29 @@ class SimulatedCall:
             log.warning("simulator.protocol_error", carrier=self.protocol.name, stream=self.protocol.stream_id,
                         error=text[:200])
 
-    async def _send(self, messages: list[Message]) -> None:
+    def _send(self, messages: list[Message]) -> None:
+        """Write ``messages`` now, after everything sent before (the connection buffers; see ``_drain``)."""
         if self._ws is None:
             return
         try:
             for m in messages:
-                await self._ws.send(m)
+                self._ws.send_nowait(m)
         except ConnectionError:
             self._server_closed = True
 
-    async def _echo_marks(self, marks: list[MarkRecord], t: float, cleared: bool) -> None:
+    async def _drain(self) -> None:
+        """Wait while the connection's write buffer is full (as an awaited send would)."""
+        assert self._ws is not None
+        try:
+            await self._ws.drain()
+        except ConnectionError:
+            self._server_closed = True
+
+    def _echo_marks(self, marks: list[MarkRecord], t: float, cleared: bool) -> None:
         for m in marks:
             m.echoed_s, m.cleared = t, cleared
             self._event(t, "mark_sent_back", f"{m.name}" + (" (cleared)" if cleared else ""))
-            await self._send(self.protocol.mark_played(m.name, cleared))
+            self._send(self.protocol.mark_played(m.name, cleared))
 
     def _close_segment(self, ended_by: Literal["drained", "clear", "hangup"]) -> None:
         seg = self._segment
@@ -488,27 +510,29 @@ class SimulatedCall:
                     self._protocol_error(t, str(exc))
                     continue
                 for ev in events:
-                    await self._apply(ev, t)
+                    self._apply(ev, t)
+                if self._ws.writing_paused:
+                    await self._drain()
         except ConnectionError:
             pass
         finally:
             if not self._ended:
                 self._server_closed = True
 
-    async def _apply(self, ev: ServerEvent, t: float) -> None:
+    def _apply(self, ev: ServerEvent, t: float) -> None:
         buf = self._buffer
         if isinstance(ev, PlayAudio):
             if not self._media:
                 self._event(t, "bot_media_first_received", f"{ev.wire_bytes} bytes")
             self._media.append((t, ev.wire_bytes))
             buf.append(np.asarray(ev.pcm, dtype=np.int16))
-            await self._report_level(t)
+            self._report_level(t)
         elif isinstance(ev, QueueMark):
             rec = MarkRecord(ev.name, t)
             self._marks.append(rec)
             self._event(t, "mark_received", f"{ev.name} ({buf.buffered * 1000 // RATE} ms buffered)")
             if buf.buffered == 0 and not buf.marks:  # nothing queued before it (marks keep their order)
-                await self._echo_marks([rec], t, cleared=False)
+                self._echo_marks([rec], t, cleared=False)
             else:
                 buf.marks.append((buf.enqueued_total, rec))
         elif isinstance(ev, ClearPlayback):
@@ -519,10 +543,10 @@ class SimulatedCall:
             self._event(t, "clear_received", f"dropped {dropped * 1000 / RATE:.0f} ms, {len(pending)} marks pending")
             if self._segment is not None:
                 self._close_segment("clear" if dropped else "drained")
-            await self._send(self.protocol.cleared())
-            await self._echo_marks(pending, t, cleared=True)
+            self._send(self.protocol.cleared())
+            self._echo_marks(pending, t, cleared=True)
 
-    async def _report_level(self, t: float) -> None:
+    def _report_level(self, t: float) -> None:
         try:
             messages = self.protocol.playback_level(self._buffer.buffered)
         except ProtocolViolation as exc:
@@ -531,7 +555,7 @@ class SimulatedCall:
         if messages:
             for m in messages:
                 self._event(t, "flow_control_sent", m if isinstance(m, str) else f"{len(m)} bytes")
-            await self._send(messages)
+            self._send(messages)
 
     # -- the 20 ms tick --------------------------------------------------------------------------------
 
@@ -605,43 +629,45 @@ class SimulatedCall:
                 self._armed_at, self._bot_heard_since_armed = end, False
         return frame
 
+    def _tick(self, n: int):
+        """Tick ``n``, due at ``t0 + n * 20 ms`` (run by the loop's shared clock): None to go on,
+        ``clock.STOP`` when the call ends (``_end_reason`` says why), or an awaitable while the connection
+        asks to wait before the next tick."""
+        assert self._ws is not None and self._loop is not None
+        lag = self._loop.time() - (self._t0 + n * FRAME_S)
+        if lag > self._max_lag_s:
+            self._max_lag_s = lag
+        if lag > 0.010:
+            self._late_ticks += 1
+        self._ticks = n
+        if self._server_closed:
+            return self._stop("server_closed")
+        t = n * FRAME_S
+        if t >= self.max_duration_s - 1e-9:
+            return self._stop("max_duration")
+        # audio queued before these marks finished playing by now
+        if self._buffer.marks:
+            self._echo_marks(self._buffer.reached_marks(), t, cleared=False)
+        # the caller acts on what it has heard up to now, then the carrier plays the next 20 ms
+        frame = self._caller_tick(t)
+        if frame is _HANGUP:
+            return self._stop("hangup")
+        heard = self._play_tick(t)
+        self._report_level(t)
+        if self.record:
+            self._heard.append(heard)
+            self._sent.append(frame)
+        self._send(self.protocol.encode_frame(frame, n, n * FRAME_MS))
+        self._ticks = n + 1
+        return self._drain() if self._ws.writing_paused else None
+
+    def _stop(self, reason: str) -> object:
+        self._end_reason = reason
+        return clock.STOP
+
     async def _tick_loop(self) -> str:
-        assert self._loop is not None
-        n = 0
-        max_lag = 0.0
-        late = 0
-        try:
-            while True:
-                target = self._t0 + n * FRAME_S
-                delay = target - self._loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                lag = self._loop.time() - target
-                max_lag = max(max_lag, lag)
-                late += lag > 0.010
-                if self._server_closed:
-                    return "server_closed"
-                t = n * FRAME_S
-                if t >= self.max_duration_s - 1e-9:
-                    return "max_duration"
-                # audio queued before these marks finished playing by now
-                if self._buffer.marks:
-                    await self._echo_marks(self._buffer.reached_marks(), t, cleared=False)
-                # the caller acts on what it has heard up to now, then the carrier plays the next 20 ms
-                frame = self._caller_tick(t)
-                if frame is _HANGUP:
-                    return "hangup"
-                heard = self._play_tick(t)
-                await self._report_level(t)
-                if self.record:
-                    self._heard.append(heard)
-                    self._sent.append(frame)
-                await self._send(self.protocol.encode_frame(frame, n, n * FRAME_MS))
-                n += 1
-        finally:
-            self._ticks = n
-            self._max_lag_ms = max_lag * 1000
-            self._late_ticks = late
+        await clock.every(FRAME_S, self._t0, self._tick)
+        return self._end_reason
 
     # -- the whole call ----------------------------------------------------------------------------------
 
@@ -671,7 +697,7 @@ class SimulatedCall:
         end_reason = "server_closed"
         try:
             self._t0 = self._loop.time()
-            await self._send(self.protocol.opening_messages())
+            self._send(self.protocol.opening_messages())
             self._event(0.0, "stream_started")
             receiver = asyncio.create_task(self._receive())
             end_reason = await self._tick_loop()
@@ -684,7 +710,7 @@ class SimulatedCall:
                 self._event(t_end, "caller_speech_end", (self._utterance.label or "") + " (cut off)")
             self._close_segment("hangup" if self._buffer.buffered else "drained")
             if end_reason != "server_closed":
-                await self._send(self.protocol.closing_messages())
+                self._send(self.protocol.closing_messages())
             try:
                 await self._ws.close()
             except Exception:  # noqa: BLE001 - the socket may already be gone
@@ -709,9 +735,9 @@ class SimulatedCall:
             first_bot_audio_s=self._first_audible, end_reason=end_reason,  # type: ignore[arg-type]
             close_code=self._ws.close_code if self._ws else None,
             close_reason=self._ws.close_reason if self._ws else None,
-            duration_s=t_end, setup_s=setup_s, max_tick_lag_ms=self._max_lag_ms, late_ticks=self._late_ticks)
+            duration_s=t_end, setup_s=setup_s, max_tick_lag_ms=self._max_lag_s * 1000, late_ticks=self._late_ticks)
         log.info("simulator.call_ended", carrier=result.carrier, call=result.call_id, reason=end_reason,
                  duration_s=round(t_end, 2), bot_played_ms=round(result.bot_played_ms),
                  clears=len(result.clears), marks_echoed=result.marks_echoed,
-                 protocol_errors=len(result.protocol_errors), max_tick_lag_ms=round(self._max_lag_ms, 1))
+                 protocol_errors=len(result.protocol_errors), max_tick_lag_ms=round(self._max_lag_s * 1000, 1))
         return result

@@ -4,6 +4,10 @@ which matters at 50 frames a second per call in the load test).
 A :class:`~voicebot.simulator.caller.MediaConnection`: whole text or binary messages both ways, pings
 answered, the server's close frame answered and its code and reason kept; iteration ends when the server
 closes or the connection drops; sending on a closed connection raises ``ConnectionError``.
+
+Messages are written synchronously with aiohttp's own frame writer (the framing and masking of its
+``send_str``, without the coroutines around it, which cost more than the frame); flow control is the
+writer's protocol pausing and resuming, as ``send_str`` would await it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import aiohttp
 
 from voicebot.simulator.caller import CallSetupError, MediaConnection, Message, StreamRefused, StreamTarget
 
+_TEXT, _BINARY = aiohttp.WSMsgType.TEXT.value, aiohttp.WSMsgType.BINARY.value
 _END = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
 
 
@@ -22,16 +27,28 @@ class WebSocketConnection(MediaConnection):
         self._ws = ws
         self._session = session  # ours to close, when the call brought no session
         self.close_reason: str | None = None
+        writer = ws._writer  # aiohttp's WebSocketWriter: masks (client side) and writes one frame
+        self._write_frame = writer._write_websocket_frame
+        self._protocol = writer.protocol
 
     @property
     def close_code(self) -> int | None:  # type: ignore[override]
         return self._ws.close_code
 
-    async def send(self, message: Message) -> None:
+    def send_nowait(self, message: Message) -> None:
+        if self._ws.closed:
+            raise ConnectionResetError("WebSocket closed")
         if isinstance(message, str):
-            await self._ws.send_str(message)
+            self._write_frame(message.encode(), _TEXT, 0)
         else:
-            await self._ws.send_bytes(message)
+            self._write_frame(message, _BINARY, 0)
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._protocol.writing_paused
+
+    async def drain(self) -> None:
+        await self._protocol._drain_helper()
 
     def __aiter__(self):
         return self._messages()
