@@ -231,6 +231,83 @@ async def test_v1_prefix_and_real_port_with_websockets_client():
         await runner.cleanup()
 
 
+async def test_upgrade_with_an_unsupported_websocket_version_is_426_with_error_body(http, emulator):
+    resp = await http.get(URL, headers={**AUTH, "Upgrade": "websocket", "Connection": "Upgrade",
+                                        "Sec-WebSocket-Version": "8", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert resp.status == 426
+    assert resp.headers["Sec-WebSocket-Version"] == "13" and resp.headers["X-Trace-Id"]
+    error = (await resp.json())["error"]
+    assert error["type"] == "request_params_invalid" and "Sec-WebSocket-Version" in error["message"]
+    assert emulator.sessions == []
+
+
+# ---------------------------------------------------------------------------------------------- the socket
+
+async def test_websocket_violation_closes_with_its_code_and_ends_the_session(rt, emulator):
+    await rt.ws.send_frame(b"\xff\xfe not utf-8", aiohttp.WSMsgType.TEXT)   # RFC 6455 §8.1: close 1007
+    msg = await rt.ws.receive(timeout=2)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+    assert rt.ws.close_code == 1007
+    session = emulator.sessions[0]
+    await session.wait_closed(timeout=2)
+    assert session.close_reason == "error: text message is not valid UTF-8"
+
+
+async def test_message_over_the_size_limit_closes_1009(http, emulator, monkeypatch):
+    from voicebot.emulator import realtime
+    monkeypatch.setattr(realtime, "MAX_WS_MESSAGE", 4096)
+    ws = await http.ws_connect(URL, headers=AUTH)
+    client = Client(ws)
+    await client.recv()
+    await client.stream(np.zeros(FRAME, np.int16))   # small messages pass
+    await client.send({"type": "input_audio_buffer.append", "audio": b64(np.zeros(4 * FRAME, np.int16))})
+    msg = await ws.receive(timeout=2)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+    assert ws.close_code == 1009
+    session = emulator.sessions[0]
+    await session.wait_closed(timeout=2)
+    assert session.appends == 1 and session.close_reason.startswith("error: message of ")
+
+
+async def test_client_close_ends_the_session_with_its_code(rt, emulator):
+    session = await emulator.next_session()
+    await rt.ws.close(code=1000)
+    await session.wait_closed(timeout=2)
+    assert session.close_reason == "client closed (1000)"
+
+
+async def test_unpaced_reply_streams_every_delta(rt, emulator):
+    emulator.speed = 0.0
+    await rt.send({"type": "response.create", "response": {"instructions": "Say exactly: " + "All good. " * 8}})
+    events = await rt.until("response.done", timeout=10)
+    assert events[-1]["response"]["status"] == "completed"
+    expected = speech.synthesize_speech_bytes(("All good. " * 8).strip(), "linjiajiejie")
+    assert pcm_of([e for e in events if e["type"] == "response.audio.delta"]).tobytes() == expected
+
+
+async def test_long_call_without_recording_keeps_recent_audio_and_turns_intact():
+    runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=50.0, record=False))
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.ws_connect(f"{emulator.ws_url}/realtime?model={MODEL}", headers=AUTH) as ws:
+            client = Client(ws)
+            await client.recv()
+            await client.update(turn_detection=VAD)
+            signal = np.concatenate([line_noise(12.0), speech_like(1.0), line_noise(0.8)])
+            await client.stream(signal)
+            events = await client.until("response.done", timeout=10)
+            session = emulator.sessions[0]
+            assert session.input_samples == len(signal)
+            assert session.audio_in.held_samples < 11 * SR     # the first seconds are forgotten
+            started = next(e for e in events if e["type"] == "input_audio_buffer.speech_started")
+            stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
+            reply = pcm_of([e for e in events if e["type"] == "response.audio.delta"])
+            first = (started["audio_start_ms"] - VAD["prefix_padding_ms"]) * 24
+            assert np.array_equal(reply, signal[first:stopped["audio_end_ms"] * 24])
+    finally:
+        await runner.cleanup()
+
+
 # ---------------------------------------------------------------------------------------------- validation
 
 BAD_EVENTS = [
@@ -655,3 +732,17 @@ def test_vad_events_do_not_depend_on_how_the_audio_is_cut(chunk):
     pieces = [vad.feed(signal[i:i + step]) for i in range(0, len(signal), step)]
     assert [e for events in pieces for e in events] == whole
     assert vad.position == len(signal) // speech.BLOCK_SAMPLES * speech.BLOCK_SAMPLES
+
+
+def test_input_audio_is_addressed_by_stream_position():
+    from voicebot.emulator.realtime_events import InputAudio
+    audio = InputAudio()
+    assert audio.samples == 0 and audio.slice(0) == b""
+    for i in range(5):
+        audio.append(bytes([i, i]) * 3)          # 3 samples each
+    assert audio.samples == 15 and audio.slice(4, 7) == b"\x01\x01" * 2 + b"\x02\x02"
+    audio.keep_from(6)
+    assert audio.base == 6 and audio.held_samples == 9 and audio.samples == 15
+    assert audio.slice(0, 7) == b"\x02\x02" and audio.slice(12) == b"\x04\x04" * 3
+    audio.append(b"\x05\x05")
+    assert audio.held() == b"\x02\x02" * 3 + b"\x03\x03" * 3 + b"\x04\x04" * 3 + b"\x05\x05"

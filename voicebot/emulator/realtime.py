@@ -53,13 +53,14 @@ from typing import Any
 
 import numpy as np
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import hdrs, web
 
 from .. import jsoncodec
+from ..wsserver import ServerWebSocket
 from . import speech
 from .app import TRACE_ID, Emulator, check_bearer, error_response
 from .realtime_events import (BYTES_PER_MS, DEFAULT_TURN_DETECTION, DEFAULT_VOICE, MARKER_RE,
-                              MAX_APPEND_BASE64, RESPONSE_FIELDS, SESSION_FIELDS, Item,
+                              MAX_APPEND_BASE64, RESPONSE_FIELDS, SESSION_FIELDS, InputAudio, Item,
                               ProtocolError, Response, bad_type, bad_value, check_keys, decode_audio, int_field,
                               missing, new_id, spoken_text, str_field, validate_fields, validate_item)
 
@@ -67,8 +68,11 @@ log = structlog.get_logger("voicebot.emulator")
 
 WATCH_INTERVAL_S = 0.02                   # how often faults and the session limit are checked
 MAX_WS_MESSAGE = 20 * 1024 * 1024
+UNPACED_MAX_BUFFERED = 256 * 1024         # unpaced replies wait for the socket below this many unsent bytes
+UNPACED_POLL_S = 0.005
 KEEP_INPUT_SAMPLES = 5 * speech.SAMPLE_RATE  # input audio kept between turns when sessions do not record
 CHUNK_MS = 100
+APPEND_KEYS = frozenset({"type", "event_id", "audio"})
 DEFAULT_REPLY = "Hello, how can I help you?"
 
 # ---------------------------------------------------------------------------------------------- session
@@ -76,7 +80,7 @@ DEFAULT_REPLY = "Hello, how can I help you?"
 class RealtimeSession:
     """One realtime WebSocket connection: protocol state plus a record of everything exchanged."""
 
-    def __init__(self, emulator: Emulator, ws: web.WebSocketResponse, request: web.Request, model: str) -> None:
+    def __init__(self, emulator: Emulator, ws: ServerWebSocket, request: web.Request, model: str) -> None:
         self.emulator = emulator
         self.ws = ws
         self.request = request
@@ -91,8 +95,7 @@ class RealtimeSession:
         self.events_received = 0
         self.events_sent = 0
         self.appends = 0                          # input_audio_buffer.append events accepted
-        self.input_audio = bytearray()
-        self._audio_base = 0                      # samples dropped from the front of input_audio (record=False)
+        self.audio_in = InputAudio()              # keeps only the recent audio when not recording
         self.config: dict[str, Any] = {
             "modalities": ["text", "audio"],
             "instructions": "",
@@ -119,9 +122,7 @@ class RealtimeSession:
         self._speech: tuple[str, int] | None = None  # (item_id, start sample) of the turn in progress
         td = self.config["turn_detection"]
         self.vad = speech.EnergyVAD(td["energy_awakeness_threshold"], td["silence_duration_ms"])
-        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._changed = asyncio.Event()
-        self._sender: asyncio.Task | None = None
         self._handlers = {
             "session.update": self._on_session_update,
             "input_audio_buffer.append": self._on_append,
@@ -137,12 +138,12 @@ class RealtimeSession:
     # -- test helpers --
     @property
     def input_samples(self) -> int:
-        return self._audio_base + len(self.input_audio) // 2
+        return self.audio_in.samples
 
-    def _input_slice(self, start: int, end: int | None = None) -> bytes:
-        """Input audio between two sample positions of the appended stream."""
-        lo = max(0, start - self._audio_base) * 2
-        return self.input_audio[lo:] if end is None else self.input_audio[lo:max(0, end - self._audio_base) * 2]
+    @property
+    def input_audio(self) -> bytes:
+        """The input audio held (all of it when recording)."""
+        return self.audio_in.held()
 
     def received_of(self, type: str) -> list[dict]:
         return [event for _, event in self.received if event.get("type") == type]
@@ -179,15 +180,15 @@ class RealtimeSession:
 
     # -- sending --
     def send(self, event: dict) -> None:
-        """Queue a server event (in order); it is recorded in ``sent`` at once."""
+        """Write a server event to the socket at once (recorded in ``sent`` when recording)."""
         if self.closed:
             return
         event.setdefault("event_id", new_id("evt"))
         self.events_sent += 1
         if self.record:
             self.sent.append(event)
-        self._outbox.put_nowait(jsoncodec.dumps(event))
-        self._notify()
+            self._notify()
+        self.ws.send_text(jsoncodec.dumps(event))
 
     def send_error(self, exc: ProtocolError, client_event: dict | None = None) -> None:
         client_event_id = client_event.get("event_id") if isinstance(client_event, dict) else None
@@ -201,44 +202,23 @@ class RealtimeSession:
                     message=exc.message, param=exc.param,
                     client_event=client_event.get("type") if isinstance(client_event, dict) else None)
 
-    async def _send_loop(self) -> None:
-        while True:
-            data = await self._outbox.get()
-            if data is None:
-                return
-            try:
-                await self.ws.send_str(data)
-            except (ConnectionError, RuntimeError):
-                return
-
     # -- lifecycle --
     async def run(self) -> None:
-        self._sender = asyncio.create_task(self._send_loop())
+        """Handle every client message in the socket's data callback (:meth:`receive`) until it closes."""
         watchdog = _Watchdog.of_loop()
         watchdog.add(self)
         self.send({"type": "session.created", "session": self._created_view()})
         try:
-            async for msg in self.ws:
-                if msg.type == WSMsgType.TEXT:
-                    self.handle_text(msg.data)
-                elif msg.type == WSMsgType.BINARY:
-                    self.events_received += 1
-                    if self.record:
-                        self.received.append((time.monotonic(), {"_binary": len(msg.data)}))
-                    self.send_error(ProtocolError("invalid_event", "invalid event format: binary frames are "
-                                                  "not supported, send JSON text events"))
-                elif msg.type == WSMsgType.ERROR:
-                    self.close_reason = self.close_reason or f"error: {self.ws.exception()!r}"
-                    break
+            self.ws.listen(self.receive)
+            await self.ws.wait_closed()
         finally:
-            self.close_reason = self.close_reason or f"client closed ({self.ws.close_code})"
+            if self.close_reason is None:
+                problem = self.ws.problem
+                self.close_reason = f"error: {problem}" if problem else f"client closed ({self.ws.close_code})"
             if self.response is not None and self.response.task is not None:
                 self.response.task.cancel()
             watchdog.discard(self)
             self.closed = True
-            self._outbox.put_nowait(None)
-            if self._sender is not None and not self._sender.done():
-                self._sender.cancel()
             self._notify()
             self.emulator.notify()
             log.info("emulator_realtime_session", session_id=self.id, model=self.model, trace_id=self.trace_id,
@@ -247,24 +227,16 @@ class RealtimeSession:
                      audio_in_s=round(self.input_samples / speech.SAMPLE_RATE, 2),
                      responses=len(self.responses), errors=self.errors_sent, close_reason=self.close_reason)
 
-    async def _close(self, reason: str, code: int = 1000, message: bytes = b"") -> None:
-        """Send what is queued, then close the socket."""
+    async def _close(self, reason: str, code: int = 1000, message: str = "") -> None:
+        """Close the socket (every event sent so far is already written)."""
         self.close_reason = reason
         self.closed = True  # no further events
-        self._outbox.put_nowait(None)
-        if self._sender is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._sender), 2.0)
-            except asyncio.TimeoutError:
-                pass
-        await self.ws.close(code=code, message=message)
+        await self.ws.close(code, message)
 
     def _drop(self) -> None:
         """Abort the connection without a close frame, like a network failure."""
         self.close_reason = "fault: dropped"
-        transport = self.request.transport
-        if transport is not None:
-            transport.abort()
+        self.ws.transport.abort()
 
     def _watch(self, now: float) -> bool:
         """Apply the faults and the session limit due by ``now``; False once there is nothing left to watch."""
@@ -288,31 +260,39 @@ class RealtimeSession:
                                           f"{self.emulator.session_limit_s / 60:g} minutes."))
             if self.response is not None:
                 self._finish(self.response, "incomplete", {"type": "incomplete", "reason": "session_expired"})
-            self._closing = asyncio.create_task(self._close("session limit", 1000, b"session expired"))
+            self._closing = asyncio.create_task(self._close("session limit", 1000, "session expired"))
             return False
         return True
 
     # -- dispatch --
+    def receive(self, message: str | bytes) -> None:
+        """One client message (the socket's listener)."""
+        if type(message) is str:
+            self.handle_text(message)
+            return
+        self.events_received += 1
+        self._record({"_binary": len(message)})
+        self.send_error(ProtocolError("invalid_event", "invalid event format: binary frames are not supported, "
+                                      "send JSON text events"))
+
+    def _record(self, event: dict) -> None:
+        if self.record:
+            self.received.append((time.monotonic(), event))
+            self._notify()
+
     def handle_text(self, data: str) -> None:
-        now = time.monotonic()
         self.events_received += 1
         try:
             event = jsoncodec.loads(data)
         except ValueError:
-            if self.record:
-                self.received.append((now, {"_invalid": data[:500]}))
-                self._notify()
+            self._record({"_invalid": data[:500]})
             self.send_error(ProtocolError("invalid_json", "invalid event format: the message is not valid JSON"))
             return
-        if not isinstance(event, dict):
-            if self.record:
-                self.received.append((now, {"_invalid": data[:500]}))
-                self._notify()
+        if type(event) is not dict:
+            self._record({"_invalid": data[:500]})
             self.send_error(ProtocolError("invalid_event", "invalid event format: an event must be a JSON object"))
             return
-        if self.record:
-            self.received.append((now, event))
-            self._notify()
+        self._record(event)
         try:
             if "event_id" in event and not isinstance(event["event_id"], str):
                 raise bad_type("event_id", "string")
@@ -370,21 +350,21 @@ class RealtimeSession:
 
     # -- input audio --
     def _on_append(self, event: dict) -> None:
-        check_keys(event, {"type", "event_id", "audio"})
+        check_keys(event, APPEND_KEYS)
         if "audio" not in event:
             raise missing("audio")
-        if isinstance(event["audio"], str) and len(event["audio"]) > MAX_APPEND_BASE64:
+        audio = event["audio"]
+        if type(audio) is str and len(audio) > MAX_APPEND_BASE64:
             raise bad_value("audio", "an append event may carry at most 15 MB.")
-        raw = decode_audio(event["audio"], "audio")
+        raw = decode_audio(audio, "audio")
         self.appends += 1
-        self.input_audio += raw
-        if (not self.record and self._speech is None and self.config["turn_detection"] is not None
-                and len(self.input_audio) > 2 * KEEP_INPUT_SAMPLES * 2):
+        audio_in = self.audio_in
+        audio_in.append(raw)
+        vad_on = self.config["turn_detection"] is not None
+        if not self.record and vad_on and self._speech is None and audio_in.held_samples > 2 * KEEP_INPUT_SAMPLES:
             # Nothing before the last few seconds can still become part of an item: let it go.
-            drop = len(self.input_audio) // 2 - KEEP_INPUT_SAMPLES
-            del self.input_audio[:drop * 2]
-            self._audio_base += drop
-        if self.config["turn_detection"] is None or not raw:
+            audio_in.keep_from(audio_in.samples - KEEP_INPUT_SAMPLES)
+        if not vad_on or not raw:
             return
         for vad_event in self.vad.feed(np.frombuffer(raw, dtype="<i2")):
             if vad_event.kind == "start":
@@ -407,7 +387,7 @@ class RealtimeSession:
                    "item_id": item_id})
         prefix = self.config["turn_detection"]["prefix_padding_ms"] * 24
         first = max(self._buffer_start, start - prefix)
-        audio = self._input_slice(first, end)
+        audio = self.audio_in.slice(first, end)
         self._buffer_start = end
         speech_ms = round(end / 24) - round(start / 24)
         item = Item(id=item_id, type="message", role="user", content=[{"type": "input_audio", "transcript": None}],
@@ -437,7 +417,7 @@ class RealtimeSession:
         check_keys(event, {"type", "event_id"})
         if self.config["turn_detection"] is not None:
             raise ProtocolError("input_audio_buffer_commit_server_vad", "commit when server vad")
-        audio = self._input_slice(self._buffer_start)
+        audio = self.audio_in.slice(self._buffer_start)
         if not audio:
             raise ProtocolError("input_audio_buffer_commit_empty",
                                 "Error committing input audio buffer: the buffer is empty.")
@@ -644,7 +624,14 @@ class RealtimeSession:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
             else:
                 due = time.monotonic()
-                await asyncio.sleep(0)
+                await self._writable()
+
+    async def _writable(self) -> None:
+        """Unpaced replies: wait until the client has read most of what was written (sends never block)."""
+        transport = self.ws.transport
+        await asyncio.sleep(0)
+        while transport.get_write_buffer_size() > UNPACED_MAX_BUFFERED and not self.ws.closed:
+            await asyncio.sleep(UNPACED_POLL_S)
 
     def _finish(self, resp: Response, status: str, details: dict | None = None) -> None:
         """Close ``resp`` with ``status``: stop its task and send the closing events (once)."""
@@ -748,14 +735,18 @@ async def handle_realtime(request: web.Request, emulator: Emulator) -> web.Strea
     if model not in emulator.realtime_models:
         log.warning("emulator_realtime_refused", reason="unknown model", model=model, trace_id=request.get(TRACE_ID))
         return error_response(400, f"model '{model}' is not supported on this endpoint", "request_params_invalid")
-    ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE)
-    if not ws.can_prepare(request).ok:
-        return error_response(400, "this endpoint needs a WebSocket upgrade", "request_params_invalid")
+    try:
+        ws = await ServerWebSocket.accept(request, max_message_bytes=MAX_WS_MESSAGE, heartbeat_s=None)
+    except web.HTTPException as exc:   # no valid upgrade: the documented error body, with the same status
+        refused = error_response(exc.status, f"this endpoint needs a WebSocket upgrade ({exc.text.strip()})",
+                                 "request_params_invalid")
+        if hdrs.SEC_WEBSOCKET_VERSION in exc.headers:
+            refused.headers[hdrs.SEC_WEBSOCKET_VERSION] = exc.headers[hdrs.SEC_WEBSOCKET_VERSION]
+        return refused
     session = RealtimeSession(emulator, ws, request, model)
     emulator.add_session(session)
-    await ws.prepare(request)
     await session.run()
-    return ws
+    return ws.response
 
 
 def add_routes(app: web.Application, emulator: Emulator, prefix: str) -> None:

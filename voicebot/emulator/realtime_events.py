@@ -1,4 +1,5 @@
-"""What a realtime client may send the emulator: event validation, and the conversation's items and responses.
+"""What a realtime client may send the emulator: event validation, the conversation's items and responses, and
+the input audio stream.
 
 Split from :mod:`.realtime` (the session and its socket) so that the protocol's rules read in one place.
 Every check raises :class:`ProtocolError`, which the session turns into an ``error`` event.
@@ -10,9 +11,9 @@ import asyncio
 import binascii
 import copy
 import math
+import random
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,9 @@ _FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:24]}"
+    """``prefix_`` and 24 random hex digits. Not secret, so no system call (uuid4 reads the OS's random source):
+    one is made for every event sent."""
+    return f"{prefix}_{random.getrandbits(96):024x}"
 
 
 def spoken_text(text: str) -> str:
@@ -309,6 +312,50 @@ class Item:
     @property
     def audio_ms(self) -> float:
         return len(self.audio) / BYTES_PER_MS
+
+
+class InputAudio:
+    """The PCM16 appended to a session, addressed by sample position in the whole stream. Appends are kept as
+    the chunks they came in (no copy per append) and joined when a slice is read; the front can be forgotten
+    (:meth:`keep_from`) so that a long call holds only its recent audio."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._bytes = 0           # held
+        self.base = 0             # samples forgotten at the front
+
+    @property
+    def samples(self) -> int:
+        """Samples appended so far (forgotten ones included): the position of the next one."""
+        return self.base + self._bytes // 2
+
+    @property
+    def held_samples(self) -> int:
+        return self._bytes // 2
+
+    def append(self, raw: bytes) -> None:
+        self._chunks.append(raw)
+        self._bytes += len(raw)
+
+    def held(self) -> bytes:
+        """Every sample still held, from position ``base``."""
+        chunks = self._chunks
+        if len(chunks) > 1:
+            chunks[:] = [b"".join(chunks)]
+        return chunks[0] if chunks else b""
+
+    def slice(self, start: int, end: int | None = None) -> bytes:
+        """The samples from position ``start`` to ``end`` (the end of the stream when None) still held."""
+        lo = max(0, start - self.base) * 2
+        hi = self._bytes if end is None else max(0, end - self.base) * 2
+        return self.held()[lo:hi]
+
+    def keep_from(self, start: int) -> None:
+        """Forget the samples before position ``start``."""
+        if start > self.base:
+            self._chunks[:] = [self.slice(start)]
+            self._bytes = len(self._chunks[0])
+            self.base = start
 
 
 @dataclass
