@@ -7,7 +7,8 @@ For each N of a ramp (10, 25, 50, …) it starts, on loopback only:
   no delay at all (the emulator's fault delays stay 0, TTS speech is cached per phrase): they answer at once;
 * the **server** in its own process: ``voicebot serve`` with a temporary config (Twilio signatures checked
   with a ``TWILIO_AUTH_TOKEN`` set here, ``STEPFUN_BASE_URL`` at the emulator, ``STEP_API_KEY`` set,
-  ``VOICEBOT_LATENCY=1`` so ``GET /debug/latency`` serves its histograms), pinned to CPU 0 with ``--pin``;
+  ``VOICEBOT_LATENCY=1`` so ``GET /debug/latency`` serves its histograms), pinned to CPU 0 (the emulator
+  and callers then run on the other CPUs, or on all of them with ``--share-server-core``);
   or, as the reference, the **naive relay** below (json + audioop, no pacing) on the same port layout;
 * N **simulated Twilio callers** (:mod:`voicebot.simulator.twilio`, the tests' caller: real-time 20 ms
   μ-law frames of the speech fixtures with pauses, marks echoed after playback, barge-in on a share of the
@@ -193,6 +194,7 @@ class Options:
     speed: float = 2.0                  # emulator realtime audio pacing (× real time); 1.0 leaves the model
                                         # no slack. ASR, chat and TTS are never paced
     pin: bool = True                    # server on CPU 0, everything else on the other CPUs
+    share_server_core: bool = False     # the load generator may also use CPU 0: what the server leaves of it
     seed: int = 1
     stop_on_fail: bool = True
     max_run_s: float = 1800.0
@@ -302,7 +304,7 @@ async def run_step(n: int, opts: Options, root: Path, log) -> StepResult:
     step_dir.mkdir(parents=True, exist_ok=True)
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus = {cpus[0]} if opts.pin and len(cpus) > 1 else None
-    other_cpus = set(cpus[1:]) if opts.pin and len(cpus) > 1 else None
+    other_cpus = (set(cpus) if opts.share_server_core else set(cpus[1:])) if opts.pin and len(cpus) > 1 else None
     python = sys.executable
     children: list[Child] = []
     auth_token = secrets.token_hex(16)
@@ -545,7 +547,9 @@ async def run_loadtest(opts: Options) -> dict:
     say(f"voicebot loadtest: target {opts.target}" + (f" (engine {opts.engine})" if opts.target == "voicebot" else "")
         + (f", {opts.chunk_ms} ms per media message" if opts.target == "voicebot" else "")
         + f", steps {list(opts.steps)}, ramp {opts.ramp_s:g} s + hold {opts.hold_s:g} s, "
-        f"emulator speed {opts.speed:g}, barge share {opts.barge_share:g}, files in {root}")
+        f"emulator speed {opts.speed:g}, barge share {opts.barge_share:g}"
+        + (", load generator on every CPU (server on CPU 0)" if opts.pin and opts.share_server_core else "")
+        + f", files in {root}")
     for n in opts.steps:
         if time.monotonic() - started > opts.max_run_s:
             say(f"stopping: the run has used its {opts.max_run_s:g} s")
@@ -584,6 +588,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="emulator realtime audio pacing, × real time (ASR, chat and TTS answer at once)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="do not pin the server to CPU 0 and the load generator to the others")
+    parser.add_argument("--share-server-core", action="store_true",
+                        help="let the emulator and callers use CPU 0 too (the server stays pinned there): for "
+                             "loads the load generator cannot drive from the other CPUs alone")
     parser.add_argument("--keep-going", action="store_true", help="run every step even after one fails")
     parser.add_argument("--max-run", type=float, default=1800.0, help="stop starting steps after this many s")
     parser.add_argument("--py-spy", help="profile the server with py-spy during each step's window, to this file")
@@ -598,7 +605,7 @@ def options_from_args(args, target: str | None = None) -> Options:
                    target=target or args.target, engine=args.engine, chunk_ms=args.chunk_ms,
                    ramp_s=args.ramp, hold_s=args.hold,
                    calls_per_worker=args.calls_per_worker, barge_share=args.barge_share, speed=args.speed,
-                   pin=args.pin, stop_on_fail=not args.keep_going, max_run_s=args.max_run, py_spy=args.py_spy,
+                   pin=args.pin, share_server_core=args.share_server_core, stop_on_fail=not args.keep_going, max_run_s=args.max_run, py_spy=args.py_spy,
                    workdir=args.workdir, server_entry=args.server_entry)
 
 
