@@ -330,6 +330,7 @@ class CallResult:
 
 _SILENCE = np.zeros(FRAME_SAMPLES, np.int16)  # what a frame with nothing to play sounds like (shared)
 _SILENCE.flags.writeable = False
+_NOTHING = _SILENCE[:0]
 
 
 class _PlaybackBuffer:
@@ -351,7 +352,7 @@ class _PlaybackBuffer:
 
     def take(self, n: int) -> np.ndarray:
         if not self._chunks:
-            return _SILENCE[:0]
+            return _NOTHING
         parts = []
         while n > 0 and self._chunks:
             head = self._chunks[0]

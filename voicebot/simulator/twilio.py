@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from binascii import b2a_base64
 import json
 import secrets
 import xml.etree.ElementTree as ET
@@ -116,7 +117,7 @@ class TwilioProtocol(CarrierProtocol):
         self.stream_attributes: dict[str, str] = {}
         self.custom_parameters: dict[str, str] = {}
         self._seq = 0
-        self._sid_json: str | None = None
+        self._media_sid: str | None = None  # the media message from the streamSid to the chunk number
 
     @property
     def call_id(self) -> str:
@@ -180,12 +181,11 @@ class TwilioProtocol(CarrierProtocol):
     def encode_frame(self, pcm: np.ndarray, index: int, timestamp_ms: int) -> list[Message]:
         # The message _json would make, formatted directly: it is sent 50 times a second per call.
         # Only the stream SID can need JSON escaping; the numbers and the base64 payload cannot.
-        payload = base64.b64encode(ulaw_encode(pcm)).decode("ascii")
-        if self._sid_json is None:
-            self._sid_json = self._json(self.stream_sid_value)
+        if self._media_sid is None:
+            self._media_sid = f'","streamSid":{self._json(self.stream_sid_value)},"media":{{"track":"inbound","chunk":"'
         self._seq += 1
-        return [f'{{"event":"media","sequenceNumber":"{self._seq}","streamSid":{self._sid_json},"media":'
-                f'{{"track":"inbound","chunk":"{index + 1}","timestamp":"{timestamp_ms}","payload":"{payload}"}}}}']
+        return [f'{{"event":"media","sequenceNumber":"{self._seq}{self._media_sid}{index + 1}","timestamp":"'
+                f'{timestamp_ms}","payload":"{b2a_base64(ulaw_encode(pcm), newline=False).decode()}"}}}}']
 
     def mark_played(self, name: str, cleared: bool) -> list[Message]:
         return [self._json({"event": "mark", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid_value,

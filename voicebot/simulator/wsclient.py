@@ -5,14 +5,17 @@ A :class:`~voicebot.simulator.caller.MediaConnection`: whole text or binary mess
 answered, the server's close frame answered and its code and reason kept; iteration ends when the server
 closes or the connection drops; sending on a closed connection raises ``ConnectionError``.
 
-Messages are written synchronously with aiohttp's own frame writer (the framing and masking of its
-``send_str``, without the coroutines around it, which cost more than the frame); flow control is the
+Messages are framed and masked by aiohttp's own frame writer (what its ``send_str`` does, without the
+coroutines around it, which cost more than the frame) and written, in the order sent, at the end of the
+loop step that sent them: one run of socket writes after all the ticks due in that step have been
+computed, rather than a system call between each call's tick and the next one's. Flow control is the
 writer's protocol pausing and resuming, as ``send_str`` would await it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import aiohttp
 
@@ -20,6 +23,32 @@ from voicebot.simulator.caller import CallSetupError, MediaConnection, Message, 
 
 _TEXT, _BINARY = aiohttp.WSMsgType.TEXT.value, aiohttp.WSMsgType.BINARY.value
 _END = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+
+
+class _Writes:
+    """The frames sent during one loop step, written in order when the step's callbacks are done."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._frames: list[tuple[WebSocketConnection, bytes, int]] = []  # (connection, payload, opcode)
+
+    def add(self, connection: WebSocketConnection, payload: bytes, opcode: int) -> None:
+        if not self._frames:
+            self._loop.call_soon(self.flush)
+        self._frames.append((connection, payload, opcode))
+
+    def flush(self) -> None:
+        frames, self._frames = self._frames, []
+        for connection, payload, opcode in frames:
+            if connection._ws.closed:  # the server closed meanwhile and aiohttp answered: nothing after that
+                continue
+            try:
+                connection._write_frame(payload, opcode, 0)
+            except ConnectionError:  # the peer went away meanwhile; its call sees the socket end
+                pass
+
+
+_writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writes] = weakref.WeakKeyDictionary()
 
 
 class WebSocketConnection(MediaConnection):
@@ -30,18 +59,24 @@ class WebSocketConnection(MediaConnection):
         writer = ws._writer  # aiohttp's WebSocketWriter: masks (client side) and writes one frame
         self._write_frame = writer._write_websocket_frame
         self._protocol = writer.protocol
+        self._transport = writer.transport
+        loop = asyncio.get_running_loop()
+        writes = _writes.get(loop)
+        if writes is None:
+            writes = _writes[loop] = _Writes(loop)
+        self._writes = writes
 
     @property
     def close_code(self) -> int | None:  # type: ignore[override]
         return self._ws.close_code
 
     def send_nowait(self, message: Message) -> None:
-        if self._ws.closed:
+        if self._ws.closed or self._transport.is_closing():
             raise ConnectionResetError("WebSocket closed")
         if isinstance(message, str):
-            self._write_frame(message.encode(), _TEXT, 0)
+            self._writes.add(self, message.encode(), _TEXT)
         else:
-            self._write_frame(message, _BINARY, 0)
+            self._writes.add(self, message, _BINARY)
 
     @property
     def writing_paused(self) -> bool:
@@ -66,6 +101,7 @@ class WebSocketConnection(MediaConnection):
                 return
 
     async def close(self) -> None:
+        self._writes.flush()  # what was sent goes out before the close frame
         try:
             await self._ws.close()
         finally:
