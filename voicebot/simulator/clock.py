@@ -36,8 +36,7 @@ class _Schedule:
 class Metronome:
     """The ticks of all schedules on one loop, run in due order from a single timer callback."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:  # used only from its loop (not held: a closed loop can be collected)
         self._heap: list[tuple[float, int, _Schedule]] = []
         self._order = itertools.count()  # ties run in the order they were scheduled
         self._timer: asyncio.TimerHandle | None = None
@@ -46,7 +45,7 @@ class Metronome:
     def run(self, t0: float, period: float, tick: Tick) -> asyncio.Future:
         """Call ``tick(0)`` at ``t0``, ``tick(1)`` at ``t0 + period``, … until it returns :data:`STOP`.
         The future resolves then (or raises what ``tick`` raised); cancelling it ends the schedule."""
-        schedule = _Schedule(t0, period, tick, self._loop.create_future())
+        schedule = _Schedule(t0, period, tick, asyncio.get_running_loop().create_future())
         self._push(schedule, t0)
         return schedule.done
 
@@ -61,11 +60,11 @@ class Metronome:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = due
-            self._timer = self._loop.call_at(due, self._beat, due)
+            self._timer = asyncio.get_running_loop().call_at(due, self._beat, due)
 
     def _beat(self, fired_for: float) -> None:
         self._timer, self._timer_at = None, math.inf
-        heap, loop = self._heap, self._loop
+        heap, loop = self._heap, asyncio.get_running_loop()
         try:
             # A timer may fire a little before its time (uvloop counts in whole milliseconds): what it
             # was set for is due all the same, as an asyncio.sleep until then would have returned.
@@ -99,7 +98,7 @@ class Metronome:
             schedule.n += 1
             self._push(schedule, schedule.t0 + schedule.n * schedule.period)
 
-        asyncio.ensure_future(awaitable, loop=self._loop).add_done_callback(resume)
+        asyncio.ensure_future(awaitable).add_done_callback(resume)
 
 
 _metronomes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Metronome] = weakref.WeakKeyDictionary()
@@ -110,5 +109,5 @@ def every(period: float, t0: float, tick: Tick) -> asyncio.Future:
     loop = asyncio.get_running_loop()
     metronome = _metronomes.get(loop)
     if metronome is None:
-        metronome = _metronomes[loop] = Metronome(loop)
+        metronome = _metronomes[loop] = Metronome()
     return metronome.run(t0, period, tick)

@@ -28,13 +28,12 @@ _END = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CL
 class _Writes:
     """The frames sent during one loop step, written in order when the step's callbacks are done."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:  # used only from its loop (not held: a closed loop can be collected)
         self._frames: list[tuple[WebSocketConnection, bytes, int]] = []  # (connection, payload, opcode)
 
     def add(self, connection: WebSocketConnection, payload: bytes, opcode: int) -> None:
         if not self._frames:
-            self._loop.call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self.flush)
         self._frames.append((connection, payload, opcode))
 
     def flush(self) -> None:
@@ -63,7 +62,7 @@ class WebSocketConnection(MediaConnection):
         loop = asyncio.get_running_loop()
         writes = _writes.get(loop)
         if writes is None:
-            writes = _writes[loop] = _Writes(loop)
+            writes = _writes[loop] = _Writes()
         self._writes = writes
 
     @property
