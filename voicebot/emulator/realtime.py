@@ -183,7 +183,8 @@ class RealtimeSession:
         """Write a server event to the socket at once (recorded in ``sent`` when recording)."""
         if self.closed:
             return
-        event.setdefault("event_id", new_id("evt"))
+        if "event_id" not in event:
+            event["event_id"] = new_id("evt")
         self.events_sent += 1
         if self.record:
             self.sent.append(event)
