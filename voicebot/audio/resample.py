@@ -188,10 +188,11 @@ class Resampler:
             if plan is None:
                 return self._process_general(pcm)
         dst, rows, z, y, y1, tail = plan
-        np.copyto(dst, pcm)
-        np.copyto(z, rows)
+        # Slice assignment: the same copies as np.copyto, without its argument parsing (~2 µs a frame).
+        dst[:] = pcm
+        z[...] = rows
         np.dot(z, self._H, out=y)
-        np.copyto(self._head, tail)
+        self._head[:] = tail
         np.rint(y1, out=y1)
         np.minimum(y1, _HI, out=y1)
         np.maximum(y1, _LO, out=y1)
