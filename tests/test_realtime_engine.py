@@ -98,3 +98,17 @@ async def test_fatal_and_recoverable_errors():
     eng._dispatch({"type": "error", "error": {"type": "invalid_request_error", "code": "session_expired",
                                               "message": "limit"}})
     assert sink.failed and "session_expired" in sink.failed[0]
+
+
+async def test_a_malformed_audio_delta_is_skipped_and_the_good_ones_still_play():
+    eng, sink = engine()
+    t = np.arange(2400) / 24000
+    speech = (8000 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 4 * t))).astype("<i2")  # 100 ms
+    import base64
+    good = base64.b64encode(speech.tobytes()).decode()
+    eng._dispatch({"type": "response.created", "response": {"id": "r1"}})
+    for delta in (good, good[:-4] + "!!!!", good[:-1], 12345, good):   # bad alphabet, bad padding, not a string
+        eng._dispatch({"type": "response.audio.delta", "response_id": "r1", "item_id": "a1", "delta": delta})
+    assert sink.failed == []                       # a bad delta is logged and dropped, the call goes on
+    assert [n for _, n in sink.audio] == [800, 800]   # the two good deltas, 100 ms each at 8 kHz
+    assert eng._item_model_ms["a1"] == 200
