@@ -104,6 +104,11 @@ class AsteriskProtocol(L16Protocol):
             return [QueueMark(correlation_id or "")]
         return []   # HANGUP: the server closes the socket; others change nothing we model
 
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [self._event("DTMF_END", digit=digit)]
+
     def mark_played(self, name: str, cleared: bool) -> list[Message]:
         if cleared:
             return []      # FLUSH_MEDIA drops queued marks with the media

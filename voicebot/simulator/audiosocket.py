@@ -118,6 +118,11 @@ class AudioSocketProtocol(DirectProtocol):
         self._ahead = ahead
         return []
 
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [tlv(KIND_DTMF, digit.encode("ascii"))]
+
     def mark_played(self, name: str, cleared: bool) -> list[Message]:
         return []       # never called: AudioSocket has no marks
 

@@ -76,6 +76,11 @@ class ExotelProtocol(SnakeCaseProtocol):
         return [self.numbered("media", media={"chunk": str(self._chunks_sent), "timestamp": str(timestamp),
                                               "payload": self.payload(self.codec, pcm)})]
 
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [self.numbered("dtmf", dtmf={"digit": digit, "duration": str(duration_ms)})]
+
     def closing_messages(self) -> list[Message]:
         return self._send_chunk() + [self.numbered("stop", stop={"call_sid": self.call_sid,
                                                                   "account_sid": self.account_sid,

@@ -41,6 +41,8 @@ class FreeSwitchProtocol(JambonzProtocol):
         self.start_metadata = ({"uuid": self.call_uuid, "to": to, "from": from_, "sampleRate": rate}
                                if metadata == AUTO else metadata)
 
+    carries_dtmf = False    # keypresses reach the dialplan, not the stream (an app may send them as text)
+
     def opening_messages(self) -> list[Message]:
         if self.start_metadata is None:
             return []

@@ -61,6 +61,11 @@ class JambonzProtocol(L16Protocol):
             return [QueueMark(obj["data"]["name"])]
         return []   # clearMarks, disconnect: accepted (the server closes the socket itself)
 
+    carries_dtmf = True     # the listen verb's passDtmf
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [dumps({"event": "dtmf", "dtmf": digit, "duration": duration_ms})]
+
     def mark_played(self, name: str, cleared: bool) -> list[Message]:
         self.outstanding_marks -= 1
         return [dumps({"type": "mark", "data": {"name": name, "event": "cleared" if cleared else "playout"}})]

@@ -67,6 +67,12 @@ class PlivoProtocol(JsonCarrierProtocol):
                                               "chunk": index + 1, "payload": self.payload(self.codec, pcm)},
                               extra_headers=self.extra_headers)]
 
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [self.numbered("dtmf", dtmf={"track": "inbound", "digit": digit,
+                                            "timestamp": str(int(time.time() * 1000))})]
+
     def mark_played(self, name: str, cleared: bool) -> list[Message]:
         if cleared:
             return []            # Plivo answers a checkpoint only when the audio before it really played

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -72,6 +73,12 @@ class TelnyxProtocol(SnakeCaseProtocol):
             self._held = message
             return []
         return [message]
+
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        occurred_at = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return [self.numbered("dtmf", occurred_at=occurred_at, dtmf={"digit": digit})]
 
     def closing_messages(self) -> list[Message]:
         held, self._held = ([self._held] if self._held else []), None

@@ -191,6 +191,12 @@ class TwilioProtocol(CarrierProtocol):
         return [self._json({"event": "mark", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid_value,
                             "mark": {"name": name}})]
 
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [self._json({"event": "dtmf", "streamSid": self.stream_sid_value, "sequenceNumber": self._next_seq(),
+                            "dtmf": {"track": "inbound_track", "digit": digit}})]
+
     def closing_messages(self) -> list[Message]:
         return [self._json({"event": "stop", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid_value,
                             "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})]

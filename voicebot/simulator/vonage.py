@@ -61,6 +61,11 @@ class VonageProtocol(L16Protocol):
             return [QueueMark(dumps(obj["payload"]))]
         raise ProtocolViolation(f"unknown action {action!r} (only clear, notify): {excerpt!r}")
 
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [dumps({"event": "websocket:dtmf", "digit": digit, "duration": duration_ms})]
+
     def cleared(self) -> list[Message]:
         return [dumps({"event": "websocket:cleared"})]
 
