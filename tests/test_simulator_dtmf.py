@@ -231,7 +231,8 @@ def test_press_is_checked_and_refused_where_the_stream_has_no_dtmf():
         protocol = FreeSwitchProtocol("http://127.0.0.1:1", to=TO, module=module, secret=None)
         with pytest.raises(ValueError, match="freeswitch media stream carries no DTMF"):
             SimulatedCall(protocol, [Press("5")])
-        SimulatedCall(protocol, [Say(np.zeros(800, np.int16)), Hangup()])     # without keys it is fine
+        words = (np.sin(2 * np.pi * 200 * np.arange(800) / 8000) * 8000).astype(np.int16)
+        SimulatedCall(protocol, [Say(words), Hangup()])                    # without keys it is fine
 
 
 # ---------------------------------------------------------------------------------------------- carrier ends

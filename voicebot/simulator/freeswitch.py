@@ -6,6 +6,8 @@
 * ``module="stream"``: mod_audio_stream's full-duplex build, no subprotocol, ``Authorization: Bearer``
   from ``STREAM_EXTRA_HEADERS``, metadata only if given; it plays binary L16 as it arrives and has no marks
   and no flush: a ``killAudio`` text is only passed on to the dialplan as an event, so nothing is cleared.
+
+Neither module puts the caller's keypresses on the stream, so a script cannot press keys here.
 """
 
 from __future__ import annotations

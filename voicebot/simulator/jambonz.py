@@ -1,7 +1,8 @@
 """jambonz's side of a ``listen`` call with bidirectional streaming audio (``telephony-protocols.md`` §5).
 
 jambonz connects with subprotocol ``audio.jambonz.org`` and the verb's ``wsAuth`` as HTTP Basic
-credentials, sends the call's attributes as one JSON text frame, then binary L16 at ``sampleRate``. From
+credentials, sends the call's attributes as one JSON text frame, then binary L16 at ``sampleRate`` and
+(``passDtmf``) a ``{"event":"dtmf","dtmf":…,"duration":…}`` text per key pressed. From
 the server it takes binary L16 (played at ``bidirectionalAudio.sampleRate``, here the same rate) and the
 text commands ``killAudio``, ``mark`` (at most 30 outstanding), ``clearMarks`` and ``disconnect``. A mark
 comes back as ``{"type":"mark","data":{"name":…,"event":"playout"}}`` when reached, or with

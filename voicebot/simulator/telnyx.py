@@ -2,7 +2,8 @@
 
 Telnyx connects to the ``stream_url`` with the ``stream_auth_token`` as the ``x-telnyx-streaming-auth-token``
 header and in the ``connected`` frame, then sends ``start`` and one ``media`` per 20 ms RTP packet
-(base64 payload, no header), every message numbered by ``sequence_number``. Telnyx does not promise
+(base64 payload, no header) and a ``dtmf`` (``occurred_at``, ``dtmf.digit``) per key pressed, every
+message numbered by ``sequence_number``. Telnyx does not promise
 order: ``shuffle`` holds a media message back past the next one with that probability. What the server
 may send: ``media`` (``media.payload`` only: 20 ms to 30 s of audio in the bidirectional codec),
 ``mark`` (``mark.name``) and ``clear`` -- exactly those fields, no stream id. A mark comes back when the

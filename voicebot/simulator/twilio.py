@@ -3,7 +3,8 @@
 See docs ``telephony-protocols.md`` §1. Everything the real Twilio checks on what our server sends is
 checked here too (JSON text frames only, exactly the documented fields, our streamSid, valid base64);
 violations are recorded as protocol errors with Twilio's error codes (31950 binary frame, 31951 bad
-message) instead of being acted on.
+message) instead of being acted on. A key the caller presses goes out as ``dtmf``
+(``dtmf{track: "inbound_track", digit}``), numbered with the media.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Vonage connects with the NCCO's ``authorization`` value as the ``Authorization`` header, sends
 ``websocket:connected`` (content type plus the NCCO headers, flattened), then binary L16 frames of exactly
-20 ms. What the server sends is checked as Vonage would: binary frames of exactly 20 ms at the stream's rate
+20 ms, and ``websocket:dtmf`` (``digit``, ``duration`` in ms) per key pressed. What the server sends is checked as Vonage would: binary frames of exactly 20 ms at the stream's rate
 (320/640/960 bytes), at most 3072 frames buffered, and only ``{"action":"clear"}`` and
 ``{"action":"notify","payload":{…}}`` as text. A clear is answered with ``websocket:cleared``, a notify with
 ``websocket:notify`` carrying its payload once the audio before it has played.
