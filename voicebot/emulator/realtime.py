@@ -764,7 +764,7 @@ class RealtimeSession:
         out_tokens = (len(resp.transcript_sent) + sum(round(item.audio_ms / 40) for item in outputs)
                       + sum(len(item.arguments or "") for item in outputs))
         in_tokens = sum(len(i.audio) // (BYTES_PER_MS * 40) + sum(len(p.get("text") or "") for p in i.content)
-                        + len(i.output or "") for i in self.items if i not in outputs)
+                        + len(i.output or "") for i in self.items if all(i is not o for o in outputs))
         self.send({"type": "response.done", "response": {
             "id": resp.id, "object": "realtime.response", "status": status, "status_details": details,
             "output": [item.public() for item in outputs],

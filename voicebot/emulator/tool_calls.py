@@ -62,7 +62,7 @@ def _arguments(rest: str) -> str:
 @lru_cache(maxsize=256)
 def turn_directives(instructions: str) -> dict[int, ToolCall]:
     """Caller turn → the call to make in reply to it (the last directive for a turn wins)."""
-    return {int(m.group(1)): ToolCall(m.group(3), _arguments(m.group(4)), m.group(2))
+    return {int(m.group(1)): ToolCall(m.group(3), _arguments(m.group(4)), m.group(2) or None)
             for m in _TURN_RE.finditer(instructions)}
 
 
