@@ -278,12 +278,23 @@ async def test_stepfun_refusing_the_session_ends_a_realtime_only_call_cleanly(st
     assert end["type"] == "call_end" and "engine unavailable" in end["end_reason"] and "503" in end["end_reason"]
 
 
-async def test_max_call_seconds_is_enforced(stack):
-    result = await simulate_twilio_call(stack.url, to=SHORT, auth_token=AUTH_TOKEN, max_duration_s=10,
-                                        script=[Hangup(at_s=9)])
-    assert result.end_reason == "server_closed"
-    assert 1.8 < result.duration_s < 3.5
-    assert (await transcript_of(stack))[-1]["end_reason"] == "max_call_seconds reached"
+async def test_max_call_seconds_says_goodbye_in_full_then_hangs_up(stack, caller_en):
+    """At the time limit the bot says goodbye; the caller talking over it cuts nothing; the stream closes
+    only after the goodbye's last frame has played."""
+    goodbye = "Thank you for calling. Goodbye."
+    result = await simulate_twilio_call(stack.url, to=SHORT, auth_token=AUTH_TOKEN, max_duration_s=15,
+                                        script=[Say(caller_en, at_s=2.4, label="talks over the goodbye"),
+                                                Hangup(at_s=14)])
+    assert result.end_reason == "server_closed" and result.protocol_errors == []
+    assert result.clears == []                                  # no barge-in while the bot says goodbye
+    last = result.segments[-1]
+    assert last.start_s >= 2.0 and last.ended_by == "drained"
+    assert last.played_ms >= 0.9 * len(goodbye) * 65            # the whole line was heard
+    assert last.end_s <= result.duration_s < last.end_s + 1.0   # closed after it, not before
+    records = await transcript_of(stack)
+    said = [r for r in records if r["type"] == "turn"]
+    assert said[-1]["role"] == "assistant" and said[-1]["text"] == goodbye and not said[-1].get("interrupted")
+    assert records[-1]["end_reason"] == "max_call_seconds reached" and records[-1]["outcome"] == "max_duration"
 
 
 async def test_stepfun_dropping_mid_call_ends_a_realtime_only_call_and_keeps_the_transcript(stack, caller_en):

@@ -1,12 +1,16 @@
-"""The Call: joins one carrier stream to one engine — lifecycle, barge-in, transcript, call summary."""
+"""The Call: joins one carrier stream to one engine — lifecycle, barge-in, failover, the conversation as heard,
+tools, transcript, call record and events. What the bot does to the call itself (hang-up, transfer, keypad
+tones, timed goodbyes) is carried out by its :class:`~voicebot.control.CallController`."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 import structlog
@@ -16,9 +20,11 @@ from .audio.pacer import PacedJob, Pacer, shared_pacer
 from .audio.playout import Playout
 from .audio.vad import EnergyVad
 from .config import Settings
+from .control import CallController
 from .dialplan import Dialplan, Persona
 from .engines.base import Engine, EngineSink, EngineUnavailable, interrupted_marker
 from .telephony.base import CallMeta, CarrierSession
+from .tools import ToolBox, ToolResult, offered
 from .transcript import TranscriptFile
 
 log = structlog.get_logger("voicebot.call")
@@ -28,8 +34,9 @@ ENGINE_START_TIMEOUT_S = 15.0
 # take, so that a slow but successful start loses nothing (8 kHz int16: 320 B per frame, 240 KB at most).
 SWITCH_BUFFER_FRAMES = int(ENGINE_START_TIMEOUT_S * 1000) // FRAME_MS
 
-# make_engine(persona, sink, log, kind=…, conversation=…, opening=…) → Engine.
-# kind: "realtime" | "chain"; opening (chain): "greeting" | "reanswer" | "reprompt" | None.
+# make_engine(persona, sink, log, kind=…, conversation=…, opening=…, tools=…) → Engine.
+# kind: "realtime" | "chain"; opening (chain): "greeting" | "reanswer" | "reprompt" | None;
+# tools: the FunctionSpecs the call offers.
 EngineFactory = Callable[..., Engine]
 
 
@@ -43,6 +50,12 @@ class CallServices:
     calls: set["Call"] = field(default_factory=set)
     http: object = None      # the process's aiohttp.ClientSession (set on app startup)
     answer: object = None    # runs a carrier connection's call (voicebot/answer.py's Answerer, set by the server)
+    records: object = None   # the call-record writer (voicebot/store), None when records are off
+    events: object = None    # the call-event sender (voicebot/webhooks.py), set on app startup
+    controls: dict = field(default_factory=dict)   # carrier name -> its call-control API client (telephony/rest)
+
+    def call_control(self, carrier: str):
+        return self.controls.get(carrier)
 
 
 class Call(EngineSink):
@@ -68,22 +81,40 @@ class Call(EngineSink):
         # The conversation as the caller heard it: role/content dicts, shared with the chain engine.
         self.conversation: list[dict] = []
         self._assistant_entries: dict[str, dict] = {}
+        self.started_t = time.monotonic()
+        self.started_at = datetime.now(timezone.utc)
+        self.control = CallController(self)
+        self.tool_specs = offered(persona.tools, self.control.abilities)
+        self.toolbox = ToolBox(persona.tools, self.tool_specs, self.control, http=services.http,
+                               call_id=self.call_id, persona=persona.name, log=self.log)
+        self._tool_tasks: set[asyncio.Task] = set()
         first_kind = "chain" if persona.engine == "chain" else "realtime"
+        self.engines_used = [first_kind]
         self.engine: Engine = services.make_engine(persona, self, self.log, kind=first_kind,
-                                                   conversation=self.conversation, opening="greeting")
+                                                   conversation=self.conversation, opening="greeting",
+                                                   tools=self.tool_specs)
         self.engine_switches: list[dict] = []
         self._switching: asyncio.Task | None = None
         self._switched_t: float | None = None     # when the last failover began, until its first audio
         self._held_frames: list[np.ndarray] = []
+        self._held_texts: list[str] = []
         self._held_dropped = 0
         self.transcript_file = TranscriptFile(self.settings.transcripts_dir, self.call_id)
-        self.started_t = time.monotonic()
         self.ended = False
         self.end_reason: str | None = None
+        self.outcome: str | None = None          # set by whoever ends the call; else the caller hung up
+        self.transfer_target: str | None = None
+        self.recording_path = None
+        self.ended_at: datetime | None = None
         self.user_turns = 0
         self.bot_turns = 0
         self.barge_ins: list[dict] = []
+        self.turns: list[dict] = []              # the transcript for the call record
+        self.dtmf_in: list[dict] = []
+        self.turn_latencies_ms: list[int] = []
+        self._turn_end_t: float | None = None    # the caller stopped speaking here, no bot audio since
         self._interrupted: dict[str, int] = {}   # item id -> ms heard when cut off
+        self._turn_records: dict[str, dict] = {}  # bot item id -> its entry in self.turns
         self._ended_event = asyncio.Event()
         self._pacing = PacedJob(self._pace)
         self._pacer: Pacer | None = None
@@ -98,7 +129,10 @@ class Call(EngineSink):
                               from_number=self.meta.from_number, to_number=self.meta.to_number,
                               persona=self.persona.name, engine=self.engine.name)
         self.log.info("call_started", from_number=self.meta.from_number, to_number=self.meta.to_number,
-                      engine=self.engine.name)
+                      engine=self.engine.name, tools=[spec.name for spec in self.tool_specs])
+        self._save_record()
+        self._event("call.started", self.record(summary_only=True))
+        self.control.start_timers()
         self._task = asyncio.create_task(self._run(), name=f"call-{self.call_id}")
 
     async def _run(self) -> None:
@@ -114,16 +148,22 @@ class Call(EngineSink):
                                                                           at_start=True))
                 else:
                     self.log.error("engine_unavailable", engine=self.engine.name, reason=reason)
-                    self.hang_up(f"engine unavailable: {reason}")
+                    self.hang_up(f"engine unavailable: {reason}", "failed")
             try:
                 await asyncio.wait_for(self._ended_event.wait(), self.persona.max_call_seconds)
             except asyncio.TimeoutError:
-                self.log.info("max_call_seconds_reached", max_call_seconds=self.persona.max_call_seconds)
-                self.hang_up("max_call_seconds reached")
+                # The bot finishes its sentence, says goodbye, and hangs up once the goodbye was heard.
+                limit = asyncio.create_task(self.control.time_limit(), name=f"time-limit-{self.call_id}")
+                await self._ended_event.wait()
+                if not limit.done():
+                    limit.cancel()
         finally:
             self._pacer.cancel(self._pacing)
+            self.control.stop()
             if self._switching is not None and not self._switching.done():
                 self._switching.cancel()
+            for task in list(self._tool_tasks):
+                task.cancel()
             await self._finish()
 
     async def _finish(self) -> None:
@@ -131,21 +171,32 @@ class Call(EngineSink):
             await asyncio.wait_for(self.engine.close(), 3.0)
         except Exception:   # closing a dead socket must not stop the transcript being written
             self.log.warning("engine_close_failed", exc_info=True)
-        duration = time.monotonic() - self.started_t
+        self.ended_at = datetime.now(timezone.utc)
+        if self.outcome is None:
+            # The carrier ended it: the caller hung up, after the bot had answered (completed) or while it
+            # was still talking or a reply was due (abandoned).
+            busy = self.playout.speaking or self.engine.responding
+            self.outcome = "caller_hung_up" if busy else "completed"
         first = self.playout.first_audio_sent_t
         summary = {
-            "duration_s": round(duration, 2),
+            "duration_s": round(time.monotonic() - self.started_t, 2),
             "user_turns": self.user_turns,
             "bot_turns": self.bot_turns,
             "barge_ins": len(self.barge_ins),
             "engine": self.engine.name,
             "engine_switches": len(self.engine_switches),
             "first_bot_audio_ms": None if first is None else round((first - self.started_t) * 1000),
+            "outcome": self.outcome,
             "end_reason": self.end_reason,
         }
+        if self.toolbox.calls:
+            summary["tools"] = len(self.toolbox.calls)
         self.transcript_file.write("call_end", **summary)
         self.transcript_file.close()
         self.log.info("call_summary", transcript=str(self.transcript_file.path), **summary)
+        record = self.record()
+        self._save_record(record)
+        self._event("call.ended", record)
         self.services.calls.discard(self)
         if self._close_carrier is not None:
             try:
@@ -153,24 +204,44 @@ class Call(EngineSink):
             except Exception:
                 pass
 
-    def hang_up(self, reason: str) -> None:
+    def hang_up(self, reason: str, outcome: str | None = None) -> None:
+        """End the call now. ``outcome`` (record field) when we end it; None when the caller/carrier did."""
         if self.ended:
             return
         self.ended = True
         self.end_reason = reason
-        self.log.info("call_ending", reason=reason)
+        if self.outcome is None:
+            self.outcome = outcome
+        self.log.info("call_ending", reason=reason, outcome=self.outcome)
         self._ended_event.set()
+
+    async def wait_ended(self) -> None:
+        await self._ended_event.wait()
 
     async def finished(self) -> None:
         if self._task is not None:
             await asyncio.shield(self._task)
 
+    def transferred(self, name: str, target: str) -> None:
+        """The carrier took the call to ``target``: the call's outcome, whatever ends the stream."""
+        self.outcome, self.transfer_target = "transferred", target
+        self.transcript_file.write("transfer", target_name=name, target=target,
+                                   t_ms=round((time.monotonic() - self.started_t) * 1000))
+        self.log.info("call_transferred", target_name=name, target=target)
+        self._event("call.transferred", {**self.record(summary_only=True), "transfer_target_name": name})
     # -- carrier side ---------------------------------------------------------------------------
     def on_caller_audio(self, frame: np.ndarray) -> None:
         if self.ended:
             return
-        if self.vad.process(frame) and self.persona.barge_in.enabled and self.playout.speaking:
+        vad = self.vad
+        was_speaking = vad.in_speech
+        if vad.process(frame) and self.persona.barge_in.enabled and self.playout.speaking and not self.control.closing:
             self._barge_in("local_vad")
+        if was_speaking and not vad.in_speech:
+            # The utterance ended a hangover ago; the reply's latency counts from there.
+            self._turn_end_t = time.monotonic() - vad.hangover_frames * FRAME_MS / 1000
+        if self.control.closing:
+            return      # the bot is saying goodbye or handing the call on: nothing new for the model
         if self._engine_ready:
             self.engine.feed(frame)
         elif len(self._held_frames) < SWITCH_BUFFER_FRAMES:
@@ -182,17 +253,37 @@ class Call(EngineSink):
 
     def on_mark(self, name: str) -> None:
         self.playout.on_mark(name)
+        self.control.playout_changed()
 
     def on_dtmf(self, digit: str) -> None:
+        t_ms = round((time.monotonic() - self.started_t) * 1000)
         self.log.info("dtmf", digit=digit)
-        self.transcript_file.write("dtmf", digit=digit)
+        self.transcript_file.write("dtmf", digit=digit, t_ms=t_ms)
+        self.dtmf_in.append({"digit": digit, "t_ms": t_ms})
+        if self.ended:
+            return
+        text = self.control.dtmf(digit)
+        if self.persona.dtmf.mode != "off" and self.persona.barge_in.enabled and self.playout.speaking \
+                and not self.control.closing:
+            self._barge_in("dtmf")
+        if text is not None:
+            self.caller_typed(text)
+
+    def caller_typed(self, text: str) -> None:
+        """Keypad input complete: it joins the conversation as the caller's turn, and the model answers it."""
+        self.transcript("user", text, None)
+        if self._engine_ready:
+            self.engine.user_text(text)
+        else:
+            self._held_texts.append(text)
 
     def _pace(self) -> float | None:
         """Send the bot audio that is due; seconds until the playout needs pacing again, None when idle."""
         delay = self.playout.pump()
+        self.control.playout_changed()
         return delay if self.playout.has_work else None
 
-    def _send_due_audio(self) -> None:
+    def send_due_audio(self) -> None:
         """Send what is due right away; the shared pacer runs the playout again when the next frame is."""
         delay = self._pace()
         if delay is not None and self._pacer is not None and not self.ended:
@@ -208,21 +299,26 @@ class Call(EngineSink):
             self._switched_t = None
             self.transcript_file.write("engine_switch_audio", engine=self.engine.name, silence_ms=silence_ms)
             self.log.info("engine_switch_audio", engine=self.engine.name, silence_ms=silence_ms)
+        if self._turn_end_t is not None:
+            self.turn_latencies_ms.append(round((time.monotonic() - self._turn_end_t) * 1000))
+            self._turn_end_t = None
+        self.control.bot_audio(item_id)
         self.playout.enqueue(item_id, pcm)
-        self._send_due_audio()
+        self.send_due_audio()
 
     def bot_audio_done(self, item_id: str) -> None:
         if item_id not in self._interrupted:
             self.playout.end_item(item_id)
-            self._send_due_audio()
+            self.send_due_audio()
+        self.control.bot_audio_done(item_id)
 
     def caller_speech_started(self) -> None:
-        if self.persona.barge_in.enabled and self.playout.speaking:
+        if self.persona.barge_in.enabled and self.playout.speaking and not self.control.closing:
             self._barge_in("model_vad")
 
     def transcript(self, role: str, text: str, item_id: str | None) -> None:
-        fields = {"role": role, "text": text, "item_id": item_id, "engine": self.engine.name,
-                  "t_ms": round((time.monotonic() - self.started_t) * 1000)}
+        t_ms = round((time.monotonic() - self.started_t) * 1000)
+        fields = {"role": role, "text": text, "item_id": item_id, "engine": self.engine.name, "t_ms": t_ms}
         entry = {"role": role, "content": text}
         if role == "assistant":
             self.bot_turns += 1
@@ -240,6 +336,10 @@ class Call(EngineSink):
             self.conversation.append(entry)
         self.transcript_file.write("turn", **fields)
         self.log.info("turn", **{k: v for k, v in fields.items() if k != "engine"})
+        turn = {k: v for k, v in fields.items() if k != "item_id"}
+        self.turns.append(turn)
+        if role == "assistant" and item_id:
+            self._turn_records[item_id] = turn
 
     def note(self, kind: str, **fields) -> None:
         self.transcript_file.write(kind, engine=self.engine.name,
@@ -249,12 +349,41 @@ class Call(EngineSink):
     def engine_failed(self, reason: str) -> None:
         if self.ended or (self._switching is not None and not self._switching.done()):
             return
+        if self.control.closing:
+            # Its last words are in the playout already; the ending goes on without it.
+            self.log.info("engine_gone_while_closing", engine=self.engine.name, reason=reason)
+            return
         if self._can_fail_over():
             self._engine_ready = False
             self._switching = asyncio.create_task(self._fail_over(reason))
         else:
             self.log.error("engine_failed", engine=self.engine.name, reason=reason)
-            self.hang_up(f"engine failed: {reason}")
+            self.hang_up(f"engine failed: {reason}", "failed")
+
+    async def run_tool(self, call_id: str, name: str, arguments: str) -> ToolResult:
+        """The model called a tool: it runs in a task of the call's own (an engine closing does not cut a
+        transfer in half), and the exchange joins the conversation the chain would continue from."""
+        task = asyncio.create_task(self.toolbox.run(name, arguments), name=f"tool-{name}-{self.call_id}")
+        self._tool_tasks.add(task)
+        task.add_done_callback(self._tool_tasks.discard)
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() or self.ended:
+                raise
+            result = await task
+        self.conversation.append({"role": "assistant", "content": None, "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]})
+        self.conversation.append({"role": "tool", "tool_call_id": call_id, "content": result.text})
+        record = self.toolbox.calls[-1] if self.toolbox.calls else None
+        self.transcript_file.write("tool", name=name, arguments=arguments, ok=result.ok, result=result.output,
+                                   engine=self.engine.name, t_ms=record.t_ms if record else None,
+                                   duration_ms=record.duration_ms if record else None)
+        return result
+
+    @property
+    def engine_ready(self) -> bool:
+        return self._engine_ready
 
     # -- failover -------------------------------------------------------------------------------
     def _can_fail_over(self) -> bool:
@@ -291,13 +420,14 @@ class Call(EngineSink):
         except Exception:
             self.log.warning("engine_close_failed", engine=old.name, exc_info=True)
         new = self.services.make_engine(self.persona, self, self.log, kind="chain",
-                                        conversation=self.conversation, opening=opening)
+                                        conversation=self.conversation, opening=opening, tools=self.tool_specs)
         self.engine = new
+        self.engines_used.append(new.name)
         try:
             await asyncio.wait_for(new.start(), ENGINE_START_TIMEOUT_S)
         except (EngineUnavailable, asyncio.TimeoutError) as exc:
             self.log.error("engine_unavailable", engine=new.name, reason=str(exc) or "start timed out")
-            self.hang_up(f"engine unavailable: realtime ({reason}) and chain ({exc})")
+            self.hang_up(f"engine unavailable: realtime ({reason}) and chain ({exc})", "failed")
             return
         switch_ms = round((time.monotonic() - t0) * 1000)
         record = {"from": old.name, "to": new.name, "reason": reason, "mid_answer": mid_answer,
@@ -318,15 +448,15 @@ class Call(EngineSink):
         for frame in held:
             engine.feed(frame)
         self._engine_ready = True
+        texts, self._held_texts = self._held_texts, []
+        for text in texts:
+            engine.user_text(text)
 
     # -- barge-in -------------------------------------------------------------------------------
     def _barge_in(self, trigger: str) -> None:
         """Within this one loop turn: carrier clear, local queue dropped, engine told what was heard."""
         t0 = time.perf_counter()
-        heard = self.playout.interrupt()
-        for item in heard:
-            self._cut_turn(item.item_id, item.heard_ms)
-        self.engine.interrupt(heard)
+        heard = self.cut_bot()
         reaction_us = round((time.perf_counter() - t0) * 1e6)
         record = {"trigger": trigger, "t_ms": round((time.monotonic() - self.started_t) * 1000),
                   "heard": [{"item_id": h.item_id, "heard_ms": h.heard_ms, "generated_ms": h.generated_ms}
@@ -334,6 +464,16 @@ class Call(EngineSink):
         self.barge_ins.append(record)
         self.transcript_file.write("barge_in", **record)
         self.log.info("barge_in", **record)
+
+    def cut_bot(self, why: str | None = None) -> list:
+        """Stop the bot now (carrier clear, local queue dropped) and tell the engine what was heard."""
+        heard = self.playout.interrupt()
+        for item in heard:
+            self._cut_turn(item.item_id, item.heard_ms)
+        self.engine.interrupt(heard)
+        if why is not None:
+            self.log.info("bot_cut", reason=why, heard=[(h.item_id, h.heard_ms) for h in heard])
+        return heard
 
     def _cut_turn(self, item_id: str, heard_ms: int) -> None:
         """The caller heard only ``heard_ms`` of bot item ``item_id``: its text in the conversation follows."""
@@ -346,3 +486,45 @@ class Call(EngineSink):
         entry["content"] = heard + interrupted_marker(self.persona.language)
         entry["interrupted"] = True
         self.transcript_file.write("turn_cut", item_id=item_id, heard_ms=heard_ms, text=heard, full_text=full)
+        turn = self._turn_records.get(item_id)
+        if turn is not None:
+            turn.update(text=heard, full_text=full, interrupted=True, heard_ms=heard_ms)
+
+    # -- what the call leaves behind ---------------------------------------------------------------
+    def record(self, *, summary_only: bool = False) -> dict:
+        """The call record (voicebot/store): who, when, how it ended, what was said and done."""
+        now = time.monotonic()
+        first = self.playout.first_audio_sent_t
+        ended_at = self.ended_at
+        record = {
+            "id": self.call_id, "carrier": self.meta.carrier, "carrier_call_id": self.meta.call_id,
+            "persona": self.persona.name, "from_number": self.meta.from_number, "to_number": self.meta.to_number,
+            "direction": self.meta.direction, "started_at": self.started_at,
+            "answered_at": self.started_at, "ended_at": ended_at,
+            "duration_s": round(((ended_at - self.started_at).total_seconds() if ended_at else now - self.started_t), 3),
+            "outcome": self.outcome if ended_at else None,
+            "outcome_detail": self.end_reason if self.outcome == "failed" else None,
+            "transfer_target": self.transfer_target, "end_reason": self.end_reason,
+            "engines": list(self.engines_used), "engine_switches": list(self.engine_switches),
+            "user_turns": self.user_turns, "bot_turns": self.bot_turns, "barge_ins": len(self.barge_ins),
+            "first_audio_ms": None if first is None else round((first - self.started_t) * 1000),
+            "turn_latencies_ms": list(self.turn_latencies_ms),
+            "recording_path": str(self.recording_path) if self.recording_path else None,
+        }
+        if not summary_only:
+            record["tools"] = [{"name": c.name, "arguments": c.arguments, "result": c.result, "ok": c.ok,
+                                "t_ms": c.t_ms, "duration_ms": c.duration_ms} for c in self.toolbox.calls]
+            record["transcript"] = [dict(turn) for turn in self.turns]
+            record["dtmf"] = list(self.dtmf_in)
+        return record
+
+    def _save_record(self, record: dict | None = None) -> None:
+        if self.services.records is not None:
+            self.services.records.put(record or self.record())
+
+    def _event(self, event_type: str, data: dict) -> None:
+        hook = self.persona.events_webhook
+        if hook is None or self.services.events is None:
+            return
+        secret = os.environ.get(hook.secret_env) if hook.secret_env else None
+        self.services.events.send(hook.url, secret, event_type, self.call_id, data)

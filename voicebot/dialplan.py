@@ -10,6 +10,7 @@ from .audio.vad import BACKENDS as VAD_BACKENDS
 from .audio.vad import DEFAULT_BACKEND as DEFAULT_VAD
 from .audio.vad import VadUnavailable, check_backend
 from .config import ConfigError, Fields, load_yaml
+from .tools import ToolSettings, read_tools
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 LANGUAGES = ("zh", "en")
@@ -37,7 +38,10 @@ VADS = VAD_BACKENDS      # "energy", "webrtc", "silero": see voicebot/audio/vad.
 DEFAULT_LINES = {
     "reprompt": {"zh": "抱歉，我没有听清，您能再说一遍吗？", "en": "Sorry, could you say that again?"},
     "apology": {"zh": "抱歉，我这边出了点问题，请稍等。", "en": "Sorry, I had a problem there. One moment please."},
+    "silence_reprompt": {"zh": "您还在吗？", "en": "Are you still there?"},
+    "goodbye": {"zh": "感谢您的来电，再见。", "en": "Thank you for calling. Goodbye."},
 }
+DTMF_MODES = ("pass", "collect", "off")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,33 @@ class BargeIn:
 
 
 @dataclass(frozen=True)
+class DtmfSettings:
+    """Caller keypresses to the model: each digit as it comes (pass), one string once complete (collect)."""
+
+    mode: str = "pass"
+    max_digits: int = 16         # collect: the string is complete at this many digits,
+    terminator: str = "#"        #   at this key (not included),
+    timeout_s: float = 5.0       #   or this long after the last key
+
+
+@dataclass(frozen=True)
+class SilenceSettings:
+    """The caller silent (no speech, the bot not speaking) for ``reprompt_s`` → ``reprompt``; for
+    ``hang_up_s`` → ``goodbye``, then the bot hangs up. None: that step is off."""
+
+    reprompt_s: float | None = None
+    reprompt: str = ""
+    hang_up_s: float | None = None
+    goodbye: str = ""
+
+
+@dataclass(frozen=True)
+class EventsWebhook:
+    url: str
+    secret_env: str | None = None
+
+
+@dataclass(frozen=True)
 class Persona:
     name: str
     source: str
@@ -83,6 +114,12 @@ class Persona:
     engine: str = "auto"
     chain: ChainSettings = ChainSettings()
     realtime_response_timeout_s: float = 8.0   # no realtime event this long while a reply is due → failover
+    tools: ToolSettings = ToolSettings()
+    dtmf: DtmfSettings = DtmfSettings()
+    silence: SilenceSettings = SilenceSettings()
+    goodbye: str = ""        # said before the bot ends the call itself (max_call_seconds, silence)
+    record: bool = False     # a stereo recording of the call as the caller heard it (recordings_dir)
+    events_webhook: EventsWebhook | None = None
 
 
 @dataclass
@@ -174,6 +211,37 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
             raise ch.error("vad", str(exc)) from None
     ch.reject_unknown()
 
+    tools = read_tools(f.section("tools"))
+    goodbye = f.get("goodbye", str, DEFAULT_LINES["goodbye"][language])
+    dt = f.section("dtmf")
+    dtmf = DtmfSettings(mode=dt.get("mode", str, "pass", choices=DTMF_MODES),
+                        max_digits=dt.get("max_digits", int, 16, minimum=1, maximum=64),
+                        terminator=dt.get("terminator", str, "#", choices=("#", "*", "")),
+                        timeout_s=dt.get("timeout_s", float, 5.0, minimum=0.5, maximum=60.0))
+    dt.reject_unknown()
+    si = f.section("silence")
+    silence = SilenceSettings(reprompt_s=si.get("reprompt_s", float, None, minimum=1.0, maximum=600.0),
+                              reprompt=si.get("reprompt", str, DEFAULT_LINES["silence_reprompt"][language]),
+                              hang_up_s=si.get("hang_up_s", float, None, minimum=1.0, maximum=3600.0),
+                              goodbye=si.get("goodbye", str, goodbye))
+    if silence.reprompt_s is not None and silence.hang_up_s is not None and silence.hang_up_s <= silence.reprompt_s:
+        raise si.error("hang_up_s", f"must be longer than reprompt_s ({silence.reprompt_s:g} s): the re-prompt "
+                                    "comes first")
+    si.reject_unknown()
+    events_webhook = None
+    if f.data.get("events_webhook") is not None:
+        ev = f.section("events_webhook")
+        url = ev.get("url", str)
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ev.error("url", f"expected an absolute http(s) URL, got {url!r}")
+        secret_env = ev.get("secret_env", str, None)
+        if secret_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", secret_env):
+            raise ev.error("secret_env", f"expected the name of an environment variable, got {secret_env!r}")
+        ev.reject_unknown()
+        events_webhook = EventsWebhook(url=url, secret_env=secret_env)
+    else:
+        f.section("events_webhook")
+
     persona = Persona(
         name=name, source=str(source), numbers=tuple(numbers), language=language, voice=voice,
         instructions=instructions, greeting=greeting, realtime=realtime, barge_in=barge_in,
@@ -182,6 +250,12 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
         engine=engine,
         chain=chain,
         realtime_response_timeout_s=f.get("realtime_response_timeout_s", float, 8.0, minimum=0.5, maximum=60.0),
+        tools=tools,
+        dtmf=dtmf,
+        silence=silence,
+        goodbye=goodbye,
+        record=f.get("record", bool, False),
+        events_webhook=events_webhook,
     )
     f.reject_unknown()
     return persona

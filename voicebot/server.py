@@ -18,6 +18,7 @@ from .config import Settings
 from .dialplan import Dialplan, Persona
 from .engines.chain import ChainEngine
 from .engines.realtime import RealtimeEngine
+from .webhooks import EventSender
 
 log = structlog.get_logger("voicebot.server")
 
@@ -30,21 +31,27 @@ CARRIER_MODULES = ("twilio", "telnyx", "signalwire", "plivo", "exotel",
 
 
 def stepfun_engines(settings: Settings, services: CallServices) -> EngineFactory:
-    def make(persona: Persona, sink, call_log, *, kind: str, conversation: list, opening: str | None):
+    def make(persona: Persona, sink, call_log, *, kind: str, conversation: list, opening: str | None,
+             tools: list | None = None):
         if kind == "chain":
             return ChainEngine(persona, settings.stepfun, sink, call_log, http=services.http,
-                               conversation=conversation, opening=opening)
-        return RealtimeEngine(persona, settings.stepfun, sink, call_log)
+                               conversation=conversation, opening=opening, tools=tools)
+        return RealtimeEngine(persona, settings.stepfun, sink, call_log, tools=tools)
     return make
 
 
 async def _open_http(app: web.Application) -> None:
-    app[SERVICES].http = aiohttp.ClientSession()
+    services = app[SERVICES]
+    services.http = aiohttp.ClientSession()
+    services.events = EventSender(services.http)
 
 
 async def _close_http(app: web.Application) -> None:
-    if app[SERVICES].http is not None:
-        await app[SERVICES].http.close()
+    services = app[SERVICES]
+    if services.events is not None:
+        await services.events.close()
+    if services.http is not None:
+        await services.http.close()
 
 
 async def _healthz(request: web.Request) -> web.Response:

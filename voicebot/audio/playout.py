@@ -31,6 +31,7 @@ class CarrierOutput(Protocol):
     """What the playout needs from a carrier connection. All three only queue a message: they never block."""
 
     supports_marks: bool
+    can_flush: bool     # send_clear drops what the carrier has not played yet
 
     def send_audio(self, pcm: np.ndarray) -> None: ...     # whole 20 ms frames, at most chunk_ms of them
 
@@ -239,7 +240,11 @@ class Playout:
         self._marks.clear()
         self._virtual_echoes.clear()
         self._items.clear()
-        self._playhead_t = self._ideal_t = now
+        if getattr(self.out, "can_flush", True):
+            self._playhead_t = self._ideal_t = now
+        else:   # what was sent still plays: new audio queues behind it, or the carrier is overrun
+            self._playhead_t = max(self._playhead_t, now)
+            self._ideal_t = max(self._ideal_t, now)
         return touched
 
     def forget_finished(self) -> None:

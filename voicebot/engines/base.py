@@ -7,6 +7,7 @@ from typing import Protocol
 import numpy as np
 
 from ..audio.playout import HeardItem
+from ..tools import ToolResult
 
 
 class EngineUnavailable(Exception):
@@ -36,6 +37,10 @@ class EngineSink(Protocol):
     def engine_failed(self, reason: str) -> None:
         """The engine cannot go on; ``reason`` says why in words fit for a log line."""
 
+    async def run_tool(self, call_id: str, name: str, arguments: str) -> ToolResult:
+        """The model called function ``name`` with ``arguments`` (its JSON text, as sent): the call carries it
+        out and says what to tell the model. Never raises; a bad call is an error result."""
+
 
 class Engine(Protocol):
     name: str
@@ -51,6 +56,17 @@ class Engine(Protocol):
 
     def heard_text(self, item_id: str, heard_ms: int, text: str) -> str:
         """The words of ``text`` (item ``item_id``) spoken in its first ``heard_ms`` of audio."""
+
+    def say(self, text: str) -> None:
+        """Speak one fixed line next (a silence re-prompt, a goodbye)."""
+
+    def user_text(self, text: str) -> None:
+        """The caller said something other than by voice (keypad digits); it is already in the conversation
+        the call keeps. The model answers it."""
+
+    @property
+    def responding(self) -> bool:
+        """A reply is being produced or is due."""
 
     async def close(self) -> None: ...
 

@@ -28,6 +28,7 @@ from ..stepfun.asr import AsrClient
 from ..stepfun.chat import ChatClient
 from ..stepfun.errors import StepFunError
 from ..stepfun.tts import TtsClient
+from ..tools import FunctionSpec
 from .base import EngineSink, heard_text
 
 ASR_RATE = 16000
@@ -36,6 +37,7 @@ _SENTENCE_END = re.compile(r"[。！？；…]+[”’」』)）]*|[.!?;]+[\"')\
 _CLAUSE_END = re.compile(r"[，、,：:]")
 LONG_CLAUSE_CHARS = 80
 KEEP_SPOKEN_ITEMS = 8      # recent items whose sentence timing is kept for barge-in
+MAX_TOOL_ROUNDS = 4        # chat → tools → chat … at most this many times for one caller turn
 
 
 def split_sentences(buffer: str) -> tuple[list[str], str]:
@@ -98,7 +100,7 @@ class ChainEngine:
 
     def __init__(self, persona: Persona, stepfun: StepFunSettings, sink: EngineSink, log=None, *,
                  http: aiohttp.ClientSession, conversation: list[dict] | None = None,
-                 opening: str | None = "greeting") -> None:
+                 opening: str | None = "greeting", tools: list[FunctionSpec] | None = None) -> None:
         self.persona = persona
         self.settings = persona.chain
         self.sink = sink
@@ -109,6 +111,8 @@ class ChainEngine:
         self.chat = ChatClient(http, stepfun.base_url, key, model=self.settings.chat_model, connect_timeout=timeout)
         self.tts = TtsClient(http, stepfun.base_url, key, connect_timeout=timeout)
         self.conversation = conversation if conversation is not None else []
+        self.tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                        "parameters": t.parameters}} for t in tools or ()]
         self.opening = opening      # "greeting" | "reanswer" (the caller's last turn) | "reprompt" | None
         self.endpointer = Endpointer(silence_ms=self.settings.silence_ms, min_speech_ms=self.settings.min_speech_ms,
                                      max_turn_s=self.settings.max_turn_s, vad=self.settings.vad)
@@ -169,6 +173,16 @@ class ChainEngine:
         spoken = self._spoken.get(item_id)
         return spoken.heard(heard_ms) if spoken is not None else text
 
+    def say(self, text: str) -> None:
+        self._turns.put_nowait(lambda: self._say(self._new_item(), text))
+
+    def user_text(self, text: str) -> None:
+        self._turns.put_nowait(lambda: self._answer(self._new_item()))
+
+    @property
+    def responding(self) -> bool:
+        return self._current is not None or not self._turns.empty()
+
     async def close(self) -> None:
         self._closed = True
         for task in (self._current, self._worker):
@@ -223,30 +237,54 @@ class ChainEngine:
         self.timings.append(timing)
 
     async def _answer(self, item_id: str, since: float | None = None) -> dict:
-        """Chat on the conversation so far; speak each sentence as soon as it is complete."""
+        """Chat on the conversation so far; speak each sentence as soon as it is complete. When the model
+        calls tools, they run and the model answers again with their results (while they ask it to)."""
+        timing: dict = {}
+        for _ in range(MAX_TOOL_ROUNDS):
+            calls = await self._answer_with_retry(item_id, since, timing)
+            if not calls or not await self._run_tools(calls):
+                return timing
+            item_id, since = self._new_item(), None
+        self.log.warning("chain_tool_rounds_exhausted", rounds=MAX_TOOL_ROUNDS)
+        return timing
+
+    async def _run_tools(self, calls: list[dict]) -> bool:
+        """Run the model's tool calls in order; True when the model should speak again."""
+        follow_up = False
+        for number, call in enumerate(calls):
+            function = call.get("function") or {}
+            call_id = call.get("id") or f"call_{self._new_item()}_{number}"
+            result = await self.sink.run_tool(call_id, function.get("name") or "", function.get("arguments") or "")
+            follow_up = follow_up or result.follow_up
+            if self._closed:
+                return False
+        return follow_up
+
+    async def _answer_with_retry(self, item_id: str, since: float | None, timing: dict) -> list[dict]:
         for attempt in (1, 2):
             try:
-                return await self._answer_once(item_id, since)
+                return await self._answer_once(item_id, since, timing)
             except StepFunError as exc:
                 self.log.warning("chain_chat_failed", attempt=attempt, reason=str(exc))
                 if item_id in self._spoken:   # part of the answer was spoken: keep that, do not repeat
                     self._record_assistant(item_id)
                     self.sink.bot_audio_done(item_id)
-                    return {}
+                    return []
                 await self._say(self._new_item(), self.settings.apology)
-        return {}
+        return []
 
-    async def _answer_once(self, item_id: str, since: float | None) -> dict:
+    async def _answer_once(self, item_id: str, since: float | None, timing: dict) -> list[dict]:
+        """One chat request, spoken as it streams; the tool calls it ended with."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        timing: dict = {}
         messages = [{"role": "system", "content": self.persona.instructions},
-                    *({"role": e["role"], "content": e["content"]} for e in self.conversation)]
+                    *(_chat_message(e) for e in self.conversation)]
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak_sentences(item_id, sentences, timing, since))
         text, buffer = "", ""
         try:
-            async with self.chat.stream(messages, temperature=self.settings.temperature) as stream:
+            async with self.chat.stream(messages, temperature=self.settings.temperature,
+                                        tools=self.tools or None) as stream:
                 async for delta in stream:
                     if not text:
                         timing["chat_first_token_ms"] = round((loop.time() - started) * 1000)
@@ -267,7 +305,7 @@ class ChainEngine:
         elif text.strip():
             self.sink.note("reply_not_spoken", text=text.strip())
         self.sink.bot_audio_done(item_id)
-        return timing
+        return [call for call in stream.tool_calls if isinstance(call, dict)]
 
     async def _speak_sentences(self, item_id: str, sentences: asyncio.Queue, timing: dict,
                                since: float | None) -> None:
@@ -345,6 +383,15 @@ class ChainEngine:
         if spoken is not None and not spoken.recorded:
             spoken.recorded = True
             self.sink.transcript("assistant", spoken.text, item_id)
+
+
+def _chat_message(entry: dict) -> dict:
+    """A conversation entry as a chat message: role and content, and a tool call's ids where it has them."""
+    message = {"role": entry["role"], "content": entry["content"]}
+    for key in ("tool_calls", "tool_call_id"):
+        if key in entry:
+            message[key] = entry[key]
+    return message
 
 
 def _to_16k(pcm8k: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from ..config import StepFunSettings
 from ..dialplan import Persona
 from ..stepfun.errors import StepFunError
 from ..stepfun.realtime import RealtimeConnection
+from ..tools import FunctionSpec, ToolResult
 from .base import EngineSink, EngineUnavailable, heard_text
 
 MODEL_RATE = 24000
@@ -36,9 +37,20 @@ def greeting_instructions(persona: Persona) -> str:
             f"Greet the caller by saying exactly, verbatim: {persona.greeting}")
 
 
-def session_config(persona: Persona) -> dict:
+def line_instructions(persona: Persona, text: str) -> str:
+    """A response that says one fixed line (a re-prompt, a goodbye)."""
+    return f"{persona.instructions.strip()}\n\nSay exactly, verbatim: {text}"
+
+
+def tool_config(specs: list[FunctionSpec]) -> list[dict]:
+    """StepFun nests the definition under ``function`` (stepfun-api.md §1.3)."""
+    return [{"type": "function", "function": {"name": s.name, "description": s.description,
+                                              "parameters": s.parameters}} for s in specs]
+
+
+def session_config(persona: Persona, tools: list[FunctionSpec] | None = None) -> dict:
     td = persona.realtime.turn_detection
-    return {
+    config = {
         "modalities": ["text", "audio"],
         "instructions": persona.instructions,
         "voice": persona.voice,
@@ -51,13 +63,18 @@ def session_config(persona: Persona) -> dict:
             "energy_awakeness_threshold": td.energy_awakeness_threshold,
         },
     }
+    if tools:
+        config["tools"] = tool_config(tools)
+    return config
 
 
 class RealtimeEngine:
     name = "realtime"
 
-    def __init__(self, persona: Persona, stepfun: StepFunSettings, sink: EngineSink, log=None) -> None:
+    def __init__(self, persona: Persona, stepfun: StepFunSettings, sink: EngineSink, log=None, *,
+                 tools: list[FunctionSpec] | None = None) -> None:
         self.persona = persona
+        self.tools = list(tools or ())
         self.stepfun = stepfun
         self.sink = sink
         self.log = log or structlog.get_logger("voicebot.engine")
@@ -75,6 +92,13 @@ class RealtimeEngine:
         self._watchdog: asyncio.Task | None = None
         self._untranscribed: set[str] = set()         # committed caller items still without a transcript
         self._held_replies: list[tuple[str, str]] = []  # (item_id, text) waiting for those transcripts
+        # Function calls: call_id -> [name, arguments so far, complete]; run once their response is done.
+        self._calls: dict[str, list] = {}
+        self._tool_tasks: set[asyncio.Task] = set()
+        # Events that may only go out while no response runs (response.create, function outputs): sent in
+        # order as soon as the session is idle (stepfun-api.md §1.6: "ongoing response already exists").
+        self._when_idle: list[dict] = []
+        self._create_sent = False        # a response.create is on its way, its response.created not seen yet
 
     async def start(self) -> None:
         timeout = (self.stepfun.failover_connect_timeout_s if self.persona.engine == "auto"
@@ -96,11 +120,9 @@ class RealtimeEngine:
             await self._conn.close()
             raise EngineUnavailable(f"realtime session started with {first.get('type')!r}, not session.created")
         self.log.info("realtime_session_started", session_id=self._conn.session_id, model=self.persona.realtime.model)
-        self._conn.send({"type": "session.update", "session": session_config(self.persona)})
+        self._conn.send({"type": "session.update", "session": session_config(self.persona, self.tools)})
         if self.persona.greeting:
-            self._conn.send({"type": "response.create",
-                             "response": {"instructions": greeting_instructions(self.persona)}})
-            self._awaiting_reply = True
+            self._request_response({"instructions": greeting_instructions(self.persona)})
         self._last_event_t = asyncio.get_running_loop().time()
         # Events are handled as the socket delivers them, in the same loop step (no reader task).
         self._conn.listen(self._on_event, self._on_socket_closed)
@@ -109,7 +131,35 @@ class RealtimeEngine:
     @property
     def responding(self) -> bool:
         """A response is being generated (or was due and has not finished)."""
-        return self._active_response is not None or self._awaiting_reply
+        return self._active_response is not None or self._awaiting_reply or bool(self._when_idle)
+
+    # -- what the call asks for besides audio -----------------------------------------------------------
+    def say(self, text: str) -> None:
+        """Speak one fixed line (a re-prompt, a goodbye) as the next response."""
+        self._request_response({"instructions": line_instructions(self.persona, text)})
+
+    def user_text(self, text: str) -> None:
+        """Something the caller said other than by voice (keypad digits): into the conversation, answered."""
+        self._send_when_idle({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+        self._request_response(None)
+
+    def _request_response(self, response: dict | None) -> None:
+        self._awaiting_reply = True
+        self._send_when_idle({"type": "response.create", **({"response": response} if response else {})})
+
+    def _send_when_idle(self, event: dict) -> None:
+        self._when_idle.append(event)
+        self._flush_when_idle()
+
+    def _flush_when_idle(self) -> None:
+        while self._when_idle and self._active_response is None and not self._create_sent:
+            if self._conn is None or self._closing:
+                return
+            event = self._when_idle.pop(0)
+            if event["type"] == "response.create":
+                self._create_sent = True
+            self._conn.send(event)
 
     async def _watch(self) -> None:
         """A silent socket while a reply is due means the session is stuck: report it so the call fails over."""
@@ -191,6 +241,7 @@ class RealtimeEngine:
             self.sink.bot_audio(item_id, resampler.process(pcm24))
         elif kind == "response.created":
             self._active_response = (event.get("response") or {}).get("id")
+            self._create_sent = False
         elif kind == "response.audio.done":
             item_id = event.get("item_id") or "unknown"
             resampler = self._downsamplers.pop(item_id, None)
@@ -211,6 +262,23 @@ class RealtimeEngine:
             if response.get("status") not in ("completed", "cancelled", None):
                 self.log.warning("realtime_response_not_completed", status=response.get("status"),
                                  details=response.get("status_details"))
+            self._run_function_calls(response)
+            self._flush_when_idle()
+        elif kind in ("conversation.item.created", "response.output_item.added"):
+            item = event.get("item") or {}
+            if item.get("type") == "function_call" and item.get("call_id"):
+                self._calls.setdefault(item["call_id"], [item.get("name") or "", "", False])
+        elif kind == "response.function_call_arguments.delta":
+            call = self._calls.setdefault(event.get("call_id") or "", [event.get("name") or "", "", False])
+            # The StepFun guide puts the fragment under "arguments", OpenAI under "delta": read both.
+            piece = event.get("arguments")
+            call[1] += piece if isinstance(piece, str) else (event.get("delta") or "")
+        elif kind == "response.function_call_arguments.done":
+            call = self._calls.setdefault(event.get("call_id") or "", [event.get("name") or "", "", False])
+            call[0] = event.get("name") or call[0]
+            if isinstance(event.get("arguments"), str):
+                call[1] = event["arguments"]
+            call[2] = True
         elif kind == "input_audio_buffer.speech_started":
             self.sink.caller_speech_started()
         elif kind == "input_audio_buffer.speech_stopped":
@@ -233,8 +301,37 @@ class RealtimeEngine:
                 self._release_replies()
         elif kind == "error":
             self._on_error(event.get("error") or {})
+            if "active response" in str((event.get("error") or {}).get("code")) or \
+                    "ongoing response" in str((event.get("error") or {}).get("message")):
+                # Our response.create met one the server started itself (caller speech): ask again after it.
+                self._create_sent = False
+                self._when_idle.insert(0, {"type": "response.create"})
         elif kind == "session.updated":
             self.log.debug("realtime_session_updated")
+
+    # -- function calls (stepfun-api.md §1.7) --------------------------------------------------------------
+    def _run_function_calls(self, response: dict) -> None:
+        """After ``response.done``: each function call it completed runs; its output goes back to the model,
+        and the model speaks again when the tool says it should."""
+        for item in response.get("output") or ():
+            if isinstance(item, dict) and item.get("type") == "function_call" and item.get("call_id"):
+                call = self._calls.setdefault(item["call_id"], [item.get("name") or "", "", False])
+                if not call[2] and isinstance(item.get("arguments"), str):
+                    call[1], call[2] = item["arguments"], True
+        for call_id in [cid for cid, call in self._calls.items() if call[2]]:
+            name, arguments, _ = self._calls.pop(call_id)
+            task = asyncio.create_task(self._run_tool(call_id, name, arguments), name=f"tool-{name}")
+            self._tool_tasks.add(task)
+            task.add_done_callback(self._tool_tasks.discard)
+
+    async def _run_tool(self, call_id: str, name: str, arguments: str) -> None:
+        result: ToolResult = await self.sink.run_tool(call_id, name, arguments)
+        if self._closing:
+            return
+        self._send_when_idle({"type": "conversation.item.create", "item": {
+            "type": "function_call_output", "call_id": call_id, "output": result.text}})
+        if result.follow_up:
+            self._request_response(None)
 
     def _release_replies(self) -> None:
         self._untranscribed.clear()    # a transcript that has not come by now is not coming
@@ -257,6 +354,9 @@ class RealtimeEngine:
     async def close(self) -> None:
         self._closing = True
         self._release_replies()
+        for task in list(self._tool_tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
         if self._watchdog is not None and self._watchdog is not asyncio.current_task():
             self._watchdog.cancel()
         if self._conn is not None:

@@ -54,6 +54,7 @@ async def read_message(reader: asyncio.StreamReader) -> bytes:
 class AudioSocketSession(CarrierSession):
     carrier = "audiosocket"
     max_lead_ms = LEAD_MS
+    can_flush = False       # Asterisk plays what it was sent; a clear only stops us sending more
 
     def __init__(self, send_text, send_bytes, *, options: CarrierOptions = CarrierOptions()) -> None:
         super().__init__(send_text, send_bytes)

@@ -51,6 +51,7 @@ class CallMeta:
     to_number: str | None = None
     params: dict[str, str] = field(default_factory=dict)
     persona: str | None = None       # a persona asked for by name (route/config/custom parameter), else by number
+    direction: str = "inbound"       # "outbound" for calls we placed
 
 
 @dataclass
@@ -86,12 +87,18 @@ class CarrierSession(ABC):
 
     carrier: str = ""
     supports_marks: bool = True
+    can_flush: bool = True      # send_clear empties the carrier's buffer (else what was sent still plays)
     # Carriers that keep little or no playback buffer of their own cap how far ahead we may send.
     max_lead_ms: int | None = None
     # The most bot audio one outgoing message may carry (whole 20 ms frames); None: any length.
     max_chunk_ms: int | None = 20
     # The persona for calls that name no number the dialplan knows (carrier config); None: the default.
     fallback_persona: str | None = None
+    # Ending the stream ends the call, or hands it back to the carrier's own flow (the next TwiML verb, NCCO
+    # action, applet or dialplan step; none there: the call ends). Where it does not, hang-up needs the
+    # carrier's call-control API, and this says why.
+    in_band_hang_up: bool = True
+    in_band_hang_up_missing: str = ""
 
     def __init__(self, send_text: Callable[[str], None], send_bytes: Callable[[bytes], None]) -> None:
         self.send_text = send_text

@@ -43,6 +43,7 @@ class FreeSwitchSession(JambonzSession):
         self.sample_rate = sample_rate
         if not fork:
             self.max_lead_ms = STREAM_LEAD_MS
+            self.can_flush = False
 
     def send_mark(self, name: str) -> None:
         if self.fork:

@@ -71,6 +71,8 @@ class TelnyxSession(SnakeCaseSession):
     call_key = "call_control_id"
     outbound_stream_key = None
     handlers = {**SnakeCaseSession.handlers, "error": "on_error"}
+    in_band_hang_up = False     # a stopped stream leaves the call up: hang-up is a Call Control command
+    in_band_hang_up_missing = "ending a Telnyx stream leaves the call up; hang-up needs TELNYX_API_KEY (Call Control)"
 
     def __init__(self, send_text, send_bytes, *, expected_token: str | None,
                  playback: tuple[str, int] | None = None, **common) -> None:
