@@ -13,7 +13,7 @@ import structlog
 from voicebot.emulator import Emulator, create_app
 from voicebot.emulator.tool_calls import ToolCall, inline_call, turn_directives
 
-from test_emulator_realtime import AUTH, URL, VAD, Client, b64, line_noise, speech_like
+from test_emulator_realtime import AUTH, URL, VAD, Client, line_noise, speech_like
 
 HANG_UP = {"type": "function", "function": {"name": "hang_up", "description": "End the call.",
                                             "parameters": {"type": "object", "properties": {}}}}
