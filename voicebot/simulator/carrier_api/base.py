@@ -11,6 +11,8 @@ sends ``stop`` and closes the socket after a REST hang-up or new TwiML).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
@@ -70,6 +72,18 @@ class FakeCall:
     on_update: Callable[[CallUpdate], None] | None = None
     live: bool = True            # False once hung up (by the API or by the caller)
     updates: list[CallUpdate] = field(default_factory=list)
+
+
+def basic_credentials(request: web.Request) -> tuple[str, str] | None:
+    """(user, password) of an HTTP Basic ``Authorization`` header, or None."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, ValueError):
+        return None
+    return (user, password) if sep else None
 
 
 def dialled(root: ET.Element, readers: Mapping[str, Callable[[str], str]]) -> tuple[str | None, str | None]:

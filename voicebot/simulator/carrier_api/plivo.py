@@ -23,10 +23,9 @@ import uuid
 import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
-from voicebot.simulator.carrier_api.base import FakeCall, FakeCarrierApi, dialled
+from voicebot.simulator.carrier_api.base import FakeCall, FakeCarrierApi, basic_credentials, dialled
 
 DIGITS = re.compile(r"[0-9A-D*#wW]+")
 NUMBER = re.compile(r"[1-9][0-9]{6,14}")
@@ -82,13 +81,10 @@ class FakePlivoApi(FakeCarrierApi):
         return web.json_response({"api_id": str(uuid.uuid4()), **body}, status=status)
 
     async def checked(self, request: web.Request, *, with_body: bool) -> tuple[FakeCall, dict]:
-        try:
-            credentials = aiohttp.BasicAuth.decode(request.headers.get("Authorization", ""))
-        except ValueError:
-            credentials = None
+        credentials = basic_credentials(request)
         account = request.match_info["auth_id"]
-        if (credentials is None or credentials.login != account or account != self.auth_id
-                or credentials.password != self.auth_token):
+        if (credentials is None or credentials[0] != account or account != self.auth_id
+                or credentials[1] != self.auth_token):
             raise PlivoError(401, "Authentication failed: check your auth_id and auth_token")
         body: dict = {}
         if with_body:

@@ -28,11 +28,10 @@ from email.utils import formatdate
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from voicebot.telephony.twilio_auth import compute_signature
-from voicebot.simulator.carrier_api.base import FakeCall, FakeCarrierApi, dialled
+from voicebot.simulator.carrier_api.base import FakeCall, FakeCarrierApi, basic_credentials, dialled
 
 E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 MAX_TWIML_CHARS = 4000
@@ -104,12 +103,9 @@ class FakeTwilioApi(FakeCarrierApi):
     # -- the resource --------------------------------------------------------------------------------------
     async def update_call(self, request: web.Request) -> web.Response:
         account_sid = request.match_info["account_sid"]
-        try:
-            credentials = aiohttp.BasicAuth.decode(request.headers.get("Authorization", ""))
-        except ValueError:
-            credentials = None
-        if (credentials is None or credentials.login != account_sid or account_sid != self.account_sid
-                or credentials.password != self.auth_token):
+        credentials = basic_credentials(request)
+        if (credentials is None or credentials[0] != account_sid or account_sid != self.account_sid
+                or credentials[1] != self.auth_token):
             return self.error(401, 20003, "Authenticate", **{"WWW-Authenticate": 'Basic realm="Twilio API"'})
         call = self.calls.get(request.match_info["call_sid"])
         if call is None:

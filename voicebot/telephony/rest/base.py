@@ -12,6 +12,7 @@ exception.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from abc import ABC, abstractmethod
@@ -142,6 +143,11 @@ def optional_url(fields: Fields, key: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise fields.error(key, f"expected an absolute http/https URL, got {value!r}")
     return value.rstrip("/")
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """HTTP Basic credentials as a header."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def missing_env(environ: Mapping[str, str], *names: str) -> str | None:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import os
 from xml.sax.saxutils import escape
 
-import aiohttp
 from yarl import URL
 
 from ...config import Settings
 from ..twilio_auth import stream_token_secret
-from .base import ApiConfig, CallControl, Configured, Target, call_control_fields, configured, missing_env, optional_url
+from .base import ApiConfig, CallControl, Configured, basic_auth, Target, call_control_fields, configured, missing_env, optional_url
 from .documents import TransferDocuments
 
 DEFAULT_API_BASE_URL = "https://api.plivo.com"
@@ -53,7 +52,7 @@ class PlivoCallControl(CallControl):
         return configured(config, {"hang_up": problem, "transfer": problem, "send_dtmf": problem})
 
     def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": aiohttp.BasicAuth(self.config.user, self.config.secret).encode()}
+        return basic_auth(self.config.user, self.config.secret)
 
     def _call_url(self, call_id: str, *more: str) -> URL:
         url = URL(self.config.base_url) / "v1" / "Account" / self.config.user / "Call" / call_id

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-import aiohttp
 from yarl import URL
 
 from ...config import Settings
-from .base import ApiConfig, CallControl, Configured, Target, configured, missing_env
+from .base import ApiConfig, CallControl, Configured, basic_auth, Target, configured, missing_env
 
 API_VERSION = "2010-04-01"
 ACCOUNT_SID_ENV = "TWILIO_ACCOUNT_SID"
@@ -51,7 +50,7 @@ class TwilioCallControl(CallControl):
                                    "send_dtmf": NO_REST_DTMF.format(product=cls.product)})
 
     def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": aiohttp.BasicAuth(self.config.user, self.config.secret).encode()}
+        return basic_auth(self.config.user, self.config.secret)
 
     def _call_url(self, call_id: str) -> URL:
         return URL(self.config.base_url) / API_VERSION / "Accounts" / self.config.user / "Calls" / f"{call_id}.json"
