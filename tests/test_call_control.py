@@ -16,6 +16,7 @@ import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -36,6 +37,7 @@ from voicebot.simulator.carrier_api import (
 from voicebot.telephony.base import CallMeta
 from voicebot.telephony.rest import (
     CLIENTS,
+    IN_BAND_ONLY,
     CallControl,
     CallControlError,
     Capabilities,
@@ -540,6 +542,22 @@ def test_twilio_api_base_url_and_account_sid_come_from_config_and_environment(tm
     with pytest.raises(ConfigError) as raised:
         load_settings(config, environ={})
     assert raised.value.field_path == "twilio.api_base_url"
+
+
+def test_the_shipped_config_yaml_and_its_commented_call_control_example_read(tmp_path):
+    shipped = Path(__file__).resolve().parent.parent / "config.yaml"
+    text = shipped.read_text(encoding="utf-8")
+    example = "    # call_control: {space_url: example.signalwire.com}"
+    assert example in text
+    enabled = tmp_path / "config.yaml"
+    enabled.write_text(text.replace(example, example.replace("# ", "", 1)), encoding="utf-8")
+    for path in (shipped, enabled):
+        settings = load_settings(path, environ={})
+        for carrier in (*CLIENTS, *IN_BAND_ONLY):
+            capabilities_of(carrier, settings)
+    from voicebot.telephony.rest.signalwire import SignalWireCallControl
+    assert SignalWireCallControl.configure(load_settings(enabled, environ={})).config.base_url == \
+        "https://example.signalwire.com/api/laml"
 
 
 def test_the_wire_modules_leave_call_control_sections_to_this_package(tmp_path):

@@ -194,7 +194,9 @@ class CallControl(ABC):
         await self._hang_up(meta)
 
     async def transfer(self, meta: "CallMeta", target: str) -> None:
-        """Connect the caller to ``target`` (E.164 "+1555…" or a "sip:…" URI); our stream of the call ends."""
+        """Connect the caller to ``target`` (E.164 "+1555…" or a "sip:…" URI). The caller is then no longer ours:
+        close our end of the media stream, without hanging up (Twilio, SignalWire and Plivo end it themselves;
+        Telnyx and Vonage would keep streaming the caller to us)."""
         call_id = self._admit("transfer", meta)
         try:
             parsed = parse_target(target)
