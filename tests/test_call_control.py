@@ -46,6 +46,7 @@ from voicebot.telephony.rest import (
     capabilities_of,
     parse_target,
 )
+from voicebot.telephony.rest.base import ApiConfig, configured
 from voicebot.telephony.rest.documents import TransferDocuments
 from voicebot.telephony.twilio_auth import stream_token_secret
 
@@ -497,6 +498,12 @@ async def test_bad_targets_digits_and_call_ids_are_refused_before_any_request(ht
             with pytest.raises(CallControlError, match="no usable carrier call id"):
                 await r.control.hang_up(dataclasses.replace(r.meta, call_id=call_id))
         assert r.api.requests == [] and r.heard == []
+
+
+def test_an_action_a_client_does_not_name_is_off():
+    setup = configured(ApiConfig("https://api.example.com", None), {"hang_up": None, "transfer": "no key"})
+    assert setup.capabilities == Capabilities(hang_up=True)
+    assert setup.missing == {"transfer": "no key", "send_dtmf": "not supported by this carrier's client"}
 
 
 def test_transfer_targets():

@@ -123,8 +123,10 @@ class Configured:
 
 
 def configured(config: ApiConfig, problems: Mapping[str, str | None]) -> Configured:
-    """Capabilities from one problem (or None) per action."""
-    return Configured(Capabilities(**{action: problems.get(action) is None for action in ACTIONS}),
+    """Capabilities from what stands in each action's way (None: nothing). An action the carrier module does
+    not name is off: a client offers only what it implements."""
+    problems = {action: problems.get(action, "not supported by this carrier's client") for action in ACTIONS}
+    return Configured(Capabilities(**{action: problem is None for action, problem in problems.items()}),
                       {action: problem for action, problem in problems.items() if problem is not None}, config)
 
 
