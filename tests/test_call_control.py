@@ -12,6 +12,8 @@ import asyncio
 import base64
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -565,6 +567,31 @@ def test_the_shipped_config_yaml_and_its_commented_call_control_example_read(tmp
     from voicebot.telephony.rest.signalwire import SignalWireCallControl
     assert SignalWireCallControl.configure(load_settings(enabled, environ={})).config.base_url == \
         "https://example.signalwire.com/api/laml"
+
+
+def test_voicebot_check_reports_call_control_and_rejects_a_bad_section(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "TELNYX_", "PLIVO_", "VONAGE_",
+                                                                     "SIGNALWIRE_"))}
+    env.update({"TELNYX_API_KEY": TELNYX_KEY, "PLIVO_AUTH_ID": PLIVO_ID})
+    proc = subprocess.run([sys.executable, "-m", "voicebot.cli", "check"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("call control")]
+    assert lines[0].startswith("call control twilio: none; off: hang_up, transfer (TWILIO_ACCOUNT_SID and "
+                               "TWILIO_AUTH_TOKEN are not set); send_dtmf (Twilio's REST API")
+    assert "call control telnyx: hang_up, transfer, send_dtmf" in lines
+    assert "call control plivo: none; off: hang_up, transfer, send_dtmf (PLIVO_AUTH_TOKEN is not set)" in lines
+    assert len(lines) == 5 and TELNYX_KEY not in proc.stdout + proc.stderr
+
+    bad = tmp_path / "config.yaml"
+    bad.write_text((repo / "config.yaml").read_text(encoding="utf-8").replace(
+        "  jambonz:", "  jambonz:\n    call_control: {api_base_url: https://jambonz.example.com}"), encoding="utf-8")
+    (tmp_path / "dialplans").symlink_to(repo / "dialplans")
+    proc = subprocess.run([sys.executable, "-m", "voicebot.cli", "check", "--config", str(bad)], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "carriers.jambonz.call_control: jambonz has no call-control API" in proc.stderr
 
 
 def test_the_wire_modules_leave_call_control_sections_to_this_package(tmp_path):

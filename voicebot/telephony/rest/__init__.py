@@ -29,7 +29,7 @@ from .vonage import VonageCallControl
 
 __all__ = [
     "ACTIONS", "CallControl", "CallControlError", "Capabilities", "Target", "add_routes", "call_control_for",
-    "capabilities_of", "check_digits", "parse_target",
+    "capabilities_of", "check_digits", "parse_target", "report",
 ]
 
 CLIENTS: dict[str, type[CallControl]] = {cls.carrier: cls for cls in (
@@ -65,6 +65,23 @@ def capabilities_of(carrier: str, settings: Settings) -> tuple[Capabilities, dic
                                 for action in ACTIONS}
     setup = cls.configure(settings)
     return setup.capabilities, setup.missing
+
+
+def report(settings: Settings) -> list[str]:
+    """One line per carrier with a call-control API: the actions on offer and why the others are off. Raises
+    ConfigError for a wrong ``call_control`` section (also on carriers that have no such API)."""
+    for carrier in IN_BAND_ONLY:
+        capabilities_of(carrier, settings)
+    lines = []
+    for carrier in CLIENTS:
+        capabilities, missing = capabilities_of(carrier, settings)
+        offered = ", ".join(action for action in ACTIONS if getattr(capabilities, action)) or "none"
+        by_reason: dict[str, list[str]] = {}
+        for action, reason in missing.items():
+            by_reason.setdefault(reason, []).append(action)
+        off = "; ".join(f"{', '.join(actions)} ({reason})" for reason, actions in by_reason.items())
+        lines.append(f"call control {carrier}: {offered}" + (f"; off: {off}" if off else ""))
+    return lines
 
 
 def add_routes(app: web.Application, settings: Settings) -> None:

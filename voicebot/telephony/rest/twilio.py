@@ -24,8 +24,8 @@ from .base import ApiConfig, CallControl, Configured, basic_auth, Target, config
 API_VERSION = "2010-04-01"
 ACCOUNT_SID_ENV = "TWILIO_ACCOUNT_SID"
 AUTH_TOKEN_ENV = "TWILIO_AUTH_TOKEN"
-NO_REST_DTMF = ("{product}'s REST API cannot play digits into a call that stays connected to our media stream "
-                "(new TwiML ends the stream): play the digits in-band as DTMF tones")
+NO_REST_DTMF = ("{product}'s REST API cannot play digits into a call that stays on our media stream: "
+                "play them in-band as DTMF tones")
 
 
 def dial_twiml(target: Target) -> str:
