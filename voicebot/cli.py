@@ -80,6 +80,8 @@ def cmd_check(args) -> int:
         flag = " (default)" if persona.default else ""
         print(f"persona {persona.name}{flag}: {persona.language}, voice {persona.voice}, numbers {numbers}"
               f"  [{persona.source}]")
+    from .telephony.rest import report as call_control_report
+    print("\n".join(call_control_report(settings)))
     return 0
 
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import yaml
 
 DEFAULT_STEPFUN_BASE_URL = "https://api.stepfun.com/step_plan/v1"
+DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 
 
 class ConfigError(Exception):
@@ -107,6 +108,8 @@ class TwilioSettings:
     validate_signatures: bool = True
     stream_token_ttl_s: float = 60.0
     auth_token: str | None = field(default=None, repr=False)
+    account_sid: str | None = None              # $TWILIO_ACCOUNT_SID: with the auth token, the REST API's login
+    api_base_url: str = DEFAULT_TWILIO_API_BASE_URL   # REST calls (hang-up, transfer) go here
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,8 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         validate_signatures=tw.get("validate_signatures", bool, True),
         stream_token_ttl_s=tw.get("stream_token_ttl_s", float, 60.0, minimum=1.0),
         auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
+        account_sid=env.get("TWILIO_ACCOUNT_SID") or None,
+        api_base_url=_url(tw, "api_base_url", DEFAULT_TWILIO_API_BASE_URL, ("http", "https")),
     )
     tw.reject_unknown()
 

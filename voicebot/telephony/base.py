@@ -208,6 +208,7 @@ def read_carrier_options(fields: Fields, dialplan: "Dialplan", *, has_auth: bool
     options = CarrierOptions(enabled=fields.get("enabled", bool, True),
                              auth=fields.get("auth", bool, True) if has_auth else False,
                              persona=fields.get("persona", str, None))
+    fields.section("call_control")   # the carrier's call-control API settings: read by telephony.rest
     if options.persona is not None and dialplan.named(options.persona) is None:
         names = ", ".join(p.name for p in dialplan.personas)
         raise fields.error("persona", f"no persona named {options.persona!r} (known: {names})")
