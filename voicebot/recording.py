@@ -149,9 +149,10 @@ class CallRecorder:
         end = max(self._caller_end, self._flushed)
         if self._bot:
             play_at, frame = self._bot[-1]
-            # A bot frame may sit up to SNAP_SAMPLES later than its clock position: room for it.
-            end = max(end, round((play_at - self._t0) * self.rate) + len(frame) + SNAP_SAMPLES)
+            end = max(end, round((play_at - self._t0) * self.rate) + len(frame))
         self._flush(end, now)
+        if self._bot:     # the last frames sat up to SNAP_SAMPLES after their clock position
+            self._flush(self._flushed + sum(len(frame) for _, frame in self._bot), now)
         self._closed = True
         self._writer.put(self._file, None)
 
@@ -272,7 +273,11 @@ class _WavFile:
                             b"data", self._data_bytes)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot create the recordings folder ({exc.strerror})",
+                          str(self.path.parent)) from exc
         wanted, path = self.path, self.path
         for attempt in range(2, 1000):
             try:
