@@ -1,0 +1,184 @@
+"""What recording a call costs: N simulated calls through the playout alone, then the same calls with a
+stereo as-heard recorder each, side by side in one run.
+
+Run:  .venv/bin/python benchmarks/recording.py [--calls 150] [--seconds 20] [--repeats 5]
+
+Each simulated call, on one fake clock stepped 20 ms at a time (as fast as the CPU goes, not in real time):
+a caller frame every step (the speech fixtures, looped), bot turns of 3 s with 2 s pauses arriving as 100 ms
+deltas the way the realtime engine delivers them, the playout pumped every step (100 ms carrier messages,
+virtual mark echoes: no carrier model to spend time in), and a barge-in on every third turn 1.2 s into it.
+With recording, each call also has a ``CallRecorder``: ``caller`` per caller frame, the playout's hook per
+bot frame and per barge-in, ``close`` at the end, files written by the shared writer thread to a temporary
+folder (on this VM's disk).
+
+Figures are CPU time per 20 ms of one call's audio: the whole process (``time.process_time``: the event
+loop's thread and the writer thread) and the loop's thread alone (``time.thread_time``), median of
+``--repeats`` alternating runs. A run with recording ends when the writer has written everything
+(``wait_written``), so its CPU is in the figure. The longest single ``caller`` call (the one that builds a
+half-second segment) is timed apart in a last pass, since timing every call would cost more than the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from voicebot.audio.playout import Playout  # noqa: E402
+from voicebot.audio.wav import read_wav_8k  # noqa: E402
+from voicebot.recording import CallRecorder, wait_written  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+FRAME = 160
+STEP_S = 0.02
+TURN_S, PAUSE_S, BARGE_EVERY, BARGE_AT_S = 3.0, 2.0, 3, 1.2
+# The server's measured cost per realtime call (benchmarks/RESULTS.md, "Load"): 0.5-0.75 % of a core,
+# i.e. 100-150 µs of CPU per 20 ms of call.
+SERVER_US_PER_FRAME = (100.0, 150.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class NullCarrier:
+    supports_marks = False
+
+    def send_audio(self, pcm) -> None:
+        pass
+
+    def send_mark(self, name) -> None:
+        pass
+
+    def send_clear(self) -> None:
+        pass
+
+
+class SimulatedCall:
+    def __init__(self, index: int, clock: Clock, caller: np.ndarray, bot: np.ndarray, folder: Path | None) -> None:
+        self.playout = Playout(NullCarrier(), lead_ms=100, mark_every_ms=100, chunk_ms=100, clock=clock)
+        self.recorder = CallRecorder(folder / f"call{index}.wav", clock=clock) if folder is not None else None
+        self.playout.recorder = self.recorder
+        self.caller, self.bot = caller, bot
+        self.offset = (index * 7919) % (len(caller) // FRAME)     # calls not in lockstep
+        self.turn_offset = index % 250                          # bot turns staggered over 5 s
+
+    def step(self, k: int) -> None:
+        j = (self.offset + k) % (len(self.caller) // FRAME)
+        frame = self.caller[j * FRAME:(j + 1) * FRAME]
+        if self.recorder is not None:
+            self.recorder.caller(frame)
+        turn_steps, cycle = int(TURN_S / STEP_S), int((TURN_S + PAUSE_S) / STEP_S)
+        phase = (k + self.turn_offset) % cycle
+        turn = (k + self.turn_offset) // cycle
+        if phase < turn_steps and phase % 5 == 0:          # a 100 ms delta of the bot's answer
+            at = (phase * FRAME) % (len(self.bot) - 800)
+            self.playout.enqueue(f"t{turn}", self.bot[at:at + 800])
+        if turn % BARGE_EVERY == 0 and phase == int(BARGE_AT_S / STEP_S):
+            self.playout.interrupt()
+        self.playout.pump()
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+def run(calls: int, seconds: float, record: bool, caller: np.ndarray, bot: np.ndarray,
+        folder: Path | None) -> tuple[float, float]:
+    """CPU µs per 20 ms of one call: (whole process, the loop's thread)."""
+    clock = Clock()
+    sims = [SimulatedCall(i, clock, caller, bot, folder if record else None) for i in range(calls)]
+    steps = int(seconds / STEP_S)
+    p0, t0 = time.process_time(), time.thread_time()
+    for k in range(steps):
+        clock.t += STEP_S
+        for sim in sims:
+            sim.step(k)
+    for sim in sims:
+        sim.close()
+    t1 = time.thread_time()
+    if record:
+        wait_written()
+    p1 = time.process_time()
+    per = 1e6 / (calls * steps)
+    return (p1 - p0) * per, (t1 - t0) * per
+
+
+def longest_caller_call_us(seconds: float, caller: np.ndarray, folder: Path) -> tuple[float, float]:
+    """Median and max of one recorder's ``caller`` calls, in µs, over ``seconds`` of call."""
+    clock = Clock()
+    recorder = CallRecorder(folder / "timed.wav", clock=clock)
+    times = []
+    for k in range(int(seconds / STEP_S)):
+        clock.t += STEP_S
+        frame = caller[(k % (len(caller) // FRAME)) * FRAME:][:FRAME]
+        recorder.bot(frame, clock.t + 0.1)
+        t = time.perf_counter()
+        recorder.caller(frame)
+        times.append(time.perf_counter() - t)
+    recorder.close()
+    return statistics.median(times) * 1e6, max(times) * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--calls", type=int, default=150)
+    ap.add_argument("--seconds", type=float, default=20.0, help="call audio simulated per run")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))   # no line per file
+
+    caller = np.concatenate([read_wav_8k(FIXTURES / name) for name in ("caller_en.wav", "caller_interrupt.wav")])
+    bot = read_wav_8k(FIXTURES / "caller_zh.wav")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}")
+    print(f"{args.calls} calls x {args.seconds:g} s of call audio per run, median of {args.repeats} alternating runs")
+    with tempfile.TemporaryDirectory(prefix="voicebot-recording-bench-") as tmp:
+        folder = Path(tmp)
+        results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for r in range(args.repeats):
+            for record in (False, True):
+                run_folder = folder / f"run{r}"
+                results[record].append(run(args.calls, args.seconds, record, caller, bot, run_folder))
+        with wave.open(str(folder / "run0" / "call0.wav"), "rb") as w:
+            written_s = w.getnframes() / w.getframerate()
+        files = list(folder.glob("run0/*.wav"))
+        mb = sum(f.stat().st_size for f in files) / 1e6
+        median_us, max_us = longest_caller_call_us(60.0, caller, folder)
+
+    def med(record: bool, i: int) -> float:
+        return statistics.median(x[i] for x in results[record])
+
+    without, with_ = med(False, 0), med(True, 0)
+    loop_without, loop_with = med(False, 1), med(True, 1)
+    added, added_loop = with_ - without, loop_with - loop_without
+    print()
+    print(f"{'CPU per 20 ms of one call':32} {'process':>9} {'loop thread':>12}")
+    print(f"{'playout alone':32} {without:7.2f} µs {loop_without:9.2f} µs")
+    print(f"{'playout + recorder':32} {with_:7.2f} µs {loop_with:9.2f} µs")
+    print(f"{'recording adds':32} {added:7.2f} µs {added_loop:9.2f} µs   (writer thread: {added - added_loop:.2f} µs)")
+    lo, hi = SERVER_US_PER_FRAME
+    print(f"\nshare of a realtime call's measured server cost ({lo:g}-{hi:g} µs per 20 ms): "
+          f"{100 * added / hi:.1f}-{100 * added / lo:.1f} %  (criterion: < 10 %)")
+    print(f"files: {len(files)} per run, {mb / len(files) * 1e3:.0f} kB and {written_s:.2f} s each "
+          f"({args.seconds:g} s simulated)")
+    print(f"one recorder's caller(): median {median_us:.2f} µs, longest {max_us:.1f} µs (the call that hands "
+          f"a half-second segment to the writer)")
+
+
+if __name__ == "__main__":
+    main()
