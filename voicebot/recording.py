@@ -56,7 +56,8 @@ logger = structlog.get_logger("voicebot.recording")
 FLUSH_S = 0.5            # caller audio gathered before it goes to the writer
 REBASE_S = 0.5           # a caller frame this late after its slot starts again at its arrival
 DRIFT_WINDOW_S = 30.0    # how often the origin follows a caller clock slower than ours
-SNAP_SAMPLES = 8         # a bot frame within 1 ms of the previous one's end follows it exactly (no click)
+SNAP_SAMPLES = 8         # bot audio within 1 ms of the previous audio's end follows it exactly (no click)
+SNAP_S = SNAP_SAMPLES / RATE
 _NO_CALLER = -(1 << 62)  # caller end position before the first caller frame
 
 
@@ -77,7 +78,9 @@ class CallRecorder:
         self._runs: list[tuple[int, int]] = []     # (index in _frames, sample position) where a caller run starts
         self._late_min = math.inf          # least lateness of a caller frame in the drift window, seconds
         self._drift_check_t = self._t0 + DRIFT_WINDOW_S
-        self._bot: deque[tuple[float, np.ndarray]] = deque()   # (play_at, frame) not yet written
+        # Bot audio not yet written, in runs of frames that play back to back: (play_at of the first, frames).
+        self._bot: deque[tuple[float, list[np.ndarray]]] = deque()
+        self._bot_next_t = -math.inf       # when the last run ends: a frame playing then extends it
         self._bot_end = 0                  # position right after the last bot sample written
         self._flush_samples = round(FLUSH_S * rate)
         self._silent_caller_t = self._t0 + REBASE_S + FLUSH_S   # bot audio past this flushes without the caller
@@ -124,7 +127,11 @@ class CallRecorder:
     # -- the bot's side: held until played ------------------------------------------------------
     def bot(self, frame: np.ndarray, play_at: float) -> None:
         """``frame`` went to the carrier, to play from ``play_at`` (the playout's clock) on."""
-        self._bot.append((play_at, frame))
+        if -SNAP_S < play_at - self._bot_next_t < SNAP_S:
+            self._bot[-1][1].append(frame)       # right after the previous frame: same run
+        else:
+            self._bot.append((play_at, [frame]))
+        self._bot_next_t = play_at + len(frame) * self._tick
         if play_at > self._silent_caller_t:
             self._flush_without_caller()
 
@@ -134,10 +141,11 @@ class CallRecorder:
         while bot and bot[-1][0] >= at:
             bot.pop()
         if bot:
-            play_at, frame = bot[-1]
-            keep = round((at - play_at) * self.rate)
-            if keep < len(frame):
-                bot[-1] = (play_at, frame[:max(keep, 0)])
+            play_at, frames = bot[-1]
+            keep = max(round((at - play_at) * self.rate), 0)
+            if keep < sum(len(frame) for frame in frames):
+                bot[-1] = (play_at, [np.concatenate(frames)[:keep]])
+        self._bot_next_t = -math.inf
 
     def close(self) -> None:
         """The call is over: what was scheduled to play from now on never played; the rest goes to the file,
@@ -148,11 +156,11 @@ class CallRecorder:
         self.cut(now)
         end = max(self._caller_end, self._flushed)
         if self._bot:
-            play_at, frame = self._bot[-1]
-            end = max(end, round((play_at - self._t0) * self.rate) + len(frame))
+            play_at, frames = self._bot[-1]
+            end = max(end, round((play_at - self._t0) * self.rate) + sum(len(frame) for frame in frames))
         self._flush(end, now)
-        if self._bot:     # the last frames sat up to SNAP_SAMPLES after their clock position
-            self._flush(self._flushed + sum(len(frame) for _, frame in self._bot), now)
+        if self._bot:     # the last run sat up to SNAP_SAMPLES after its clock position
+            self._flush(self._flushed + sum(len(frame) for _, frames in self._bot for frame in frames), now)
         self._closed = True
         self._writer.put(self._file, None)
 
@@ -205,18 +213,19 @@ class CallRecorder:
         t0, rate = self._t0, self.rate
         previous = self._bot_end
         while bot:
-            play_at, frame = bot[0]
+            play_at, frames = bot[0]
             pos = round((play_at - t0) * rate)
             if -SNAP_SAMPLES <= pos - previous <= SNAP_SAMPLES:
                 pos = previous
             if pos >= end:
                 break
-            stop = pos + len(frame)
+            audio = frames[0] if len(frames) == 1 else np.concatenate(frames)
+            stop = pos + len(audio)
             lo, hi = max(pos, start), min(stop, end)
             if hi > lo:
-                right[lo - start:hi - start] = frame[lo - pos:hi - pos]
+                right[lo - start:hi - start] = audio[lo - pos:hi - pos]
             if stop > end:
-                bot[0] = (play_at + (end - pos) * self._tick, frame[end - pos:])
+                bot[0] = (play_at + (end - pos) * self._tick, [audio[end - pos:]])
                 previous = end
                 break
             bot.popleft()
