@@ -183,6 +183,24 @@ def test_silence_where_the_carrier_ran_dry(tmp_path, supports_marks):
     assert np.array_equal(right[on2:on2 + len(second)], second)
 
 
+def test_bot_audio_arriving_just_in_time_stays_one_unbroken_stream(tmp_path):
+    """Each 100 ms delta arrives as the previous one finishes playing: everything sent has played by the
+    time the caller's frames flush a segment, and the next delta carries straight on."""
+    answer = tone(1000, 3000)
+    rig = CallRig(tmp_path, tone(440, 4000, amp=2000))
+    rig.run(0.3)
+    for at in range(0, len(answer), 800):
+        rig.playout.enqueue("answer", answer[at:at + 800])
+        rig.run(0.3 + (at + 800) / RATE)
+    rig.playout.end_item("answer")
+    rig.run(3.8)
+    _, right = read_stereo(finish(rig.recorder))
+    onset = first_sound(right)
+    assert abs(onset - rig.played_at(0)) <= TOLERANCE
+    assert np.array_equal(right[onset:onset + len(answer)], answer)
+    assert not right[onset + len(answer):].any()
+
+
 def test_the_file_is_a_valid_wav_while_the_call_goes_on(tmp_path):
     caller = tone(440, 4000, amp=3000)
     rig = CallRig(tmp_path, caller)

@@ -230,6 +230,8 @@ class CallRecorder:
                 break
             bot.popleft()
             previous = stop
+        else:
+            self._bot_next_t = -math.inf      # all written: the next frame starts a run of its own
         self._bot_end = previous
 
 
