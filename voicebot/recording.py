@@ -16,6 +16,11 @@ the origin follows the least late frame of the window, so that a carrier clock s
 drift the two channels apart over a long call. A caller that sends nothing for ``REBASE_S`` (a stream on
 hold, a carrier that stops on silence) resumes at its arrival time, with silence in between.
 
+Both channels are on the server's clock, as the rest of the call's "what was heard" is: the bot where the
+playout's pacing clock says it played, the caller where its frames arrived. The network between the carrier
+and us is not in it: on loopback nothing; on a real line the caller's channel sits up to one carrier round
+trip later, against the bot's, than at the caller's ear.
+
 The file. Every ``FLUSH_S`` of caller audio the event loop interleaves what is final into stereo bytes and
 queues them for one writer thread shared by every recording of the process; the event loop never touches
 the disk. The writer appends the bytes and rewrites the RIFF and data sizes after each batch, so the file is
