@@ -1,7 +1,7 @@
 """What recording a call costs: N simulated calls through the playout alone, then the same calls with a
 stereo as-heard recorder each, side by side in one run.
 
-Run:  .venv/bin/python benchmarks/recording.py [--calls 150] [--seconds 20] [--repeats 5]
+Run:  .venv/bin/python benchmarks/recording.py [--calls 150] [--seconds 20] [--repeats 5] [--realtime 15]
 
 Each simulated call, on one fake clock stepped 20 ms at a time (as fast as the CPU goes, not in real time):
 a caller frame every step (the speech fixtures, looped), bot turns of 3 s with 2 s pauses arriving as 100 ms
@@ -18,11 +18,17 @@ loop's thread and the writer thread) and the loop's thread alone (``time.thread_
 apart in a last pass (timing every call in the runs above would cost more than the call): all of them, and
 the one in 25 that builds a half-second segment and queues it for the writer. The loop here never waits
 for anything, which is the worst case for the writer thread's share of the GIL.
+
+``--realtime S`` adds what the event loop feels: the same calls in real time on an asyncio loop, each with
+80 µs of busy work per 20 ms standing in for the rest of the server (decoding, resampling, sockets), so the
+loop is busy about as much as a loaded server's, and a 10 ms timer whose lateness is the loop's lag;
+without and with recording, twice each, alternating.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import platform
 import statistics
@@ -49,6 +55,7 @@ TURN_S, PAUSE_S, BARGE_EVERY, BARGE_AT_S = 3.0, 2.0, 3, 1.2
 # The server's measured cost per realtime call (benchmarks/RESULTS.md, "Load"): 0.5-0.75 % of a core,
 # i.e. 100-150 µs of CPU per 20 ms of call.
 SERVER_US_PER_FRAME = (100.0, 150.0)
+OTHER_WORK_S = 0.0008     # per 10 calls per 20 ms in the real-time run: 80 µs a call
 
 
 class Clock:
@@ -144,11 +151,53 @@ def caller_call_us(calls: int, seconds: float, caller: np.ndarray, folder: Path)
     return float(np.median(times)), times[FLUSH_STEPS - 1::FLUSH_STEPS].ravel()
 
 
+async def realtime_run(calls: int, seconds: float, record: bool, caller: np.ndarray, bot: np.ndarray,
+                       folder: Path) -> tuple[float, np.ndarray]:
+    """In real time on an asyncio loop: every 20 ms each call's step (on the real clock), in groups of 10
+    calls each followed by ``OTHER_WORK_S`` of busy work standing in for the rest of the server's work for
+    them, and a 10 ms timer whose lateness is the loop's lag. Returns (% of a core, lags in ms)."""
+    loop = asyncio.get_running_loop()
+    sims = [SimulatedCall(i, time.monotonic, caller, bot, folder if record else None) for i in range(calls)]
+    lags: list[float] = []
+    start = loop.time()
+
+    async def probe() -> None:
+        while loop.time() - start < seconds:
+            t = loop.time()
+            await asyncio.sleep(0.01)
+            lags.append(loop.time() - t - 0.01)
+
+    async def traffic() -> None:
+        k, due = 0, loop.time()
+        while loop.time() - start < seconds:
+            due += STEP_S
+            for group in range(0, calls, 10):
+                for sim in sims[group:group + 10]:
+                    sim.step(k)
+                busy_until = time.perf_counter() + OTHER_WORK_S
+                while time.perf_counter() < busy_until:
+                    pass
+                await asyncio.sleep(0)
+            k += 1
+            await asyncio.sleep(max(0.0, due - loop.time()))
+
+    cpu0 = time.process_time()
+    await asyncio.gather(probe(), traffic())
+    cpu = 100 * (time.process_time() - cpu0) / seconds
+    for sim in sims:
+        sim.close()
+    wait_written()
+    return cpu, np.array(lags) * 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=150)
     ap.add_argument("--seconds", type=float, default=20.0, help="call audio simulated per run")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--realtime", type=float, default=0.0,
+                    help="also run this many seconds in real time on an asyncio loop, without and with recording, "
+                         "twice each, and report the loop's lag")
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))   # no line per file
 
@@ -188,6 +237,16 @@ def main() -> None:
     print(f"caller() on the loop: median {median_us:.2f} µs; the calls handing a segment to the writer: "
           f"median {np.median(flushing):.0f} µs, p99 {np.percentile(flushing, 99):.0f} µs, "
           f"max {flushing.max():.0f} µs, {(flushing > 1000).sum()} of {len(flushing)} over 1 ms")
+    if args.realtime:
+        print(f"\nreal time, {args.calls} calls on one asyncio loop, each with {OTHER_WORK_S * 1e6 / 10:.0f} µs of "
+              f"other work per 20 ms; loop lag = lateness of a 10 ms timer:")
+        with tempfile.TemporaryDirectory(prefix="voicebot-recording-bench-") as tmp:
+            for r in range(2):
+                for record in (False, True):
+                    cpu, lags = asyncio.run(realtime_run(args.calls, args.realtime, record, caller, bot,
+                                                         Path(tmp) / f"rt{r}"))
+                    print(f"  {'with recording' if record else 'playout alone ':14}  CPU {cpu:5.1f} %   loop lag p50 "
+                          f"{np.median(lags):.1f}  p99 {np.percentile(lags, 99):.1f}  max {lags.max():.1f} ms")
 
 if __name__ == "__main__":
     main()
