@@ -49,6 +49,12 @@ def last_sound(x: np.ndarray) -> int:
     return int(np.flatnonzero(x)[-1])
 
 
+def assert_caller_stream(left: np.ndarray, caller: np.ndarray) -> None:
+    """The left channel is the caller's stream, sample for sample, from its first frame (at the start) on."""
+    start = first_sound(left)
+    assert start <= TOLERANCE and np.array_equal(left[start:], caller[:len(left) - start])
+
+
 def finish(recorder: CallRecorder) -> Path:
     recorder.close()
     path = recorder._file.done.result(timeout=10)
@@ -140,8 +146,8 @@ def test_bot_and_caller_tones_land_in_their_own_channel_where_they_were_heard(tm
 
 @pytest.mark.parametrize("supports_marks", [True, False])
 def test_a_barge_in_cut_is_heard_where_it_happened_though_more_had_been_sent(tmp_path, supports_marks):
-    rig = CallRig(tmp_path, np.zeros(3 * RATE, np.int16), delays=jitter(150, seed=1),
-                  supports_marks=supports_marks)
+    caller = tone(440, 3000, amp=1500)
+    rig = CallRig(tmp_path, caller, delays=jitter(150, seed=1), supports_marks=supports_marks)
     rig.run(0.2)
     rig.say("answer", tone(1000, 2500))
     rig.run(1.234)
@@ -150,7 +156,8 @@ def test_a_barge_in_cut_is_heard_where_it_happened_though_more_had_been_sent(tmp
     cut_at = round(1.234 * RATE)
     rig.run(2.5)
     path = finish(rig.recorder)
-    _, right = read_stereo(path)
+    left, right = read_stereo(path)
+    assert_caller_stream(left, caller)
 
     played = np.concatenate([f for _, f in rig.carrier.frames])   # the frames the carrier played in full
     assert sent - len(played) >= 600          # ≥ 75 ms more had gone to the carrier than it played
@@ -163,8 +170,8 @@ def test_a_barge_in_cut_is_heard_where_it_happened_though_more_had_been_sent(tmp
 
 @pytest.mark.parametrize("supports_marks", [True, False])
 def test_silence_where_the_carrier_ran_dry(tmp_path, supports_marks):
-    rig = CallRig(tmp_path, np.zeros(3 * RATE, np.int16), delays=jitter(150, seed=2),
-                  supports_marks=supports_marks)
+    caller = tone(440, 3000, amp=1500)
+    rig = CallRig(tmp_path, caller, delays=jitter(150, seed=2), supports_marks=supports_marks)
     rig.run(0.2)
     first, second = tone(1000, 300), tone(700, 400)
     rig.say("a", first)
@@ -172,7 +179,7 @@ def test_silence_where_the_carrier_ran_dry(tmp_path, supports_marks):
     rig.say("b", second)
     rig.run(2.0)
     left, right = read_stereo(finish(rig.recorder))
-    assert not left.any()
+    assert_caller_stream(left, caller)
     on1 = first_sound(right)
     assert abs(on1 - rig.played_at(0)) <= TOLERANCE
     assert np.array_equal(right[on1:on1 + len(first)], first)

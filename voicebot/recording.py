@@ -132,10 +132,11 @@ class CallRecorder:
     # -- the bot's side: held until played ------------------------------------------------------
     def bot(self, frame: np.ndarray, play_at: float) -> None:
         """``frame`` went to the carrier, to play from ``play_at`` (the playout's clock) on."""
-        if -SNAP_S < play_at - self._bot_next_t < SNAP_S:
-            self._bot[-1][1].append(frame)       # right after the previous frame: same run
+        bot = self._bot
+        if bot and -SNAP_S < play_at - self._bot_next_t < SNAP_S:
+            bot[-1][1].append(frame)       # right after the previous frame, still held: the same run
         else:
-            self._bot.append((play_at, [frame]))
+            bot.append((play_at, [frame]))
         self._bot_next_t = play_at + len(frame) * self._tick
         if play_at > self._silent_caller_t:
             self._flush_without_caller()
@@ -235,8 +236,6 @@ class CallRecorder:
                 break
             bot.popleft()
             previous = stop
-        else:
-            self._bot_next_t = -math.inf      # all written: the next frame starts a run of its own
         self._bot_end = previous
 
 
