@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import wave
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -176,12 +177,27 @@ logging: {{format: json, level: info}}
 """
 
 
-def write_config(root: Path, port: int, engine: str, chunk_ms: int = 100) -> Path:
+def write_config(root: Path, port: int, engine: str, chunk_ms: int = 100, record: bool = False) -> Path:
+    """``record``: the persona records every call, into ``<root>/recordings``."""
     (root / "dialplans").mkdir(parents=True, exist_ok=True)
-    (root / "dialplans" / "load.yaml").write_text(PERSONA.format(number=NUMBER, engine=engine))
+    persona = PERSONA.format(number=NUMBER, engine=engine) + ("record: true\n" if record else "")
+    (root / "dialplans" / "load.yaml").write_text(persona)
     path = root / "config.yaml"
-    path.write_text(CONFIG.format(port=port, chunk_ms=chunk_ms))
+    path.write_text(CONFIG.format(port=port, chunk_ms=chunk_ms) + ("recordings_dir: recordings\n" if record else ""))
     return path
+
+
+def recordings_note(folder: Path) -> str:
+    """How many call recordings a step left and how much audio they hold (each read back as a WAV)."""
+    files, seconds, unreadable = sorted(folder.glob("*.wav")), 0.0, 0
+    for path in files:
+        try:
+            with wave.open(str(path), "rb") as w:
+                seconds += w.getnframes() / w.getframerate()
+        except (wave.Error, EOFError, OSError):
+            unreadable += 1
+    return (f"recordings: {len(files)} files, {seconds:.0f} s of audio"
+            + (f", {unreadable} unreadable" if unreadable else ""))
 
 
 
@@ -193,6 +209,7 @@ class Options:
     target: str = "voicebot"            # "voicebot" (voicebot serve) | "naive" (the reference relay)
     engine: str = "realtime"            # persona engine for voicebot: realtime | chain | auto
     chunk_ms: int = 100                 # the server's playout.chunk_ms: bot audio per Twilio media message
+    record: bool = False                # the server's persona records every call (stereo WAV per call)
     ramp_s: float = 10.0
     hold_s: float = 20.0
     calls_per_worker: int = 60
@@ -332,7 +349,7 @@ async def run_step(n: int, opts: Options, root: Path, log) -> StepResult:
             argv = [python, str(NAIVE_RELAY), "--port", str(port),
                     "--stepfun-ws", f"ws://127.0.0.1:{emu_port}/step_plan/v1"]
         else:
-            config = write_config(step_dir, port, opts.engine, opts.chunk_ms)
+            config = write_config(step_dir, port, opts.engine, opts.chunk_ms, opts.record)
             argv = [python, "-m", opts.server_entry, "serve", "--config", str(config)]
         server = Child("server", argv, env=env, log_path=step_dir / "server.log", cpus=server_cpus)
         children.append(server)
@@ -408,6 +425,8 @@ async def run_step(n: int, opts: Options, root: Path, log) -> StepResult:
         await asyncio.sleep(0.3)
         stats = await http_json(f"http://127.0.0.1:{emu_port}/debug/stats")
         totals = await http_json(f"{url}/debug/latency")
+        if opts.record and opts.target == "voicebot":
+            step.notes.append(recordings_note(step_dir / "recordings"))
         await sampler.stop()
         await emu_sampler.stop()
 
@@ -554,6 +573,7 @@ async def run_loadtest(opts: Options) -> dict:
 
     say(f"voicebot loadtest: target {opts.target}" + (f" (engine {opts.engine})" if opts.target == "voicebot" else "")
         + (f", {opts.chunk_ms} ms per media message" if opts.target == "voicebot" else "")
+        + (", every call recorded" if opts.record and opts.target == "voicebot" else "")
         + f", steps {list(opts.steps)}, ramp {opts.ramp_s:g} s + hold {opts.hold_s:g} s, "
         f"emulator speed {opts.speed:g}, barge share {opts.barge_share:g}"
         + (", load generator on every CPU at nice 19 (server on CPU 0)" if opts.pin and opts.share_server_core else "")
@@ -591,6 +611,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="the server's playout.chunk_ms: most bot audio per Twilio media message (default 100)")
     parser.add_argument("--engine", choices=("realtime", "chain", "auto"), default="realtime",
                         help="persona engine of the server under test (default realtime)")
+    parser.add_argument("--record", action="store_true",
+                        help="the server records every call (persona record: true); compare with a run without")
     parser.add_argument("--ramp", type=float, default=10.0, help="seconds over which the calls start")
     parser.add_argument("--hold", type=float, default=20.0, help="seconds all N calls run together (measured)")
     parser.add_argument("--calls-per-worker", type=int, default=60, help="simulated callers per worker process")
@@ -613,7 +635,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def options_from_args(args, target: str | None = None) -> Options:
     return Options(steps=tuple(int(x) for x in args.steps.split(",") if x.strip()),
-                   target=target or args.target, engine=args.engine, chunk_ms=args.chunk_ms,
+                   target=target or args.target, engine=args.engine, chunk_ms=args.chunk_ms, record=args.record,
                    ramp_s=args.ramp, hold_s=args.hold,
                    calls_per_worker=args.calls_per_worker, barge_share=args.barge_share, speed=args.speed,
                    pin=args.pin, share_server_core=args.share_server_core, stop_on_fail=not args.keep_going, max_run_s=args.max_run, py_spy=args.py_spy,

@@ -19,12 +19,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from .. import latency
 from . import FRAME_MS, FRAME_SAMPLES, RATE
+
+if TYPE_CHECKING:
+    from ..recording import CallRecorder
 
 
 class CarrierOutput(Protocol):
@@ -79,6 +82,7 @@ class Playout:
         self._ideal_t = 0.0         # the same for an infinitely fast server (latency.ENABLED only)
         self.first_audio_sent_t: float | None = None
         self.frames_sent = 0
+        self.recorder: CallRecorder | None = None     # told what plays when, and what a barge-in cut
 
     # -- producing side -------------------------------------------------------------------------
     def enqueue(self, item_id: str, pcm: np.ndarray) -> None:
@@ -118,6 +122,7 @@ class Playout:
             self._playhead_t = now
         sent_any = False
         previous: _Item | None = None
+        recorder = self.recorder
         while self._frames and (self._chunk or self._playhead_t - now < self.lead_s - 1e-6):
             item, frame, arrived = self._frames.popleft()
             if item.sent_ms == 0 or not sent_any and self._carrier_idle(now):
@@ -126,6 +131,8 @@ class Playout:
             if previous is not None and previous is not item:
                 self._send_mark(previous, previous.sent_ms)
             self._chunk.append(frame)
+            if recorder is not None:
+                recorder.bot(frame, self._playhead_t)
             if len(self._chunk) >= self.chunk_frames:
                 self._send_chunk()
             if latency.ENABLED:
@@ -223,6 +230,8 @@ class Playout:
     def interrupt(self) -> list[HeardItem]:
         """Barge-in: clear the carrier, drop everything queued, report what each unfinished item played."""
         now = self.clock()
+        if self.recorder is not None:
+            self.recorder.cut(now)
         touched: list[HeardItem] = []
         for item in list(self._items.values()):
             generated_ms = item.generated_samples * 1000 // RATE
