@@ -12,9 +12,20 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
+# Stops the server and removes its folder once its stdin closes: when the tests end, or when the test process
+# dies without tearing down (killed, timed out). Its own session, so that a signal to the tests' process group
+# does not take it along.
+WATCHDOG = """
+import shutil, subprocess, sys
+data, folder, *pg_ctl = sys.argv[1:]
+sys.stdin.buffer.read()
+subprocess.run([*pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True)
+shutil.rmtree(folder, ignore_errors=True)
+"""
 SERVER_USER = "voicebot-pg"     # created (as root) only when there is no "postgres" user
 SUPERUSER = "voicebot"
 
@@ -58,16 +69,28 @@ class PostgresServer:
         self.password = secrets.token_hex(12)
         self.folder: Path | None = None
         self.port: int | None = None
-        self.running = False
+        self._watchdog: subprocess.Popen | None = None
 
-    def _run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        command = [str(self.bin / argv[0]), *argv[1:]]
-        if self.user is not None:
-            command = ["runuser", "-u", self.user, "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    def _command(self, program: str) -> list[str]:
+        command = [str(self.bin / program)]
+        return command if self.user is None else ["runuser", "-u", self.user, "--", *command]
+
+    def _run(self, program: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([*self._command(program), *argv], capture_output=True, text=True, timeout=timeout)
 
     def start(self) -> None:
+        """Start the server (stopped by ``stop()``, or by its watchdog if this process dies first)."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="voicebot-pg-"))
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG, str(self.folder / "data"), str(self.folder), *self._command("pg_ctl")],
+            stdin=subprocess.PIPE, start_new_session=True)
         (self.folder / "pwfile").write_text(self.password + "\n")
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
@@ -86,19 +109,16 @@ class PostgresServer:
             done = self._run("pg_ctl", "-D", str(data), "-l", str(self.folder / "server.log"), "-w", "-t", "30",
                              "-o", options, "start")
             if done.returncode == 0:
-                self.running = True
                 return
         log = (self.folder / "server.log").read_text(errors="replace") if (self.folder / "server.log").exists() else ""
         raise RuntimeError(f"PostgreSQL did not start: {done.stdout}{done.stderr}\n{log[-2000:]}")
 
     def stop(self) -> None:
-        try:
-            if self.running:
-                self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop")
-                self.running = False
-        finally:
-            if self.folder is not None:
-                shutil.rmtree(self.folder, ignore_errors=True)
+        """Stop the server and remove its folder (the watchdog does both as soon as its stdin closes)."""
+        if self._watchdog is not None:
+            self._watchdog.stdin.close()
+            self._watchdog.wait(60)
+            self._watchdog = None
 
     def url(self, database: str, *, password: str | None = None) -> str:
         return (f"postgresql://{SUPERUSER}:{self.password if password is None else password}"
