@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
@@ -21,6 +22,9 @@ from .engines.base import Engine, EngineSink, interrupted_marker
 from .stepfun.errors import StepFunError
 from .telephony.base import CallMeta, CarrierSession
 from .transcript import TranscriptFile
+
+if TYPE_CHECKING:
+    from .store import RecordWriter
 
 log = structlog.get_logger("voicebot.call")
 
@@ -43,6 +47,7 @@ class CallServices:
     make_engine: EngineFactory
     calls: set["Call"] = field(default_factory=set)
     http: object = None      # the process's aiohttp.ClientSession (set on app startup)
+    records: RecordWriter | None = None   # takes each call's record (set on app startup)
 
 
 class Call(EngineSink):

@@ -10,7 +10,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from . import latency
+from . import api, latency
 from .call import CallServices, EngineFactory
 from .config import Settings
 from .dialplan import Dialplan, Persona
@@ -103,6 +103,7 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     for name in CARRIER_MODULES:
         importlib.import_module(f"voicebot.telephony.{name}").add_routes(app, services)
     app.router.add_get("/healthz", _healthz)
+    api.setup(app, services)
     if latency.ENABLED:
         app.router.add_get("/debug/latency", _debug_latency)
         app.on_startup.append(_start_latency_probe)
