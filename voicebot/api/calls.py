@@ -29,7 +29,7 @@ def _with_links(record: CallSummary) -> dict:
 async def list_calls(request: web.Request) -> web.Response:
     try:
         query = Query(request.query, LIST_PARAMETERS)
-        since, until = query.datetime("since"), query.datetime("until")
+        since, until = query.time("since"), query.time("until")
         if since and until and until <= since:
             raise BadParameter("until", "must be later than since")
         filters = dict(persona=query.text("persona"), since=since, until=until,

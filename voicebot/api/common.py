@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
 
-from ..store import RecordWriter, Store
+from ..store import RecordWriter, Store, parse_time
 
 
 @dataclass
@@ -76,14 +76,12 @@ class Query:
             raise BadParameter(name, f"must be ≥ {minimum}, got {number}")
         return number
 
-    def datetime(self, name: str) -> datetime | None:
+    def time(self, name: str) -> datetime | None:
         """ISO 8601; without a UTC offset it is taken as UTC."""
         value = self.text(name)
         if value is None:
             return None
         try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise BadParameter(name, f"expected an ISO 8601 date or time, e.g. 2025-03-14T09:30:00Z, "
-                                     f"got {value!r}") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+            return parse_time(value)
+        except ValueError as exc:
+            raise BadParameter(name, str(exc)) from None

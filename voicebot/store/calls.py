@@ -187,6 +187,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return started_at, call_id
 
 
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 date or time as a filter bound; without a UTC offset it is taken as UTC."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"expected an ISO 8601 date or time, e.g. 2025-03-14T09:30:00Z, got {text!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
 def _aware(name: str, value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise ValueError(f"{name} must be a timezone-aware datetime")

@@ -75,6 +75,13 @@ async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
             return revisions
 
 
+def head_revision() -> str | None:
+    """The newest revision this code knows (what ``upgrade`` brings a database to)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
         return await conn.run_sync(_current)
