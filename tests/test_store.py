@@ -412,6 +412,18 @@ def test_config_takes_postgresql_and_a_spool_path(tmp_path):
     assert default_spool_path(settings.database_url, tmp_path) == tmp_path / "voicebot-records.spool.jsonl"
 
 
+def test_the_environment_gives_the_database_url_with_its_password(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("database: {url: 'postgresql://bot@db.example.com/voicebot'}\n")
+    url = "postgresql://bot:s3cr3t@db.example.com:6432/voicebot"
+    assert load_settings(config, environ={"VOICEBOT_DATABASE_URL": url}).database_url == url
+    assert load_settings(config, environ={}).database_url == "postgresql://bot@db.example.com/voicebot"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={"VOICEBOT_DATABASE_URL": "postgres://bot:s3cr3t@db/voicebot"})
+    assert str(caught.value).startswith("environment: VOICEBOT_DATABASE_URL: expected sqlite:///<file> or "
+                                        "postgresql://") and "s3cr3t" not in str(caught.value)
+
+
 @pytest.mark.parametrize("url, problem", [
     ("mysql://bot:hunter2@db/voicebot", "got a mysql:// URL"),
     ("voicebot.db", "got a value without a scheme URL"),

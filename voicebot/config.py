@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import yaml
@@ -167,23 +167,23 @@ def _url(fields: Fields, key: str, default: str, schemes: tuple[str, ...]) -> st
 
 
 DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg")
+DATABASE_URL_ENV = "VOICEBOT_DATABASE_URL"     # overrides database.url: where a password belongs
 
 
-def _database_url(fields: Fields, base_dir: Path) -> str:
-    """``database.url``: a SQLite file (a relative path is taken from the config file's folder) or PostgreSQL."""
-    value = fields.get("url", str, "sqlite:///voicebot.db")
+def _database_url(value: str, base_dir: Path, error: Callable[[str], ConfigError]) -> str:
+    """A SQLite file (a relative path is taken from the config file's folder) or a PostgreSQL database. Errors
+    never repeat a PostgreSQL URL: it may hold a password."""
     scheme, sep, rest = value.partition("://")
     if not sep or scheme not in DATABASE_SCHEMES:
-        raise fields.error("url", "expected sqlite:///<file> or postgresql://user:password@host:port/database, "
-                                  f"got a {scheme + '://' if sep else 'value without a scheme'} URL")
+        raise error("expected sqlite:///<file> or postgresql://user:password@host:port/database, "
+                    f"got a {scheme + '://' if sep else 'value without a scheme'} URL")
     if scheme.startswith("postgresql"):
         if not urlsplit(value).hostname or not urlsplit(value).path.strip("/"):
-            raise fields.error("url", "a PostgreSQL URL needs a host and a database: "
-                                      "postgresql://user:password@host:port/database")
+            raise error("a PostgreSQL URL needs a host and a database: postgresql://user:password@host:port/database")
         return value
     path, _, query = rest.partition("?")
     if not path.startswith("/") or path in ("/", "/:memory:"):
-        raise fields.error("url", f"expected sqlite:///<file> (three slashes, then a file path), got {value!r}")
+        raise error(f"expected sqlite:///<file> (three slashes, then a file path), got {value!r}")
     file = Path(path[1:])
     if not file.is_absolute():
         file = (base_dir / file).absolute()
@@ -249,7 +249,12 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     logging_.reject_unknown()
 
     database = top.section("database")
-    database_url = _database_url(database, base_dir)
+    database_url = database.get("url", str, "sqlite:///voicebot.db")
+    if env.get(DATABASE_URL_ENV):
+        database_url = _database_url(env[DATABASE_URL_ENV], base_dir,
+                                     lambda problem: ConfigError("environment", DATABASE_URL_ENV, problem))
+    else:
+        database_url = _database_url(database_url, base_dir, lambda problem: database.error("url", problem))
     spool = database.get("spool", str, None)
     database.reject_unknown()
 

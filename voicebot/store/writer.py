@@ -62,7 +62,8 @@ class RecordWriter:
         self._pending: deque[CallRecord] = deque()
         self._in_flight: list[CallRecord] = []
         self._spool_waiting = False
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()            # a record was put (or closing began)
+        self._closing_event = asyncio.Event()   # cuts a retry pause short: the drain time is short
         self._drained = asyncio.Event()
         self._drained.set()
         self._task: asyncio.Task | None = None
@@ -101,6 +102,7 @@ class RecordWriter:
         if self._closed:
             return
         self._closing = True
+        self._closing_event.set()
         self._wake.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -153,12 +155,12 @@ class RecordWriter:
                   pending=len(self._pending), retry_in_s=retry_in_s)
 
     async def _pause(self, seconds: float) -> None:
-        """Wait before retrying; while closing, retry soon (the drain time is short)."""
+        """Wait before retrying (new records do not hurry it); once closing, retry soon."""
         if self._closing:
-            seconds = min(seconds, 0.2)
-        self._wake.clear()
+            await asyncio.sleep(min(seconds, 0.2))
+            return
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            await asyncio.wait_for(self._closing_event.wait(), seconds)
 
     async def _write(self, records: Sequence[CallRecord]) -> None:
         """Save records; raises if the database is unavailable. Records it refuses go to the rejected file."""
