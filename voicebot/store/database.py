@@ -48,8 +48,10 @@ def mask_url(url: str | URL) -> str:
 
 
 def describe_error(exc: BaseException, url: str | URL) -> str:
-    """An exception as text for a log line, the URL's password scrubbed should a driver have echoed it."""
-    text = f"{type(exc).__name__}: {exc}".strip()
+    """An exception as text for a log line: the driver's own error, without the statement and its parameters
+    (which carry transcripts), the URL's password scrubbed should a driver have echoed it."""
+    inner = getattr(exc, "orig", None) or exc      # SQLAlchemy wraps the driver's error
+    text = f"{type(inner).__name__}: {inner}".strip()
     try:
         password = make_url(url).password
     except Exception:

@@ -231,16 +231,18 @@ class RecordWriter:
         try:
             spool.seek(0)
             lines = spool.read().splitlines()
-            records = []
+            records, broken = [], []
             for number, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 try:
                     records.append(CallRecord.from_dict(json.loads(line)))
                 except (ValueError, TypeError) as exc:   # e.g. the last line of a crash mid-append
-                    self._reject(None, f"spool line {number}: {exc}", line)
+                    broken.append((f"spool line {number}: {exc}", line))
             for start in range(0, len(records), self.batch_size):
                 await self._write(records[start:start + self.batch_size])
+            for error, line in broken:        # kept aside once the rest is safe (a failed replay is retried)
+                self._reject(None, error, line)
             spool.truncate(0)
             spool.flush()
             os.fsync(spool.fileno())
