@@ -4,7 +4,6 @@ its recording (a real WAV), and bad requests answered 400 naming the parameter."
 from __future__ import annotations
 
 import io
-import os
 import wave
 from datetime import timedelta
 from pathlib import Path

@@ -22,7 +22,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from voicebot.config import ConfigError, load_settings
-from voicebot.store import (MAX_PAGE, OUTCOMES, CallRecord, InvalidCursor, RecordWriter, Store, StoreError,
+from voicebot.store import (MAX_PAGE, CallRecord, InvalidCursor, RecordWriter, Store, StoreError,
                             default_spool_path, mask_url)
 from voicebot.store.migrate import MIGRATION_LOCK_ID, current_revision, sqlite_lock_path
 from voicebot.store.schema import metadata
@@ -320,7 +320,7 @@ async def test_a_server_waits_for_another_ones_schema_upgrade_on_postgresql(post
 
 
 async def test_two_servers_starting_together_on_one_sqlite_file_both_come_up(sqlite_url):
-    lock = os.open(sqlite_lock_path_for(sqlite_url), os.O_RDWR | os.O_CREAT)
+    lock = os.open(sqlite_lock_path(sqlite_file(sqlite_url)), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)            # a third server is upgrading
         opening = [asyncio.create_task(Store.open(sqlite_url)) for _ in range(2)]
@@ -344,18 +344,6 @@ def flock_waiters(fd: int) -> int:
     inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     with open("/proc/locks") as locks:
         return sum(1 for line in locks if "->" in line and line.split()[6 if "->" in line else 5] == inode)
-
-
-def sqlite_lock_path_for(url: str) -> str:
-    return f"{sqlite_file(url)}-migrate.lock"
-
-
-async def test_sqlite_lock_file_is_the_one_the_store_uses(sqlite_url):
-    store = await Store.open(sqlite_url)
-    try:
-        assert str(sqlite_lock_path(store.engine)) == sqlite_lock_path_for(sqlite_url)
-    finally:
-        await store.close()
 
 
 # -- opening errors and secrets --------------------------------------------------------------------------------
@@ -474,7 +462,9 @@ async def test_put_never_waits_while_the_database_is_locked_and_the_records_arri
         await store.close()
     assert writer.written == 200 and writer.spooled == 0
     assert len(rows_in_sqlite(sqlite_url)) == 200
-    assert max(put_times) < 0.005, f"put() took {max(put_times) * 1e3:.2f} ms"
+    # A put() that waited for the database would take its busy timeout (1 s) each: 200 s in all.
+    assert sorted(put_times)[100] < 1e-4 and sum(put_times) < 0.5, \
+        f"put(): median {sorted(put_times)[100] * 1e6:.0f} µs, total {sum(put_times) * 1e3:.0f} ms"
     # Each failed write waited a whole second on the lock; none of it held up the event loop.
     assert max(lags) < 0.5, f"event loop held up {max(lags) * 1e3:.0f} ms"
 

@@ -44,8 +44,9 @@ def _upgrade(connection: sa.Connection) -> tuple[str | None, str | None]:
     return before, _current(connection)
 
 
-def sqlite_lock_path(engine: AsyncEngine) -> Path:
-    return Path(f"{engine.url.database}-migrate.lock")
+def sqlite_lock_path(database_file: str) -> Path:
+    """The lock file of upgrades to one SQLite database: beside it."""
+    return Path(f"{database_file}-migrate.lock")
 
 
 @contextlib.asynccontextmanager
@@ -68,7 +69,7 @@ async def upgrade(engine: AsyncEngine) -> tuple[str | None, str | None]:
             revisions = await conn.run_sync(_upgrade)
             await conn.commit()
             return revisions
-    async with _file_lock(sqlite_lock_path(engine)):
+    async with _file_lock(sqlite_lock_path(engine.url.database)):
         async with engine.connect() as conn:
             revisions = await conn.run_sync(_upgrade)
             await conn.commit()
