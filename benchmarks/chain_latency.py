@@ -117,7 +117,7 @@ def install_probes(events: list) -> None:
     from voicebot.stepfun.asr import AsrClient
     from voicebot.stepfun.chat import ChatClient, ChatStream
     from voicebot.stepfun.tts import TtsClient, TtsHttpStream
-    from voicebot.telephony.base import WebSocketTransport
+    from voicebot.telephony.transport import WebSocketTransport
 
     now = time.monotonic
     armed = {"media": False}

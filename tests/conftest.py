@@ -102,6 +102,19 @@ personas:
 """
 
 
+POLL_S = 0.01
+
+
+async def until(condition, *, timeout: float = 5.0, what: str = "the condition") -> None:
+    """Wait until ``condition()`` holds (checked every 10 ms); fail naming ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(POLL_S)
+
+
 def listening_socket() -> socket.socket:
     """A loopback socket bound to a free port, kept open for the server (tests run in parallel workers,
     so a port must not be given up between choosing it and serving on it)."""
@@ -139,11 +152,7 @@ class Stack:
         from voicebot.server import SERVICES
 
         calls = self.app[SERVICES].calls
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while calls and loop.time() < deadline:
-            await asyncio.sleep(0.02)
-        assert not calls, f"calls still running after {timeout} s"
+        await until(lambda: not calls, timeout=timeout, what="every call to finish")
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from voicebot.telephony.audiosocket import AUDIOSOCKET, AudioSocketListener
 from voicebot.telephony.base import CarrierOptions
 
 from carrier_checks import transcript_of
+from conftest import until
 from paced_checks import barge_in_without_flush, paced_conversation
 
 
@@ -52,8 +53,10 @@ async def test_dtmf_is_recorded_and_the_server_hangs_up_in_band(stack, audiosock
     encode = protocol.encode_frame
     protocol.encode_frame = lambda pcm, index, ts: encode(pcm, index, ts) + ([tlv(0x03, b"7")] if index == 20 else [])
     task = asyncio.create_task(SimulatedCall(protocol, [Hangup(at_s=3)], max_duration_s=5).run())
-    await asyncio.sleep(1.0)                                    # the DTMF went at 400 ms
-    next(iter(stack.app[SERVICES].calls)).hang_up("test ends the call")
+    await until(lambda: stack.app[SERVICES].calls, what="the call to start")
+    call = next(iter(stack.app[SERVICES].calls))
+    await until(lambda: '"type": "dtmf"' in call.transcript_file.path.read_text(), what="the DTMF (sent at 400 ms)")
+    call.hang_up("test ends the call")
     result = await task
     assert result.end_reason == "server_closed" and protocol.hung_up_by_server   # 0x00 before the close
     records = await transcript_of(stack)

@@ -15,7 +15,7 @@ from voicebot.simulator.caller import Hangup, Say
 from voicebot.simulator.twilio import simulate_twilio_call
 from voicebot.transcript import read_transcript
 
-from conftest import AUTH_TOKEN, CHAIN, CHAIN_WS, EN, IMPATIENT
+from conftest import AUTH_TOKEN, CHAIN, CHAIN_WS, EN, IMPATIENT, until
 
 
 def reply_to(transcript: str) -> str:
@@ -89,7 +89,8 @@ async def test_barge_in_on_the_chain_clears_aborts_tts_and_keeps_only_the_heard_
     stack.emulator.faults.http_delay_s = 2.5
 
     async def back_to_normal():
-        await asyncio.sleep(5.0)
+        # Once the second sentence's synthesis has begun (slowly), later requests may be quick again.
+        await until(lambda: len(requests(stack, "tts")) >= 2, timeout=15, what="the second TTS request")
         stack.emulator.faults.http_delay_s = 0.0
 
     restore = asyncio.create_task(back_to_normal())
@@ -115,6 +116,31 @@ async def test_barge_in_on_the_chain_clears_aborts_tts_and_keeps_only_the_heard_
     assert full not in history[1]["content"]
 
 
+class RecordingSink:
+    """An engine's sink that keeps what it is told."""
+
+    def __init__(self):
+        self.audio, self.turns, self.notes = {}, [], []
+
+    def bot_audio(self, item_id, pcm):
+        self.audio.setdefault(item_id, []).append(pcm)
+
+    def bot_audio_done(self, item_id):
+        pass
+
+    def caller_speech_started(self):
+        pass
+
+    def transcript(self, role, text, item_id):
+        self.turns.append((role, text, item_id))
+
+    def note(self, kind, **fields):
+        self.notes.append(kind)
+
+    def engine_failed(self, reason):
+        raise AssertionError(reason)
+
+
 async def test_barge_in_aborts_a_streaming_chat(stack):
     """Engine level: the chat stream is cancelled and only the played share of the spoken text is kept."""
     from voicebot.audio.playout import HeardItem
@@ -122,49 +148,53 @@ async def test_barge_in_aborts_a_streaming_chat(stack):
     from voicebot.engines.chain import ChainEngine
     from voicebot.server import SERVICES
 
-    class Sink:
-        def __init__(self):
-            self.audio, self.turns, self.notes = {}, [], []
-
-        def bot_audio(self, item_id, pcm):
-            self.audio.setdefault(item_id, []).append(pcm)
-
-        def bot_audio_done(self, item_id):
-            pass
-
-        def caller_speech_started(self):
-            pass
-
-        def transcript(self, role, text, item_id):
-            self.turns.append((role, text, item_id))
-
-        def note(self, kind, **fields):
-            self.notes.append(kind)
-
-        def engine_failed(self, reason):
-            raise AssertionError(reason)
-
     persona = load_dialplan(stack.settings.dialplans_dir).by_number[CHAIN]
-    sink = Sink()
+    sink = RecordingSink()
     conversation = [{"role": "user", "content": "Say exactly: First sentence here. Then a second sentence "
                                                 "that streams slowly. And a third one that never comes."}]
     stack.emulator.faults.chat_token_delay_s = 0.15
     engine = ChainEngine(persona, stack.settings.stepfun, sink, http=stack.app[SERVICES].http,
                          conversation=conversation, opening="reanswer")
     await engine.start()
-    for _ in range(100):
-        if sink.audio:
-            break
-        await asyncio.sleep(0.05)
+    def first_sentence_delivered():
+        spoken = next(iter(engine._spoken.values()), None)
+        return spoken is not None and spoken.sentences[0][2]
+    await until(first_sentence_delivered, what="the first sentence's audio")
     item_id = next(iter(sink.audio))
     audio_ms = sum(len(p) for p in sink.audio[item_id]) // 8
     engine.interrupt([HeardItem(item_id, audio_ms // 2, audio_ms)])
-    await asyncio.sleep(0.3)
     chat = requests(stack, "chat")[0]
+    await until(lambda: chat.aborted or chat.done, what="the chat request to end")
     assert chat.aborted and not chat.done
     assert sink.turns == [("assistant", "First sentence here.", item_id)]
     heard = engine.heard_text(item_id, audio_ms // 2, "First sentence here.")
     assert heard in ("First", "First sentence")
+    await engine.close()
+
+
+async def test_barge_in_while_a_sentence_still_streams_keeps_the_part_heard(stack):
+    """A sentence cut while its TTS audio is still arriving stays in the history, cut to what was heard."""
+    from voicebot.audio.playout import HeardItem
+    from voicebot.dialplan import load_dialplan
+    from voicebot.engines.chain import ChainEngine
+    from voicebot.server import SERVICES
+
+    persona = load_dialplan(stack.settings.dialplans_dir).by_number[CHAIN]
+    sink = RecordingSink()
+    sentence = "This sentence is long enough to take a few seconds of speech to arrive from the speech service."
+    conversation = [{"role": "user", "content": f"Say exactly: {sentence}"}]
+    stack.emulator.faults.tts_chunk_delay_s = 0.2
+    engine = ChainEngine(persona, stack.settings.stepfun, sink, http=stack.app[SERVICES].http,
+                         conversation=conversation, opening="reanswer")
+    await engine.start()
+    await until(lambda: sum(len(p) for chunks in sink.audio.values() for p in chunks) >= 8 * 600,
+                what="600 ms of the sentence's audio")
+    item_id = next(iter(sink.audio))
+    engine.interrupt([HeardItem(item_id, 300, 600)])
+    assert sink.turns == [("assistant", sentence, item_id)]
+    heard = engine.heard_text(item_id, 300, sentence)
+    # 300 ms of a sentence of about six seconds: its first word or two, not the half of it that was delivered.
+    assert heard and sentence.startswith(heard) and len(heard) <= 12, heard
     await engine.close()
 
 
@@ -253,7 +283,11 @@ async def test_realtime_error_event_switches_to_the_chain(stack, caller_en):
 async def run_with_fault_on_the_turn(stack, caller_en, to, fault, value):
     """One caller turn on the chain with ``fault`` armed after the greeting has been synthesized."""
     async def arm():
-        await asyncio.sleep(2.0)
+        # After the greeting has been synthesized: the fault is for the caller's turn.
+        def greeting_synthesized():
+            tts = [r for r in http_log(stack.emulator) if r.endpoint.startswith("tts")]
+            return tts and all(r.done for r in tts)
+        await until(greeting_synthesized, timeout=10, what="the greeting's synthesis")
         setattr(stack.emulator.faults, fault, value)
 
     armer = asyncio.create_task(arm())

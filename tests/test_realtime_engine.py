@@ -1,6 +1,5 @@
 """Realtime engine event handling that the emulator does not exercise: StepFun's documented orderings."""
 
-import asyncio
 
 import numpy as np
 
@@ -10,7 +9,7 @@ from voicebot.dialplan import load_dialplan
 from voicebot.engines import realtime
 from voicebot.engines.realtime import RealtimeEngine
 
-from conftest import REPO_DIALPLANS
+from conftest import REPO_DIALPLANS, until
 
 
 class Sink:
@@ -67,7 +66,7 @@ async def test_a_transcript_that_never_comes_does_not_hold_the_reply_forever(mon
     eng, sink = engine()
     eng._dispatch({"type": "input_audio_buffer.committed", "item_id": "u1"})
     eng._dispatch({"type": "response.audio_transcript.done", "item_id": "a1", "transcript": "Hello."})
-    await asyncio.sleep(0.1)
+    await until(lambda: sink.turns, timeout=1.0, what="the held reply to be released")
     assert sink.turns == [("assistant", "Hello.")]
 
 

@@ -14,6 +14,8 @@ from voicebot.emulator.app import Emulator, start_emulator
 from voicebot.stepfun.errors import StepFunAuthError, StepFunUnavailable
 from voicebot.stepfun.realtime import RealtimeConnection
 
+from conftest import until
+
 MODEL = "stepaudio-2.5-realtime"
 
 
@@ -37,16 +39,13 @@ async def test_session_events_appends_and_a_clean_close(emulator):
     for _ in range(3):   # bytes, as the engine sends them, and str
         conn.send_raw(b'{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(pcm.tobytes()) + b'"}')
     conn.send_raw(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm.tobytes()).decode()}))
-    for _ in range(100):
-        if any(e["type"] == "session.updated" for e in events) and emulator.sessions[0].appends == 4:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: any(e["type"] == "session.updated" for e in events) and emulator.sessions[0].appends == 4,
+                what="session.updated and four appends")
     assert [e["type"] for e in events] == ["session.updated"]
     assert emulator.sessions[0].appends == 4 and emulator.sessions[0].errors_sent == 0
     await conn.close()
     assert closed == [conn.close_reason] and conn.close_reason
-    await asyncio.sleep(0.1)
-    assert emulator.sessions[0].closed
+    await until(lambda: emulator.sessions[0].closed, what="the emulator to see the close")
 
 
 async def test_a_refused_upgrade_is_a_typed_error_with_the_trace_id(emulator):
@@ -77,8 +76,7 @@ async def test_fragmented_messages_are_joined_and_a_server_close_is_reported():
             transport.write(bytes([fin | opcode, len(part)]) if len(part) < 126 else
                             bytes([fin | opcode, 126]) + len(part).to_bytes(2, "big"))
             transport.write(part)
-        await asyncio.sleep(0.1)
-        await ws.close(code=1011, message=b"overloaded")
+        await ws.close(code=1011, message=b"overloaded")   # written after the fragments: TCP keeps the order
         return ws
 
     app = web.Application()

@@ -18,8 +18,7 @@ from .audio.playout import Playout
 from .audio.vad import EnergyVad
 from .config import Settings
 from .dialplan import Dialplan, Persona
-from .engines.base import Engine, EngineSink, interrupted_marker
-from .stepfun.errors import StepFunError
+from .engines.base import Engine, EngineSink, EngineUnavailable, interrupted_marker
 from .telephony.base import CallMeta, CarrierSession
 from .transcript import TranscriptFile
 
@@ -47,6 +46,7 @@ class CallServices:
     make_engine: EngineFactory
     calls: set["Call"] = field(default_factory=set)
     http: object = None      # the process's aiohttp.ClientSession (set on app startup)
+    answer: object = None    # runs a carrier connection's call (voicebot/answer.py's Answerer, set by the server)
     records: RecordWriter | None = None   # takes each call's record (set on app startup)
 
 
@@ -112,7 +112,7 @@ class Call(EngineSink):
             try:
                 await asyncio.wait_for(self.engine.start(), ENGINE_START_TIMEOUT_S)
                 self._engine_connected(self.engine)
-            except (StepFunError, asyncio.TimeoutError) as exc:
+            except (EngineUnavailable, asyncio.TimeoutError) as exc:
                 reason = str(exc) or "engine start timed out"
                 if self._can_fail_over():
                     self._switching = asyncio.create_task(self._fail_over(f"connect failed: {reason}",
@@ -300,7 +300,7 @@ class Call(EngineSink):
         self.engine = new
         try:
             await asyncio.wait_for(new.start(), ENGINE_START_TIMEOUT_S)
-        except (StepFunError, asyncio.TimeoutError) as exc:
+        except (EngineUnavailable, asyncio.TimeoutError) as exc:
             self.log.error("engine_unavailable", engine=new.name, reason=str(exc) or "start timed out")
             self.hang_up(f"engine unavailable: realtime ({reason}) and chain ({exc})")
             return

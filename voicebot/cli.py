@@ -10,7 +10,6 @@ import signal
 import sys
 
 import structlog
-from aiohttp import web
 
 from .config import ConfigError, Settings, check_serving, load_settings
 from .dialplan import Dialplan, load_dialplan
@@ -24,36 +23,9 @@ def _load(config: str | None) -> tuple[Settings, Dialplan]:
     return settings, load_dialplan(settings.dialplans_dir)
 
 
-async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | None = None,
-                       port: int | None = None):
-    """Start the voice server (and the embedded emulator when no key is set). Returns (runners, settings, url)."""
-    from .emulator.app import start_emulator
-    from .server import create_app, with_stepfun_base_url
-
-    runners = []
-    if settings.stepfun.emulated:
-        emu_runner, emulator = await start_emulator("127.0.0.1", 0)
-        runners.append(emu_runner)
-        base = f"http://127.0.0.1:{emulator.port}/step_plan/v1"
-        settings = with_stepfun_base_url(settings, base)
-        log.warning("stepfun_emulator_in_use",
-                    message="NO STEP_API_KEY SET: calls are answered by the embedded StepFun EMULATOR, "
-                            "not the real StepFun API", emulator_url=base)
-    else:
-        log.info("stepfun_api", base_url=settings.stepfun.base_url, key_present=True)
-    app = create_app(settings, dialplan)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host if host is not None else settings.host,
-                       settings.port if port is None else port, reuse_port=settings.workers > 1)
-    await site.start()
-    bound = runner.addresses[0]
-    url = f"http://{'127.0.0.1' if bound[0] in ('0.0.0.0', '::') else bound[0]}:{bound[1]}"
-    runners.insert(0, runner)
-    return runners, settings, url
-
-
 async def _serve(settings: Settings, dialplan: Dialplan) -> None:
+    from .server import start_server
+
     runners, settings, url = await start_server(settings, dialplan)
     log.info("voicebot_listening", url=url, public_url=settings.public_url,
              personas=[p.name for p in dialplan.personas],

@@ -86,10 +86,10 @@ def _report(result: CallResult, wav_out: str) -> None:
 
 
 async def run_demo(config: str | None = None, wav_out: str = "demo-call.wav") -> int:
-    from .cli import start_server
     from .config import load_settings
     from .dialplan import load_dialplan
     from .logs import configure_logging
+    from .server import start_server
 
     settings = load_settings(config)
     configure_logging(settings.log_format, "warning")

@@ -97,6 +97,20 @@ class Dialplan:
             return self.by_number[number]
         return self.default
 
+    def named(self, name: str) -> Persona | None:
+        return next((p for p in self.personas if p.name == name), None)
+
+    def persona_for(self, number: str | None, *, asked: str | None = None,
+                    fallback: str | None = None) -> tuple[Persona | None, str]:
+        """The persona answering a call to ``number``, or None and why not: the one ``asked`` for by name
+        (route, config or custom parameter), else the one owning the number, else ``fallback`` (the carrier's
+        configured persona), else the default."""
+        if asked:
+            return self.named(asked), f"no persona named {asked!r}"
+        if fallback and (number is None or number not in self.by_number):
+            return self.named(fallback), f"no persona named {fallback!r}"
+        return self.lookup(number), f"no persona for number {number!r}"
+
 
 def _persona(source: Path, data: object, prefix: str) -> Persona:
     f = Fields(source, data, prefix)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import os
 
 import aiohttp
@@ -11,12 +12,12 @@ import structlog
 from aiohttp import web
 
 from . import api, latency
+from .answer import Answerer
 from .call import CallServices, EngineFactory
 from .config import Settings
 from .dialplan import Dialplan, Persona
 from .engines.chain import ChainEngine
 from .engines.realtime import RealtimeEngine
-import importlib
 
 log = structlog.get_logger("voicebot.server")
 
@@ -97,6 +98,7 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     services = CallServices(settings=settings, dialplan=dialplan, make_engine=make_engine or (lambda *a, **k: None))
     if make_engine is None:
         services.make_engine = stepfun_engines(settings, services)
+    services.answer = Answerer(services)
     app[SERVICES] = services
     app.on_startup.append(_open_http)
     app.on_cleanup.append(_close_http)
@@ -114,3 +116,31 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
 
 def with_stepfun_base_url(settings: Settings, base_url: str) -> Settings:
     return dataclasses.replace(settings, stepfun=dataclasses.replace(settings.stepfun, base_url=base_url))
+
+
+async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | None = None,
+                       port: int | None = None):
+    """Start the voice server (and the embedded emulator when no key is set). Returns (runners, settings, url)."""
+    from .emulator.app import start_emulator
+
+    runners = []
+    if settings.stepfun.emulated:
+        emu_runner, emulator = await start_emulator("127.0.0.1", 0)
+        runners.append(emu_runner)
+        base = f"http://127.0.0.1:{emulator.port}/step_plan/v1"
+        settings = with_stepfun_base_url(settings, base)
+        log.warning("stepfun_emulator_in_use",
+                    message="NO STEP_API_KEY SET: calls are answered by the embedded StepFun EMULATOR, "
+                            "not the real StepFun API", emulator_url=base)
+    else:
+        log.info("stepfun_api", base_url=settings.stepfun.base_url, key_present=True)
+    app = create_app(settings, dialplan)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host if host is not None else settings.host,
+                       settings.port if port is None else port, reuse_port=settings.workers > 1)
+    await site.start()
+    bound = runner.addresses[0]
+    url = f"http://{'127.0.0.1' if bound[0] in ('0.0.0.0', '::') else bound[0]}:{bound[1]}"
+    runners.insert(0, runner)
+    return runners, settings, url

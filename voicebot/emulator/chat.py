@@ -18,6 +18,19 @@ Reply (deterministic; same conventions as the realtime emulator):
   ``"你说：<text>。"``);
 * else a ``system`` message with a marker → that text; else ``"Hello, how can I help you?"``.
 
+Tool calls, steered by the directives of :mod:`.tool_calls` (``On caller turn N, say "…" and call <name>
+<json-args>.`` in a ``system`` message, where N counts the user messages; ``Call tool: <name> <json-args>``
+in the newest user message) for a function the request's ``tools`` offer: the reply's ``content`` is the
+spoken line (``null`` without one, non-streamed) and its ``tool_calls`` one call ``{id: "call_…", type:
+"function", function: {name, arguments}}`` with the arguments verbatim, ``finish_reason: "tool_calls"``.
+Streamed, the line's pieces come first, then ``delta.tool_calls[{index: 0, id, type, function: {name,
+arguments}}]`` with the first piece of the arguments and further chunks with the rest
+(``{index: 0, function: {arguments}}``). A following request may carry that assistant message
+(``tool_calls`` with ``id``, ``type: "function"``, ``function.name`` and ``function.arguments`` strings) and a
+``tool`` message whose ``tool_call_id`` names one of its calls (else 400, as is a second answer to the
+same call); the reply to it is "The tool returned: …". A function's ``parameters`` must be a JSON Schema
+of ``type: "object"``.
+
 ``stop`` cuts the reply before the first stop string; ``max_tokens`` cuts it to that many pieces with
 ``finish_reason: "length"``; ``response_format: json_object`` wraps it as ``{"reply": …}``. Streaming sends one
 piece per chunk (a CJK character, or a word with its leading space), every chunk with cumulative ``usage``
@@ -51,6 +64,8 @@ from .http_common import (BadRequest, HttpRecord, elide_audio, endpoint, fault, 
                           sse, take_fault)
 from .realtime import DEFAULT_REPLY
 from .realtime_events import MARKER_RE, spoken_text
+from .tool_calls import (FUNCTION_NAME_RE, ToolCall, allowed, fragments, inline_call, new_call_id, offered_functions,
+                         parameters_problem, turn_directives)
 
 CHAT_MODELS = frozenset({"stepaudio-2.5-chat"})
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -59,7 +74,6 @@ _CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-
 _CJK_RE = re.compile(f"[{_CJK}]")
 _ASR_PLACEHOLDER_RE = re.compile(r"\(caller speech (\d+(?:\.\d+)?) s\)")
 _PIECE_RE = re.compile(f"\\s*[{_CJK}]|\\s*[^\\s{_CJK}]+|\\s+")
-_FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def pieces(text: str) -> list[str]:
@@ -99,32 +113,55 @@ def _audio_seconds(content: Any) -> float | None:
     return None
 
 
+def _echo(text: str) -> str:
+    """The reply to a user's text."""
+    if MARKER_RE.search(text):
+        return spoken_text(text) or DEFAULT_REPLY
+    if placeholder := _ASR_PLACEHOLDER_RE.fullmatch(text):
+        return f"You said something for {float(placeholder.group(1)):.1f} seconds."
+    if _CJK_RE.search(text):
+        return f"你说：{text.rstrip('。！？!?.')}。"
+    return f"You said: {text.rstrip('.!?。！？')}."
+
+
 def plan_reply(messages: list[dict]) -> str:
-    """The emulator's reply to a conversation (see the module docstring)."""
-    for msg in reversed(messages):
+    """The emulator's reply to a conversation that offers no tools (see the module docstring)."""
+    return plan_turn(messages, set())[0] or DEFAULT_REPLY
+
+
+def plan_turn(messages: list[dict], tools: set[str]) -> tuple[str | None, ToolCall | None]:
+    """(what the reply says -- None: nothing --, the tool it calls or None) for a conversation (see the
+    module docstring); ``tools``: the function names the request offers."""
+    for index in range(len(messages) - 1, -1, -1):
+        msg = messages[index]
         role = msg["role"]
         if role == "tool":
-            return f"The tool returned: {_text_parts(msg.get('content'))}"
+            return f"The tool returned: {_text_parts(msg.get('content'))}", None
         if role != "user":
             continue
         text = _text_parts(msg.get("content")).strip()
+        inline = inline_call(text)
+        if inline is not None:
+            before, call = inline
+            if allowed(call, tools, endpoint="chat"):
+                return (_echo(before) if before else None), call
+            text = before
+        turn = sum(1 for m in messages[:index + 1] if m["role"] == "user")
+        system = "\n".join(_text_parts(m.get("content")) for m in messages if m["role"] == "system")
+        call = allowed(turn_directives(system).get(turn), tools, endpoint="chat", caller_turn=turn)
+        if call is not None:
+            return call.say, call
         if text:
-            if MARKER_RE.search(text):
-                return spoken_text(text) or DEFAULT_REPLY
-            if placeholder := _ASR_PLACEHOLDER_RE.fullmatch(text):
-                return f"You said something for {float(placeholder.group(1)):.1f} seconds."
-            if _CJK_RE.search(text):
-                return f"你说：{text.rstrip('。！？!?.')}。"
-            return f"You said: {text.rstrip('.!?。！？')}."
+            return _echo(text), None
         seconds = _audio_seconds(msg.get("content"))
         if seconds is not None:
-            return f"You said something for {seconds:.1f} seconds."
+            return f"You said something for {seconds:.1f} seconds.", None
     for msg in messages:
         if msg["role"] == "system":
             text = _text_parts(msg.get("content"))
             if MARKER_RE.search(text):
-                return spoken_text(text) or DEFAULT_REPLY
-    return DEFAULT_REPLY
+                return spoken_text(text) or DEFAULT_REPLY, None
+    return DEFAULT_REPLY, None
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -159,11 +196,15 @@ def _check_message(msg: Any, i: int) -> dict:
                 raise BadRequest(f"'{p}.content' may be null only with tool_calls")
         elif not isinstance(content, (str, list)):
             raise BadRequest(f"'{p}.content' must be a string")
-        if msg.get("tool_calls") is not None:
-            calls = get(msg, "tool_calls", p, "list")
-            for j, call in enumerate(calls):
-                if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
-                    raise BadRequest(f"'{p}.tool_calls[{j}]' must be an object with a function")
+        for j, call in enumerate(get(msg, "tool_calls", p, "list") or ()):
+            pc = f"{p}.tool_calls[{j}]"
+            if not isinstance(call, dict):
+                raise BadRequest(f"'{pc}' must be an object")
+            get(call, "id", pc, "str", required=True)
+            get(call, "type", pc, "str", required=True, choices={"function"})
+            fn = get(call, "function", pc, "obj", required=True)
+            get(fn, "name", f"{pc}.function", "str", required=True)
+            get(fn, "arguments", f"{pc}.function", "str", required=True)
     elif role == "tool":
         get(msg, "content", p, "str", required=True)
         get(msg, "tool_call_id", p, "str", required=True)
@@ -171,6 +212,23 @@ def _check_message(msg: Any, i: int) -> dict:
         if not isinstance(content, (str, list)):
             raise BadRequest(f"'{p}.content' must be a string")
     return msg
+
+
+def _check_tool_results(messages: list[dict]) -> None:
+    """Each ``tool`` message answers a call made by an earlier assistant message, once."""
+    calls: set[str] = set()
+    answered: set[str] = set()
+    for i, msg in enumerate(messages):
+        if msg["role"] == "assistant":
+            calls.update(call["id"] for call in msg.get("tool_calls") or ())
+        elif msg["role"] == "tool":
+            call_id = msg["tool_call_id"]
+            if call_id not in calls:
+                raise BadRequest(f"'messages[{i}].tool_call_id' {call_id!r} does not match the id of a tool "
+                                 "call in a preceding assistant message")
+            if call_id in answered:
+                raise BadRequest(f"'messages[{i}].tool_call_id' {call_id!r}: that tool call was already answered")
+            answered.add(call_id)
 
 
 def _check(body: dict) -> dict:
@@ -182,6 +240,7 @@ def _check(body: dict) -> dict:
         raise BadRequest("'messages' must not be empty")
     for i, msg in enumerate(messages):
         _check_message(msg, i)
+    _check_tool_results(messages)
     modalities = get(body, "modalities", "", "list")
     if modalities is not None:
         if "audio" in modalities:
@@ -217,10 +276,14 @@ def _check(body: dict) -> dict:
         get(tool, "type", p, "str", required=True, choices={"function"})
         fn = get(tool, "function", p, "obj", required=True)
         name = get(fn, "name", f"{p}.function", "str", required=True)
-        if not _FUNCTION_NAME_RE.match(name):
+        if not FUNCTION_NAME_RE.match(name):
             raise BadRequest(f"'{p}.function.name' may use only ASCII letters, digits, _ and -, at most 64")
         get(fn, "description", f"{p}.function", "str")
-        get(fn, "parameters", f"{p}.function", "obj")
+        parameters = get(fn, "parameters", f"{p}.function", "obj")
+        problem = None if parameters is None else parameters_problem(parameters)
+        if problem is not None:
+            raise BadRequest(f"'{p}.function.parameters' {problem}")
+    opts["tools"] = offered_functions(tools)
     fmt = get(body, "response_format", "", "obj")
     opts["json"] = False
     if fmt is not None:
@@ -236,22 +299,24 @@ def _prompt_tokens(messages: list[dict]) -> int:
     return sum(4 + (len(_text_parts(m.get("content"))) + 1) // 2 for m in messages)
 
 
-def _plan(opts: dict, forced_reason: str | None) -> tuple[list[str], str]:
-    """(pieces, finish_reason) of the reply."""
-    text = plan_reply(opts["messages"])
-    if opts["json"]:
+def _plan(opts: dict, forced_reason: str | None) -> tuple[list[str], str, ToolCall | None]:
+    """(pieces, finish_reason, tool call or None) of the reply. A reply cut short (a stop string,
+    ``max_tokens``, a forced finish) never gets as far as its tool call."""
+    text, call = plan_turn(opts["messages"], opts["tools"])
+    text = text or ""
+    if opts["json"] and call is None:
         text = json.dumps({"reply": text}, ensure_ascii=False)
-    reason = "stop"
+    reason = "stop" if call is None else "tool_calls"
     for s in opts["stop"]:
         at = text.find(s)
         if at >= 0:
-            text = text[:at]
+            text, reason, call = text[:at], "stop", None
     parts = pieces(text)
     if forced_reason:
-        parts, reason = parts[:2], forced_reason
+        parts, reason, call = parts[:2], forced_reason, None
     elif opts["max_tokens"] is not None and len(parts) > opts["max_tokens"]:
-        parts, reason = parts[: opts["max_tokens"]], "length"
-    return parts, reason
+        parts, reason, call = parts[: opts["max_tokens"]], "length", None
+    return parts, reason, call
 
 
 async def _handle(request: web.Request, record: HttpRecord, emulator: Emulator) -> web.StreamResponse:
@@ -259,12 +324,14 @@ async def _handle(request: web.Request, record: HttpRecord, emulator: Emulator) 
     record.body = elide_audio(body)
     opts = _check(body)
     forced = take_fault(emulator, "chat_finish_reason_once")
-    parts, reason = _plan(opts, forced)
+    parts, reason, call = _plan(opts, forced)
     record.result = "".join(parts)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     prompt_tokens = _prompt_tokens(opts["messages"])
     n = opts["n"]
+    call_ids = [new_call_id() for _ in range(n)] if call is not None else []
+    arguments = fragments(call.arguments) if call is not None else []
 
     def usage(completion: int) -> dict:
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
@@ -272,16 +339,35 @@ async def _handle(request: web.Request, record: HttpRecord, emulator: Emulator) 
 
     if not opts["stream"]:
         record.done = True
+
+        def message(index: int) -> dict:
+            if call is None:
+                return {"role": "assistant", "content": "".join(parts)}
+            return {"role": "assistant", "content": "".join(parts) or None, "tool_calls": [{
+                "id": call_ids[index], "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments}}]}
+
         return web.json_response({
             "id": completion_id, "object": "chat.completion", "created": created, "model": opts["model"],
-            "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(parts)},
-                         "finish_reason": reason} for i in range(n)],
-            "usage": usage(len(parts) * n)})
+            "choices": [{"index": i, "message": message(i), "finish_reason": reason} for i in range(n)],
+            "usage": usage((len(parts) + len(arguments)) * n)})
 
-    def chunk(index: int, content: str, role: str, finish: str, completion: int) -> dict:
+    def chunk(index: int, content: str, role: str, finish: str, completion: int,
+              tool_call: dict | None = None) -> dict:
+        delta = {"role": role, "content": content}
+        if tool_call is not None:
+            delta["tool_calls"] = [{"index": 0, **tool_call}]
         return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": opts["model"],
-                "choices": [{"index": index, "delta": {"role": role, "content": content}, "finish_reason": finish}],
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
                 "usage": usage(completion)}
+
+    def tool_call_delta(index: int, k: int) -> dict:
+        """The call's ``k``-th streamed piece: its id, type and name come with the first."""
+        assert call is not None
+        if k == 0:
+            return {"id": call_ids[index], "type": "function",
+                    "function": {"name": call.name, "arguments": arguments[0]}}
+        return {"function": {"arguments": arguments[k]}}
 
     resp = await open_event_stream(request)
     sent = 0
@@ -293,6 +379,11 @@ async def _handle(request: web.Request, record: HttpRecord, emulator: Emulator) 
             for index in range(n):
                 sent += 1
                 await resp.write(sse(chunk(index, piece, "assistant" if k == 0 else "", "", sent)))
+        for k in range(len(arguments)):
+            for index in range(n):
+                sent += 1
+                role = "assistant" if k == 0 and not parts else ""
+                await resp.write(sse(chunk(index, "", role, "", sent, tool_call_delta(index, k))))
         for index in range(n):
             await resp.write(sse(chunk(index, "", "", reason, sent)))
         await resp.write(sse("[DONE]"))

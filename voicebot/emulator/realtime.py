@@ -36,6 +36,22 @@ What the emulator says, and the conventions a client can rely on:
   … ``response.done`` (``status:"cancelled"``). ``conversation.item.truncate`` accepts ``audio_end_ms`` up
   to the audio generated so far for that item (rounded up to the ms), cuts the item's audio and transcript,
   and answers ``conversation.item.truncated``.
+* **Tool calls** (stepfun-api.md §1.7), steered by the directives of :mod:`.tool_calls` in
+  ``session.instructions`` (``On caller turn N, say "…" and call <name> <json-args>.``) or in a user text
+  item (``Call tool: <name> <json-args>``), for a function tool offered in ``session.tools`` (or the
+  response's ``tools``) unless ``tool_choice`` is ``"none"``. The response then holds the spoken line, if
+  any, as the assistant message (output 0, streamed as above), then a ``function_call`` item (output 1, or
+  0 alone): ``response.output_item.added`` (status ``in_progress``, ``arguments: ""``),
+  ``conversation.item.created`` (status ``incomplete``, as StepFun's guide shows it), a few
+  ``response.function_call_arguments.delta`` with the fragment under ``arguments`` (StepFun's key, not
+  OpenAI's ``delta``), ``response.function_call_arguments.done`` (``call_id``, ``name``, the arguments
+  verbatim), ``response.output_item.done``, then ``response.done`` listing both items. Call ids are
+  ``call_`` + 24 hex digits. A cancel (or a new turn) while the line plays ends the response before the
+  call is made. The client answers with a ``function_call_output`` item, accepted only for a
+  ``function_call`` of this conversation that has no output yet, placed after it, and not while a
+  response runs (``ongoing response already exists``, as for ``response.create``); a following
+  ``response.create`` says "The tool returned: <output>". Directives are not acted on for replies to
+  anything but a user item, so the reply to a tool's output never calls again by itself.
 * **Limits.** ``Emulator.session_limit_s`` (30 min) → ``error`` ``session_expired`` then close 1000. An
   ``append`` may carry at most 15 MB of base64.
 """
@@ -49,7 +65,7 @@ import math
 import time
 import weakref
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import structlog
@@ -63,6 +79,8 @@ from .realtime_events import (BYTES_PER_MS, DEFAULT_TURN_DETECTION, DEFAULT_VOIC
                               MAX_APPEND_BASE64, RESPONSE_FIELDS, SESSION_FIELDS, InputAudio, Item,
                               ProtocolError, Response, bad_type, bad_value, check_keys, decode_audio, int_field,
                               missing, new_id, spoken_text, str_field, validate_fields, validate_item)
+from .tool_calls import (ToolCall, allowed, fragments, inline_call, new_call_id, offered_functions,
+                         turn_directives)
 
 log = structlog.get_logger("voicebot.emulator")
 
@@ -74,6 +92,15 @@ KEEP_INPUT_SAMPLES = 5 * speech.SAMPLE_RATE  # input audio kept between turns wh
 CHUNK_MS = 100
 APPEND_KEYS = frozenset({"type", "event_id", "audio"})
 DEFAULT_REPLY = "Hello, how can I help you?"
+
+
+class Plan(NamedTuple):
+    """What a reply does: say ``text`` (None: no message), with ``echo`` as its audio if given, then
+    ``call`` a tool if given."""
+
+    text: str | None
+    echo: bytes | None = None
+    call: ToolCall | None = None
 
 # ---------------------------------------------------------------------------------------------- session
 
@@ -454,12 +481,29 @@ class RealtimeSession:
                 raise ProtocolError("item_not_found", f"Item with id '{previous_id}' not found.",
                                     "previous_item_id")
             index = self.items.index(previous) + 1
+        if item.type == "function_call_output":
+            self._check_function_output(item, index)
         self.items.insert(index, item)
         previous_item_id = self.items[index - 1].id if index > 0 else None
         self.send({"type": "conversation.item.created", "previous_item_id": previous_item_id,
                    "item": item.public()})
         if item.audio:
             self._transcribe(item)
+
+    def _check_function_output(self, item: Item, index: int) -> None:
+        """A tool's result answers a function_call of this conversation, once, after it, and not while a
+        response runs (the model would not see it: StepFun refuses it as it refuses response.create)."""
+        if self.response is not None:
+            raise ProtocolError("conversation_already_has_active_response", "ongoing response already exists")
+        call = next((i for i in self.items if i.type == "function_call" and i.call_id == item.call_id), None)
+        if call is None:
+            raise bad_value("item.call_id", f"no function_call with call_id '{item.call_id}' in the "
+                            "conversation.")
+        if any(i.type == "function_call_output" and i.call_id == item.call_id for i in self.items):
+            raise bad_value("item.call_id", f"the function_call '{item.call_id}' already has an output.")
+        if index <= self.items.index(call):
+            raise bad_value("previous_item_id", f"a function_call_output must come after its function_call "
+                            f"'{item.call_id}' (item '{call.id}').")
 
     def _on_item_delete(self, event: dict) -> None:
         check_keys(event, {"type", "event_id", "item_id"})
@@ -526,9 +570,11 @@ class RealtimeSession:
         self._finish(self.response, "cancelled", {"type": "cancelled", "reason": "client_cancelled"})
 
     def _start_response(self, overrides: dict) -> None:
+        tools = offered_functions(overrides.get("tools", self.config["tools"]),
+                                  overrides.get("tool_choice", self.config["tool_choice"]))
         resp = Response(id=new_id("resp"), modalities=overrides.get("modalities", self.config["modalities"]),
                         voice=overrides.get("voice", self.config["voice"]),
-                        instructions=overrides.get("instructions"))
+                        instructions=overrides.get("instructions"), tools=frozenset(tools))
         self.response = resp
         self.responses.append(resp)
         self.send({"type": "response.created", "response": {
@@ -536,60 +582,54 @@ class RealtimeSession:
             "output": [], "usage": None}})
         resp.task = asyncio.create_task(self._run_response(resp))
 
-    def _plan_reply(self, resp: Response) -> tuple[str, bytes | None]:
-        """(transcript, echo audio or None) of a reply, following the conventions in the module docstring."""
+    def _plan_reply(self, resp: Response) -> Plan:
+        """What a reply says and calls, following the conventions in the module docstring."""
         if resp.instructions and MARKER_RE.search(resp.instructions):
-            return spoken_text(resp.instructions), None
+            return Plan(spoken_text(resp.instructions))
         for item in reversed(self.items):
             if item.type == "function_call_output":
-                return f"The tool returned: {item.output}", None
-            if item.role != "user":
-                continue
-            if item.audio:
-                seconds = (item.speech_ms if item.speech_ms is not None else item.audio_ms) / 1000.0
-                return f"You said something for {seconds:.1f} seconds.", bytes(item.audio)
-            texts = [part["text"] for part in item.content if part["type"] == "input_text"]
-            if texts:
-                return spoken_text(" ".join(texts)) or DEFAULT_REPLY, None
+                return Plan(f"The tool returned: {item.output}")
+            plan = self._answer_user(resp, item) if item.role == "user" else None
+            if plan is not None:
+                return plan
         instructions = self.config["instructions"]
         if instructions and MARKER_RE.search(instructions):
-            return spoken_text(instructions), None
-        return DEFAULT_REPLY, None
+            return Plan(spoken_text(instructions))
+        return Plan(DEFAULT_REPLY)
+
+    def _answer_user(self, resp: Response, item: Item) -> Plan | None:
+        """The reply to a user item: a tool call if one is asked for and offered, else what it says (None for
+        an item with neither audio nor text: the reply looks further back)."""
+        texts = [part["text"] for part in item.content if part["type"] == "input_text"]
+        text = " ".join(texts)
+        inline = inline_call(text) if texts else None
+        if inline is not None:
+            before, call = inline
+            if allowed(call, resp.tools, session_id=self.id, response_id=resp.id, item_id=item.id):
+                return Plan(spoken_text(before) or None, None, call)
+            text = before
+        turn = sum(1 for i in self.items[:self.items.index(item) + 1] if i.type == "message" and i.role == "user")
+        instructions = resp.instructions if resp.instructions is not None else self.config["instructions"]
+        call = allowed(turn_directives(instructions).get(turn), resp.tools, session_id=self.id,
+                       response_id=resp.id, caller_turn=turn)
+        if call is not None:
+            return Plan(call.say, None, call)
+        if item.audio:
+            seconds = (item.speech_ms if item.speech_ms is not None else item.audio_ms) / 1000.0
+            return Plan(f"You said something for {seconds:.1f} seconds.", bytes(item.audio))
+        if texts:
+            return Plan(spoken_text(text) or DEFAULT_REPLY)
+        return None
 
     async def _run_response(self, resp: Response) -> None:
         try:
-            text, echo = self._plan_reply(resp)
-            resp.text = text
-            previous = self.items[-1].id if self.items else None
-            item = Item(id=new_id("item"), type="message", role="assistant", status="in_progress",
-                        response_id=resp.id)
-            resp.item = item
-            self.items.append(item)
-            self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0,
-                       "item": item.public()})
-            self.send({"type": "conversation.item.created", "previous_item_id": previous, "item": item.public()})
-            part = {"type": "audio", "transcript": ""} if resp.audio else {"type": "text", "text": ""}
-            item.content.append(part)
-            self.send({"type": "response.content_part.added", "response_id": resp.id, "item_id": item.id,
-                       "output_index": 0, "content_index": 0, "part": dict(part)})
-            delay = self.emulator.faults.response_delay_s
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if resp.audio:
-                if echo is None:
-                    pcm = await asyncio.to_thread(speech.synthesize_speech_bytes, text, resp.voice)
-                else:
-                    pcm = echo
-                resp.planned_ms = len(pcm) / BYTES_PER_MS
-                await self._stream_audio(resp, item, part, pcm)
-            else:
-                for piece in speech.split_transcript(text, max(1, len(text) // 8)):
-                    if piece:
-                        resp.transcript_sent += piece
-                        part["text"] = resp.transcript_sent
-                        self.send({"type": "response.text.delta", "response_id": resp.id, "item_id": item.id,
-                                   "output_index": 0, "content_index": 0, "delta": piece})
-                        await asyncio.sleep(0)
+            plan = self._plan_reply(resp)
+            if plan.text is not None:
+                await self._say(resp, plan.text, plan.echo)
+            elif self.emulator.faults.response_delay_s > 0:
+                await asyncio.sleep(self.emulator.faults.response_delay_s)
+            if plan.call is not None:
+                self._call(resp, plan.call)
             self._finish(resp, "completed")
         except asyncio.CancelledError:
             pass
@@ -598,6 +638,63 @@ class RealtimeSession:
             self.send_error(ProtocolError("server_error", f"internal error: {exc!r}", type="server_error"))
             self._finish(resp, "failed", {"type": "failed", "error": {"type": "server_error",
                                                                       "code": "server_error"}})
+
+    async def _say(self, resp: Response, text: str, echo: bytes | None) -> None:
+        """The reply's assistant message (output 0): ``text``, spoken (``echo`` as its audio if given)."""
+        resp.text = text
+        previous = self.items[-1].id if self.items else None
+        item = Item(id=new_id("item"), type="message", role="assistant", status="in_progress",
+                    response_id=resp.id)
+        resp.item = item
+        self.items.append(item)
+        self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0,
+                   "item": item.public()})
+        self.send({"type": "conversation.item.created", "previous_item_id": previous, "item": item.public()})
+        part = {"type": "audio", "transcript": ""} if resp.audio else {"type": "text", "text": ""}
+        item.content.append(part)
+        self.send({"type": "response.content_part.added", "response_id": resp.id, "item_id": item.id,
+                   "output_index": 0, "content_index": 0, "part": dict(part)})
+        delay = self.emulator.faults.response_delay_s
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if resp.audio:
+            pcm = echo if echo is not None else await asyncio.to_thread(speech.synthesize_speech_bytes, text,
+                                                                        resp.voice)
+            resp.planned_ms = len(pcm) / BYTES_PER_MS
+            await self._stream_audio(resp, item, part, pcm)
+        else:
+            for piece in speech.split_transcript(text, max(1, len(text) // 8)):
+                if piece:
+                    resp.transcript_sent += piece
+                    part["text"] = resp.transcript_sent
+                    self.send({"type": "response.text.delta", "response_id": resp.id, "item_id": item.id,
+                               "output_index": 0, "content_index": 0, "delta": piece})
+                    await asyncio.sleep(0)
+        self._close_message(resp, "completed")
+
+    def _call(self, resp: Response, call: ToolCall) -> None:
+        """The reply's function_call (after its message, if any): the item, its arguments streamed under
+        the key ``arguments`` (StepFun's guide; OpenAI says ``delta``), then the item done."""
+        index = 1 if resp.item is not None else 0
+        previous = self.items[-1].id if self.items else None
+        item = Item(id=new_id("item"), type="function_call", status="in_progress", call_id=new_call_id(),
+                    name=call.name, arguments="", response_id=resp.id)
+        resp.call = item
+        self.items.append(item)
+        ids = {"response_id": resp.id, "item_id": item.id, "output_index": index, "call_id": item.call_id,
+               "name": item.name}
+        self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": index,
+                   "item": item.public()})
+        item.status = "incomplete"    # as StepFun's guide shows it while the arguments are generated
+        self.send({"type": "conversation.item.created", "previous_item_id": previous, "item": item.public()})
+        for piece in fragments(call.arguments):
+            self.send({"type": "response.function_call_arguments.delta", **ids, "arguments": piece})
+        item.arguments, item.status = call.arguments, "completed"
+        self.send({"type": "response.function_call_arguments.done", **ids, "arguments": item.arguments})
+        self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": index,
+                   "item": item.public()})
+        log.info("emulator_realtime_tool_call", session_id=self.id, response_id=resp.id, tool=call.name,
+                 call_id=item.call_id)
 
     async def _stream_audio(self, resp: Response, item: Item, part: dict, pcm: bytes) -> None:
         chunk_bytes = CHUNK_MS * BYTES_PER_MS
@@ -634,6 +731,26 @@ class RealtimeSession:
         while transport.get_write_buffer_size() > UNPACED_MAX_BUFFERED and not self.ws.closed:
             await asyncio.sleep(UNPACED_POLL_S)
 
+    def _close_message(self, resp: Response, status: str) -> None:
+        """Send the closing events of the reply's message, if it has one still open."""
+        item = resp.item
+        if item is None or item.status != "in_progress":
+            return
+        part = item.content[0]
+        ids = {"response_id": resp.id, "item_id": item.id, "output_index": 0, "content_index": 0}
+        if part["type"] == "audio":
+            if item.truncated_ms is None:
+                part["transcript"] = resp.transcript_sent
+            self.send({"type": "response.audio.done", **ids})
+            self.send({"type": "response.audio_transcript.done", **ids, "transcript": resp.transcript_sent})
+        else:
+            part["text"] = resp.transcript_sent
+            self.send({"type": "response.text.done", **ids, "text": resp.transcript_sent})
+        self.send({"type": "response.content_part.done", **ids, "part": dict(part)})
+        item.status = "completed" if status == "completed" else "incomplete"
+        self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0,
+                   "item": item.public()})
+
     def _finish(self, resp: Response, status: str, details: dict | None = None) -> None:
         """Close ``resp`` with ``status``: stop its task and send the closing events (once)."""
         if resp.status != "in_progress":
@@ -642,30 +759,17 @@ class RealtimeSession:
         resp.status_details = details
         if resp.task is not None and resp.task is not asyncio.current_task():
             resp.task.cancel()
-        item = resp.item
-        if item is not None:
-            part = item.content[0]
-            ids = {"response_id": resp.id, "item_id": item.id, "output_index": 0, "content_index": 0}
-            if part["type"] == "audio":
-                if item.truncated_ms is None:
-                    part["transcript"] = resp.transcript_sent
-                self.send({"type": "response.audio.done", **ids})
-                self.send({"type": "response.audio_transcript.done", **ids, "transcript": resp.transcript_sent})
-            else:
-                part["text"] = resp.transcript_sent
-                self.send({"type": "response.text.done", **ids, "text": resp.transcript_sent})
-            self.send({"type": "response.content_part.done", **ids, "part": dict(part)})
-            item.status = "completed" if status == "completed" else "incomplete"
-            self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0,
-                       "item": item.public()})
-        output = [item.public()] if item is not None else []
-        out_tokens = len(resp.transcript_sent) + (round(item.audio_ms / 40) if item is not None else 0)
+        self._close_message(resp, status)
+        outputs = [item for item in (resp.item, resp.call) if item is not None]
+        out_tokens = (len(resp.transcript_sent) + sum(round(item.audio_ms / 40) for item in outputs)
+                      + sum(len(item.arguments or "") for item in outputs))
         in_tokens = sum(len(i.audio) // (BYTES_PER_MS * 40) + sum(len(p.get("text") or "") for p in i.content)
-                        for i in self.items if i is not item)
+                        + len(i.output or "") for i in self.items if all(i is not o for o in outputs))
         self.send({"type": "response.done", "response": {
             "id": resp.id, "object": "realtime.response", "status": status, "status_details": details,
-            "output": output, "usage": {"total_tokens": in_tokens + out_tokens, "input_tokens": in_tokens,
-                                        "output_tokens": out_tokens}}})
+            "output": [item.public() for item in outputs],
+            "usage": {"total_tokens": in_tokens + out_tokens, "input_tokens": in_tokens,
+                      "output_tokens": out_tokens}}})
         if self.response is resp:
             self.response = None
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import speech
+from .tool_calls import FUNCTION_NAME_RE, parameters_problem
 
 BYTES_PER_MS = speech.SAMPLE_RATE * 2 // 1000     # PCM16 at 24 kHz
 DEFAULT_VOICE = "linjiajiejie"
@@ -42,7 +43,6 @@ MAX_APPEND_BASE64 = 15 * 1024 * 1024
 
 MARKER_RE = re.compile(r"(?:say\s+exactly|verbatim|原样输出)\s*[:：]\s*", re.IGNORECASE)
 _QUOTES = "\"'“”‘’「」『』"
-_FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def new_id(prefix: str) -> str:
@@ -199,10 +199,15 @@ def _validate_tools(value: Any, param: str) -> list[dict]:
         if kind == "function":
             check_keys(fn, {"name", "description", "parameters"}, f"{where}.function")
             name = str_field(fn, "name", f"{where}.function.name", required=True)
-            if not _FUNCTION_NAME_RE.match(name):
+            if not FUNCTION_NAME_RE.match(name):
                 raise bad_value(f"{where}.function.name", "use 1-64 ASCII letters, digits, '_' or '-'.")
-            if "parameters" in fn and not isinstance(fn["parameters"], dict):
-                raise bad_type(f"{where}.function.parameters", "object")
+            str_field(fn, "description", f"{where}.function.description", required=False)
+            if "parameters" in fn:
+                if not isinstance(fn["parameters"], dict):
+                    raise bad_type(f"{where}.function.parameters", "object")
+                problem = parameters_problem(fn["parameters"])
+                if problem is not None:
+                    raise bad_value(f"{where}.function.parameters", problem)
         else:
             check_keys(fn, {"description", "options"}, f"{where}.function")
     return copy.deepcopy(value)
@@ -293,7 +298,9 @@ class Item:
     status: str = "completed"
     content: list[dict] = field(default_factory=list)
     call_id: str | None = None
-    output: str | None = None
+    output: str | None = None             # function_call_output items
+    name: str | None = None               # function_call items: the tool and its arguments (verbatim)
+    arguments: str | None = None
     audio: bytearray = field(default_factory=bytearray)
     speech_ms: int | None = None          # VAD items: audio_end_ms - audio_start_ms
     truncated_ms: int | None = None       # set by conversation.item.truncate
@@ -304,9 +311,10 @@ class Item:
         if self.type == "message":
             item["role"] = self.role
             item["content"] = copy.deepcopy(self.content)
+        elif self.type == "function_call":
+            item.update(call_id=self.call_id, name=self.name, arguments=self.arguments)
         else:
-            item["call_id"] = self.call_id
-            item["output"] = self.output
+            item.update(call_id=self.call_id, output=self.output)
         return item
 
     @property
@@ -364,9 +372,11 @@ class Response:
     modalities: list[str]
     voice: str
     instructions: str | None
+    tools: frozenset[str] = frozenset()   # the function tools this response may call
     status: str = "in_progress"
     status_details: dict | None = None
-    item: Item | None = None
+    item: Item | None = None       # the assistant message (output 0), if the reply says anything
+    call: Item | None = None       # the function_call that follows it, once emitted
     text: str = ""                 # what the reply says in full
     transcript_sent: str = ""      # what has been streamed so far
     planned_ms: float | None = None  # length of the full reply audio, once known

@@ -9,6 +9,11 @@ import numpy as np
 from ..audio.playout import HeardItem
 
 
+class EngineUnavailable(Exception):
+    """The engine cannot be used (cannot connect, refused, no session): the message says why, fit for a log
+    line. Engines turn their vendor's errors into this, so that a call never needs to know the vendor."""
+
+
 class EngineSink(Protocol):
     """What an engine reports to its call. Every method is synchronous and cheap."""
 
@@ -36,7 +41,7 @@ class Engine(Protocol):
     name: str
 
     async def start(self) -> None:
-        """Connect and speak the greeting; raises StepFunError when the engine cannot be used."""
+        """Connect and speak the greeting; raises EngineUnavailable when the engine cannot be used."""
 
     def feed(self, frame: np.ndarray) -> None:
         """One 20 ms frame of caller audio (8 kHz int16)."""

@@ -59,24 +59,34 @@ def split_sentences(buffer: str) -> tuple[list[str], str]:
 class _Spoken:
     """Audio delivered for one bot item, sentence by sentence (to know which words the caller heard)."""
 
-    sentences: list[tuple[str, int]] = field(default_factory=list)   # (text, ms of audio)
+    sentences: list[list] = field(default_factory=list)   # [text, ms of audio delivered so far, complete]
     recorded: bool = False      # its transcript has been reported
 
     def heard(self, heard_ms: int) -> str:
         parts, elapsed = [], 0
-        for text, ms in self.sentences:
+        for text, ms, complete in self.sentences:
             if heard_ms >= elapsed + ms:
                 parts.append(text)
             else:
-                parts.append(heard_text(text, heard_ms - elapsed, ms))
+                # A sentence cut while its audio still streamed spans more than what was delivered of it.
+                span = ms if complete else max(ms, _expected_ms(text))
+                parts.append(heard_text(text, heard_ms - elapsed, span))
                 break
             elapsed += ms
         return " ".join(p for p in parts if p) if not _cjk(parts) else "".join(parts)
 
     @property
     def text(self) -> str:
-        texts = [t for t, _ in self.sentences]
+        texts = [t for t, _, _ in self.sentences]
         return "".join(texts) if _cjk(texts) else " ".join(texts)
+
+
+# Typical speaking time per character, for a sentence whose audio is not all known yet.
+_MS_PER_CHAR = {"latin": 65, "cjk": 200}
+
+
+def _expected_ms(text: str) -> int:
+    return len(text) * _MS_PER_CHAR["cjk" if _cjk([text]) else "latin"]
 
 
 def _cjk(parts: list[str]) -> bool:
@@ -283,40 +293,45 @@ class ChainEngine:
                 async with await self.tts.open_stream(**options) as stream:
                     await stream.send_text(sentence)
                     await stream.finish()
-                    await self._play(item_id, stream.audio(), delivered)
-                return self._spoken_if_any(item_id, sentence, delivered[0])
+                    await self._play(item_id, sentence, stream.audio(), delivered)
+                return bool(delivered[0])
             except StepFunError as exc:
                 self.log.warning("chain_tts_ws_failed", reason=str(exc), delivered_samples=delivered[0],
                                  fallback="http" if not delivered[0] else None)
                 if delivered[0]:      # the caller heard the start of it: do not say it twice
-                    return self._spoken_if_any(item_id, sentence, delivered[0])
+                    return True
         delivered = [0]
         try:
             async with self.tts.stream_http(sentence, **options) as stream:
-                await self._play(item_id, stream, delivered)
+                await self._play(item_id, sentence, stream, delivered)
         except StepFunError as exc:
             self.log.warning("chain_tts_failed", reason=str(exc), sentence_chars=len(sentence),
                              delivered_samples=delivered[0])
             self.sink.note("tts_failed", reason=str(exc), text=sentence)
-        return self._spoken_if_any(item_id, sentence, delivered[0])
+        return bool(delivered[0])
 
-    async def _play(self, item_id: str, chunks, delivered: list[int]) -> None:
+    async def _play(self, item_id: str, sentence: str, chunks, delivered: list[int]) -> None:
+        """Each chunk to the playout as it arrives; the sentence counts as spoken from its first chunk on, so
+        that a barge-in mid-sentence keeps the part the caller heard."""
+        entry: list | None = None
         async for pcm in chunks:
+            if entry is None:
+                entry = self._sentence_started(item_id, sentence)
             delivered[0] += len(pcm)
+            entry[1] = delivered[0] * 1000 // RATE
             self.sink.bot_audio(item_id, pcm)
+        if entry is not None:
+            entry[2] = True
 
-    def _spoken_if_any(self, item_id: str, sentence: str, samples: int) -> bool:
-        if samples:
-            self._sentence_spoken(item_id, sentence, samples)
-        return bool(samples)
-
-    def _sentence_spoken(self, item_id: str, sentence: str, samples: int) -> None:
+    def _sentence_started(self, item_id: str, sentence: str) -> list:
         spoken = self._spoken.get(item_id)
         if spoken is None:
             spoken = self._spoken[item_id] = _Spoken()
             for old in list(self._spoken)[:-KEEP_SPOKEN_ITEMS]:
                 del self._spoken[old]
-        spoken.sentences.append((sentence, samples * 1000 // RATE))
+        entry = [sentence, 0, False]
+        spoken.sentences.append(entry)
+        return entry
 
     async def _say(self, item_id: str, text: str) -> None:
         """A fixed line (greeting, re-prompt, apology): TTS only, no chat."""

@@ -13,9 +13,9 @@ from ..audio.playout import HeardItem
 from ..audio.resample import Resampler
 from ..config import StepFunSettings
 from ..dialplan import Persona
-from ..stepfun.errors import StepFunUnavailable
+from ..stepfun.errors import StepFunError
 from ..stepfun.realtime import RealtimeConnection
-from .base import EngineSink, heard_text
+from .base import EngineSink, EngineUnavailable, heard_text
 
 MODEL_RATE = 24000
 # An append is built as UTF-8 bytes around the base64 of the samples (no str round trip per frame).
@@ -79,19 +79,22 @@ class RealtimeEngine:
     async def start(self) -> None:
         timeout = (self.stepfun.failover_connect_timeout_s if self.persona.engine == "auto"
                    else self.stepfun.connect_timeout_s)
-        self._conn = await RealtimeConnection.connect(
-            self.stepfun.ws_base_url, self.stepfun.api_key or "emulator", self.persona.realtime.model,
-            timeout_s=timeout)
+        try:
+            self._conn = await RealtimeConnection.connect(
+                self.stepfun.ws_base_url, self.stepfun.api_key or "emulator", self.persona.realtime.model,
+                timeout_s=timeout)
+        except StepFunError as exc:
+            raise EngineUnavailable(str(exc)) from exc
         try:
             first = await asyncio.wait_for(self._conn.next_event(), timeout)
         except asyncio.TimeoutError:
             first = None
         if first is None:
             await self._conn.close()
-            raise StepFunUnavailable("realtime session did not start (no session.created)")
+            raise EngineUnavailable("realtime session did not start (no session.created)")
         if first.get("type") != "session.created":
             await self._conn.close()
-            raise StepFunUnavailable(f"realtime session started with {first.get('type')!r}, not session.created")
+            raise EngineUnavailable(f"realtime session started with {first.get('type')!r}, not session.created")
         self.log.info("realtime_session_started", session_id=self._conn.session_id, model=self.persona.realtime.model)
         self._conn.send({"type": "session.update", "session": session_config(self.persona)})
         if self.persona.greeting:

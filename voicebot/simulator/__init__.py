@@ -10,6 +10,7 @@ from voicebot.simulator.caller import (
     MarkRecord,
     PlayAudio,
     PlaybackSegment,
+    Press,
     ProtocolViolation,
     QueueMark,
     Say,
@@ -22,7 +23,7 @@ from voicebot.simulator.twilio import AUTO, TwilioProtocol, parse_twiml_stream, 
 
 __all__ = [
     "AUTO", "CallResult", "CallSetupError", "CallerUtterance", "CarrierProtocol", "ClearPlayback", "Hangup",
-    "MarkRecord", "PlayAudio", "PlaybackSegment", "ProtocolViolation", "QueueMark", "Say", "SimulatedCall",
+    "MarkRecord", "PlayAudio", "PlaybackSegment", "Press", "ProtocolViolation", "QueueMark", "Say", "SimulatedCall",
     "StreamRefused", "StreamTarget", "TimelineEvent", "TwilioProtocol", "parse_twiml_stream",
     "simulate_twilio_call",
 ]

@@ -2,7 +2,8 @@
 
 Asterisk connects with subprotocol ``media`` and the ``websocket_client.conf`` credentials as HTTP Basic,
 the dial string's ``v()`` parameters as URL query, sends ``MEDIA_START`` (plain text, or JSON with
-``f(json)``), then one binary frame of raw codec audio every 20 ms. What the server sends is checked as
+``f(json)``), then one binary frame of raw codec audio every 20 ms, and ``DTMF_END`` (``digit``) per key
+pressed. What the server sends is checked as
 chan_websocket would: binary media in whole ``optimal_frame_size`` units (a remainder is dropped) and at
 most 65500 bytes, TEXT commands in the call's control format only (``FLUSH_MEDIA``, ``MARK_MEDIA``,
 ``HANGUP``, …). Its frame queue reports ``MEDIA_XOFF`` at ``xoff_frames`` and ``MEDIA_XON`` below
@@ -103,6 +104,11 @@ class AsteriskProtocol(L16Protocol):
         if command == "MARK_MEDIA":
             return [QueueMark(correlation_id or "")]
         return []   # HANGUP: the server closes the socket; others change nothing we model
+
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [self._event("DTMF_END", digit=digit)]
 
     def mark_played(self, name: str, cleared: bool) -> list[Message]:
         if cleared:

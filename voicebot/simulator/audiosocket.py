@@ -1,7 +1,8 @@
 """Asterisk's side of an AudioSocket call (``telephony-protocols.md`` §6b): a TCP client, not a WebSocket.
 
 Asterisk connects to the server's AudioSocket port, sends the call's UUID (kind 0x01), then one 20 ms slin
-frame (kind 0x10, 320 bytes) every 20 ms, and a hangup (kind 0x00) when the caller hangs up. It takes slin
+frame (kind 0x10, 320 bytes) every 20 ms, a DTMF message (kind 0x03, the digit in ASCII) per key pressed,
+and a hangup (kind 0x00) when the caller hangs up. It takes slin
 frames back and plays them as they come: there is no buffer to fill, no marks and no clear, so the server
 must pace its audio in real time. Audio arriving more than ``max_ahead_ms`` ahead of playback is reported
 as a violation (a real Asterisk would play it late or garble it), as is anything but slin or hangup.
@@ -117,6 +118,11 @@ class AudioSocketProtocol(DirectProtocol):
                                     "buffer, frames must be paced")
         self._ahead = ahead
         return []
+
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [tlv(KIND_DTMF, digit.encode("ascii"))]
 
     def mark_played(self, name: str, cleared: bool) -> list[Message]:
         return []       # never called: AudioSocket has no marks

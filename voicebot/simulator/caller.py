@@ -8,8 +8,11 @@ Time is "caller time": seconds since the stream started (the carrier's ``start``
 runs at ``t0 + n * 20 ms`` on an absolute schedule (late ticks catch up, nothing drifts), driven by the
 loop's shared clock (``clock.py``) together with every other call on the loop. At each tick the
 carrier echoes marks whose audio has finished playing, the caller decides what to do from what it has
-heard so far and sends frame ``n`` (its audio for ``[n*20, n*20+20)`` ms), and the carrier takes the next
-20 ms from its buffer: what the caller hears during that interval. Timing resolution is one frame.
+heard so far (a keypress goes out as the carrier's DTMF message right then) and sends frame ``n`` (its
+audio for ``[n*20, n*20+20)`` ms), and the carrier takes the next 20 ms from its buffer: what the caller
+hears during that interval. Timing resolution is one frame. The call ends when the caller hangs up, the
+server closes the stream, the carrier ends it (:meth:`SimulatedCall.end_by_carrier`, e.g. from a fake
+REST API) or ``max_duration_s`` is reached.
 """
 
 from __future__ import annotations
@@ -78,6 +81,38 @@ class Say:
         _check_trigger(self, self.at_s, self.after_bot_done, self.barge_after_bot_ms, self.pause_s)
 
 
+DTMF_DIGITS = "0123456789*#ABCD"
+
+
+@dataclass(eq=False)
+class Press:
+    """The caller presses keys: each digit of ``digits`` (``0-9 * # A-D``) goes to the server as the carrier's
+    DTMF message, the first when the step triggers and the next ones ``gap_s`` apart; the step ends with
+    the last. Triggers as for :class:`Say` (``at_s``, ``after_bot_done`` + ``pause_s``,
+    ``barge_after_bot_ms``, or ``pause_s`` after the previous step). ``duration_ms``: how long each key is
+    held, for the carriers that report it. The caller's audio goes on meanwhile (carriers pass keypresses
+    out of band). A script with a Press is refused for a carrier whose stream carries no DTMF."""
+
+    digits: str
+    at_s: float | None = None
+    after_bot_done: bool = False
+    pause_s: float = 0.0
+    barge_after_bot_ms: float | None = None
+    gap_s: float = 0.25
+    duration_ms: int = 100
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.digits, str) or not self.digits:
+            raise ValueError(f"Press wants at least one digit, got {self.digits!r}")
+        wrong = sorted(set(self.digits) - set(DTMF_DIGITS))
+        if wrong:
+            raise ValueError(f"Press {self.digits!r}: {', '.join(map(repr, wrong))} not DTMF keys ({DTMF_DIGITS})")
+        if self.gap_s < 0 or self.duration_ms <= 0:
+            raise ValueError(f"Press {self.digits!r}: gap_s must not be negative and duration_ms must be positive")
+        _check_trigger(self, self.at_s, self.after_bot_done, self.barge_after_bot_ms, self.pause_s)
+
+
 @dataclass
 class Hangup:
     """The caller hangs up (the carrier sends its closing messages and closes the socket).
@@ -92,7 +127,7 @@ class Hangup:
         _check_trigger(self, self.at_s, self.after_bot_done, None, self.pause_s)
 
 
-Step = Union[Say, Hangup]
+Step = Union[Say, Press, Hangup]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,7 +218,14 @@ class CarrierProtocol(abc.ABC):
 
     @abc.abstractmethod
     def closing_messages(self) -> list[Message]:
-        """Messages sent when the caller hangs up, before the socket is closed."""
+        """Messages sent when the call ends on the carrier's side (the caller hung up, or the carrier ended
+        it), before the socket is closed."""
+
+    carries_dtmf = False   # the stream tells the server about keypresses (encode_dtmf is implemented)
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        """Messages telling the server the caller pressed ``digit`` (held ``duration_ms``)."""
+        raise ProtocolViolation(f"{self.name}: the media stream carries no DTMF")
 
     def playback_level(self, buffered_samples: int) -> list[Message]:
         """Called whenever the playback buffer grew or played a frame: carriers that report their queue
@@ -272,7 +314,7 @@ class CallResult:
     media_received: list[tuple[float, int]]
     utterances: list[CallerUtterance]
     first_bot_audio_s: float | None
-    end_reason: Literal["hangup", "server_closed", "max_duration"]
+    end_reason: Literal["hangup", "server_closed", "max_duration", "carrier_ended"]
     close_code: int | None
     close_reason: str | None
     duration_s: float
@@ -399,8 +441,11 @@ class SimulatedCall:
                  http_session: aiohttp.ClientSession | None = None, connect_timeout_s: float = 10.0,
                  max_message_bytes: int = 64 * 2**20, max_protocol_errors: int = 1000) -> None:
         for step in script:
-            if not isinstance(step, (Say, Hangup)):
-                raise TypeError(f"script steps are Say or Hangup, got {step!r}")
+            if not isinstance(step, (Say, Press, Hangup)):
+                raise TypeError(f"script steps are Say, Press or Hangup, got {step!r}")
+            if isinstance(step, Press) and not protocol.carries_dtmf:
+                raise ValueError(f"the script presses {step.digits!r}, but the {protocol.name} media stream "
+                                 "carries no DTMF to the server")
         self.protocol = protocol
         self.script = list(script)
         self.max_duration_s = max_duration_s
@@ -434,6 +479,7 @@ class SimulatedCall:
         self._utterance_ms: float | None = None  # played ms of the bot's current utterance since it became audible
         self._ended = False
         self._server_closed = False
+        self._carrier_ended = False
         self._end_reason = "server_closed"
         self._ticks = 0
         self._max_lag_s = 0.0
@@ -444,6 +490,9 @@ class SimulatedCall:
         self._bot_heard_since_armed = False
         self._speaking: Say | None = None
         self._speech_pos = 0
+        self._pressing: Press | None = None
+        self._press_pos = 0          # digits of _pressing sent so far
+        self._next_press_at = 0.0
         self._utterance: CallerUtterance | None = None
 
     # -- bookkeeping ---------------------------------------------------------------------------------
@@ -597,24 +646,34 @@ class SimulatedCall:
         if step.after_bot_done:
             return (self._bot_heard_since_armed and self._buffer.buffered == 0
                     and t - self._last_played_end >= step.pause_s - 1e-9)
-        if isinstance(step, Say) and step.barge_after_bot_ms is not None:
+        if not isinstance(step, Hangup) and step.barge_after_bot_ms is not None:
             return self._utterance_ms is not None and self._utterance_ms >= step.barge_after_bot_ms
         return t >= self._armed_at + step.pause_s - 1e-9
 
+    def _next_step(self, t: float) -> None:
+        """The current step is done at ``t``: the next one is armed."""
+        self._step += 1
+        self._armed_at, self._bot_heard_since_armed = t, False
+
     def _caller_tick(self, t: float):
         """The caller's frame for this tick, or _HANGUP."""
-        if self._speaking is None and self._step < len(self.script):
+        if self._speaking is None and self._pressing is None and self._step < len(self.script):
             step = self.script[self._step]
             if self._triggered(step, t):
                 if isinstance(step, Hangup):
                     return _HANGUP
-                self._speaking, self._speech_pos = step, 0
-                bot_playing = self._segment is not None and self._buffer.buffered > 0
-                barge = step.barge_after_bot_ms is not None or bot_playing
-                self._utterance = CallerUtterance(t, t, step.label, barge)
-                self._event(t, "caller_speech_start", (step.label or f"step {self._step + 1}")
-                            + (" (barge-in)" if barge else ""))
-                self._mic.speak(speech_frames(step.pcm))
+                if isinstance(step, Press):
+                    self._pressing, self._press_pos, self._next_press_at = step, 0, t
+                else:
+                    self._speaking, self._speech_pos = step, 0
+                    bot_playing = self._segment is not None and self._buffer.buffered > 0
+                    barge = step.barge_after_bot_ms is not None or bot_playing
+                    self._utterance = CallerUtterance(t, t, step.label, barge)
+                    self._event(t, "caller_speech_start", (step.label or f"step {self._step + 1}")
+                                + (" (barge-in)" if barge else ""))
+                    self._mic.speak(speech_frames(step.pcm))
+        if self._pressing is not None and t >= self._next_press_at - 1e-9:
+            self._press(self._pressing, t)
         frame = self._mic.next_frame()
         if self._speaking is not None:
             chunk_len = min(FRAME_SAMPLES, len(self._speaking.pcm) - self._speech_pos)
@@ -626,9 +685,20 @@ class SimulatedCall:
                 self._utterances.append(self._utterance)
                 self._event(end, "caller_speech_end", self._utterance.label or f"step {self._step + 1}")
                 self._speaking, self._utterance = None, None
-                self._step += 1
-                self._armed_at, self._bot_heard_since_armed = end, False
+                self._next_step(end)
         return frame
+
+    def _press(self, step: Press, t: float) -> None:
+        """Send the next digit of ``step`` now."""
+        digit = step.digits[self._press_pos]
+        self._press_pos += 1
+        self._event(t, "dtmf_sent", digit + (f" ({step.label})" if step.label else ""))
+        self._send(self.protocol.encode_dtmf(digit, step.duration_ms))
+        if self._press_pos < len(step.digits):
+            self._next_press_at += step.gap_s
+        else:
+            self._pressing = None
+            self._next_step(t)
 
     def _tick(self, n: int):
         """Tick ``n``, due at ``t0 + n * 20 ms`` (run by the loop's shared clock): None to go on,
@@ -643,6 +713,8 @@ class SimulatedCall:
         self._ticks = n
         if self._server_closed:
             return self._stop("server_closed")
+        if self._carrier_ended:
+            return self._stop("carrier_ended")
         t = n * FRAME_S
         if t >= self.max_duration_s - 1e-9:
             return self._stop("max_duration")
@@ -661,6 +733,20 @@ class SimulatedCall:
         self._send(self.protocol.encode_frame(frame, n, n * FRAME_MS))
         self._ticks = n + 1
         return self._drain() if self._ws.writing_paused else None
+
+    def end_by_carrier(self, reason: str) -> None:
+        """The carrier ends the call from its side, as after a REST hang-up or a transfer: at the next tick
+        it sends its closing messages and closes the socket, and the call ends with ``end_reason``
+        ``"carrier_ended"``; the timeline gets a ``carrier_ended`` event with ``reason`` now. For any task
+        on the call's event loop. Once the call is over (or the server closed the stream) it changes
+        nothing."""
+        if self._ended or self._server_closed or self._carrier_ended:
+            log.info("simulator.carrier_end_ignored", carrier=self.protocol.name, call=self.protocol.call_id,
+                     reason=reason, ended=self._ended, server_closed=self._server_closed)
+            return
+        self._carrier_ended = True
+        started = self._loop is not None and self._t0 > 0     # _t0: when the stream started
+        self._event(self._now() if started else 0.0, "carrier_ended", reason)
 
     def _stop(self, reason: str) -> object:
         self._end_reason = reason

@@ -3,8 +3,8 @@
 Exotel connects to the applet's URL (``?sample-rate=`` picks 8/16/24 kHz; up to three custom query
 parameters) with Basic credentials from the URL as an ``Authorization`` header, sends ``connected``,
 ``start`` (``stream_sid``, ``call_sid``, ``from``, ``to``, ``custom_parameters``, ``media_format`` with
-string numbers) and the caller's raw PCM16 little-endian audio in ~100 ms ``media`` chunks, every message
-numbered by ``sequence_number``. What the server may send: ``media`` (``stream_sid``, ``media.payload``),
+string numbers), the caller's raw PCM16 little-endian audio in ~100 ms ``media`` chunks and a ``dtmf``
+(``dtmf{digit, duration}``, text numbers) per key pressed, every message numbered by ``sequence_number``. What the server may send: ``media`` (``stream_sid``, ``media.payload``),
 ``mark`` (``stream_sid``, ``mark.name``) and ``clear`` (``stream_sid``) -- exactly those fields, our
 ``stream_sid``. A media chunk must be a whole multiple of 320 bytes and at most 100 kB, or Exotel plays
 gaps; chunks under 100 ms risk jitter (the server's chunk sizes are in ``CallResult.media_received``).
@@ -75,6 +75,11 @@ class ExotelProtocol(SnakeCaseProtocol):
         timestamp = (self._chunks_sent - 1) * CHUNK_FRAMES * 20
         return [self.numbered("media", media={"chunk": str(self._chunks_sent), "timestamp": str(timestamp),
                                               "payload": self.payload(self.codec, pcm)})]
+
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [self.numbered("dtmf", dtmf={"digit": digit, "duration": str(duration_ms)})]
 
     def closing_messages(self) -> list[Message]:
         return self._send_chunk() + [self.numbered("stop", stop={"call_sid": self.call_sid,

@@ -6,6 +6,8 @@
 * ``module="stream"``: mod_audio_stream's full-duplex build, no subprotocol, ``Authorization: Bearer``
   from ``STREAM_EXTRA_HEADERS``, metadata only if given; it plays binary L16 as it arrives and has no marks
   and no flush: a ``killAudio`` text is only passed on to the dialplan as an event, so nothing is cleared.
+
+Neither module puts the caller's keypresses on the stream, so a script cannot press keys here.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class FreeSwitchProtocol(JambonzProtocol):
             self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         self.start_metadata = ({"uuid": self.call_uuid, "to": to, "from": from_, "sampleRate": rate}
                                if metadata == AUTO else metadata)
+
+    carries_dtmf = False    # keypresses reach the dialplan, not the stream (an app may send them as text)
 
     def opening_messages(self) -> list[Message]:
         if self.start_metadata is None:

@@ -1,7 +1,8 @@
 """jambonz's side of a ``listen`` call with bidirectional streaming audio (``telephony-protocols.md`` §5).
 
 jambonz connects with subprotocol ``audio.jambonz.org`` and the verb's ``wsAuth`` as HTTP Basic
-credentials, sends the call's attributes as one JSON text frame, then binary L16 at ``sampleRate``. From
+credentials, sends the call's attributes as one JSON text frame, then binary L16 at ``sampleRate`` and
+(``passDtmf``) a ``{"event":"dtmf","dtmf":…,"duration":…}`` text per key pressed. From
 the server it takes binary L16 (played at ``bidirectionalAudio.sampleRate``, here the same rate) and the
 text commands ``killAudio``, ``mark`` (at most 30 outstanding), ``clearMarks`` and ``disconnect``. A mark
 comes back as ``{"type":"mark","data":{"name":…,"event":"playout"}}`` when reached, or with
@@ -60,6 +61,11 @@ class JambonzProtocol(L16Protocol):
             self.outstanding_marks += 1
             return [QueueMark(obj["data"]["name"])]
         return []   # clearMarks, disconnect: accepted (the server closes the socket itself)
+
+    carries_dtmf = True     # the listen verb's passDtmf
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [dumps({"event": "dtmf", "dtmf": digit, "duration": duration_ms})]
 
     def mark_played(self, name: str, cleared: bool) -> list[Message]:
         self.outstanding_marks -= 1

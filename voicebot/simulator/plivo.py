@@ -2,8 +2,8 @@
 
 Plivo connects to the stream URL (the XML element's text; the query string is kept), sends ``start``
 (``start{callId, streamId, accountId, tracks, mediaFormat{encoding, sampleRate}}`` and the XML's
-``extraHeaders`` as the ``extra_headers`` text) and then one ``media`` per 20 ms, numbered by
-``sequenceNumber``. It names no phone numbers: ``to``, ``persona`` and the stream ``token`` travel in
+``extraHeaders`` as the ``extra_headers`` text) and then one ``media`` per 20 ms and a ``dtmf``
+(``dtmf{track, digit, timestamp}``) per key pressed, numbered by ``sequenceNumber``. It names no phone numbers: ``to``, ``persona`` and the stream ``token`` travel in
 ``extraHeaders`` (letters and digits only). What the server may send: ``playAudio``
 (``media{contentType, sampleRate, payload}``: ``audio/x-l16`` at 8000/16000 or ``audio/x-mulaw`` at 8000),
 ``checkpoint`` (``streamId``, ``name``) and ``clearAudio`` (``streamId``) -- exactly those fields.
@@ -66,6 +66,12 @@ class PlivoProtocol(JsonCarrierProtocol):
         return [self.numbered("media", media={"track": "inbound", "timestamp": str(int(time.time() * 1000)),
                                               "chunk": index + 1, "payload": self.payload(self.codec, pcm)},
                               extra_headers=self.extra_headers)]
+
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [self.numbered("dtmf", dtmf={"track": "inbound", "digit": digit,
+                                            "timestamp": str(int(time.time() * 1000))})]
 
     def mark_played(self, name: str, cleared: bool) -> list[Message]:
         if cleared:

@@ -2,7 +2,8 @@
 
 Telnyx connects to the ``stream_url`` with the ``stream_auth_token`` as the ``x-telnyx-streaming-auth-token``
 header and in the ``connected`` frame, then sends ``start`` and one ``media`` per 20 ms RTP packet
-(base64 payload, no header), every message numbered by ``sequence_number``. Telnyx does not promise
+(base64 payload, no header) and a ``dtmf`` (``occurred_at``, ``dtmf.digit``) per key pressed, every
+message numbered by ``sequence_number``. Telnyx does not promise
 order: ``shuffle`` holds a media message back past the next one with that probability. What the server
 may send: ``media`` (``media.payload`` only: 20 ms to 30 s of audio in the bidirectional codec),
 ``mark`` (``mark.name``) and ``clear`` -- exactly those fields, no stream id. A mark comes back when the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -72,6 +74,12 @@ class TelnyxProtocol(SnakeCaseProtocol):
             self._held = message
             return []
         return [message]
+
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        occurred_at = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return [self.numbered("dtmf", occurred_at=occurred_at, dtmf={"digit": digit})]
 
     def closing_messages(self) -> list[Message]:
         held, self._held = ([self._held] if self._held else []), None

@@ -3,7 +3,8 @@
 See docs ``telephony-protocols.md`` §1. Everything the real Twilio checks on what our server sends is
 checked here too (JSON text frames only, exactly the documented fields, our streamSid, valid base64);
 violations are recorded as protocol errors with Twilio's error codes (31950 binary frame, 31951 bad
-message) instead of being acted on.
+message) instead of being acted on. A key the caller presses goes out as ``dtmf``
+(``dtmf{track: "inbound_track", digit}``), numbered with the media.
 """
 
 from __future__ import annotations
@@ -190,6 +191,12 @@ class TwilioProtocol(CarrierProtocol):
     def mark_played(self, name: str, cleared: bool) -> list[Message]:
         return [self._json({"event": "mark", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid_value,
                             "mark": {"name": name}})]
+
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [self._json({"event": "dtmf", "streamSid": self.stream_sid_value, "sequenceNumber": self._next_seq(),
+                            "dtmf": {"track": "inbound_track", "digit": digit}})]
 
     def closing_messages(self) -> list[Message]:
         return [self._json({"event": "stop", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid_value,

@@ -2,7 +2,7 @@
 
 Vonage connects with the NCCO's ``authorization`` value as the ``Authorization`` header, sends
 ``websocket:connected`` (content type plus the NCCO headers, flattened), then binary L16 frames of exactly
-20 ms. What the server sends is checked as Vonage would: binary frames of exactly 20 ms at the stream's rate
+20 ms, and ``websocket:dtmf`` (``digit``, ``duration`` in ms) per key pressed. What the server sends is checked as Vonage would: binary frames of exactly 20 ms at the stream's rate
 (320/640/960 bytes), at most 3072 frames buffered, and only ``{"action":"clear"}`` and
 ``{"action":"notify","payload":{…}}`` as text. A clear is answered with ``websocket:cleared``, a notify with
 ``websocket:notify`` carrying its payload once the audio before it has played.
@@ -60,6 +60,11 @@ class VonageProtocol(L16Protocol):
             exact_fields(obj, {"action": str, "payload": dict}, "notify", excerpt)
             return [QueueMark(dumps(obj["payload"]))]
         raise ProtocolViolation(f"unknown action {action!r} (only clear, notify): {excerpt!r}")
+
+    carries_dtmf = True
+
+    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
+        return [dumps({"event": "websocket:dtmf", "digit": digit, "duration": duration_ms})]
 
     def cleared(self) -> list[Message]:
         return [dumps({"event": "websocket:cleared"})]

@@ -20,12 +20,11 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import aiohttp
 import numpy as np
 import structlog
 
 from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status
-from .http import DEFAULT_BASE_URL, SseStream, StepFunHttp, Timeouts
+from .http import SseStream, StepFunClient, StepFunHttp, Timeouts
 
 log = structlog.get_logger("voicebot.stepfun")
 
@@ -144,18 +143,11 @@ class AsrStream(SseStream[str]):
         return Transcript(self.text, self.trace_id, list(self.deltas), self.session_id, self.usage)
 
 
-class AsrClient:
+class AsrClient(StepFunClient):
     """``stepaudio-2.5-asr`` over ``POST {base}/audio/asr/sse``."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str = DEFAULT_BASE_URL,
-                 api_key: str | None = None, *, model: str = ASR_MODEL, connect_timeout: float = 5.0,
-                 total_timeout: float | None = 30.0) -> None:
-        self.model = model
-        self._http = StepFunHttp(session, base_url, api_key,
-                                 timeouts=Timeouts(connect=connect_timeout, total=total_timeout))
-
-    def __repr__(self) -> str:
-        return f"AsrClient({self._http!r}, model={self.model!r})"
+    default_model = ASR_MODEL
+    default_total_timeout = 30.0
 
     def stream(self, pcm16k: np.ndarray, language: str = "zh", *, enable_itn: bool = True,
                hotwords: Sequence[str] | None = None, sample_rate: int = ASR_RATE,

@@ -19,11 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import aiohttp
 import structlog
 
 from .errors import StepFunError, StepFunUnavailable, error_for_status
-from .http import DEFAULT_BASE_URL, SseStream, StepFunHttp, Timeouts
+from .http import SseStream, StepFunClient, StepFunHttp, Timeouts
 
 log = structlog.get_logger("voicebot.stepfun")
 
@@ -154,18 +153,11 @@ class ChatStream(SseStream[str]):
                           list(self.tool_calls))
 
 
-class ChatClient:
+class ChatClient(StepFunClient):
     """``stepaudio-2.5-chat`` over ``POST {base}/chat/completions`` (``modalities: ["text"]``)."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str = DEFAULT_BASE_URL,
-                 api_key: str | None = None, *, model: str = CHAT_MODEL, connect_timeout: float = 5.0,
-                 total_timeout: float | None = 60.0) -> None:
-        self.model = model
-        self._http = StepFunHttp(session, base_url, api_key,
-                                 timeouts=Timeouts(connect=connect_timeout, total=total_timeout))
-
-    def __repr__(self) -> str:
-        return f"ChatClient({self._http!r}, model={self.model!r})"
+    default_model = CHAT_MODEL
+    default_total_timeout = 60.0
 
     def request_body(self, messages: Sequence[Mapping[str, Any]], *, stream: bool, temperature: float = 0.5,
                      top_p: float | None = None, max_tokens: int | None = None,

@@ -202,6 +202,24 @@ class StepFunHttp:
             raise StepFunUnavailable(f"{what}: answer is not JSON: {body[:120]!r}", trace_id=trace_id) from None
 
 
+class StepFunClient:
+    """What every StepFun endpoint client is made of: its model and one :class:`StepFunHttp` (base URL, key,
+    default timeouts). Subclasses set ``default_model`` and ``default_total_timeout``."""
+
+    default_model: str = ""
+    default_total_timeout: float | None = 30.0
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str = DEFAULT_BASE_URL,
+                 api_key: str | None = None, *, model: str | None = None, connect_timeout: float = 5.0,
+                 total_timeout: float | None = ...) -> None:  # type: ignore[assignment]  # ...: the default
+        self.model = model or self.default_model
+        total = self.default_total_timeout if total_timeout is ... else total_timeout
+        self._http = StepFunHttp(session, base_url, api_key, timeouts=Timeouts(connect=connect_timeout, total=total))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._http!r}, model={self.model!r})"
+
+
 async def read_body(resp: aiohttp.ClientResponse, what: str) -> bytes:
     """The whole body, then the connection back to the pool; a broken read is a typed error."""
     try:

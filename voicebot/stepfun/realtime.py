@@ -274,11 +274,13 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
         future = self._handshake
         if future is None or future.done():
             return
-        problem = self._ws.handshake_exc or exc
-        if problem is not None:
-            future.set_exception(problem)
-        elif self._ws.state is State.OPEN:
+        problem = self._ws.handshake_exc
+        if problem is None and self._ws.state is not State.CONNECTING:
+            # Accepted; the session may already be closing when the close frame came in the same read as the
+            # handshake response: the events before it are still delivered, then the close is reported.
             future.set_result(None)
+        elif problem is not None or exc is not None:
+            future.set_exception(problem or exc)
 
     # -- writing ----------------------------------------------------------------------------------
     def _flush(self) -> None:

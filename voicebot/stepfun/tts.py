@@ -41,7 +41,7 @@ import structlog
 
 from .. import latency
 from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status
-from .http import (DEFAULT_BASE_URL, TRACE_HEADER, SseStream, StepFunHttp, Timeouts, trace_id_of,
+from .http import (SseStream, StepFunClient, StepFunHttp, TRACE_HEADER, Timeouts, trace_id_of,
                    transport_error)
 
 log = structlog.get_logger("voicebot.stepfun")
@@ -399,18 +399,11 @@ def ws_error(data: Mapping[str, Any], session_id: str | None) -> StepFunError:
 
 # ---------------------------------------------------------------------------------------------- client
 
-class TtsClient:
+class TtsClient(StepFunClient):
     """``stepaudio-2.5-tts`` over HTTP and WebSocket; PCM16 out, 8 kHz unless asked otherwise."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str = DEFAULT_BASE_URL,
-                 api_key: str | None = None, *, model: str = TTS_MODEL, connect_timeout: float = 5.0,
-                 total_timeout: float | None = 30.0) -> None:
-        self.model = model
-        self._http = StepFunHttp(session, base_url, api_key,
-                                 timeouts=Timeouts(connect=connect_timeout, total=total_timeout))
-
-    def __repr__(self) -> str:
-        return f"TtsClient({self._http!r}, model={self.model!r})"
+    default_model = TTS_MODEL
+    default_total_timeout = 30.0
 
     def speech_body(self, text: str, *, voice: str, speed: float = 1.0, volume: float = 1.0,
                     instruction: str | None = None, sample_rate: int = 8000,

@@ -22,7 +22,7 @@ import aiohttp
 import structlog
 
 from .errors import StepFunRequestError, StepFunUnavailable
-from .http import DEFAULT_BASE_URL, StepFunHttp, Timeouts
+from .http import DEFAULT_BASE_URL, StepFunClient, StepFunHttp
 
 log = structlog.get_logger("voicebot.stepfun")
 
@@ -78,19 +78,20 @@ def _need_str(doc: Any, key: str, what: str, trace_id: str | None) -> str:
     return value
 
 
-class VoicesClient:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str = DEFAULT_BASE_URL,
-                 api_key: str | None = None, *, model: str = VOICE_MODEL, files_base_url: str | None = None,
-                 files_api_key: str | None = None, connect_timeout: float = 5.0,
-                 total_timeout: float | None = 60.0) -> None:
-        self.model = model
-        timeouts = Timeouts(connect=connect_timeout, total=total_timeout)
-        self._http = StepFunHttp(session, base_url, api_key, timeouts=timeouts)
-        self._files = StepFunHttp(session, files_base_url or base_url,
-                                  files_api_key if files_api_key is not None else api_key, timeouts=timeouts)
+class VoicesClient(StepFunClient):
+    """Voice preview, cloning and listing; reference clips are uploaded to ``/files``, which may live
+    elsewhere (``files_base_url``, ``files_api_key``: stepfun-api.md §5)."""
 
-    def __repr__(self) -> str:
-        return f"VoicesClient({self._http!r}, model={self.model!r})"
+    default_model = VOICE_MODEL
+    default_total_timeout = 60.0
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str = DEFAULT_BASE_URL,
+                 api_key: str | None = None, *, files_base_url: str | None = None,
+                 files_api_key: str | None = None, **options) -> None:
+        super().__init__(session, base_url, api_key, **options)
+        self._files = StepFunHttp(session, files_base_url or base_url,
+                                  files_api_key if files_api_key is not None else api_key,
+                                  timeouts=self._http.timeouts)
 
     async def upload(self, data: bytes, filename: str = "ref.wav", *, purpose: str = "storage",
                      content_type: str | None = None) -> UploadedFile:

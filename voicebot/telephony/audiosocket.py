@@ -25,7 +25,7 @@ from aiohttp import web
 
 from ..audio.codecs import UnsupportedCodec, WireCodec
 from .base import (Audio, CallMeta, CarrierEvent, CarrierOptions, CarrierSession, Dtmf, FatalProtocolError,
-                   ProtocolError, Started, Stopped, read_carrier_options, serve_tcp_stream)
+                   ProtocolError, Started, Stopped, read_carrier_options)
 
 log = structlog.get_logger("voicebot.audiosocket")
 
@@ -144,8 +144,8 @@ class AudioSocketListener:
         task = asyncio.current_task()
         self._connections.add(task)
         try:
-            await serve_tcp_stream(reader, writer, read_message, AudioSocketSession, self.services,
-                                   options=self.options)
+            await self.services.answer.tcp(reader, writer, read_message, AudioSocketSession,
+                                           options=self.options)
         finally:
             self._connections.discard(task)
 

@@ -1,24 +1,20 @@
-"""What every carrier shares: the wire-protocol interface and the loop that drives a call over it.
+"""What every carrier module shares: the wire-protocol interface, the events it produces, and helpers.
 
 A carrier module only translates its wire messages into ``Started``/``Audio``/``MarkPlayed``/``Dtmf``/
-``Stopped`` events and encodes ``send_audio``/``send_mark``/``send_clear``. Everything else — size limits,
-authentication order, persona lookup, running the ``Call``, error logging, cleanup — lives here once, in
-:class:`MediaStream`, which does not care how messages travel. Two transports (:mod:`.transport`) feed it: an
-aiohttp WebSocket (:func:`serve_media_stream`, most carriers) and a plain TCP connection
-(:func:`serve_tcp_stream`, Asterisk AudioSocket).
+``Stopped`` events and encodes ``send_audio``/``send_mark``/``send_clear``. Its route authenticates the upgrade
+request and hands the connection to the call-level stream runner (``services.answer``, voicebot/answer.py),
+which runs the ``Call``: carrier modules speak wire protocol only and never construct a call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hmac
-import itertools
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,22 +22,15 @@ import numpy as np
 import structlog
 from aiohttp import web
 
-from ..audio import FRAME_SAMPLES
 from ..config import Fields
-from ..wsserver import ServerWebSocket
-from .transport import Outbox, StreamEnded, TcpTransport, Transport, WebSocketTransport
 
 if TYPE_CHECKING:
-    from ..call import Call, CallServices
-    from ..dialplan import Dialplan, Persona
+    from ..call import CallServices
+    from ..dialplan import Dialplan
 
 log = structlog.get_logger("voicebot.telephony")
 
-START_TIMEOUT_S = 10.0
-HEARTBEAT_S = 30.0   # a silent carrier is pinged after this long, dropped without a pong
-MAX_LOGGED_PROTOCOL_ERRORS = 5   # per connection; later ones are counted and summarised at the end
 POLICY_VIOLATION = 1008             # WebSocket close code for refused streams
-_connection_ids = itertools.count(1)
 
 
 class ProtocolError(Exception):
@@ -170,20 +159,6 @@ def dtmf(value: object, where: str) -> Dtmf:
     return Dtmf(str(value))
 
 
-def persona_for(dialplan: "Dialplan", meta: CallMeta, fallback: str | None = None) -> tuple["Persona | None", str]:
-    """The persona answering ``meta``'s call, or None and why not: the one asked for by name, else the one
-    owning the called number, else ``fallback`` (the carrier's configured persona), else the default."""
-    if meta.persona:
-        return persona_named(dialplan, meta.persona), f"no persona named {meta.persona!r}"
-    if fallback and (meta.to_number is None or meta.to_number not in dialplan.by_number):
-        return persona_named(dialplan, fallback), f"no persona named {fallback!r}"
-    return dialplan.lookup(meta.to_number), f"no persona for number {meta.to_number!r}"
-
-
-def persona_named(dialplan: "Dialplan", name: str) -> "Persona | None":
-    return next((p for p in dialplan.personas if p.name == name), None)
-
-
 def secret_matches(given: str | None, expected: str) -> bool:
     """Constant-time comparison of a credential from the wire with the configured one."""
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
@@ -226,174 +201,15 @@ def read_carrier_options(fields: Fields, dialplan: "Dialplan", *, has_auth: bool
     options = CarrierOptions(enabled=fields.get("enabled", bool, True),
                              auth=fields.get("auth", bool, True) if has_auth else False,
                              persona=fields.get("persona", str, None))
-    if options.persona is not None and persona_named(dialplan, options.persona) is None:
+    if options.persona is not None and dialplan.named(options.persona) is None:
         names = ", ".join(p.name for p in dialplan.personas)
         raise fields.error("persona", f"no persona named {options.persona!r} (known: {names})")
     return options
 
 
-class FrameAssembler:
-    """Re-cuts inbound audio of any length into exact 20 ms frames."""
-
-    def __init__(self) -> None:
-        self._rest = np.zeros(0, dtype=np.int16)
-
-    def push(self, pcm: np.ndarray) -> list[np.ndarray]:
-        if len(self._rest) == 0 and len(pcm) == FRAME_SAMPLES:
-            return [pcm]
-        if len(self._rest):
-            pcm = np.concatenate((self._rest, pcm))
-        whole = len(pcm) - len(pcm) % FRAME_SAMPLES
-        self._rest = pcm[whole:]
-        return [pcm[i:i + FRAME_SAMPLES] for i in range(0, whole, FRAME_SAMPLES)]
-
-
-# -- the call over one media connection ------------------------------------------------------------
-
-class MediaStream:
-    """Drives one call over one media connection, whatever the transport: start, authorization, persona,
-    the ``Call``, events, protocol-error logging and cleanup."""
-
-    def __init__(self, transport: Transport, session_cls: type[CarrierSession], services: "CallServices", *,
-                 peer: str | None = None, **session_kwargs) -> None:
-        self.transport = transport
-        self.services = services
-        self.conn_id = next(_connection_ids)
-        self.log = log.bind(carrier=session_cls.carrier, conn=self.conn_id, peer=peer)
-        self.outbox = Outbox(transport)
-        self.session = session_cls(self.outbox.send_text, self.outbox.send_bytes, **session_kwargs)
-        self.call: Call | None = None
-        self.errors = 0
-        self._assembler = FrameAssembler()
-        self._ending: asyncio.Future | None = None   # set once the connection is being closed on our side
-
-    def protocol_error(self, problem: str) -> None:
-        self.errors += 1
-        if self.errors <= MAX_LOGGED_PROTOCOL_ERRORS:
-            (self.call.log if self.call else self.log).warning("carrier_protocol_error", problem=problem,
-                                                              count=self.errors)
-
-    def receive(self, message: str | bytes) -> None:
-        """One message from the carrier, in the loop step that read it: parsed by the session, its events
-        acted on. What must wait (closing the connection) runs as a task; later messages are then ignored."""
-        if self._ending is not None:
-            return
-        try:
-            if isinstance(message, str):
-                events = self.session.handle_text(message)
-            else:
-                events = self.session.handle_bytes(message)
-        except ProtocolError as exc:
-            self.protocol_error(str(exc))
-            if isinstance(exc, FatalProtocolError):
-                if self.call is not None:
-                    self.call.hang_up(f"carrier protocol error: {exc}")
-                self._end(self.refuse("unusable stream"))
-            return
-        self.handle(events)
-
-    def handle(self, events: list[CarrierEvent]) -> None:
-        call = self.call
-        for event in events:
-            if isinstance(event, Audio):
-                if call is not None:
-                    for frame in self._assembler.push(event.pcm):
-                        call.on_caller_audio(frame)
-            elif isinstance(event, MarkPlayed):
-                if call is not None:
-                    call.on_mark(event.name)
-            elif isinstance(event, Started):
-                if call is not None:
-                    self.protocol_error("second start message on one stream ignored")
-                    continue
-                refusal = self.session.authorize(event.meta)
-                if refusal is not None:
-                    self.log.warning("media_stream_refused", reason=refusal, call_sid=event.meta.call_id)
-                    self._end(self.refuse("unauthorized"))
-                    return
-                persona, why_not = persona_for(self.services.dialplan, event.meta, self.session.fallback_persona)
-                if persona is None:
-                    self.log.warning("no_persona_for_number", reason=why_not, to=event.meta.to_number,
-                                     call_sid=event.meta.call_id)
-                    self._end(self.refuse("no persona for this call"))
-                    return
-                from ..call import Call   # call.py imports this module's types; here, not per message
-                call = self.call = Call(meta=event.meta, persona=persona, carrier=self.session,
-                                        services=self.services, close_carrier=self.hang_up)
-                loop = asyncio.get_running_loop()
-                self.session.mark_reached = lambda name, on_mark=call.on_mark: loop.call_soon(on_mark, name)
-                call.start()
-            elif isinstance(event, Dtmf):
-                if call is not None:
-                    call.on_dtmf(event.digit)
-            elif isinstance(event, Stopped):
-                if call is not None:
-                    call.hang_up(f"carrier: {event.reason}")
-                self._end(self.transport.close())
-                return
-
-    def _end(self, closing: Awaitable[None]) -> None:
-        """Stop acting on messages; ``closing`` ends the connection (``run`` waits for it)."""
-        self._ending = asyncio.ensure_future(closing)
-
-    def _no_start(self) -> None:
-        if self.call is None and self._ending is None:
-            self.log.warning("media_stream_no_start", waited_s=START_TIMEOUT_S)
-            self._end(self.refuse("no start message"))
-
-    async def refuse(self, reason: str) -> None:
-        await self.transport.close(code=POLICY_VIOLATION, reason=reason)
-
-    async def hang_up(self) -> None:
-        """The call is over on our side: tell the carrier in-band where it can be told, then close."""
-        if not self.transport.closed:
-            self.session.send_hangup()
-            await self.outbox.close()
-        await self.transport.close()
-
-    async def run(self) -> None:
-        """Deliver messages until either side hangs up; the call, if any, is finished on return."""
-        no_start = asyncio.get_running_loop().call_later(START_TIMEOUT_S, self._no_start)
-        try:
-            await self.transport.deliver(self.receive)
-        except StreamEnded as end:
-            if end.problem:
-                self.protocol_error(end.problem)
-        except asyncio.CancelledError:
-            if self.call is not None:
-                self.call.hang_up("server shutting down")
-            raise
-        finally:
-            no_start.cancel()
-            if self._ending is not None:
-                await self._ending
-            if self.call is not None:
-                self.call.hang_up("carrier socket closed")
-                await self.call.finished()
-            if self.errors > MAX_LOGGED_PROTOCOL_ERRORS:
-                (self.call.log if self.call else self.log).warning("carrier_protocol_errors_total",
-                                                                   count=self.errors)
-            await self.outbox.close()
-            if not self.transport.closed:
-                await self.transport.close()
-
-
-async def serve_media_stream(request: web.Request, session_cls: type[CarrierSession],
-                             services: "CallServices", *, protocols: tuple[str, ...] = (),
-                             **session_kwargs) -> web.StreamResponse:
-    """Accept one carrier media WebSocket and run its call until either side hangs up."""
-    # No permessage-deflate: carriers don't ask for it, μ-law barely compresses, and uncompressed frames
-    # are what lets the outbox write without a task wake-up per message.
-    ws = await ServerWebSocket.accept(request, protocols=protocols, heartbeat_s=HEARTBEAT_S,
-                                      max_message_bytes=services.settings.max_message_bytes)
-    stream = MediaStream(WebSocketTransport(ws), session_cls, services, peer=request.remote, **session_kwargs)
-    await stream.run()
-    return ws.response
-
-
 class MediaRoute:
     """One carrier's media WebSocket route: its ``carriers.<name>`` options, its authentication of the
-    upgrade request (refused with 401 before any audio flows), then :func:`serve_media_stream`.
+    upgrade request (refused with 401 before any audio flows), then the call-level stream runner.
 
     Subclasses set ``carrier``, ``path``, ``session_cls`` (and ``protocols``), read their own config fields
     in :meth:`configure` and check credentials in :meth:`auth_problem`; the module's
@@ -427,8 +243,8 @@ class MediaRoute:
             problem = self.auth_problem(request)
             if problem is not None:
                 return refuse_upgrade(request, self.carrier, problem, basic_realm=self.basic_realm)
-        return await serve_media_stream(request, self.session_cls, self.services, protocols=self.protocols,
-                                        **self.session_kwargs(request))
+        return await self.services.answer.websocket(request, self.session_cls, protocols=self.protocols,
+                                                    **self.session_kwargs(request))
 
     @classmethod
     def add_routes(cls, app: web.Application, services: "CallServices") -> None:
@@ -451,14 +267,3 @@ class BasicAuthRoute(MediaRoute):
 
     def auth_problem(self, request: web.Request) -> str | None:
         return basic_auth_problem(request, self.username, self.password, self.password_env)
-
-
-async def serve_tcp_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           read_message: Callable[[asyncio.StreamReader], Awaitable[bytes | None]],
-                           session_cls: type[CarrierSession], services: "CallServices", **session_kwargs) -> None:
-    """Run one call over a plain TCP connection; ``read_message`` cuts the byte stream into messages."""
-    peer = writer.get_extra_info("peername")
-    stream = MediaStream(TcpTransport(reader, writer, read_message), session_cls, services,
-                         peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None, **session_kwargs)
-    await stream.run()
-

@@ -20,7 +20,7 @@ from xml.sax.saxutils import quoteattr
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .base import ProtocolError, Started, read_carrier_options, serve_media_stream
+from .base import ProtocolError, Started, read_carrier_options
 from .twilio import TwilioRoutes, TwilioSession
 from .twilio_auth import StreamTokens, stream_token_secret, validate_signature
 
@@ -82,8 +82,8 @@ class SignalWireRoutes(TwilioRoutes):
     async def media(self, request: web.Request) -> web.StreamResponse:
         signature = request.headers.get(SIGNATURE_HEADER) or request.headers.get(TWILIO_SIGNATURE_HEADER)
         upgrade_signed = self._signature_ok(self.stream_url, {}, signature) is None
-        return await serve_media_stream(request, SignalWireSession, self.services, tokens=self.tokens,
-                                        upgrade_signed=upgrade_signed, options=self.options)
+        return await self.services.answer.websocket(request, SignalWireSession, tokens=self.tokens,
+                                                    upgrade_signed=upgrade_signed, options=self.options)
 
 
 def add_routes(app: web.Application, services) -> None:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .. import jsoncodec, latency
 from ..audio.codecs import UnsupportedCodec, WireCodec
-from .base import Audio, CallMeta, CarrierSession, Dtmf, MarkPlayed, ProtocolError, Started, Stopped, serve_media_stream
+from .base import Audio, CallMeta, CarrierSession, Dtmf, MarkPlayed, ProtocolError, Started, Stopped
 from .twilio_auth import StreamTokens, stream_token_secret, validate_signature
 
 log = structlog.get_logger("voicebot.twilio")
@@ -169,8 +169,8 @@ class TwilioRoutes:
         twilio = self.services.settings.twilio
         upgrade_signed = (not twilio.validate_signatures) or bool(
             signature and twilio.auth_token and validate_signature(twilio.auth_token, self.stream_url, {}, signature))
-        return await serve_media_stream(request, TwilioSession, self.services, tokens=self.tokens,
-                                        upgrade_signed=upgrade_signed)
+        return await self.services.answer.websocket(request, TwilioSession, tokens=self.tokens,
+                                                    upgrade_signed=upgrade_signed)
 
 
 def add_routes(app: web.Application, services) -> None:

@@ -1,0 +1,206 @@
+"""Answering a call: runs one carrier media connection as a ``Call``, whatever the carrier and transport.
+
+A carrier's route authenticates the connection and hands it here (``services.answer``): :class:`MediaStream`
+takes the carrier session's events, authorizes the start, picks the persona, starts the ``Call``, feeds it, logs
+protocol errors and cleans up. Two transports (:mod:`.telephony.transport`) feed it: an aiohttp WebSocket
+(:meth:`Answerer.websocket`, most carriers) and a plain TCP connection (:meth:`Answerer.tcp`, Asterisk AudioSocket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import structlog
+from aiohttp import web
+
+from .audio import FRAME_SAMPLES
+from .call import Call, CallServices
+from .telephony.base import (POLICY_VIOLATION, Audio, CarrierEvent, CarrierSession, Dtmf, FatalProtocolError,
+                             MarkPlayed, ProtocolError, Started, Stopped)
+from .telephony.transport import Outbox, StreamEnded, TcpTransport, Transport, WebSocketTransport
+from .wsserver import ServerWebSocket
+
+log = structlog.get_logger("voicebot.telephony")
+
+START_TIMEOUT_S = 10.0
+HEARTBEAT_S = 30.0   # a silent carrier is pinged after this long, dropped without a pong
+MAX_LOGGED_PROTOCOL_ERRORS = 5   # per connection; later ones are counted and summarised at the end
+_connection_ids = itertools.count(1)
+
+
+class FrameAssembler:
+    """Re-cuts inbound audio of any length into exact 20 ms frames."""
+
+    def __init__(self) -> None:
+        self._rest = np.zeros(0, dtype=np.int16)
+
+    def push(self, pcm: np.ndarray) -> list[np.ndarray]:
+        if len(self._rest) == 0 and len(pcm) == FRAME_SAMPLES:
+            return [pcm]
+        if len(self._rest):
+            pcm = np.concatenate((self._rest, pcm))
+        whole = len(pcm) - len(pcm) % FRAME_SAMPLES
+        self._rest = pcm[whole:]
+        return [pcm[i:i + FRAME_SAMPLES] for i in range(0, whole, FRAME_SAMPLES)]
+
+
+# -- the call over one media connection ------------------------------------------------------------
+
+class MediaStream:
+    """Drives one call over one media connection, whatever the transport: start, authorization, persona,
+    the ``Call``, events, protocol-error logging and cleanup."""
+
+    def __init__(self, transport: Transport, session_cls: type[CarrierSession], services: CallServices, *,
+                 peer: str | None = None, **session_kwargs) -> None:
+        self.transport = transport
+        self.services = services
+        self.conn_id = next(_connection_ids)
+        self.log = log.bind(carrier=session_cls.carrier, conn=self.conn_id, peer=peer)
+        self.outbox = Outbox(transport)
+        self.session = session_cls(self.outbox.send_text, self.outbox.send_bytes, **session_kwargs)
+        self.call: Call | None = None
+        self.errors = 0
+        self._assembler = FrameAssembler()
+        self._ending: asyncio.Future | None = None   # set once the connection is being closed on our side
+
+    def protocol_error(self, problem: str) -> None:
+        self.errors += 1
+        if self.errors <= MAX_LOGGED_PROTOCOL_ERRORS:
+            (self.call.log if self.call else self.log).warning("carrier_protocol_error", problem=problem,
+                                                              count=self.errors)
+
+    def receive(self, message: str | bytes) -> None:
+        """One message from the carrier, in the loop step that read it: parsed by the session, its events
+        acted on. What must wait (closing the connection) runs as a task; later messages are then ignored."""
+        if self._ending is not None:
+            return
+        try:
+            if isinstance(message, str):
+                events = self.session.handle_text(message)
+            else:
+                events = self.session.handle_bytes(message)
+        except ProtocolError as exc:
+            self.protocol_error(str(exc))
+            if isinstance(exc, FatalProtocolError):
+                if self.call is not None:
+                    self.call.hang_up(f"carrier protocol error: {exc}")
+                self._end(self.refuse("unusable stream"))
+            return
+        self.handle(events)
+
+    def handle(self, events: list[CarrierEvent]) -> None:
+        call = self.call
+        for event in events:
+            if isinstance(event, Audio):
+                if call is not None:
+                    for frame in self._assembler.push(event.pcm):
+                        call.on_caller_audio(frame)
+            elif isinstance(event, MarkPlayed):
+                if call is not None:
+                    call.on_mark(event.name)
+            elif isinstance(event, Started):
+                if call is not None:
+                    self.protocol_error("second start message on one stream ignored")
+                    continue
+                refusal = self.session.authorize(event.meta)
+                if refusal is not None:
+                    self.log.warning("media_stream_refused", reason=refusal, call_sid=event.meta.call_id)
+                    self._end(self.refuse("unauthorized"))
+                    return
+                meta = event.meta
+                persona, why_not = self.services.dialplan.persona_for(meta.to_number, asked=meta.persona,
+                                                                      fallback=self.session.fallback_persona)
+                if persona is None:
+                    self.log.warning("no_persona_for_number", reason=why_not, to=event.meta.to_number,
+                                     call_sid=event.meta.call_id)
+                    self._end(self.refuse("no persona for this call"))
+                    return
+                call = self.call = Call(meta=event.meta, persona=persona, carrier=self.session,
+                                        services=self.services, close_carrier=self.hang_up)
+                loop = asyncio.get_running_loop()
+                self.session.mark_reached = lambda name, on_mark=call.on_mark: loop.call_soon(on_mark, name)
+                call.start()
+            elif isinstance(event, Dtmf):
+                if call is not None:
+                    call.on_dtmf(event.digit)
+            elif isinstance(event, Stopped):
+                if call is not None:
+                    call.hang_up(f"carrier: {event.reason}")
+                self._end(self.transport.close())
+                return
+
+    def _end(self, closing: Awaitable[None]) -> None:
+        """Stop acting on messages; ``closing`` ends the connection (``run`` waits for it)."""
+        self._ending = asyncio.ensure_future(closing)
+
+    def _no_start(self) -> None:
+        if self.call is None and self._ending is None:
+            self.log.warning("media_stream_no_start", waited_s=START_TIMEOUT_S)
+            self._end(self.refuse("no start message"))
+
+    async def refuse(self, reason: str) -> None:
+        await self.transport.close(code=POLICY_VIOLATION, reason=reason)
+
+    async def hang_up(self) -> None:
+        """The call is over on our side: tell the carrier in-band where it can be told, then close."""
+        if not self.transport.closed:
+            self.session.send_hangup()
+            await self.outbox.close()
+        await self.transport.close()
+
+    async def run(self) -> None:
+        """Deliver messages until either side hangs up; the call, if any, is finished on return."""
+        no_start = asyncio.get_running_loop().call_later(START_TIMEOUT_S, self._no_start)
+        try:
+            await self.transport.deliver(self.receive)
+        except StreamEnded as end:
+            if end.problem:
+                self.protocol_error(end.problem)
+        except asyncio.CancelledError:
+            if self.call is not None:
+                self.call.hang_up("server shutting down")
+            raise
+        finally:
+            no_start.cancel()
+            if self._ending is not None:
+                await self._ending
+            if self.call is not None:
+                self.call.hang_up("carrier socket closed")
+                await self.call.finished()
+            if self.errors > MAX_LOGGED_PROTOCOL_ERRORS:
+                (self.call.log if self.call else self.log).warning("carrier_protocol_errors_total",
+                                                                   count=self.errors)
+            await self.outbox.close()
+            if not self.transport.closed:
+                await self.transport.close()
+
+
+class Answerer:
+    """What a carrier route hands its authenticated connection to (``services.answer``): runs its call."""
+
+    def __init__(self, services: CallServices) -> None:
+        self.services = services
+
+    async def websocket(self, request: web.Request, session_cls: type[CarrierSession], *,
+                        protocols: tuple[str, ...] = (), **session_kwargs) -> web.StreamResponse:
+        """Accept one carrier media WebSocket and run its call until either side hangs up."""
+        # No permessage-deflate: carriers don't ask for it, μ-law barely compresses, and uncompressed frames
+        # are what lets the outbox write without a task wake-up per message.
+        ws = await ServerWebSocket.accept(request, protocols=protocols, heartbeat_s=HEARTBEAT_S,
+                                          max_message_bytes=self.services.settings.max_message_bytes)
+        stream = MediaStream(WebSocketTransport(ws), session_cls, self.services, peer=request.remote,
+                             **session_kwargs)
+        await stream.run()
+        return ws.response
+
+    async def tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  read_message: Callable[[asyncio.StreamReader], Awaitable[bytes | None]],
+                  session_cls: type[CarrierSession], **session_kwargs) -> None:
+        """Run one call over a plain TCP connection; ``read_message`` cuts the byte stream into messages."""
+        peer = writer.get_extra_info("peername")
+        stream = MediaStream(TcpTransport(reader, writer, read_message), session_cls, self.services,
+                             peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None, **session_kwargs)
+        await stream.run()
