@@ -227,6 +227,7 @@ async def child_server(out: Path, stepfun_url: str, dialplans: Path, log_path: P
         port = sock.getsockname()[1]
     settings = Settings(source="bench", host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}",
                         dialplans_dir=dialplans, transcripts_dir=dialplans.parent / "transcripts",
+                        database_url=f"sqlite:///{dialplans.parent / 'voicebot.db'}",
                         stepfun=StepFunSettings(base_url=stepfun_url, api_key="bench-key", connect_timeout_s=3.0),
                         twilio=TwilioSettings(validate_signatures=True, auth_token=AUTH_TOKEN))
     app = create_app(settings, load_dialplan(dialplans))

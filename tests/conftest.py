@@ -183,7 +183,8 @@ async def start_voice_server(tmp_path, plans: Path, emulator):
     port = sock.getsockname()[1]
     settings = Settings(
         source="test", host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}",
-        dialplans_dir=plans, transcripts_dir=tmp_path / "transcripts",
+        dialplans_dir=plans, transcripts_dir=tmp_path / "transcripts", recordings_dir=tmp_path / "recordings",
+        database_url=f"sqlite:///{tmp_path / 'voicebot.db'}",
         stepfun=StepFunSettings(base_url=emulator.base_url, api_key="test-key", connect_timeout_s=3.0),
         twilio=TwilioSettings(validate_signatures=True, auth_token=AUTH_TOKEN),
     )

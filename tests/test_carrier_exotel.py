@@ -41,8 +41,10 @@ async def test_basic_credentials_are_required_before_any_audio(stack):
 
 
 @pytest.mark.parametrize("networks, admitted", [(["127.0.0.0/8"], True), (["10.0.0.0/8"], False)])
-async def test_exotel_source_networks_admit_streams_without_credentials(aiohttp_client, networks, admitted):
-    settings = Settings(source="test", carriers={"exotel": {"allowed_networks": networks}})
+async def test_exotel_source_networks_admit_streams_without_credentials(aiohttp_client, tmp_path, networks,
+                                                                     admitted):
+    settings = Settings(source="test", carriers={"exotel": {"allowed_networks": networks}},
+                        database_url=f"sqlite:///{tmp_path / 'voicebot.db'}")
     client = await aiohttp_client(create_app(settings, Dialplan(personas=[])))
     if admitted:
         ws = await client.ws_connect("/exotel/media")

@@ -39,7 +39,8 @@ async def test_barge_in_over_l16_24k_truncates_at_what_signalwire_played(stack, 
 
 async def test_cxml_asks_for_the_configured_codec(aiohttp_client, tmp_path):
     (tmp_path / "test.yaml").write_text(PERSONAS, encoding="utf-8")
-    settings = Settings(source="test", carriers={"signalwire": {"codec": "L16@24000h", "auth": False}})
+    settings = Settings(source="test", carriers={"signalwire": {"codec": "L16@24000h", "auth": False}},
+                        database_url=f"sqlite:///{tmp_path / 'voicebot.db'}")
     client = await aiohttp_client(create_app(settings, load_dialplan(tmp_path)))
     async with client.post("/signalwire/voice", data={"CallSid": "c1", "To": EN, "From": "+15005550006"}) as resp:
         assert resp.status == 200

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
@@ -26,6 +27,9 @@ from .engines.base import Engine, EngineSink, EngineUnavailable, interrupted_mar
 from .telephony.base import CallMeta, CarrierSession
 from .tools import ToolBox, ToolResult, offered
 from .transcript import TranscriptFile
+
+if TYPE_CHECKING:
+    from .store import RecordWriter
 
 log = structlog.get_logger("voicebot.call")
 
@@ -50,7 +54,7 @@ class CallServices:
     calls: set["Call"] = field(default_factory=set)
     http: object = None      # the process's aiohttp.ClientSession (set on app startup)
     answer: object = None    # runs a carrier connection's call (voicebot/answer.py's Answerer, set by the server)
-    records: object = None   # the call-record writer (voicebot/store), None when records are off
+    records: RecordWriter | None = None   # takes each call's record (set on app startup)
     events: object = None    # the call-event sender (voicebot/webhooks.py), set on app startup
     controls: dict = field(default_factory=dict)   # carrier name -> its call-control API client (telephony/rest)
 

@@ -1,4 +1,4 @@
-"""``voicebot serve · check · emulator · demo · simulate · voices``."""
+"""``voicebot serve · check · emulator · demo · simulate · voices · calls``."""
 
 from __future__ import annotations
 
@@ -113,6 +113,12 @@ def cmd_voices(args) -> int:
     return asyncio.run(run(args))
 
 
+def cmd_calls(args) -> int:
+    from .calls_cli import run
+    configure_logging("auto", "error")   # the command prints its own messages
+    return asyncio.run(run(args))
+
+
 def cmd_loadtest(args) -> int:
     from .loadtest import run_cli
     return run_cli(args)
@@ -169,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .voices_cli import add_parser as voices_parser
     voices_parser(sub).set_defaults(func=cmd_voices)
+
+    from .calls_cli import add_parser as calls_parser
+    calls_parser(sub).set_defaults(func=cmd_calls)
     return parser
 
 

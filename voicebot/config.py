@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import yaml
@@ -140,6 +140,9 @@ class Settings:
     public_url: str = "http://127.0.0.1:8080"
     dialplans_dir: Path = Path("dialplans")
     transcripts_dir: Path = Path("transcripts")
+    recordings_dir: Path = Path("recordings")
+    database_url: str = "sqlite:///voicebot.db"   # SQLAlchemy form; a SQLite path is absolute once loaded
+    database_spool: Path | None = None            # records the database refused at shutdown; None: beside it
     log_format: str = "auto"
     log_level: str = "info"
     stepfun: StepFunSettings = StepFunSettings()
@@ -164,6 +167,30 @@ def _url(fields: Fields, key: str, default: str, schemes: tuple[str, ...]) -> st
     if parts.scheme not in schemes or not parts.netloc:
         raise fields.error(key, f"expected an absolute {'/'.join(schemes)} URL, got {value!r}")
     return value
+
+
+DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg")
+DATABASE_URL_ENV = "VOICEBOT_DATABASE_URL"     # overrides database.url: where a password belongs
+
+
+def _database_url(value: str, base_dir: Path, error: Callable[[str], ConfigError]) -> str:
+    """A SQLite file (a relative path is taken from the config file's folder) or a PostgreSQL database. Errors
+    never repeat a PostgreSQL URL: it may hold a password."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in DATABASE_SCHEMES:
+        raise error("expected sqlite:///<file> or postgresql://user:password@host:port/database, "
+                    f"got a {scheme + '://' if sep else 'value without a scheme'} URL")
+    if scheme.startswith("postgresql"):
+        if not urlsplit(value).hostname or not urlsplit(value).path.strip("/"):
+            raise error("a PostgreSQL URL needs a host and a database: postgresql://user:password@host:port/database")
+        return value
+    path, _, query = rest.partition("?")
+    if not path.startswith("/") or path in ("/", "/:memory:"):
+        raise error(f"expected sqlite:///<file> (three slashes, then a file path), got {value!r}")
+    file = Path(path[1:])
+    if not file.is_absolute():
+        file = (base_dir / file).absolute()
+    return f"{scheme}:///{file}" + (f"?{query}" if query else "")
 
 
 def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
@@ -226,6 +253,16 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     log_level = logging_.get("level", str, "info", choices=("debug", "info", "warning", "error"))
     logging_.reject_unknown()
 
+    database = top.section("database")
+    database_url = database.get("url", str, "sqlite:///voicebot.db")
+    if env.get(DATABASE_URL_ENV):
+        database_url = _database_url(env[DATABASE_URL_ENV], base_dir,
+                                     lambda problem: ConfigError("environment", DATABASE_URL_ENV, problem))
+    else:
+        database_url = _database_url(database_url, base_dir, lambda problem: database.error("url", problem))
+    spool = database.get("spool", str, None)
+    database.reject_unknown()
+
     carriers = top.get("carriers", dict, {})
     settings = Settings(
         carriers=carriers,
@@ -236,6 +273,9 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         public_url=public_url,
         dialplans_dir=base_dir / top.get("dialplans", str, "dialplans"),
         transcripts_dir=base_dir / top.get("transcripts_dir", str, "transcripts"),
+        recordings_dir=base_dir / top.get("recordings_dir", str, "recordings"),
+        database_url=database_url,
+        database_spool=None if spool is None else base_dir / spool,
         log_format=log_format,
         log_level=log_level,
         stepfun=stepfun,

@@ -11,7 +11,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from . import latency
+from . import api, latency
 from .answer import Answerer
 from .call import CallServices, EngineFactory
 from .config import Settings
@@ -112,6 +112,7 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     for name in CARRIER_MODULES:
         importlib.import_module(f"voicebot.telephony.{name}").add_routes(app, services)
     app.router.add_get("/healthz", _healthz)
+    api.setup(app, services)
     if latency.ENABLED:
         app.router.add_get("/debug/latency", _debug_latency)
         app.on_startup.append(_start_latency_probe)

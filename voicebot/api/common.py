@@ -1,0 +1,87 @@
+"""What the admin API's route modules share: the database handles, JSON errors, query parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from aiohttp import web
+
+from ..store import RecordWriter, Store, parse_time
+
+
+@dataclass
+class Database:
+    """The process's database handles: opened when the server starts, closed after its calls have ended."""
+
+    url: str
+    spool_path: Path
+    recordings_dir: Path
+    store: Store | None = None
+    records: RecordWriter | None = None
+
+
+DATABASE = web.AppKey("database", Database)
+
+
+def database(request: web.Request) -> Database:
+    return request.config_dict[DATABASE]
+
+
+def json_error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+class BadParameter(Exception):
+    """A query parameter is wrong: answered 400, naming it."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+
+
+class Query:
+    """Typed access to a request's query parameters; unknown ones are refused (a misspelt filter would
+    otherwise silently list everything)."""
+
+    def __init__(self, query: Mapping[str, str], known: tuple[str, ...]) -> None:
+        unknown = sorted(set(query) - set(known))
+        if unknown:
+            raise BadParameter(unknown[0], f"unknown parameter (known: {', '.join(known)})")
+        self.query = query
+
+    def text(self, name: str) -> str | None:
+        value = self.query.get(name)
+        if value is not None and not value.strip():
+            raise BadParameter(name, "is empty")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
+        value = self.text(name)
+        if value is not None and value not in choices:
+            raise BadParameter(name, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise BadParameter(name, f"expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise BadParameter(name, f"must be ≥ {minimum}, got {number}")
+        return number
+
+    def time(self, name: str) -> datetime | None:
+        """ISO 8601; without a UTC offset it is taken as UTC."""
+        value = self.text(name)
+        if value is None:
+            return None
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            raise BadParameter(name, str(exc)) from None
