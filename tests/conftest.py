@@ -173,8 +173,9 @@ async def stack(tmp_path):
         await emu_runner.cleanup()
 
 
-async def start_voice_server(tmp_path, plans: Path, emulator):
-    """The real server (create_app) on a loopback socket, with ``emulator`` as its StepFun."""
+async def start_voice_server(tmp_path, plans: Path, emulator, **overrides):
+    """The real server (create_app) on a loopback socket, with ``emulator`` as its StepFun; ``overrides``
+    replace settings fields."""
     from aiohttp import web
 
     from voicebot.server import create_app
@@ -188,6 +189,7 @@ async def start_voice_server(tmp_path, plans: Path, emulator):
         stepfun=StepFunSettings(base_url=emulator.base_url, api_key="test-key", connect_timeout_s=3.0),
         twilio=TwilioSettings(validate_signatures=True, auth_token=AUTH_TOKEN),
     )
+    settings = dataclasses.replace(settings, **overrides)
     app = create_app(settings, load_dialplan(plans))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

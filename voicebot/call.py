@@ -28,6 +28,9 @@ from .telephony.base import CallMeta, CarrierSession
 from .tools import ToolBox, ToolResult, offered
 from .transcript import TranscriptFile
 
+from .recording import start_recording
+from .store.calls import CallRecord
+
 if TYPE_CHECKING:
     from .store import RecordWriter
 
@@ -81,6 +84,8 @@ class Call(EngineSink):
             chunk_ms = min(chunk_ms, carrier.max_chunk_ms)
         self.playout = Playout(carrier, lead_ms=lead_ms, mark_every_ms=self.settings.playout.mark_every_ms,
                                chunk_ms=chunk_ms)
+        self.recorder = (start_recording(self.settings.recordings_dir, meta, self.playout, log=self.log)
+                         if persona.record else None)
         self.vad = EnergyVad(min_speech_ms=persona.barge_in.min_speech_ms)
         # The conversation as the caller heard it: role/content dicts, shared with the chain engine.
         self.conversation: list[dict] = []
@@ -108,7 +113,7 @@ class Call(EngineSink):
         self.end_reason: str | None = None
         self.outcome: str | None = None          # set by whoever ends the call; else the caller hung up
         self.transfer_target: str | None = None
-        self.recording_path = None
+        self.recording_path = self.recorder.path if self.recorder is not None else None
         self.ended_at: datetime | None = None
         self.user_turns = 0
         self.bot_turns = 0
@@ -171,6 +176,8 @@ class Call(EngineSink):
             await self._finish()
 
     async def _finish(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()    # first: audio sent after the end was not heard
         try:
             await asyncio.wait_for(self.engine.close(), 3.0)
         except Exception:   # closing a dead socket must not stop the transcript being written
@@ -195,6 +202,9 @@ class Call(EngineSink):
         }
         if self.toolbox.calls:
             summary["tools"] = len(self.toolbox.calls)
+        if self.recorder is not None:
+            self.recording_path = await self.recorder.finished()
+            summary["recording"] = str(self.recording_path) if self.recording_path else None
         self.transcript_file.write("call_end", **summary)
         self.transcript_file.close()
         self.log.info("call_summary", transcript=str(self.transcript_file.path), **summary)
@@ -237,6 +247,8 @@ class Call(EngineSink):
     def on_caller_audio(self, frame: np.ndarray) -> None:
         if self.ended:
             return
+        if self.recorder is not None:
+            self.recorder.caller(frame)
         vad = self.vad
         was_speaking = vad.in_speech
         if vad.process(frame) and self.persona.barge_in.enabled and self.playout.speaking and not self.control.closing:
@@ -523,8 +535,12 @@ class Call(EngineSink):
         return record
 
     def _save_record(self, record: dict | None = None) -> None:
-        if self.services.records is not None:
-            self.services.records.put(record or self.record())
+        if self.services.records is None:
+            return
+        try:
+            self.services.records.put(CallRecord(**(record or self.record())))
+        except ValueError as exc:     # a bug in what we built: say so, never fail the call for it
+            self.log.error("call_record_invalid", problem=str(exc))
 
     def _event(self, event_type: str, data: dict) -> None:
         hook = self.persona.events_webhook

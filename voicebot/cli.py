@@ -80,9 +80,32 @@ def cmd_check(args) -> int:
         flag = " (default)" if persona.default else ""
         print(f"persona {persona.name}{flag}: {persona.language}, voice {persona.voice}, numbers {numbers}"
               f"  [{persona.source}]")
+        for line in _tool_report(persona, settings):
+            print(f"  {line}")
     from .telephony.rest import report as call_control_report
     print("\n".join(call_control_report(settings)))
     return 0
+
+
+def _tool_report(persona, settings: Settings) -> list[str]:
+    """The persona's tools, and on which carriers a tool is not offered (and why)."""
+    from .control import carrier_abilities
+    from .server import session_classes
+    from .telephony.rest import capabilities_of
+    from .tools import not_offered, secret_problems
+
+    tools = persona.tools
+    if not tools.names:
+        return []
+    lines = [f"tools: {', '.join(tools.names)}"]
+    for carrier, session in session_classes().items():
+        abilities = carrier_abilities(session, *capabilities_of(carrier, settings))
+        for name, why in not_offered(tools, abilities).items():
+            lines.append(f"not offered on {carrier}: {name} ({why})")
+    problem = secret_problems(tools)
+    if problem:
+        lines.append(f"warning: {problem}")
+    return lines
 
 
 def cmd_emulator(args) -> int:

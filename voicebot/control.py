@@ -28,6 +28,23 @@ CARRIER_END_TIMEOUT_S = 5.0     # after a transfer, the carrier ends the stream 
 TICK_S = 0.25                   # silence and keypad-entry timers
 
 
+def carrier_abilities(session, capabilities, missing: dict[str, str]) -> CarrierAbilities:
+    """What a call on this carrier can do: its stream protocol (``session``: a CarrierSession or its class)
+    and its call-control API's ``capabilities`` (None: no API), with why the rest is off."""
+    missing = dict(missing)
+    in_band = session.in_band_hang_up
+    api_hang_up = bool(capabilities and capabilities.hang_up)
+    if not in_band and not api_hang_up:
+        missing["hang_up"] = session.in_band_hang_up_missing or missing.get("hang_up", "no way to hang up")
+    else:
+        missing.pop("hang_up", None)
+    transfer = bool(capabilities and capabilities.transfer)
+    if not transfer:
+        missing.setdefault("transfer", f"{session.carrier} has no call-control API to transfer with")
+    missing.pop("send_dtmf", None)       # keypad tones go out in the call's own audio on every carrier
+    return CarrierAbilities(hang_up=in_band or api_hang_up, transfer=transfer, send_dtmf=True, missing=missing)
+
+
 class CallController:
     """Carries out the bot's control of one call (:class:`voicebot.tools.CallActions` and the timed endings)."""
 
@@ -47,15 +64,9 @@ class CallController:
     # -- what the carrier can do ----------------------------------------------------------------------
     @property
     def abilities(self) -> CarrierAbilities:
-        caps = self.rest.capabilities if self.rest is not None else None
-        missing = dict(self.rest.missing) if self.rest is not None else {}
-        in_band = self.call.carrier.in_band_hang_up
-        if not in_band and not (caps and caps.hang_up):
-            missing.setdefault("hang_up", self.call.carrier.in_band_hang_up_missing)
-        if not (caps and caps.transfer):
-            missing.setdefault("transfer", f"{self.call.meta.carrier} has no call-control API to transfer with")
-        return CarrierAbilities(hang_up=in_band or bool(caps and caps.hang_up), transfer=bool(caps and caps.transfer),
-                                send_dtmf=True, missing=missing)
+        rest = self.rest
+        return carrier_abilities(self.call.carrier, rest.capabilities if rest else None,
+                                 dict(rest.missing) if rest else {})
 
     @property
     def closing(self) -> bool:

@@ -18,6 +18,8 @@ from .config import Settings
 from .dialplan import Dialplan, Persona
 from .engines.chain import ChainEngine
 from .engines.realtime import RealtimeEngine
+from .telephony import rest
+from .telephony.base import CarrierSession
 from .webhooks import EventSender
 
 log = structlog.get_logger("voicebot.server")
@@ -44,6 +46,19 @@ async def _open_http(app: web.Application) -> None:
     services = app[SERVICES]
     services.http = aiohttp.ClientSession()
     services.events = EventSender(services.http)
+    controls = {name: rest.call_control_for(name, services.settings, services.http) for name in CARRIER_MODULES}
+    services.controls = {name: control for name, control in controls.items() if control is not None}
+
+
+def session_classes() -> dict[str, type[CarrierSession]]:
+    """Each carrier's wire-protocol session class, by carrier name."""
+    found: dict[str, type[CarrierSession]] = {}
+    for name in CARRIER_MODULES:
+        module = importlib.import_module(f"voicebot.telephony.{name}")
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, CarrierSession) and value.carrier == name:
+                found[name] = value
+    return found
 
 
 async def _close_http(app: web.Application) -> None:
@@ -111,6 +126,8 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     app.on_cleanup.append(_close_http)
     for name in CARRIER_MODULES:
         importlib.import_module(f"voicebot.telephony.{name}").add_routes(app, services)
+        rest.capabilities_of(name, settings)     # a wrong call_control section stops the server here
+    rest.add_routes(app, settings)
     app.router.add_get("/healthz", _healthz)
     api.setup(app, services)
     if latency.ENABLED:

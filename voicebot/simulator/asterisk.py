@@ -47,6 +47,7 @@ class AsteriskProtocol(L16Protocol):
                          query=query, codec=WireCodec(*FORMATS[format]), call_id=call_id)
         self.format, self.json = format, control == "json"
         self.connection_id = new_uuid()
+        self.hangup_at: float | None = None     # loop time the server's HANGUP command arrived
         self.xoff_samples, self.xon_samples = xoff_frames * 160, xon_frames * 160
         self.xoff_since: float | None = None
         self.dropped_frames = 0
@@ -103,7 +104,9 @@ class AsteriskProtocol(L16Protocol):
             return [ClearPlayback()]
         if command == "MARK_MEDIA":
             return [QueueMark(correlation_id or "")]
-        return []   # HANGUP: the server closes the socket; others change nothing we model
+        if command == "HANGUP":
+            self.hangup_at = asyncio.get_running_loop().time()   # then the server closes the socket
+        return []   # the others change nothing we model
 
     carries_dtmf = True
 

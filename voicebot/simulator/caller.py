@@ -321,6 +321,7 @@ class CallResult:
     setup_s: float  # from the first setup request to the WebSocket being open
     max_tick_lag_ms: float  # worst lateness of the 20 ms loop (load indicator)
     late_ticks: int  # ticks more than 10 ms late
+    t0: float = 0.0  # the event loop's time at stream start: caller time 0 (to compare with other clocks)
 
     @property
     def marks_echoed(self) -> int:
@@ -439,7 +440,8 @@ class SimulatedCall:
                  noise_dbfs: float | None = -60.0, seed: int = 0, record: bool = True,
                  audible_dbfs: float = -50.0, utterance_gap_s: float = 0.5,
                  http_session: aiohttp.ClientSession | None = None, connect_timeout_s: float = 10.0,
-                 max_message_bytes: int = 64 * 2**20, max_protocol_errors: int = 1000) -> None:
+                 max_message_bytes: int = 64 * 2**20, max_protocol_errors: int = 1000,
+                 carrier_api=None) -> None:
         for step in script:
             if not isinstance(step, (Say, Press, Hangup)):
                 raise TypeError(f"script steps are Say, Press or Hangup, got {step!r}")
@@ -459,6 +461,9 @@ class SimulatedCall:
         self.connect_timeout_s = connect_timeout_s
         self.max_message_bytes = max_message_bytes
         self.max_protocol_errors = max_protocol_errors
+        # A fake of the carrier's call-control API (simulator/carrier_api): it knows this call, and when it
+        # ends or moves the call the carrier ends the media stream, as the real one does.
+        self.carrier_api = carrier_api
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
@@ -773,6 +778,10 @@ class SimulatedCall:
         session = self.http_session or aiohttp.ClientSession()
         try:
             target = await self.protocol.setup(session)
+            if self.carrier_api is not None:
+                self.carrier_api.register_call(
+                    self.protocol.call_id,
+                    on_update=lambda update: self.end_by_carrier(update.action) if update.ends_stream else None)
         finally:
             if self.http_session is None:
                 await session.close()
@@ -822,7 +831,8 @@ class SimulatedCall:
             first_bot_audio_s=self._first_audible, end_reason=end_reason,  # type: ignore[arg-type]
             close_code=self._ws.close_code if self._ws else None,
             close_reason=self._ws.close_reason if self._ws else None,
-            duration_s=t_end, setup_s=setup_s, max_tick_lag_ms=self._max_lag_s * 1000, late_ticks=self._late_ticks)
+            duration_s=t_end, setup_s=setup_s, max_tick_lag_ms=self._max_lag_s * 1000, late_ticks=self._late_ticks,
+            t0=self._t0)
         log.info("simulator.call_ended", carrier=result.carrier, call=result.call_id, reason=end_reason,
                  duration_s=round(t_end, 2), bot_played_ms=round(result.bot_played_ms),
                  clears=len(result.clears), marks_echoed=result.marks_echoed,
