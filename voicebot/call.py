@@ -95,7 +95,8 @@ class Call(EngineSink):
         self.control = CallController(self)
         self.tool_specs = offered(persona.tools, self.control.abilities)
         self.toolbox = ToolBox(persona.tools, self.tool_specs, self.control, http=services.http,
-                               call_id=self.call_id, persona=persona.name, log=self.log)
+                               call_id=self.call_id, persona=persona.name, log=self.log,
+                               on_done=self._tool_done)
         self._tool_tasks: set[asyncio.Task] = set()
         first_kind = "chain" if persona.engine == "chain" else "realtime"
         self.engines_used = [first_kind]
@@ -391,11 +392,12 @@ class Call(EngineSink):
         self.conversation.append({"role": "assistant", "content": None, "tool_calls": [
             {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]})
         self.conversation.append({"role": "tool", "tool_call_id": call_id, "content": result.text})
-        record = self.toolbox.calls[-1] if self.toolbox.calls else None
-        self.transcript_file.write("tool", name=name, arguments=arguments, ok=result.ok, result=result.output,
-                                   engine=self.engine.name, t_ms=record.t_ms if record else None,
-                                   duration_ms=record.duration_ms if record else None)
         return result
+
+    def _tool_done(self, call) -> None:
+        """Written as the tool finishes, in the same step (a hang-up or transfer ends the call right after)."""
+        self.transcript_file.write("tool", name=call.name, arguments=call.arguments, ok=call.ok, result=call.result,
+                                   engine=self.engine.name, t_ms=call.t_ms, duration_ms=call.duration_ms)
 
     @property
     def engine_ready(self) -> bool:

@@ -225,7 +225,7 @@ class ToolBox:
     """The tools of one call: checks a model's call, carries it out, and says what to tell the model."""
 
     def __init__(self, tools: ToolSettings, specs: list[FunctionSpec], actions: CallActions, *,
-                 http, call_id: str, persona: str, log=None,
+                 http, call_id: str, persona: str, log=None, on_done: Callable[[ToolCall], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.tools = tools
         self.specs = {spec.name: spec for spec in specs}
@@ -235,6 +235,7 @@ class ToolBox:
         self.persona = persona
         self.log = log or structlog.get_logger("voicebot.tools")
         self.clock = clock
+        self.on_done = on_done      # told of each finished call at once (the call may end with it)
         self.started = clock()
         self.calls: list[ToolCall] = []
         self._validators = {spec.name: jsonschema.Draft202012Validator(spec.parameters) for spec in specs}
@@ -256,6 +257,8 @@ class ToolBox:
         record.duration_ms = round((self.clock() - began) * 1000)
         self.log.info("tool_call", tool=name, arguments=arguments[:500], ok=result.ok, result=result.text[:500],
                       duration_ms=record.duration_ms)
+        if self.on_done is not None:
+            self.on_done(record)
         return result
 
     async def _run(self, name: str, arguments: str) -> ToolResult:
