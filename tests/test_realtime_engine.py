@@ -34,6 +34,11 @@ class Sink:
     def engine_failed(self, reason):
         self.failed.append(reason)
 
+    async def run_tool(self, call_id, name, arguments):
+        from voicebot.tools import ToolResult
+        self.tools = getattr(self, "tools", []) + [(call_id, name, arguments)]
+        return ToolResult({"result": "shipped"})
+
 
 class Conn:
     def __init__(self):
@@ -111,3 +116,38 @@ async def test_a_malformed_audio_delta_is_skipped_and_the_good_ones_still_play()
     assert sink.failed == []                       # a bad delta is logged and dropped, the call goes on
     assert [n for _, n in sink.audio] == [800, 800]   # the two good deltas, 100 ms each at 8 kHz
     assert eng._item_model_ms["a1"] == 200
+
+
+async def test_a_function_call_runs_after_its_response_and_its_output_waits_for_an_idle_session():
+    eng, sink = engine()
+    eng._dispatch({"type": "response.created", "response": {"id": "r1"}})
+    eng._dispatch({"type": "conversation.item.created", "item": {"type": "function_call", "call_id": "call_1",
+                                                                "name": "check_order", "status": "incomplete"}})
+    for piece in ('{"order', '_id": "A-1"}'):       # StepFun puts the fragment under "arguments"
+        eng._dispatch({"type": "response.function_call_arguments.delta", "call_id": "call_1", "arguments": piece})
+    assert not hasattr(sink, "tools")               # nothing runs before response.done
+    eng._dispatch({"type": "response.done", "response": {"id": "r1", "status": "completed", "output": [
+        {"type": "function_call", "call_id": "call_1", "name": "check_order"}]}})
+    await until(lambda: getattr(sink, "tools", None), what="the tool to run")
+    assert sink.tools == [("call_1", "check_order", '{"order_id": "A-1"}')]   # from the fragments
+    await until(lambda: len(eng._conn.sent) >= 2, what="the output and the response.create")
+    output, create = eng._conn.sent
+    assert output["item"] == {"type": "function_call_output", "call_id": "call_1",
+                              "output": '{"result": "shipped"}'}
+    assert create["type"] == "response.create"
+
+
+async def test_events_refused_because_a_response_started_are_sent_again_in_order_after_it():
+    eng, sink = engine()
+    eng.user_text("The caller pressed 5 on the phone keypad.")
+    item, create = eng._conn.sent
+    # The server had just started a response of its own (caller speech): both are refused.
+    for event in (item, create):
+        eng._dispatch({"type": "error", "error": {"type": "invalid_request_error", "event_id": event["event_id"],
+                                                  "code": "conversation_already_has_active_response",
+                                                  "message": "ongoing response already exists"}})
+    eng._dispatch({"type": "response.created", "response": {"id": "r9"}})
+    assert len(eng._conn.sent) == 2                 # nothing while that response runs
+    eng._dispatch({"type": "response.done", "response": {"id": "r9", "status": "completed", "output": []}})
+    assert [e["type"] for e in eng._conn.sent[2:]] == ["conversation.item.create", "response.create"]
+    assert eng._conn.sent[2]["item"]["content"][0]["text"] == "The caller pressed 5 on the phone keypad."

@@ -86,7 +86,7 @@ class MediaStream:
             self.protocol_error(str(exc))
             if isinstance(exc, FatalProtocolError):
                 if self.call is not None:
-                    self.call.hang_up(f"carrier protocol error: {exc}")
+                    self.call.hang_up(f"carrier protocol error: {exc}", "failed")
                 self._end(self.refuse("unusable stream"))
             return
         self.handle(events)
@@ -161,7 +161,7 @@ class MediaStream:
                 self.protocol_error(end.problem)
         except asyncio.CancelledError:
             if self.call is not None:
-                self.call.hang_up("server shutting down")
+                self.call.hang_up("server shutting down", "failed")
             raise
         finally:
             no_start.cancel()

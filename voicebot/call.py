@@ -92,6 +92,7 @@ class Call(EngineSink):
         self._assistant_entries: dict[str, dict] = {}
         self.started_t = time.monotonic()
         self.started_at = datetime.now(timezone.utc)
+        self.closing = False      # an ending is under way: no barge-in, nothing new for the model
         self.control = CallController(self)
         self.tool_specs = offered(persona.tools, self.control.abilities)
         self.toolbox = ToolBox(persona.tools, self.tool_specs, self.control, http=services.http,
@@ -252,12 +253,12 @@ class Call(EngineSink):
             self.recorder.caller(frame)
         vad = self.vad
         was_speaking = vad.in_speech
-        if vad.process(frame) and self.persona.barge_in.enabled and self.playout.speaking and not self.control.closing:
+        if vad.process(frame) and self.persona.barge_in.enabled and self.playout.speaking and not self.closing:
             self._barge_in("local_vad")
         if was_speaking and not vad.in_speech:
             # The utterance ended a hangover ago; the reply's latency counts from there.
             self._turn_end_t = time.monotonic() - vad.hangover_frames * FRAME_MS / 1000
-        if self.control.closing:
+        if self.closing:
             return      # the bot is saying goodbye or handing the call on: nothing new for the model
         if self._engine_ready:
             self.engine.feed(frame)
@@ -270,7 +271,7 @@ class Call(EngineSink):
 
     def on_mark(self, name: str) -> None:
         self.playout.on_mark(name)
-        self.control.playout_changed()
+        self._check_drained()
 
     def on_dtmf(self, digit: str) -> None:
         t_ms = round((time.monotonic() - self.started_t) * 1000)
@@ -281,7 +282,7 @@ class Call(EngineSink):
             return
         text = self.control.dtmf(digit)
         if self.persona.dtmf.mode != "off" and self.persona.barge_in.enabled and self.playout.speaking \
-                and not self.control.closing:
+                and not self.closing:
             self._barge_in("dtmf")
         if text is not None:
             self.caller_typed(text)
@@ -297,8 +298,14 @@ class Call(EngineSink):
     def _pace(self) -> float | None:
         """Send the bot audio that is due; seconds until the playout needs pacing again, None when idle."""
         delay = self.playout.pump()
-        self.control.playout_changed()
+        self._check_drained()
         return delay if self.playout.has_work else None
+
+    def _check_drained(self) -> None:
+        """After a mark came back or audio went out: wake the controller waiting for the playout to empty."""
+        drained = self.control.drained
+        if drained is not None and not self.playout.speaking:
+            drained.set()
 
     def send_due_audio(self) -> None:
         """Send what is due right away; the shared pacer runs the playout again when the next frame is."""
@@ -330,7 +337,7 @@ class Call(EngineSink):
         self.control.bot_audio_done(item_id)
 
     def caller_speech_started(self) -> None:
-        if self.persona.barge_in.enabled and self.playout.speaking and not self.control.closing:
+        if self.persona.barge_in.enabled and self.playout.speaking and not self.closing:
             self._barge_in("model_vad")
 
     def transcript(self, role: str, text: str, item_id: str | None) -> None:
@@ -366,7 +373,7 @@ class Call(EngineSink):
     def engine_failed(self, reason: str) -> None:
         if self.ended or (self._switching is not None and not self._switching.done()):
             return
-        if self.control.closing:
+        if self.closing:
             # Its last words are in the playout already; the ending goes on without it.
             self.log.info("engine_gone_while_closing", engine=self.engine.name, reason=reason)
             return

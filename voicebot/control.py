@@ -52,10 +52,10 @@ class CallController:
         self.call = call
         self.log = call.log
         self.rest = call.services.call_control(call.meta.carrier)
-        self.ending: str | None = None          # the outcome being carried out (bot_hung_up, transferred, …)
+        self._ending: str | None = None         # the outcome being carried out (bot_hung_up, transferred, …)
         self.keypad = Keypad(call.persona.dtmf)
         self.silence = SilenceWatch(call.persona.silence)
-        self._drained: asyncio.Event | None = None
+        self.drained: asyncio.Event | None = None    # set once the playout is empty (played_out waits)
         self._line: tuple[set[str], asyncio.Event] | None = None   # items of a line being said, its end
         self._ticker: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
@@ -69,8 +69,14 @@ class CallController:
                                  dict(rest.missing) if rest else {})
 
     @property
-    def closing(self) -> bool:
-        return self.ending is not None
+    def ending(self) -> str | None:
+        return self._ending
+
+    @ending.setter
+    def ending(self, outcome: str | None) -> None:
+        # Mirrored in call.closing: a plain attribute, read on every caller frame.
+        self._ending = outcome
+        self.call.closing = outcome is not None
 
     # -- tools: CallActions -----------------------------------------------------------------------------
     async def end_call(self, reason: str) -> None:
@@ -198,18 +204,13 @@ class CallController:
         """Until everything the bot sent has played to the caller (the playout is empty, its marks came back)."""
         if not self.call.playout.speaking:
             return
-        self._drained = asyncio.Event()
+        self.drained = asyncio.Event()
         try:
-            await asyncio.wait_for(self._drained.wait(), PLAYED_OUT_TIMEOUT_S)
+            await asyncio.wait_for(self.drained.wait(), PLAYED_OUT_TIMEOUT_S)
         except asyncio.TimeoutError:
             self.log.warning("playout_not_drained", waited_s=PLAYED_OUT_TIMEOUT_S)
         finally:
-            self._drained = None
-
-    def playout_changed(self) -> None:
-        """After a mark came back or the playout sent audio: wake :meth:`played_out` once it is empty."""
-        if self._drained is not None and not self.call.playout.speaking:
-            self._drained.set()
+            self.drained = None
 
     async def _bot_quiet(self, grace_s: float) -> None:
         """Until the bot has finished what it is saying (at most ``grace_s``, then it is cut)."""

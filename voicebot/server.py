@@ -97,7 +97,7 @@ async def _end_all_calls(app: web.Application) -> None:
     if calls:
         log.info("shutdown_ending_calls", calls=len(calls))
     for call in calls:
-        call.hang_up("server shutting down")
+        call.hang_up("server shutting down", "failed")
     await asyncio.gather(*(call.finished() for call in calls), return_exceptions=True)
 
 

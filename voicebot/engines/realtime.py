@@ -98,7 +98,10 @@ class RealtimeEngine:
         # Events that may only go out while no response runs (response.create, function outputs): sent in
         # order as soon as the session is idle (stepfun-api.md §1.6: "ongoing response already exists").
         self._when_idle: list[dict] = []
-        self._create_sent = False        # a response.create is on its way, its response.created not seen yet
+        self._create_sent: dict | None = None   # a response.create on its way, its response.created not seen yet
+        self._idle_sent: dict[str, dict] = {}    # event_id -> such an event sent, until its response is created
+        self._idle_ids = 0
+        self._refused: list[dict] = []           # those refused as "ongoing response", in the order sent
 
     async def start(self) -> None:
         timeout = (self.stepfun.failover_connect_timeout_s if self.persona.engine == "auto"
@@ -153,12 +156,18 @@ class RealtimeEngine:
         self._flush_when_idle()
 
     def _flush_when_idle(self) -> None:
-        while self._when_idle and self._active_response is None and not self._create_sent:
+        if self._refused:
+            self._when_idle[:0], self._refused = self._refused, []
+        while self._when_idle and self._active_response is None and self._create_sent is None:
             if self._conn is None or self._closing:
                 return
             event = self._when_idle.pop(0)
+            if "event_id" not in event:
+                self._idle_ids += 1
+                event["event_id"] = f"vb_idle_{self._idle_ids}"
+            self._idle_sent[event["event_id"]] = event
             if event["type"] == "response.create":
-                self._create_sent = True
+                self._create_sent = event
             self._conn.send(event)
 
     async def _watch(self) -> None:
@@ -241,7 +250,8 @@ class RealtimeEngine:
             self.sink.bot_audio(item_id, resampler.process(pcm24))
         elif kind == "response.created":
             self._active_response = (event.get("response") or {}).get("id")
-            self._create_sent = False
+            self._create_sent = None
+            self._idle_sent.clear()
         elif kind == "response.audio.done":
             item_id = event.get("item_id") or "unknown"
             resampler = self._downsamplers.pop(item_id, None)
@@ -301,11 +311,13 @@ class RealtimeEngine:
                 self._release_replies()
         elif kind == "error":
             self._on_error(event.get("error") or {})
-            if "active response" in str((event.get("error") or {}).get("code")) or \
-                    "ongoing response" in str((event.get("error") or {}).get("message")):
-                # Our response.create met one the server started itself (caller speech): ask again after it.
-                self._create_sent = False
-                self._when_idle.insert(0, {"type": "response.create"})
+            error = event.get("error") or {}
+            refused = self._idle_sent.pop(str(error.get("event_id")), None)
+            if refused is not None and "ongoing response" in str(error.get("message")):
+                # It met a response the server started itself (caller speech): send it again after that one.
+                if refused is self._create_sent:
+                    self._create_sent = None
+                self._refused.append(refused)
         elif kind == "session.updated":
             self.log.debug("realtime_session_updated")
 
@@ -316,8 +328,14 @@ class RealtimeEngine:
         for item in response.get("output") or ():
             if isinstance(item, dict) and item.get("type") == "function_call" and item.get("call_id"):
                 call = self._calls.setdefault(item["call_id"], [item.get("name") or "", "", False])
-                if not call[2] and isinstance(item.get("arguments"), str):
-                    call[1], call[2] = item["arguments"], True
+                call[0] = item.get("name") or call[0]
+                if not call[2] and response.get("status") != "cancelled":
+                    # Listed as done: its arguments are the output's, else the fragments that came.
+                    if isinstance(item.get("arguments"), str):
+                        call[1] = item["arguments"]
+                    call[2] = True
+                elif not call[2]:
+                    del self._calls[item["call_id"]]     # cut off with its response: never complete
         for call_id in [cid for cid, call in self._calls.items() if call[2]]:
             name, arguments, _ = self._calls.pop(call_id)
             task = asyncio.create_task(self._run_tool(call_id, name, arguments), name=f"tool-{name}")
