@@ -171,16 +171,14 @@ async def transcript(stack) -> list[dict]:
 
 async def api_record(stack, call_id: str) -> dict:
     """The call's record through the admin API, once the writer has stored its end."""
+    from voicebot.server import SERVICES
+    records = stack.app[SERVICES].records
+    await until(lambda: records.stats()["pending"] == 0, what="the record writer to store what it was given")
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
-        async def get():
-            async with http.get(f"{stack.url}/api/calls/{call_id}") as resp:
-                return resp.status, await resp.json()
-        for _ in range(200):
-            status, body = await get()
-            if status == 200 and body.get("outcome"):
-                return body
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"no finished record for {call_id}: {status} {body}")
+        async with http.get(f"{stack.url}/api/calls/{call_id}") as resp:
+            body = await resp.json()
+    assert resp.status == 200 and body.get("outcome"), body
+    return body
 
 
 def turns(records: list[dict]) -> list[dict]:

@@ -27,17 +27,9 @@ from voicebot.store import (MAX_PAGE, CallRecord, InvalidCursor, RecordWriter, S
 from voicebot.store.migrate import MIGRATION_LOCK_ID, current_revision, sqlite_lock_path
 from voicebot.store.schema import metadata
 
+from conftest import until
 from pg_server import PostgresServer
 from records import PERSONAS, T0, full_record
-
-
-async def until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    """Wait for a condition to hold (checked every 10 ms), failing after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +316,7 @@ async def test_two_servers_starting_together_on_one_sqlite_file_both_come_up(sql
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)            # a third server is upgrading
         opening = [asyncio.create_task(Store.open(sqlite_url)) for _ in range(2)]
-        await until(lambda: flock_waiters(lock) == 2, what="both servers waiting for the upgrade lock")
+        await until(lambda: flock_waiters(lock) == 2, timeout=10, what="both servers waiting for the upgrade lock")
         assert not Path(sqlite_file(sqlite_url)).exists()     # nobody touched the database before the lock
         fcntl.flock(lock, fcntl.LOCK_UN)
         stores = await asyncio.wait_for(asyncio.gather(*opening), 10)
@@ -452,7 +444,7 @@ async def test_put_never_waits_while_the_database_is_locked_and_the_records_arri
                 started = time.perf_counter()
                 writer.put(full_record(n))
                 put_times.append(time.perf_counter() - started)
-            await until(lambda: writer.failed >= 2, what="two failed writes")   # each waited busy_timeout (1 s)
+            await until(lambda: writer.failed >= 2, timeout=10, what="two failed writes")   # each waited busy_timeout (1 s)
             assert writer.written == 0 and writer.stats()["pending"] == 200
             lock.release()
             await asyncio.wait_for(writer.idle(), 10)
@@ -521,7 +513,7 @@ async def test_postgresql_refusing_connections_spools_and_the_next_start_writes_
         await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database)
         for n in range(2, 12):
             writer.put(full_record(n))
-        await until(lambda: writer.failed >= 1, what="a failed write")
+        await until(lambda: writer.failed >= 1, timeout=10, what="a failed write")
         await writer.close()
         await store.close()
         assert writer.written == 1 and writer.spooled == 10
@@ -588,7 +580,7 @@ async def test_a_long_outage_moves_the_queue_to_the_spool_in_order(sqlite_url, t
             writer.put(full_record(0, outcome=None))            # saved at call start …
             for n in range(1, 15):
                 writer.put(full_record(n))
-            await until(lambda: writer.spooled >= 15, what="the queue spilled to the spool")
+            await until(lambda: writer.spooled >= 15, timeout=10, what="the queue spilled to the spool")
             writer.put(full_record(0))                           # … and at its end, after the spill
             lock.release()
             await asyncio.wait_for(writer.idle(), 10)
