@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import dataclasses
 import socket
 from pathlib import Path
@@ -106,10 +107,15 @@ POLL_S = 0.01
 
 
 async def until(condition, *, timeout: float = 5.0, what: str = "the condition") -> None:
-    """Wait until ``condition()`` holds (checked every 10 ms); fail naming ``what`` after ``timeout`` seconds."""
+    """Wait until ``condition()`` holds (checked every 10 ms; it may be a coroutine function); fail naming
+    ``what`` after ``timeout`` seconds."""
+    async def holds() -> bool:
+        value = condition()
+        return bool(await value) if inspect.isawaitable(value) else bool(value)
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not condition():
+    while not await holds():
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(POLL_S)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import structlog
 
-from voicebot.emulator import Emulator, create_app
 from voicebot.emulator.tool_calls import ToolCall, inline_call, turn_directives
 
-from test_emulator_realtime import AUTH, URL, VAD, Client, line_noise, speech_like
+# The emulator, its HTTP client and a realtime session are the realtime tests' fixtures.
+from test_emulator_realtime import (AUTH, URL, VAD, Client, emulator, http, line_noise, rt,  # noqa: F401
+                                   speech_like)
 
 HANG_UP = {"type": "function", "function": {"name": "hang_up", "description": "End the call.",
                                             "parameters": {"type": "object", "properties": {}}}}
@@ -27,25 +28,6 @@ TOOLS = [HANG_UP, TRANSFER, CHECK_ORDER]
 
 MESSAGE_TAIL = ["response.audio.done", "response.audio_transcript.done", "response.content_part.done",
                 "response.output_item.done"]
-
-
-@pytest.fixture
-def emulator() -> Emulator:
-    return Emulator(speed=20.0)
-
-
-@pytest.fixture
-async def http(aiohttp_client, emulator):
-    return await aiohttp_client(create_app(emulator))
-
-
-@pytest.fixture
-async def rt(http) -> Client:
-    ws = await http.ws_connect(URL, headers=AUTH)
-    client = Client(ws)
-    assert (await client.recv())["type"] == "session.created"
-    yield client
-    await ws.close()
 
 
 def user_text(text: str) -> dict:

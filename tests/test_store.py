@@ -296,11 +296,9 @@ async def test_a_server_waits_for_another_ones_schema_upgrade_on_postgresql(post
         async def blocked() -> int:
             return await holder.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while await blocked() < 2:
-            assert loop.time() < deadline, "the servers never reached the upgrade lock"
-            await asyncio.sleep(0.01)
+        async def both_waiting() -> bool:
+            return await blocked() >= 2
+        await until(both_waiting, timeout=10, what="both servers waiting for the upgrade lock")
         assert not any(task.done() for task in opening)
         await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
         stores = await asyncio.wait_for(asyncio.gather(*opening), 10)

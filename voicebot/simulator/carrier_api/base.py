@@ -10,6 +10,8 @@ sends ``stop`` and closes the socket after a REST hang-up or new TwiML).
 
 from __future__ import annotations
 
+import abc
+
 import asyncio
 import base64
 import binascii
@@ -99,7 +101,7 @@ def dialled(root: ET.Element, readers: Mapping[str, Callable[[str], str]]) -> tu
         return None, str(exc)
 
 
-class FakeCarrierApi:
+class FakeCarrierApi(abc.ABC):
     """A carrier's call-control API on loopback. Subclasses add their routes in :meth:`add_routes`."""
 
     carrier: ClassVar[str] = ""
@@ -119,8 +121,9 @@ class FakeCarrierApi:
         self._waiters: list[tuple[str, Callable[[Any], bool], asyncio.Future]] = []
         self._tasks: set[asyncio.Task] = set()
 
+    @abc.abstractmethod
     def add_routes(self, router: web.UrlDispatcher) -> None:
-        raise NotImplementedError
+        """The vendor's API paths on ``router``."""
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> "FakeCarrierApi":

@@ -216,14 +216,16 @@ class CallControl(ABC):
         await self._send_dtmf(meta, digits)
 
     # -- what a carrier implements (``meta.call_id`` is checked by then) ----------------------------------
-    async def _hang_up(self, meta: "CallMeta") -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def _hang_up(self, meta: "CallMeta") -> None: ...
 
-    async def _transfer(self, meta: "CallMeta", target: Target) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def _transfer(self, meta: "CallMeta", target: Target) -> None: ...
 
     async def _send_dtmf(self, meta: "CallMeta", digits: str) -> None:
-        raise NotImplementedError
+        """Carriers whose API plays digits override this (the capability stays off for the others, so
+        ``send_dtmf`` never gets here for them)."""
+        raise self._error("send_dtmf", meta.call_id, f"{self.carrier}'s call-control API cannot play digits")
 
     def auth_headers(self) -> dict[str, str]:
         """The credentials of one request (built per request: some carriers sign short-lived tokens)."""
