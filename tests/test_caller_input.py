@@ -42,11 +42,11 @@ def test_silence_reprompts_then_hangs_up_on_the_callers_silence():
                 actions.append((action, t))
 
     run(1.0, bot=True)                 # the greeting: not silence
-    run(3.0)                           # 2 s of silence → re-prompt
-    assert actions == [("reprompt", 3.0)]
+    run(3.25)                          # the first quiet tick (1.25) starts it: 2 s later, a re-prompt
+    assert actions == [("reprompt", 3.25)]
     run(4.5, bot=True)                 # the re-prompt plays: the clock pauses, it does not restart
-    run(7.5)
-    assert actions == [("reprompt", 3.0), ("reprompt", 6.5), ("hang_up", 7.5)]   # 4 s and 5 s of silence
+    run(8.0)                           # it goes on from 2 s at the next quiet tick (4.75)
+    assert actions == [("reprompt", 3.25), ("reprompt", 6.75), ("hang_up", 7.75)]   # 4 s and 5 s of silence
     actions.clear()
     watch.activity()                   # the caller spoke (or pressed a key): a new silence starts from zero
     run(9.25)

@@ -70,7 +70,8 @@ class SilenceWatch:
     quiet_s: float = 0.0
     reprompts: int = 0
     reprompting: bool = False     # the bot is saying a re-prompt (its speech does not end the silence)
-    _last_t: float | None = None
+    hung_up: bool = False         # "hang_up" was said (once)
+    _last_t: float | None = None  # the previous tick, when it found the line quiet (None: it did not)
 
     @property
     def enabled(self) -> bool:
@@ -81,10 +82,12 @@ class SilenceWatch:
         self.quiet_s = 0.0
         self.reprompts = 0
         self.reprompting = False
+        self.hung_up = False
 
     def tick(self, now: float, *, caller_speaking: bool, bot_busy: bool) -> str | None:
+        # Only time between two quiet ticks counts: a silence never starts before the tick that saw it.
         elapsed = 0.0 if self._last_t is None else now - self._last_t
-        self._last_t = now
+        self._last_t = None if caller_speaking or bot_busy else now
         if caller_speaking:
             self.activity()
             return None
@@ -97,6 +100,9 @@ class SilenceWatch:
         self.quiet_s += elapsed
         s = self.settings
         if s.hang_up_s is not None and self.quiet_s >= s.hang_up_s:
+            if self.hung_up:
+                return None
+            self.hung_up = True
             return "hang_up"
         if s.reprompt_s is not None and self.quiet_s >= (self.reprompts + 1) * s.reprompt_s:
             self.reprompts += 1
