@@ -24,7 +24,7 @@ def template_fields(text: str | None) -> set[str]:
             continue
         if not name or not name.isidentifier():
             raise ValueError(f"{{{name}}} is not a variable name (a contact column such as {{first_name}}; "
-                             "write {{{{ and }}}} for literal braces)")
+                             "write {{ and }} for literal braces)")
         if spec or conversion:
             raise ValueError(f"{{{name}}}: format specs and conversions are not supported")
         names.add(name)
