@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from .config import ConfigError, load_settings
+from .store.offline import DatabaseUnavailable, open_for_reading, sqlite_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -55,10 +56,13 @@ async def run(args: argparse.Namespace, *, out: IO[str] | None = None, err: IO[s
     out, err = out or sys.stdout, err or sys.stderr
     try:
         settings = load_settings(args.config)
-        store = await _open(settings.database_url)
+        try:
+            store = await open_for_reading(settings.database_url)
+        except DatabaseUnavailable as exc:
+            raise CallsCommandError(str(exc)) from None
         if store is None:           # a SQLite file not created yet: no server has run with this config
             if args.calls_command == "show":
-                raise CallsCommandError(f"no call {args.id} (no database yet at {_sqlite_path(settings.database_url)})")
+                raise CallsCommandError(f"no call {args.id} (no database yet at {sqlite_path(settings.database_url)})")
             print("{\"calls\": [], \"next_cursor\": null}" if args.json else "no calls yet", file=out)
             return EXIT_OK
         try:
@@ -75,29 +79,6 @@ async def run(args: argparse.Namespace, *, out: IO[str] | None = None, err: IO[s
         print(f"voicebot calls {args.calls_command}: {exc}", file=err)
         return exc.status
     return EXIT_OK
-
-
-def _sqlite_path(url: str) -> Path | None:
-    return Path(url.split(":///", 1)[1].split("?", 1)[0]) if url.startswith("sqlite") else None
-
-
-async def _open(url: str):
-    from .store import Store, StoreError
-    from .store.migrate import current_revision, head_revision
-
-    path = _sqlite_path(url)
-    if path is not None and not path.exists():
-        return None
-    try:
-        store = await Store.open(url, migrate=False)
-    except StoreError as exc:
-        raise CallsCommandError(str(exc)) from None
-    current, head = await current_revision(store.engine), head_revision()
-    if current != head:
-        await store.close()
-        raise CallsCommandError(f"the database {store.safe_url} is at schema revision {current or 'none'}, this "
-                                f"voicebot reads {head}: start the server once (it upgrades the schema)")
-    return store
 
 
 def _time(option: str, text: str | None) -> datetime | None:
