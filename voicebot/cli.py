@@ -1,4 +1,4 @@
-"""``voicebot serve · check · emulator · demo · simulate · voices · calls``."""
+"""``voicebot serve · check · emulator · demo · simulate · voices · calls · campaign · dnc``."""
 
 from __future__ import annotations
 
@@ -142,6 +142,12 @@ def cmd_calls(args) -> int:
     return asyncio.run(run(args))
 
 
+def cmd_campaigns(args) -> int:
+    from .campaigns_cli import run
+    configure_logging("auto", "error")   # the command prints its own messages
+    return asyncio.run(run(args))
+
+
 def cmd_loadtest(args) -> int:
     from .loadtest import run_cli
     return run_cli(args)
@@ -201,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .calls_cli import add_parser as calls_parser
     calls_parser(sub).set_defaults(func=cmd_calls)
+
+    from .campaigns_cli import add_parsers as campaign_parsers
+    for p in campaign_parsers(sub):
+        p.set_defaults(func=cmd_campaigns)
     return parser
 
 

@@ -1,7 +1,7 @@
 """The admin HTTP API under ``/api`` (bearer token from ``VOICEBOT_ADMIN_TOKEN``), and the database it reads:
 ``setup()`` opens the store and the record writer when the server starts and closes them after its calls ended.
 
-Each resource is one sibling module with ``add_routes(router)`` (calls today; campaigns and do-not-call next)."""
+Each resource is one sibling module with ``add_routes(router)``: calls, campaigns, do-not-call."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import structlog
 from aiohttp import web
 
 from ..store import RecordWriter, Store, StoreError, default_spool_path
-from . import calls
+from . import calls, campaigns, dnc
 from .auth import TOKEN_ENV, bearer_auth
-from .common import DATABASE, Database
+from .common import DATABASE, DIALPLAN, Database
 
 log = structlog.get_logger("voicebot.api")
-ROUTE_MODULES = (calls,)
+ROUTE_MODULES = (calls, campaigns, dnc)
 
 
 def setup(app: web.Application, services) -> None:
@@ -26,6 +26,7 @@ def setup(app: web.Application, services) -> None:
     spool = settings.database_spool or default_spool_path(settings.database_url, Path(settings.source).parent)
     db = Database(url=settings.database_url, spool_path=spool, recordings_dir=settings.recordings_dir)
     app[DATABASE] = db
+    app[DIALPLAN] = services.dialplan
 
     async def database_open(_app: web.Application):
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..dialplan import Dialplan
 from ..store import RecordWriter, Store, parse_time
 
 
@@ -24,6 +25,7 @@ class Database:
 
 
 DATABASE = web.AppKey("database", Database)
+DIALPLAN = web.AppKey("dialplan", Dialplan)     # what a campaign's persona is checked against
 
 
 def database(request: web.Request) -> Database:
@@ -40,6 +42,36 @@ class BadParameter(Exception):
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f"{name}: {problem}")
         self.name = name
+
+
+def operation_error(exc: Exception) -> web.Response:
+    """A refused campaign or do-not-call operation: 404 no such thing, 409 a conflict (a name taken, a state that
+    does not allow the change), else 400; the message says what was wrong and where."""
+    from ..campaigns.manage import Conflict, NotFound
+
+    status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
+    return json_error(status, str(exc))
+
+
+async def read_json(request: web.Request, *, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    """The request's JSON object with these string fields (BadParameter naming the first one wrong, or an
+    unknown one)."""
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadParameter("body", f"expected a JSON object: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadParameter("body", f"expected a JSON object, got {type(body).__name__}")
+    known = required + optional
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise BadParameter(unknown[0], f"unknown field (known: {', '.join(known)})")
+    for name in known:
+        if name in body and body[name] is not None and not isinstance(body[name], str):
+            raise BadParameter(name, f"expected a string, got {type(body[name]).__name__}")
+        if name in required and not (body.get(name) or "").strip():
+            raise BadParameter(name, "is required")
+    return body
 
 
 class Query:

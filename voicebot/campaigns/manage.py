@@ -1,0 +1,353 @@
+"""Campaign operations, one implementation for ``voicebot campaign …`` / ``voicebot dnc …`` and for the admin API's
+``/api/campaigns…`` / ``/api/dnc…``: create a campaign from its definition and contacts, change its state, its
+status, its results as CSV or JSON, and the do-not-call list.
+
+Every refusal is an ``OperationError`` whose message says what was wrong and where (file:field, row N); its kind
+(``Invalid``, ``NotFound``, ``Conflict``) is what the CLI's exit status and the API's HTTP status are made of."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import phonenumbers
+import yaml
+
+from ..dialplan import Dialplan
+from .contacts import RowProblem, read_contacts
+from .definition import CampaignError, CampaignSpec, check_against, load_campaign, read_campaign, required_variables
+from .schedule import next_window_start
+
+EXPORT_COLUMNS = ("phone", "outcome", "attempts", "note", "call_ids")
+EXPORT_FORMATS = ("csv", "json")
+FINISHED_STATES = ("done", "canceled")
+# verb → (the states it starts from, the state it leads to)
+ACTIONS = {
+    "start": (("created",), "running"),
+    "pause": (("running",), "paused"),
+    "resume": (("paused",), "running"),
+    "cancel": (("created", "running", "paused"), "canceled"),
+}
+DNC_SOURCES = ("cli", "api", "import", "opt_out")
+
+
+class OperationError(Exception):
+    """An operation refused; the message names what was wrong."""
+
+
+class Invalid(OperationError):
+    """The definition, the contacts or an argument is wrong."""
+
+
+class NotFound(OperationError):
+    """No such campaign (or number on the do-not-call list)."""
+
+
+class Conflict(OperationError):
+    """The name is taken, or the campaign's state does not allow the change."""
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- create ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Created:
+    """A stored campaign: how many contacts it will call, and the rows skipped (never dialed)."""
+
+    name: str
+    id: str
+    contacts: int
+    skipped: list[RowProblem] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "id": self.id, "contacts": self.contacts,
+                "skipped": [{"row": p.row, "value": p.value, "problem": p.problem} for p in self.skipped]}
+
+
+async def create(store, definition: Path, contacts: Path | None, dialplan: Dialplan, *,
+                 now: datetime | None = None) -> Created:
+    """The campaign defined in the YAML file ``definition``, its contacts from ``contacts`` (else the file the
+    definition names), checked against the dialplan and stored in state ``created``."""
+    try:
+        spec = load_campaign(definition)
+    except CampaignError as exc:
+        raise Invalid(str(exc)) from None
+    source = contacts if contacts is not None else spec.contacts
+    if source is None:
+        raise Invalid(f"{spec.source}: contacts: no contacts file (name one in the definition, or give --contacts)")
+    return await _create(store, spec, Path(source), dialplan, now)
+
+
+async def create_from_text(store, definition: str, contacts: str, dialplan: Dialplan, *, source: str = "request",
+                           now: datetime | None = None) -> Created:
+    """The same from texts: the YAML definition and the contacts' CSV (a ``contacts:`` path in the definition is
+    not read: the files of whoever sends the texts are not ours to open)."""
+    try:
+        data = yaml.safe_load(definition)
+    except yaml.YAMLError as exc:
+        raise Invalid(f"{source}: definition: not YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise Invalid(f"{source}: definition: expected a mapping of campaign fields, got {type(data).__name__}")
+    data = {key: value for key, value in data.items() if key != "contacts"}
+    if not isinstance(contacts, str) or not contacts.strip():
+        raise Invalid(f"{source}: contacts: expected the contacts' CSV text (a header row with a phone column)")
+    try:
+        spec = read_campaign(data, f"{source}:definition", Path.cwd())
+    except CampaignError as exc:
+        raise Invalid(str(exc)) from None
+    return await _create(store, spec, contacts, dialplan, now, contacts_source=f"{source}:contacts")
+
+
+async def _create(store, spec: CampaignSpec, contacts: Path | str, dialplan: Dialplan, now: datetime | None, *,
+                  contacts_source: str | None = None) -> Created:
+    from ..store.campaigns import CampaignExists
+
+    problems = check_against(spec, dialplan)
+    if problems:
+        raise Invalid("\n".join(f"{spec.source}: {problem}" for problem in problems))
+    persona = dialplan.named(spec.persona)
+    options = dict(default_region=spec.default_region, default_timezone=spec.default_timezone,
+                   required=required_variables(spec, persona))
+    if contacts_source is not None:
+        options["source"] = contacts_source
+    try:
+        listed = read_contacts(contacts, **options)
+    except CampaignError as exc:
+        raise Invalid(str(exc)) from None
+    if not listed.contacts:
+        where = contacts_source or str(contacts)
+        raise Invalid(f"{where}: no contact to call ({len(listed.skipped)} row(s) skipped: "
+                      f"{_problems_text(listed.skipped[:5])})")
+    try:
+        campaign_id = await store.create_campaign(spec, listed.contacts, now=now or now_utc())
+    except CampaignExists:
+        raise Conflict(f"a campaign named {spec.name!r} exists already (cancel it, or choose another name)") from None
+    return Created(name=spec.name, id=campaign_id, contacts=len(listed.contacts), skipped=list(listed.skipped))
+
+
+def _problems_text(problems: Iterable[RowProblem]) -> str:
+    return "; ".join(f"row {p.row}: {p.value!r}: {p.problem}" for p in problems)
+
+
+# -- state -------------------------------------------------------------------------------------------------------
+
+async def campaign(store, name: str):
+    """The campaign row by name (or id); NotFound otherwise."""
+    row = await store.get_campaign(name)
+    if row is None:
+        raise NotFound(f"no campaign {name!r}")
+    return row
+
+
+async def change_state(store, name: str, action: str, *, now: datetime | None = None):
+    """``start``, ``pause``, ``resume`` or ``cancel`` the campaign; its row after the change."""
+    from ..store.campaigns import InvalidTransition
+
+    if action not in ACTIONS:
+        raise Invalid(f"unknown action {action!r}: expected one of {', '.join(ACTIONS)}")
+    sources, target = ACTIONS[action]
+    row = await campaign(store, name)
+    if row.state not in sources:
+        raise Conflict(_refusal(row.name, row.state, action))
+    try:
+        return await store.set_campaign_state(row.name, target, now=now or now_utc())
+    except InvalidTransition:       # changed meanwhile, by another command or the dialer
+        current = await campaign(store, name)
+        raise Conflict(_refusal(current.name, current.state, action)) from None
+
+
+def _refusal(name: str, state: str, action: str) -> str:
+    able = [verb for verb, (sources, _) in ACTIONS.items() if state in sources]
+    hint = f" (it can: {', '.join(able)})" if able else ""
+    return f"cannot {action} campaign {name!r}: it is {state}{hint}"
+
+
+# -- status ------------------------------------------------------------------------------------------------------
+
+async def status(store, name: str, *, now: datetime | None = None) -> dict:
+    """What the campaign has done and will do, as JSON: totals by outcome, in flight, done, pending, do-not-call,
+    attempts, the dial rate over the last minute against the set rate, the next window opening."""
+    row = await campaign(store, name)
+    return await _status(store, row, now or now_utc())
+
+
+async def statuses(store, *, now: datetime | None = None) -> list[dict]:
+    moment = now or now_utc()
+    return [await _status(store, row, moment) for row in await store.list_campaigns()]
+
+
+async def _status(store, row, now: datetime) -> dict:
+    spec: CampaignSpec = row.spec
+    figures = await store.campaign_status(row.id)
+    recent = figures["dials_last_60s"]
+    next_due = figures.get("next_due_at")
+    return {
+        "name": row.name, "id": row.id, "state": row.state, "persona": spec.persona, "carrier": spec.carrier,
+        "created_at": _iso(row.created_at), "started_at": _iso(row.started_at), "ended_at": _iso(row.ended_at),
+        "contacts": figures["contacts"],
+        "outcomes": dict(sorted(figures["outcomes"].items())),
+        "in_flight": figures["in_flight"], "done": figures["done"], "pending": figures["pending"],
+        "dnc": figures["dnc"], "attempts": figures["attempts"],
+        "rate": {"dials_last_60s": recent, "per_second": round(recent / 60, 3),
+                 "limit_per_second": spec.calls_per_second},
+        "max_concurrent_calls": spec.max_concurrent_calls,
+        "next_due_at": _iso(next_due),
+        "next_window_opening": _iso(_next_opening(spec, row.state, next_due, now)),
+    }
+
+
+def _next_opening(spec: CampaignSpec, state: str, next_due: datetime | None, now: datetime) -> datetime | None:
+    """When the next contact may be dialed: None when the campaign will dial no more; ``now`` while it may dial
+    (the window is open for some contact now)."""
+    if state in FINISHED_STATES or next_due is None:
+        return None
+    at = max(now, next_due)
+    if spec.starts_at is not None:
+        at = max(at, spec.starts_at)
+    return at
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# -- export ------------------------------------------------------------------------------------------------------
+
+async def export(store, name: str, fmt: str) -> str:
+    """One row per contact as ``csv`` or ``json`` text."""
+    if fmt not in EXPORT_FORMATS:
+        raise Invalid(f"format: expected one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    row = await campaign(store, name)
+    rows = await store.export_rows(row.id)
+    return export_csv(rows) if fmt == "csv" else export_json(rows)
+
+
+def export_columns(rows: list[dict]) -> list[str]:
+    """The fixed columns, then the contacts' own in the order they first appear."""
+    columns = list(EXPORT_COLUMNS)
+    seen = set(columns)
+    for row in rows:
+        for name in row["variables"]:
+            if name not in seen:
+                seen.add(name)
+                columns.append(name)
+    return columns
+
+
+def _flat(row: dict) -> dict:
+    flat = {name: row[name] for name in EXPORT_COLUMNS}
+    for name, value in row["variables"].items():
+        flat.setdefault(name, value)     # a contact column named like a result column loses to the result
+    return flat
+
+
+def export_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=export_columns(rows), restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({name: ("" if value is None else value) for name, value in _flat(row).items()})
+    return out.getvalue()
+
+
+def export_json(rows: list[dict]) -> str:
+    columns = export_columns(rows)
+    listed = []
+    for row in rows:
+        flat = _flat(row)
+        flat["call_ids"] = [c for c in (flat["call_ids"] or "").split(";") if c]
+        listed.append({name: flat.get(name) for name in columns})
+    return json.dumps(listed, ensure_ascii=False, indent=2) + "\n"
+
+
+# -- do-not-call -------------------------------------------------------------------------------------------------
+
+def normalise_phone(text: str, region: str) -> str:
+    """``text`` as E.164 (any common format; ``region`` for numbers without a country code); Invalid otherwise."""
+    value = (text or "").strip()
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException as exc:
+        raise Invalid(f"{value!r}: not a phone number ({exc})") from None
+    if not phonenumbers.is_valid_number(number):
+        raise Invalid(f"{value!r}: not a valid phone number (region {region} for numbers without +country code)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+async def dnc_add(store, phone: str, *, source: str, region: str = "US", note: str | None = None,
+                  now: datetime | None = None) -> str:
+    """Put the number on the do-not-call list (again: keeps the first entry); its E.164 form."""
+    number = normalise_phone(phone, region)
+    await store.dnc_add(number, source=source, note=note, now=now or now_utc())
+    return number
+
+
+async def dnc_remove(store, phone: str, *, region: str = "US") -> str:
+    number = normalise_phone(phone, region)
+    if not await store.dnc_remove(number):
+        raise NotFound(f"{number} is not on the do-not-call list")
+    return number
+
+
+async def dnc_list(store) -> list[dict]:
+    return [{"phone": entry.phone, "added_at": _iso(entry.added_at), "source": entry.source, "note": entry.note}
+            for entry in await store.dnc_list()]
+
+
+@dataclass(frozen=True)
+class Imported:
+    added: int
+    skipped: list[RowProblem]
+
+    def to_json(self) -> dict:
+        return {"added": self.added,
+                "skipped": [{"row": p.row, "value": p.value, "problem": p.problem} for p in self.skipped]}
+
+
+def read_numbers(data: bytes | str, *, region: str, source: str) -> tuple[list[str], list[RowProblem]]:
+    """A do-not-call import: a CSV with a ``phone`` column (rows numbered as a spreadsheet shows them, the header
+    being row 1), or one number per line. The E.164 numbers, and the rows that are not numbers."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].count(b"\n") + 1
+            raise Invalid(f"{source}: line {line} (byte {exc.start}): not UTF-8 text") from None
+    lines = data.lstrip("\ufeff").splitlines()
+    first = lines[0] if lines else ""
+    header = [name.strip().lower() for name in next(csv.reader([first]), [])]
+    if "phone" in header:
+        rows = csv.reader(lines[1:])
+        column = header.index("phone")
+        values = [(number, cells[column] if column < len(cells) else "")
+                  for number, cells in enumerate(rows, start=2) if any(c.strip() for c in cells)]
+    else:
+        if len(header) > 1:
+            raise Invalid(f"{source}: line 1: expected a CSV with a phone column, or one number per line; "
+                          f"found the columns {', '.join(header)}")
+        values = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    numbers, problems = [], []
+    for row, value in values:
+        try:
+            numbers.append(normalise_phone(value, region))
+        except Invalid as exc:
+            problems.append(RowProblem(row=row, value=value.strip(), problem=str(exc).split(": ", 1)[-1]))
+    return numbers, problems
+
+
+async def dnc_import(store, data: bytes | str, *, source_name: str, region: str = "US", source: str = "import",
+                     now: datetime | None = None) -> Imported:
+    """Every number of the file on the do-not-call list; the rows that are not numbers are reported, not lost."""
+    numbers, problems = read_numbers(data, region=region, source=source_name)
+    moment = now or now_utc()
+    for number in dict.fromkeys(numbers):
+        await store.dnc_add(number, source=source, now=moment)
+    return Imported(added=len(dict.fromkeys(numbers)), skipped=problems)
