@@ -19,7 +19,7 @@ from voicebot.campaigns_cli import progress_bar, run, watch
 from voicebot.cli import build_parser
 from voicebot.store import Store
 
-from campaign_files import CONTACTS_MISSING_NAMES, GOOD, write_campaign, write_dialplan
+from campaign_files import CONTACTS_MISSING_NAMES, write_campaign, write_dialplan
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=timezone.utc)

@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 from datetime import datetime
-from pathlib import Path
 from typing import IO
 
 from .config import ConfigError, load_settings
