@@ -11,7 +11,6 @@ import json
 import os
 import sqlite3
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,44 +27,8 @@ from voicebot.store.migrate import MIGRATION_LOCK_ID, current_revision, head_rev
 from voicebot.store.schema import metadata
 
 from conftest import until
-from pg_server import PostgresServer
+from databases import database_url, pg_url, postgres, sqlite_url, store  # noqa: F401 (fixtures)
 from records import PERSONAS, T0, full_record
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def pg_url(postgres) -> str:
-    return await postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture
-def sqlite_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'voicebot.db'}"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'voicebot.db'}"
-    return await request.getfixturevalue("postgres").create_database(f"t_{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture
-async def store(database_url):
-    store = await Store.open(database_url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def schema_differences(connection: sa.Connection) -> list:
