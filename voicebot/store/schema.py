@@ -107,7 +107,8 @@ contacts = sa.Table(
     sa.Column("row", sa.Integer, nullable=False),
     sa.Column("phone", sa.String(32), nullable=False),
     sa.Column("timezone", sa.String(64), nullable=False),
-    sa.Column("variables", JSONDocument, nullable=False),
+    # JSON, not JSONB: JSONB reorders keys, and the export gives a contact's columns in the list's order.
+    sa.Column("variables", sa.JSON, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("next_due_at", UTCDateTime),

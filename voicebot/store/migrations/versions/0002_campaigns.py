@@ -44,7 +44,7 @@ def upgrade() -> None:
         sa.Column("row", sa.Integer, nullable=False),
         sa.Column("phone", sa.String(32), nullable=False),
         sa.Column("timezone", sa.String(64), nullable=False),
-        sa.Column("variables", JSON, nullable=False),
+        sa.Column("variables", sa.JSON, nullable=False),      # json keeps the columns' order; jsonb would not
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("next_due_at", UTC),
