@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timezone
 
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from . import calls as calls_table
+from . import campaigns
 from .calls import CallRecord, CallSummary
+from .campaigns import AttemptRow, CampaignRow, Claim, ContactRow, DncEntry, Due, RetryAfter
 from .migrate import upgrade
 
 log = structlog.get_logger("voicebot.store")
@@ -83,7 +86,7 @@ def create_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, pool_size
 
 
 class Store:
-    """The database: call records today, campaigns and do-not-call lists in the same schema later.
+    """The database: call records, outbound campaigns (contacts, attempts) and the do-not-call list.
     ``await Store.open(url)`` connects and upgrades the schema to the newest revision."""
 
     def __init__(self, engine: AsyncEngine, url: str) -> None:
@@ -136,3 +139,132 @@ class Store:
         async with self.engine.connect() as conn:
             return await calls_table.page(conn, persona=persona, since=since, until=until, outcome=outcome,
                                           limit=limit, cursor=cursor)
+
+    # -- transactions --------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that reads, then writes what it read decides. On SQLite it takes the write lock at once
+        (BEGIN IMMEDIATE, waiting up to the busy timeout): a deferred one would read a snapshot another process
+        may change before it writes, and then fail instead of waiting. PostgreSQL locks what it reads with
+        FOR UPDATE (``campaigns.claim``) or compares and sets in one statement."""
+        async with self.engine.begin() as conn:
+            if self.engine.dialect.name == "sqlite":
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")   # SQLAlchemy's begin sends nothing on SQLite
+            yield conn
+
+    # -- campaigns -----------------------------------------------------------------------------
+    async def create_campaign(self, spec, contacts: Sequence, *, now: datetime) -> str:
+        """A new campaign (state created) with its contacts; its id. CampaignExists if the name is taken."""
+        try:
+            async with self._writing() as conn:
+                return await campaigns.create_campaign(conn, spec, contacts, now=now)
+        except sa.exc.IntegrityError:
+            # Another instance created one of that name between our check and our insert.
+            if await self.get_campaign(spec.name) is not None:
+                raise campaigns.CampaignExists(f"a campaign named {spec.name!r} exists already") from None
+            raise
+
+    async def get_campaign(self, name_or_id: str) -> CampaignRow | None:
+        async with self.engine.connect() as conn:
+            return await campaigns.get_campaign(conn, name_or_id)
+
+    async def list_campaigns(self) -> list[CampaignRow]:
+        async with self.engine.connect() as conn:
+            return await campaigns.list_campaigns(conn)
+
+    async def running_campaigns(self) -> list[CampaignRow]:
+        async with self.engine.connect() as conn:
+            return await campaigns.list_campaigns(conn, state="running")
+
+    async def set_campaign_state(self, name: str, state: str, *, now: datetime) -> CampaignRow:
+        """UnknownCampaign, or InvalidTransition unless created→running, running⇄paused, running→done,
+        created|running|paused→canceled."""
+        async with self._writing() as conn:
+            return await campaigns.set_campaign_state(conn, name, state, now=now)
+
+    async def claim(self, campaign_id: str, *, now: datetime, horizon_s: float = 1.0, limit: int,
+                    due: Due) -> list[Claim]:
+        """Contacts to dial now, with their rate slots, within the campaign's limits across every instance."""
+        async with self._writing() as conn:
+            return await campaigns.claim(conn, campaign_id, now=now, horizon_s=horizon_s, limit=limit, due=due)
+
+    async def release_claim(self, attempt_id: str) -> bool:
+        async with self._writing() as conn:
+            return await campaigns.release_claim(conn, attempt_id)
+
+    async def mark_dialing(self, attempt_id: str, *, now: datetime) -> bool:
+        async with self._writing() as conn:
+            return await campaigns.mark_dialing(conn, attempt_id, now=now)
+
+    async def mark_dialed(self, attempt_id: str, carrier_call_id: str, *, now: datetime) -> bool:
+        async with self._writing() as conn:
+            return await campaigns.mark_dialed(conn, attempt_id, carrier_call_id, now=now)
+
+    async def attempt_progress(self, attempt_id: str, *, carrier_call_id: str | None, status: str, now: datetime,
+                               sequence: int | None = None, answered_by: str | None = None,
+                               duration_s: float | None = None, detail: str | None = None) -> AttemptRow | None:
+        async with self._writing() as conn:
+            return await campaigns.attempt_progress(
+                conn, attempt_id, carrier_call_id=carrier_call_id, status=status, now=now, sequence=sequence,
+                answered_by=answered_by, duration_s=duration_s, detail=detail)
+
+    async def set_answered_by(self, attempt_id: str, answered_by: str, *, now: datetime) -> AttemptRow | None:
+        async with self._writing() as conn:
+            return await campaigns.set_answered_by(conn, attempt_id, answered_by, now=now)
+
+    async def call_result(self, attempt_id: str, *, call_id: str | None, disposition: str | None = None,
+                          note: str | None = None, opted_out: bool = False,
+                          now: datetime | None = None) -> AttemptRow | None:
+        async with self._writing() as conn:
+            return await campaigns.call_result(conn, attempt_id, call_id=call_id, disposition=disposition,
+                                               note=note, opted_out=opted_out, now=now or _utcnow())
+
+    async def finish_attempt(self, attempt_id: str, *, outcome: str, now: datetime, detail: str | None = None,
+                             retry_after: RetryAfter, due: Due) -> AttemptRow | None:
+        """The ended attempt, or None when it had ended already (nothing changes then)."""
+        async with self._writing() as conn:
+            return await campaigns.finish_attempt(conn, attempt_id, outcome=outcome, now=now, detail=detail,
+                                                  retry_after=retry_after, due=due)
+
+    async def stale_attempts(self, *, now: datetime, claimed_older_s: float, dialing_older_s: float,
+                             dialed_older_s: float) -> list[AttemptRow]:
+        async with self.engine.connect() as conn:
+            return await campaigns.stale_attempts(conn, now=now, claimed_older_s=claimed_older_s,
+                                                  dialing_older_s=dialing_older_s, dialed_older_s=dialed_older_s)
+
+    async def attempt(self, attempt_id: str) -> AttemptRow | None:
+        async with self.engine.connect() as conn:
+            return await campaigns.get_attempt(conn, attempt_id)
+
+    async def outbound_context(self, attempt_id: str) -> tuple[AttemptRow, ContactRow, CampaignRow] | None:
+        async with self.engine.connect() as conn:
+            return await campaigns.outbound_context(conn, attempt_id)
+
+    async def campaign_status(self, campaign_id: str, *, now: datetime | None = None) -> dict:
+        async with self.engine.connect() as conn:
+            return await campaigns.campaign_status(conn, campaign_id, now=now or _utcnow())
+
+    async def export_rows(self, campaign_id: str) -> list[dict]:
+        async with self.engine.connect() as conn:
+            return await campaigns.export_rows(conn, campaign_id)
+
+    # -- do-not-call ---------------------------------------------------------------------------
+    async def dnc_add(self, phone: str, *, source: str, note: str | None = None, now: datetime) -> bool:
+        async with self.engine.begin() as conn:
+            return await campaigns.dnc_add(conn, phone, source=source, note=note, now=now)
+
+    async def dnc_remove(self, phone: str) -> bool:
+        async with self.engine.begin() as conn:
+            return await campaigns.dnc_remove(conn, phone)
+
+    async def dnc_list(self) -> list[DncEntry]:
+        async with self.engine.connect() as conn:
+            return await campaigns.dnc_list(conn)
+
+    async def dnc_contains(self, phone: str) -> bool:
+        async with self.engine.connect() as conn:
+            return await campaigns.dnc_contains(conn, phone)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
