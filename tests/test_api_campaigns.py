@@ -141,14 +141,17 @@ async def test_create_status_state_changes_and_export(server):
 
 async def test_the_do_not_call_list(server):
     assert await call(server, "POST", "/api/dnc", 201, json={"phone": "(212) 555-0187", "note": "asked"}) == \
-        {"phone": "+12125550187"}
+        {"phone": "+12125550187", "added": True}
     assert await call(server, "POST", "/api/dnc", 201, json={"phone": "020 7946 0000", "region": "GB"}) == \
-        {"phone": "+442079460000"}
+        {"phone": "+442079460000", "added": True}
+    assert await call(server, "POST", "/api/dnc", 200, json={"phone": "+12125550187", "note": "again"}) == \
+        {"phone": "+12125550187", "added": False}
     assert "'555-12'" in (await call(server, "POST", "/api/dnc", 400, json={"phone": "555-12"}))["error"]
     assert (await call(server, "POST", "/api/dnc", 400, json={"phone": 2125550187}))["error"] == \
         "phone: expected a string, got int"
     body = await call(server, "POST", "/api/dnc/import", 200, data="phone\n+1 202 555 0143\nnope\n".encode())
-    assert body == {"added": 1, "skipped": [{"row": 3, "value": "nope", "problem": body["skipped"][0]["problem"]}]}
+    assert body == {"added": 1, "listed_already": 0,
+                    "skipped": [{"row": 3, "value": "nope", "problem": body["skipped"][0]["problem"]}]}
     numbers = (await call(server, "GET", "/api/dnc", 200))["numbers"]
     assert {n["phone"]: (n["source"], n["note"]) for n in numbers} == {
         "+12125550187": ("api", "asked"), "+442079460000": ("api", None), "+12025550143": ("import", None)}

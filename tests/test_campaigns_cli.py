@@ -78,6 +78,7 @@ async def test_create_reports_the_skipped_rows_and_stores_the_good_ones(config):
     body = await status_json(config, "dental-reminders")
     assert (body["state"], body["contacts"], body["pending"], body["done"], body["in_flight"]) == \
         ("created", 4, 4, 0, 0)
+    assert body["outcomes"] == {"pending": 4} and body["attempts"] == 0
 
     status, _, err = await voicebot(config, "campaign", "create", str(definition))
     assert status == 1 and "a campaign named 'dental-reminders' exists already" in err
@@ -194,14 +195,14 @@ async def test_status_figures_and_exports_after_attempts(config, tmp_path):
     body = await status_json(config, "dental-reminders")
     assert body["state"] == "running" and body["contacts"] == 4
     assert (body["done"], body["in_flight"], body["pending"], body["dnc"], body["attempts"]) == (1, 1, 1, 1, 3)
-    assert body["outcomes"] == {"answered": 1, "dnc": 1, "no-answer": 1}
+    assert body["outcomes"] == {"confirmed": 1, "dnc": 1, "no-answer": 1}     # Eve's in flight
     assert body["rate"]["limit_per_second"] == 2 and body["max_concurrent_calls"] == 3
     assert body["next_due_at"] == (NOW + timedelta(seconds=30, hours=2)).isoformat().replace("+00:00", "Z")
 
     status, out, err = await voicebot(config, "campaign", "status", "dental-reminders")
     assert status == 0, err
     assert "contacts 4: done 1, in flight 1, pending 1, do-not-call 1" in out
-    assert "outcomes: answered 1, dnc 1, no-answer 1" in out
+    assert "outcomes: confirmed 1, dnc 1, no-answer 1" in out
 
     status, out, _ = await voicebot(config, "campaign", "export", "dental-reminders", "--format", "csv")
     rows = list(csv.reader(io.StringIO(out)))
@@ -238,7 +239,8 @@ async def test_watch_draws_one_line_per_refresh_until_the_campaign_ends(config):
         first, second = await lines.get(), await lines.get()
         for line in (first, second):
             assert line.startswith("dental-reminders [") and line.endswith("running")
-            assert " 2/4 done, 1 in flight  answered 1, dnc 1, no-answer 1  " in line
+            assert " 2/4 done, 1 in flight  confirmed 1, dnc 1, no-answer 1  " in line
+            assert "[" + "#" * 13 + "d" * 12 + "n" * 12 + ">" * 13 + "]" in line
         await voicebot(config, "campaign", "cancel", "dental-reminders")
         final = await asyncio.wait_for(watching, 10)
     finally:
@@ -270,13 +272,17 @@ async def test_the_do_not_call_list(config, tmp_path):
     numbers.write_text("name,Phone\nAl,+1 202 555 0143\nBo,not a number\n\nCy,2125550187\n", encoding="utf-8")
     status, out, err = await voicebot(config, "dnc", "import", str(numbers))
     assert status == 0, err
-    assert f"2 number(s) on the do-not-call list from {numbers}" in out
+    assert f"2 number(s) added to the do-not-call list from {numbers}" in out
     assert "row 3: 'not a number'" in out
 
     plain = tmp_path / "numbers.txt"
     plain.write_text("+33 1 42 68 53 00\n\n+1 555\n", encoding="utf-8")
     status, out, _ = await voicebot(config, "dnc", "import", str(plain))
-    assert status == 0 and "1 number(s)" in out and "row 3: '+1 555'" in out
+    assert status == 0 and "1 number(s) added" in out and "row 3: '+1 555'" in out
+    status, out, _ = await voicebot(config, "dnc", "import", str(plain))
+    assert status == 0 and "0 number(s) added" in out and "(1 listed already)" in out
+    status, out, _ = await voicebot(config, "dnc", "add", "+33142685300")
+    assert status == 0 and out == "+33142685300 is on the do-not-call list (it was already)\n"
 
     status, out, _ = await voicebot(config, "dnc", "list", "--json")
     entries = {e["phone"]: e for e in json.loads(out)}

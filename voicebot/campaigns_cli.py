@@ -27,10 +27,10 @@ from .config import ConfigError, load_settings
 from .store.offline import DatabaseUnavailable, open_for_reading, open_for_writing
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-# How a contact shows in the progress bar: by its last outcome, else in flight, else waiting.
-BAR_SYMBOLS = {"answered": "#", "voicemail": "v", "no-answer": "n", "busy": "b", "failed": "f", "canceled": "c",
-               "dnc": "d"}
-IN_FLIGHT_SYMBOL, PENDING_SYMBOL = ">", "."
+# How a contact shows in the progress bar: by its outcome (what the call set counts as answered), in flight, or
+# never dialed yet.
+BAR_SYMBOLS = {"voicemail": "v", "no-answer": "n", "busy": "b", "failed": "f", "canceled": "c", "dnc": "d"}
+ANSWERED_SYMBOL, IN_FLIGHT_SYMBOL, PENDING_SYMBOL = "#", ">", "."
 
 
 class CommandError(Exception):
@@ -211,8 +211,8 @@ async def _export(store, args, settings, out: IO[str], err: IO[str]) -> None:
 # -- dnc ---------------------------------------------------------------------------------------------------------
 
 async def _dnc_add(store, args, settings, out: IO[str], err: IO[str]) -> None:
-    number = await manage.dnc_add(store, args.phone, source="cli", region=args.region, note=args.note)
-    print(f"{number} is on the do-not-call list", file=out)
+    number, added = await manage.dnc_add(store, args.phone, source="cli", region=args.region, note=args.note)
+    print(f"{number} is on the do-not-call list{'' if added else ' (it was already)'}", file=out)
 
 
 async def _dnc_remove(store, args, settings, out: IO[str], err: IO[str]) -> None:
@@ -239,7 +239,8 @@ async def _dnc_import(store, args, settings, out: IO[str], err: IO[str]) -> None
     except OSError as exc:
         raise CommandError(f"{args.file}: {exc.strerror or exc}") from None
     imported = await manage.dnc_import(store, data, source_name=str(args.file), region=args.region)
-    print(f"{imported.added} number(s) on the do-not-call list from {args.file}", file=out)
+    print(f"{imported.added} number(s) added to the do-not-call list from {args.file}"
+          f"{f' ({imported.listed_already} listed already)' if imported.listed_already else ''}", file=out)
     if imported.skipped:
         print(f"{len(imported.skipped)} row(s) skipped, not numbers:", file=out)
         for problem in imported.skipped:
@@ -302,10 +303,14 @@ def campaigns_table(listed: list[dict]) -> str:
 
 
 def bar_segments(status: dict) -> list[tuple[str, int]]:
-    """(symbol, contacts) in bar order: finished contacts by outcome, then in flight, then the rest."""
-    finished = [(BAR_SYMBOLS.get(name, "?"), count) for name, count in status["outcomes"].items() if count]
-    waiting = status["contacts"] - sum(count for _, count in finished) - status["in_flight"]
-    return finished + [(IN_FLIGHT_SYMBOL, status["in_flight"]), (PENDING_SYMBOL, max(waiting, 0))]
+    """(symbol, contacts) in bar order: answered, the other outcomes, in flight, never dialed."""
+    counts: dict[str, int] = {}
+    for name, count in status["outcomes"].items():
+        symbol = PENDING_SYMBOL if name == "pending" else BAR_SYMBOLS.get(name, ANSWERED_SYMBOL)
+        counts[symbol] = counts.get(symbol, 0) + count
+    order = [ANSWERED_SYMBOL, *BAR_SYMBOLS.values()]
+    segments = [(symbol, counts[symbol]) for symbol in order if counts.get(symbol)]
+    return segments + [(IN_FLIGHT_SYMBOL, status["in_flight"]), (PENDING_SYMBOL, counts.get(PENDING_SYMBOL, 0))]
 
 
 def progress_bar(segments: list[tuple[str, int]], width: int) -> str:

@@ -35,11 +35,11 @@ async def add_number(request: web.Request) -> web.Response:
     except BadParameter as exc:
         return json_error(400, str(exc))
     try:
-        number = await manage.dnc_add(database(request).store, body["phone"], source="api",
-                                      region=str(body.get("region") or "US").upper(), note=body.get("note"))
+        number, added = await manage.dnc_add(database(request).store, body["phone"], source="api",
+                                             region=str(body.get("region") or "US").upper(), note=body.get("note"))
     except manage.OperationError as exc:
         return operation_error(exc)
-    return web.json_response({"phone": number}, status=201)
+    return web.json_response({"phone": number, "added": added}, status=201 if added else 200)
 
 
 async def remove_number(request: web.Request) -> web.Response:

@@ -21,7 +21,6 @@ import yaml
 from ..dialplan import Dialplan
 from .contacts import RowProblem, read_contacts
 from .definition import CampaignError, CampaignSpec, check_against, load_campaign, read_campaign, required_variables
-from .schedule import next_window_start
 
 EXPORT_COLUMNS = ("phone", "outcome", "attempts", "note", "call_ids")
 EXPORT_FORMATS = ("csv", "json")
@@ -108,7 +107,7 @@ async def create_from_text(store, definition: str, contacts: str, dialplan: Dial
 
 async def _create(store, spec: CampaignSpec, contacts: Path | str, dialplan: Dialplan, now: datetime | None, *,
                   contacts_source: str | None = None) -> Created:
-    from ..store.campaigns import CampaignExists
+    from ..store import CampaignExists
 
     problems = check_against(spec, dialplan)
     if problems:
@@ -149,7 +148,7 @@ async def campaign(store, name: str):
 
 async def change_state(store, name: str, action: str, *, now: datetime | None = None):
     """``start``, ``pause``, ``resume`` or ``cancel`` the campaign; its row after the change."""
-    from ..store.campaigns import InvalidTransition
+    from ..store import InvalidTransition, UnknownCampaign
 
     if action not in ACTIONS:
         raise Invalid(f"unknown action {action!r}: expected one of {', '.join(ACTIONS)}")
@@ -159,6 +158,8 @@ async def change_state(store, name: str, action: str, *, now: datetime | None = 
         raise Conflict(_refusal(row.name, row.state, action))
     try:
         return await store.set_campaign_state(row.name, target, now=now or now_utc())
+    except UnknownCampaign:         # deleted meanwhile
+        raise NotFound(f"no campaign {name!r}") from None
     except InvalidTransition:       # changed meanwhile, by another command or the dialer
         current = await campaign(store, name)
         raise Conflict(_refusal(current.name, current.state, action)) from None
@@ -173,7 +174,8 @@ def _refusal(name: str, state: str, action: str) -> str:
 # -- status ------------------------------------------------------------------------------------------------------
 
 async def status(store, name: str, *, now: datetime | None = None) -> dict:
-    """What the campaign has done and will do, as JSON: totals by outcome, in flight, done, pending, do-not-call,
+    """What the campaign has done and will do, as JSON: its contacts by outcome (what the call set, else the last
+    attempt's; ``pending`` never dialed; those in flight not counted), in flight, done, pending, do-not-call,
     attempts, the dial rate over the last minute against the set rate, the next window opening."""
     row = await campaign(store, name)
     return await _status(store, row, now or now_utc())
@@ -185,8 +187,8 @@ async def statuses(store, *, now: datetime | None = None) -> list[dict]:
 
 
 async def _status(store, row, now: datetime) -> dict:
-    spec: CampaignSpec = row.spec
-    figures = await store.campaign_status(row.id)
+    spec = CampaignSpec.from_json(row.definition)
+    figures = await store.campaign_status(row.id, now=now)
     recent = figures["dials_last_60s"]
     next_due = figures.get("next_due_at")
     return {
@@ -205,13 +207,14 @@ async def _status(store, row, now: datetime) -> dict:
 
 
 def _next_opening(spec: CampaignSpec, state: str, next_due: datetime | None, now: datetime) -> datetime | None:
-    """When the next contact may be dialed: None when the campaign will dial no more; ``now`` while it may dial
-    (the window is open for some contact now)."""
+    """When the next contact may be dialed: ``now`` while one may; None when the campaign will dial no more.
+    The dialer moves a contact outside its window to the window's next opening in the contact's time zone, so
+    while the campaign runs the earliest due contact is the next opening."""
     if state in FINISHED_STATES or next_due is None:
         return None
-    at = max(now, next_due)
-    if spec.starts_at is not None:
-        at = max(at, spec.starts_at)
+    at = max(now, next_due, spec.starts_at or now)
+    if spec.ends_at is not None and at > spec.ends_at:
+        return None
     return at
 
 
@@ -231,40 +234,30 @@ async def export(store, name: str, fmt: str) -> str:
 
 
 def export_columns(rows: list[dict]) -> list[str]:
-    """The fixed columns, then the contacts' own in the order they first appear."""
-    columns = list(EXPORT_COLUMNS)
-    seen = set(columns)
-    for row in rows:
-        for name in row["variables"]:
-            if name not in seen:
-                seen.add(name)
-                columns.append(name)
-    return columns
-
-
-def _flat(row: dict) -> dict:
-    flat = {name: row[name] for name in EXPORT_COLUMNS}
-    for name, value in row["variables"].items():
-        flat.setdefault(name, value)     # a contact column named like a result column loses to the result
-    return flat
+    """The result columns, then the contacts' own in the order they first appear (a contact list's rows all have
+    the same columns; the union keeps every value should they not)."""
+    return list(dict.fromkeys([*EXPORT_COLUMNS, *(name for row in rows for name in row)]))
 
 
 def export_csv(rows: list[dict]) -> str:
+    """The store's rows as they are: ``call_ids`` joined with ``;``, an empty cell for nothing."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=export_columns(rows), restval="", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({name: ("" if value is None else value) for name, value in _flat(row).items()})
+        writer.writerow({name: ("" if value is None else value) for name, value in row.items()})
     return out.getvalue()
 
 
 def export_json(rows: list[dict]) -> str:
+    """A list of objects with the CSV's columns, typed: ``attempts`` a number, ``call_ids`` a list, no note null."""
     columns = export_columns(rows)
     listed = []
     for row in rows:
-        flat = _flat(row)
-        flat["call_ids"] = [c for c in (flat["call_ids"] or "").split(";") if c]
-        listed.append({name: flat.get(name) for name in columns})
+        typed = {name: row.get(name) for name in columns}
+        typed["call_ids"] = [c for c in (row["call_ids"] or "").split(";") if c]
+        typed["note"] = row["note"] or None
+        listed.append(typed)
     return json.dumps(listed, ensure_ascii=False, indent=2) + "\n"
 
 
@@ -283,11 +276,11 @@ def normalise_phone(text: str, region: str) -> str:
 
 
 async def dnc_add(store, phone: str, *, source: str, region: str = "US", note: str | None = None,
-                  now: datetime | None = None) -> str:
-    """Put the number on the do-not-call list (again: keeps the first entry); its E.164 form."""
+                  now: datetime | None = None) -> tuple[str, bool]:
+    """Put the number on the do-not-call list: its E.164 form, and False when it was on it already (the first
+    entry stays as it was)."""
     number = normalise_phone(phone, region)
-    await store.dnc_add(number, source=source, note=note, now=now or now_utc())
-    return number
+    return number, await store.dnc_add(number, source=source, note=note, now=now or now_utc())
 
 
 async def dnc_remove(store, phone: str, *, region: str = "US") -> str:
@@ -304,11 +297,12 @@ async def dnc_list(store) -> list[dict]:
 
 @dataclass(frozen=True)
 class Imported:
-    added: int
+    added: int              # numbers new on the list
+    listed_already: int     # numbers of the file that were on it (they keep their first entry)
     skipped: list[RowProblem]
 
     def to_json(self) -> dict:
-        return {"added": self.added,
+        return {"added": self.added, "listed_already": self.listed_already,
                 "skipped": [{"row": p.row, "value": p.value, "problem": p.problem} for p in self.skipped]}
 
 
@@ -348,6 +342,8 @@ async def dnc_import(store, data: bytes | str, *, source_name: str, region: str 
     """Every number of the file on the do-not-call list; the rows that are not numbers are reported, not lost."""
     numbers, problems = read_numbers(data, region=region, source=source_name)
     moment = now or now_utc()
-    for number in dict.fromkeys(numbers):
-        await store.dnc_add(number, source=source, now=moment)
-    return Imported(added=len(dict.fromkeys(numbers)), skipped=problems)
+    unique = list(dict.fromkeys(numbers))
+    added = 0
+    for number in unique:
+        added += await store.dnc_add(number, source=source, now=moment)
+    return Imported(added=added, listed_already=len(unique) - added, skipped=problems)
