@@ -240,7 +240,7 @@ async def test_watch_draws_one_line_per_refresh_until_the_campaign_ends(config):
         for line in (first, second):
             assert line.startswith("dental-reminders [") and line.endswith("running")
             assert " 2/4 done, 1 in flight  confirmed 1, dnc 1, no-answer 1  " in line
-            assert "[" + "#" * 13 + "d" * 12 + "n" * 12 + ">" * 13 + "]" in line
+            assert "[" + "#" * 10 + "n" * 10 + "d" * 10 + ">" * 10 + "]" in line
         await voicebot(config, "campaign", "cancel", "dental-reminders")
         final = await asyncio.wait_for(watching, 10)
     finally:

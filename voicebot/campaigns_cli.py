@@ -326,13 +326,11 @@ def progress_bar(segments: list[tuple[str, int]], width: int) -> str:
     return "".join(symbol * n for (symbol, _), n in zip(segments, cells))
 
 
-def progress_line(status: dict, width: int = 100) -> str:
+def progress_line(status: dict, bar_width: int = 40) -> str:
     finished = status["done"] + status["dnc"]
-    tail = (f" {finished}/{status['contacts']} done, {status['in_flight']} in flight  {_outcomes(status)}  "
-            f"{status['rate']['per_second']:.2f}/s  {status['state']}")
-    head = f"{status['name']} "
-    bar_width = max(10, min(50, width - len(head) - len(tail) - 2))
-    return f"{head}[{progress_bar(bar_segments(status), bar_width)}]{tail}"
+    return (f"{status['name']} [{progress_bar(bar_segments(status), bar_width)}] {finished}/{status['contacts']} "
+            f"done, {status['in_flight']} in flight  {_outcomes(status)}  {status['rate']['per_second']:.2f}/s  "
+            f"{status['state']}")
 
 
 async def watch(store, name: str, out: IO[str], *, interval_s: float) -> dict:
@@ -341,11 +339,12 @@ async def watch(store, name: str, out: IO[str], *, interval_s: float) -> dict:
     redraw = out.isatty()
     while True:
         status = await manage.status(store, name)
-        line = progress_line(status, shutil.get_terminal_size().columns - 1)
-        if redraw:
+        if redraw:      # the bar takes what the terminal leaves of its width, 10 to 50 characters
+            rest = len(progress_line(status, 0))
+            line = progress_line(status, max(10, min(50, shutil.get_terminal_size().columns - 1 - rest)))
             out.write("\r\x1b[K" + line)
         else:
-            out.write(line + "\n")
+            out.write(progress_line(status) + "\n")
         out.flush()
         if status["state"] in manage.FINISHED_STATES:
             if redraw:
