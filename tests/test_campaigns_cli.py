@@ -22,7 +22,6 @@ from voicebot.store import Store
 from campaign_files import CONTACTS_MISSING_NAMES, write_campaign, write_dialplan
 
 REPO = Path(__file__).resolve().parent.parent
-NOW = datetime(2026, 12, 1, 15, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
@@ -152,9 +151,11 @@ async def dial_all(store: Store, name: str, now: datetime) -> dict:
     return {claim.phone: claim for claim in claims}
 
 
-async def play(config: Path) -> None:
-    """Through the store, as the dialer and the calls do: Ana answers and confirms (a note), Ben does not answer
-    (retry in 2 h), Dee is put on the do-not-call list before her dial, Eve's dial is still ringing."""
+async def play(config: Path) -> datetime:
+    """Through the store, as the dialer and the calls do, now (the contacts are due from their creation): Ana
+    answers and confirms (a note), Ben does not answer (retry in 2 h), Dee is put on the do-not-call list before
+    her dial, Eve's dial is still ringing. When it was."""
+    NOW = datetime.now(timezone.utc)
     store = await Store.open(database_url(config))
     try:
         await store.dnc_add("+442079460000", source="cli", now=NOW)
@@ -176,6 +177,7 @@ async def play(config: Path) -> None:
                                      now=NOW + timedelta(seconds=3))
     finally:
         await store.close()
+    return NOW
 
 
 EXPECTED_ROWS = [   # phone, outcome, attempts, note, call_ids, first_name, appointment, clinic
@@ -190,14 +192,16 @@ EXPECTED_ROWS = [   # phone, outcome, attempts, note, call_ids, first_name, appo
 async def test_status_figures_and_exports_after_attempts(config, tmp_path):
     await voicebot(config, "campaign", "create", str(write_campaign(config.parent)))
     await voicebot(config, "campaign", "start", "dental-reminders")
-    await play(config)
+    now = await play(config)
 
     body = await status_json(config, "dental-reminders")
     assert body["state"] == "running" and body["contacts"] == 4
     assert (body["done"], body["in_flight"], body["pending"], body["dnc"], body["attempts"]) == (1, 1, 1, 1, 3)
     assert body["outcomes"] == {"confirmed": 1, "dnc": 1, "no-answer": 1}     # Eve's in flight
     assert body["rate"]["limit_per_second"] == 2 and body["max_concurrent_calls"] == 3
-    assert body["next_due_at"] == (NOW + timedelta(seconds=30, hours=2)).isoformat().replace("+00:00", "Z")
+    assert body["rate"]["dials_last_60s"] == 3
+    assert body["next_due_at"] == (now + timedelta(seconds=30, hours=2)).isoformat().replace("+00:00", "Z")
+    assert body["next_window_opening"] == body["next_due_at"]
 
     status, out, err = await voicebot(config, "campaign", "status", "dental-reminders")
     assert status == 0, err
@@ -272,8 +276,8 @@ async def test_the_do_not_call_list(config, tmp_path):
     numbers.write_text("name,Phone\nAl,+1 202 555 0143\nBo,not a number\n\nCy,2125550187\n", encoding="utf-8")
     status, out, err = await voicebot(config, "dnc", "import", str(numbers))
     assert status == 0, err
-    assert f"2 number(s) added to the do-not-call list from {numbers}" in out
-    assert "row 3: 'not a number'" in out
+    assert f"1 number(s) added to the do-not-call list from {numbers} (1 listed already)" in out
+    assert "row 3: 'not a number': not a phone number" in out
 
     plain = tmp_path / "numbers.txt"
     plain.write_text("+33 1 42 68 53 00\n\n+1 555\n", encoding="utf-8")

@@ -265,13 +265,19 @@ def export_json(rows: list[dict]) -> str:
 
 def normalise_phone(text: str, region: str) -> str:
     """``text`` as E.164 (any common format; ``region`` for numbers without a country code); Invalid otherwise."""
-    value = (text or "").strip()
     try:
-        number = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException as exc:
-        raise Invalid(f"{value!r}: not a phone number ({exc})") from None
+        return _e164(text, region)
+    except ValueError as exc:
+        raise Invalid(f"{(text or '').strip()!r}: {exc}") from None
+
+
+def _e164(text: str, region: str) -> str:
+    try:
+        number = phonenumbers.parse((text or "").strip(), region)
+    except phonenumbers.NumberParseException:
+        raise ValueError("not a phone number") from None
     if not phonenumbers.is_valid_number(number):
-        raise Invalid(f"{value!r}: not a valid phone number (region {region} for numbers without +country code)")
+        raise ValueError(f"not a valid phone number (numbers without +country code are read as {region} numbers)")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -331,9 +337,9 @@ def read_numbers(data: bytes | str, *, region: str, source: str) -> tuple[list[s
     numbers, problems = [], []
     for row, value in values:
         try:
-            numbers.append(normalise_phone(value, region))
-        except Invalid as exc:
-            problems.append(RowProblem(row=row, value=value.strip(), problem=str(exc).split(": ", 1)[-1]))
+            numbers.append(_e164(value, region))
+        except ValueError as exc:
+            problems.append(RowProblem(row=row, value=value.strip(), problem=str(exc)))
     return numbers, problems
 
 
