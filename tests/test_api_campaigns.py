@@ -105,7 +105,9 @@ async def test_create_status_state_changes_and_export(server):
 
     status = await call(server, "GET", "/api/campaigns/dental-reminders", 200)
     assert (status["state"], status["contacts"], status["pending"]) == ("created", 4, 4)
-    assert (await call(server, "GET", "/api/campaigns", 200))["campaigns"] == [status]
+    [listed] = (await call(server, "GET", "/api/campaigns", 200))["campaigns"]
+    moments = ("next_window_opening",)      # now, at each answer
+    assert {k: v for k, v in listed.items() if k not in moments} == {k: v for k, v in status.items() if k not in moments}
 
     assert (await call(server, "POST", "/api/campaigns/dental-reminders/pause", 409))["error"] == \
         "cannot pause campaign 'dental-reminders': it is created (it can: start, cancel)"
