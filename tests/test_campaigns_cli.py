@@ -254,6 +254,27 @@ async def test_watch_draws_one_line_per_refresh_until_the_campaign_ends(config):
     assert drawn[-1].endswith("canceled")
 
 
+async def test_watch_on_a_terminal_redraws_one_line(config, monkeypatch):
+    await voicebot(config, "campaign", "create", str(write_campaign(config.parent)))
+    await voicebot(config, "campaign", "cancel", "dental-reminders")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("COLUMNS", "100")
+    screen = Terminal()
+    store = await Store.open(database_url(config))
+    try:
+        await watch(store, "dental-reminders", screen, interval_s=0.01)
+    finally:
+        await store.close()
+    drawn = screen.getvalue()
+    assert drawn.startswith("\r\x1b[K") and drawn.endswith("canceled\n") and drawn.count("\n") == 1
+    line = drawn[len("\r\x1b[K"):-1]
+    assert len(line) == 99 and line.startswith("dental-reminders [" + "." * 29 + "] 0/4 done")   # the width left
+
+
 def test_the_progress_bar_gives_each_outcome_its_share():
     assert progress_bar([("#", 1), ("n", 1), (">", 1), (".", 1)], 20) == "#" * 5 + "n" * 5 + ">" * 5 + "." * 5
     assert progress_bar([("#", 1), ("v", 1), (".", 1)], 10) == "####vvv..."
