@@ -19,7 +19,7 @@ import phonenumbers
 import yaml
 
 from ..dialplan import Dialplan
-from .contacts import RowProblem, read_contacts
+from .contacts import RowProblem, normalise, read_contacts
 from .definition import CampaignError, CampaignSpec, check_against, load_campaign, read_campaign, required_variables
 
 EXPORT_COLUMNS = ("phone", "outcome", "attempts", "note", "call_ids")
@@ -111,7 +111,7 @@ async def _create(store, spec: CampaignSpec, contacts: Path | str, dialplan: Dia
 
     problems = check_against(spec, dialplan)
     if problems:
-        raise Invalid("\n".join(f"{spec.source}: {problem}" for problem in problems))
+        raise Invalid("\n".join(problems))
     persona = dialplan.named(spec.persona)
     options = dict(default_region=spec.default_region, default_timezone=spec.default_timezone,
                    required=required_variables(spec, persona))
@@ -264,21 +264,18 @@ def export_json(rows: list[dict]) -> str:
 # -- do-not-call -------------------------------------------------------------------------------------------------
 
 def normalise_phone(text: str, region: str) -> str:
-    """``text`` as E.164 (any common format; ``region`` for numbers without a country code); Invalid otherwise."""
-    try:
-        return _e164(text, region)
-    except ValueError as exc:
-        raise Invalid(f"{(text or '').strip()!r}: {exc}") from None
+    """``text`` as E.164 (any common format, as in contact lists; ``region`` for numbers without a country code);
+    Invalid otherwise."""
+    _check_region(region)
+    number, problem = normalise((text or "").strip(), region)
+    if number is None:
+        raise Invalid(f"{(text or '').strip()!r}: {problem}")
+    return number
 
 
-def _e164(text: str, region: str) -> str:
-    try:
-        number = phonenumbers.parse((text or "").strip(), region)
-    except phonenumbers.NumberParseException:
-        raise ValueError("not a phone number") from None
-    if not phonenumbers.is_valid_number(number):
-        raise ValueError(f"not a valid phone number (numbers without +country code are read as {region} numbers)")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+def _check_region(region: str) -> None:
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise Invalid(f"region: expected a two-letter country code such as US, GB, DE, got {region!r}")
 
 
 async def dnc_add(store, phone: str, *, source: str, region: str = "US", note: str | None = None,
@@ -334,12 +331,14 @@ def read_numbers(data: bytes | str, *, region: str, source: str) -> tuple[list[s
             raise Invalid(f"{source}: line 1: expected a CSV with a phone column, or one number per line; "
                           f"found the columns {', '.join(header)}")
         values = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    _check_region(region)
     numbers, problems = [], []
     for row, value in values:
-        try:
-            numbers.append(_e164(value, region))
-        except ValueError as exc:
-            problems.append(RowProblem(row=row, value=value.strip(), problem=str(exc)))
+        number, problem = normalise(value.strip(), region)
+        if number is None:
+            problems.append(RowProblem(row=row, value=value.strip(), problem=problem))
+        else:
+            numbers.append(number)
     return numbers, problems
 
 
