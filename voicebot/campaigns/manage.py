@@ -19,6 +19,7 @@ import phonenumbers
 import yaml
 
 from ..dialplan import Dialplan
+from ..store import CampaignExists, InvalidTransition, UnknownCampaign
 from .contacts import RowProblem, normalise, read_contacts
 from .definition import CampaignError, CampaignSpec, check_against, load_campaign, read_campaign, required_variables
 
@@ -67,8 +68,7 @@ class Created:
     skipped: list[RowProblem] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "id": self.id, "contacts": self.contacts,
-                "skipped": [{"row": p.row, "value": p.value, "problem": p.problem} for p in self.skipped]}
+        return {"name": self.name, "id": self.id, "contacts": self.contacts, "skipped": _problems_json(self.skipped)}
 
 
 async def create(store, definition: Path, contacts: Path | None, dialplan: Dialplan, *,
@@ -88,27 +88,27 @@ async def create(store, definition: Path, contacts: Path | None, dialplan: Dialp
 async def create_from_text(store, definition: str, contacts: str, dialplan: Dialplan, *, source: str = "request",
                            now: datetime | None = None) -> Created:
     """The same from texts: the YAML definition and the contacts' CSV (a ``contacts:`` path in the definition is
-    not read: the files of whoever sends the texts are not ours to open)."""
+    not read: the files of whoever sends the texts are not ours to open). Messages name ``source:definition`` and
+    ``source:contacts``."""
+    definition_source, contacts_source = f"{source}:definition", f"{source}:contacts"
     try:
         data = yaml.safe_load(definition)
     except yaml.YAMLError as exc:
-        raise Invalid(f"{source}: definition: not YAML: {exc}") from None
+        raise Invalid(f"{definition_source}: not YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise Invalid(f"{source}: definition: expected a mapping of campaign fields, got {type(data).__name__}")
+        raise Invalid(f"{definition_source}: expected a mapping of campaign fields, got {type(data).__name__}")
     data = {key: value for key, value in data.items() if key != "contacts"}
     if not isinstance(contacts, str) or not contacts.strip():
-        raise Invalid(f"{source}: contacts: expected the contacts' CSV text (a header row with a phone column)")
+        raise Invalid(f"{contacts_source}: expected the contacts' CSV text (a header row with a phone column)")
     try:
-        spec = read_campaign(data, f"{source}:definition", Path.cwd())
+        spec = read_campaign(data, definition_source, Path.cwd())
     except CampaignError as exc:
         raise Invalid(str(exc)) from None
-    return await _create(store, spec, contacts, dialplan, now, contacts_source=f"{source}:contacts")
+    return await _create(store, spec, contacts, dialplan, now, contacts_source=contacts_source)
 
 
 async def _create(store, spec: CampaignSpec, contacts: Path | str, dialplan: Dialplan, now: datetime | None, *,
                   contacts_source: str | None = None) -> Created:
-    from ..store import CampaignExists
-
     problems = check_against(spec, dialplan)
     if problems:
         raise Invalid("\n".join(problems))
@@ -123,17 +123,23 @@ async def _create(store, spec: CampaignSpec, contacts: Path | str, dialplan: Dia
         raise Invalid(str(exc)) from None
     if not listed.contacts:
         where = contacts_source or str(contacts)
-        raise Invalid(f"{where}: no contact to call ({len(listed.skipped)} row(s) skipped: "
-                      f"{_problems_text(listed.skipped[:5])})")
+        skipped = f" (every row skipped: {_problems_text(listed.skipped[:5])}" + \
+            ("; …)" if len(listed.skipped) > 5 else ")") if listed.skipped else ""
+        raise Invalid(f"{where}: no contact to call{skipped}")
     try:
         campaign_id = await store.create_campaign(spec, listed.contacts, now=now or now_utc())
     except CampaignExists:
-        raise Conflict(f"a campaign named {spec.name!r} exists already (cancel it, or choose another name)") from None
+        raise Conflict(f"a campaign named {spec.name!r} exists already (names are kept for good: choose another)") \
+            from None
     return Created(name=spec.name, id=campaign_id, contacts=len(listed.contacts), skipped=list(listed.skipped))
 
 
 def _problems_text(problems: Iterable[RowProblem]) -> str:
     return "; ".join(f"row {p.row}: {p.value!r}: {p.problem}" for p in problems)
+
+
+def _problems_json(problems: Iterable[RowProblem]) -> list[dict]:
+    return [{"row": p.row, "value": p.value, "problem": p.problem} for p in problems]
 
 
 # -- state -------------------------------------------------------------------------------------------------------
@@ -148,8 +154,6 @@ async def campaign(store, name: str):
 
 async def change_state(store, name: str, action: str, *, now: datetime | None = None):
     """``start``, ``pause``, ``resume`` or ``cancel`` the campaign; its row after the change."""
-    from ..store import InvalidTransition, UnknownCampaign
-
     if action not in ACTIONS:
         raise Invalid(f"unknown action {action!r}: expected one of {', '.join(ACTIONS)}")
     sources, target = ACTIONS[action]
@@ -305,8 +309,7 @@ class Imported:
     skipped: list[RowProblem]
 
     def to_json(self) -> dict:
-        return {"added": self.added, "listed_already": self.listed_already,
-                "skipped": [{"row": p.row, "value": p.value, "problem": p.problem} for p in self.skipped]}
+        return {"added": self.added, "listed_already": self.listed_already, "skipped": _problems_json(self.skipped)}
 
 
 def read_numbers(data: bytes | str, *, region: str, source: str) -> tuple[list[str], list[RowProblem]]:
