@@ -63,7 +63,7 @@ def test_a_contact_missing_a_variable_refuses_the_campaign_naming_every_such_row
     assert "first_name" in done.stderr and "appointment" in done.stderr
     listed = subprocess.run([sys.executable, "-m", "voicebot.cli", "campaign", "status", "--json",
                              "--config", str(config)], capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    assert listed.returncode == 0 and json.loads(listed.stdout) == {"campaigns": []}
 
 
 async def test_create_reports_the_skipped_rows_and_stores_the_good_ones(config):
@@ -78,6 +78,9 @@ async def test_create_reports_the_skipped_rows_and_stores_the_good_ones(config):
     assert (body["state"], body["contacts"], body["pending"], body["done"], body["in_flight"]) == \
         ("created", 4, 4, 0, 0)
     assert body["outcomes"] == {"pending": 4} and body["attempts"] == 0
+    status, out, _ = await voicebot(config, "campaign", "status")
+    assert status == 0 and out.splitlines()[1].split() == ["dental-reminders", "created", "4", "0", "0", "4", "0",
+                                                           "0.00", "pending", "4"]
 
     status, _, err = await voicebot(config, "campaign", "create", str(definition))
     assert status == 1 and "a campaign named 'dental-reminders' exists already" in err
@@ -126,7 +129,7 @@ async def test_before_any_database_exists_commands_that_read_say_so(config):
     assert await voicebot(config, "campaign", "status") == (0, "no campaigns\n", "")
     status, _, err = await voicebot(config, "campaign", "export", "x", "--format", "csv")
     assert status == 1 and "no campaign 'x'" in err
-    assert await voicebot(config, "dnc", "list", "--json") == (0, "[]\n", "")
+    assert await voicebot(config, "dnc", "list", "--json") == (0, '{"numbers": []}\n', "")
     assert not (config.parent / "data").exists()
 
 
@@ -310,7 +313,7 @@ async def test_the_do_not_call_list(config, tmp_path):
     assert status == 0 and out == "+33142685300 is on the do-not-call list (it was already)\n"
 
     status, out, _ = await voicebot(config, "dnc", "list", "--json")
-    entries = {e["phone"]: e for e in json.loads(out)}
+    entries = {e["phone"]: e for e in json.loads(out)["numbers"]}
     assert sorted(entries) == ["+12025550143", "+12125550187", "+33142685300", "+442079460000"]
     assert entries["+12125550187"]["source"] == "cli" and entries["+12125550187"]["note"] == "asked by letter"
     assert entries["+12025550143"]["source"] == "import"

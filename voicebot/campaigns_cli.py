@@ -140,10 +140,10 @@ async def run(args: argparse.Namespace, *, out: IO[str] | None = None, err: IO[s
 
 def _nothing_yet(args, command: str, out: IO[str]) -> int:
     if command == "campaign status" and args.name is None:
-        print("[]" if args.json else "no campaigns", file=out)
+        print('{"campaigns": []}' if args.json else "no campaigns", file=out)
         return EXIT_OK
     if command == "dnc list":
-        print("[]" if args.json else "the do-not-call list is empty", file=out)
+        print('{"numbers": []}' if args.json else "the do-not-call list is empty", file=out)
         return EXIT_OK
     if command == "dnc remove":
         raise manage.NotFound(f"{args.phone} is not on the do-not-call list")
@@ -184,7 +184,7 @@ async def _status(store, args, settings, out: IO[str], err: IO[str]) -> None:
     if args.name is None:
         listed = await manage.statuses(store)
         if args.json:
-            _json(listed, out)
+            _json({"campaigns": listed}, out)
         else:
             print(campaigns_table(listed), file=out)
         return
@@ -196,7 +196,7 @@ async def _status(store, args, settings, out: IO[str], err: IO[str]) -> None:
 
 
 async def _export(store, args, settings, out: IO[str], err: IO[str]) -> None:
-    text = await manage.export(store, args.name, args.format)
+    text, rows = await manage.export(store, args.name, args.format)
     if args.output is None:
         out.write(text)
         return
@@ -204,8 +204,7 @@ async def _export(store, args, settings, out: IO[str], err: IO[str]) -> None:
         args.output.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise CommandError(f"-o {args.output}: {exc.strerror or exc}") from None
-    print(f"{text.count(chr(10)) - 1 if args.format == 'csv' else len(json.loads(text))} row(s) written to "
-          f"{args.output}", file=err)
+    print(f"{rows} row(s) written to {args.output}", file=err)
 
 
 # -- dnc ---------------------------------------------------------------------------------------------------------
@@ -223,7 +222,7 @@ async def _dnc_remove(store, args, settings, out: IO[str], err: IO[str]) -> None
 async def _dnc_list(store, args, settings, out: IO[str], err: IO[str]) -> None:
     entries = await manage.dnc_list(store)
     if args.json:
-        _json(entries, out)
+        _json({"numbers": entries}, out)
         return
     if not entries:
         print("the do-not-call list is empty", file=out)

@@ -64,7 +64,7 @@ async def export_campaign(request: web.Request) -> web.Response:
         return json_error(400, str(exc))
     name = request.match_info["name"]
     try:
-        text = await manage.export(database(request).store, name, fmt)
+        text, _rows = await manage.export(database(request).store, name, fmt)
     except manage.OperationError as exc:
         return operation_error(exc)
     if fmt == "json":

@@ -228,13 +228,13 @@ def _iso(moment: datetime | None) -> str | None:
 
 # -- export ------------------------------------------------------------------------------------------------------
 
-async def export(store, name: str, fmt: str) -> str:
-    """One row per contact as ``csv`` or ``json`` text."""
+async def export(store, name: str, fmt: str) -> tuple[str, int]:
+    """One row per contact as ``csv`` or ``json`` text; the text and how many rows."""
     if fmt not in EXPORT_FORMATS:
         raise Invalid(f"format: expected one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     row = await campaign(store, name)
     rows = await store.export_rows(row.id)
-    return export_csv(rows) if fmt == "csv" else export_json(rows)
+    return (export_csv(rows) if fmt == "csv" else export_json(rows)), len(rows)
 
 
 def export_columns(rows: list[dict]) -> list[str]:
