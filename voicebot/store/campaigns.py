@@ -174,7 +174,7 @@ def _campaign_by(conn: sa.Connection, where, *, lock: bool = False) -> CampaignR
     query = sa.select(campaigns).where(where)
     if lock:
         query = query.with_for_update()
-    row = (conn.execute(query)).mappings().first()
+    row = conn.execute(query).mappings().first()
     return None if row is None else CampaignRow.from_row(row)
 
 
@@ -186,7 +186,7 @@ def list_campaigns(conn: sa.Connection, *, state: str | None = None) -> list[Cam
     query = sa.select(campaigns).order_by(campaigns.c.created_at, campaigns.c.name)
     if state is not None:
         query = query.where(campaigns.c.state == state)
-    return [CampaignRow.from_row(row) for row in (conn.execute(query)).mappings()]
+    return [CampaignRow.from_row(row) for row in conn.execute(query).mappings()]
 
 
 def set_campaign_state(conn: sa.Connection, name_or_id: str, state: str, *, now: datetime) -> CampaignRow:
@@ -215,15 +215,15 @@ def _slots(base: float, now_s: float, horizon_s: float, cps: float) -> int:
 
 
 def claim(conn: sa.Connection, campaign_id: str, *, now: datetime, horizon_s: float, limit: int,
-                due: Due) -> list[Claim]:
+          due: Due) -> list[Claim]:
     """Claim up to ``limit`` contacts of a running campaign to dial, each with its rate slot. The campaign row is
     held for the whole transaction (PostgreSQL: FOR UPDATE; SQLite: the write transaction), so that two claimers
     of one campaign, in any process, see each other's attempts and slots."""
     campaign = _campaign_by(conn, campaigns.c.id == campaign_id, lock=True)
     if campaign is None or campaign.state != "running" or limit <= 0:
         return []
-    live = (conn.execute(sa.select(sa.func.count()).select_from(attempts).where(
-        attempts.c.campaign_id == campaign_id, attempts.c.state.in_(LIVE_STATES)))).scalar_one()
+    live = conn.execute(sa.select(sa.func.count()).select_from(attempts).where(
+        attempts.c.campaign_id == campaign_id, attempts.c.state.in_(LIVE_STATES))).scalar_one()
     now_s = now.timestamp()
     cps = campaign.calls_per_second
     base = max(now_s, campaign.next_slot_at)
@@ -267,7 +267,7 @@ def claim(conn: sa.Connection, campaign_id: str, *, now: datetime, horizon_s: fl
 
 
 def _due_contacts(conn: sa.Connection, campaign_id: str, now: datetime, passed: list[str],
-                        limit: int) -> list[Mapping[str, Any]]:
+                  limit: int) -> list[Mapping[str, Any]]:
     """Pending contacts due now, oldest due first, whose number has no live attempt (in any campaign); whether the
     number is on the do-not-call list. PostgreSQL: locked, skipping those another transaction holds."""
     live_elsewhere = sa.exists().where(attempts.c.phone == contacts.c.phone, attempts.c.state.in_(LIVE_STATES))
@@ -281,7 +281,7 @@ def _due_contacts(conn: sa.Connection, campaign_id: str, now: datetime, passed: 
              .with_for_update(of=contacts, skip_locked=True))
     if passed:
         query = query.where(contacts.c.id.not_in(passed))
-    return (conn.execute(query)).mappings().all()
+    return conn.execute(query).mappings().all()
 
 
 def _upsert_module(conn: sa.Connection):
@@ -300,7 +300,7 @@ def _insert_attempt(conn: sa.Connection, claim: Claim, *, carrier: str, now: dat
         phone=claim.phone, from_number=claim.from_number, carrier=carrier, state="claimed", dial_at=claim.dial_at,
         claimed_at=now, opted_out=False)
     stmt = stmt.on_conflict_do_nothing(index_elements=[attempts.c.phone], index_where=sa.text(LIVE_PREDICATE))
-    return (conn.execute(stmt)).rowcount == 1
+    return conn.execute(stmt).rowcount == 1
 
 
 def _set_contact(conn: sa.Connection, contact_id: str, now: datetime, **values) -> None:
@@ -314,14 +314,14 @@ def release_claim(conn: sa.Connection, attempt_id: str) -> bool:
         return False
     conn.execute(attempts.delete().where(attempts.c.id == attempt_id))
     _set_contact(conn, attempt.contact_id, attempt.claimed_at, state="pending", attempts=attempt.number - 1,
-                       next_due_at=attempt.claimed_at)
+                 next_due_at=attempt.claimed_at)
     return True
 
 
 # -- an attempt's progress -------------------------------------------------------------------------------------
 
 def get_attempt(conn: sa.Connection, attempt_id: str) -> AttemptRow | None:
-    row = (conn.execute(sa.select(attempts).where(attempts.c.id == attempt_id))).mappings().first()
+    row = conn.execute(sa.select(attempts).where(attempts.c.id == attempt_id)).mappings().first()
     return None if row is None else AttemptRow.from_row(row)
 
 
@@ -334,7 +334,7 @@ def _update_attempt(conn: sa.Connection, attempt: AttemptRow, **values) -> Attem
 def mark_dialing(conn: sa.Connection, attempt_id: str, *, now: datetime) -> bool:
     """The dial request is about to be sent: from here on a crash leaves the attempt to reconcile, never to redial."""
     result = conn.execute(attempts.update().where(attempts.c.id == attempt_id, attempts.c.state == "claimed")
-                                .values(state="dialing", dialing_at=now))
+                          .values(state="dialing", dialing_at=now))
     return result.rowcount == 1
 
 
@@ -355,8 +355,8 @@ def mark_dialed(conn: sa.Connection, attempt_id: str, carrier_call_id: str, *, n
 
 
 def attempt_progress(conn: sa.Connection, attempt_id: str, *, carrier_call_id: str | None, status: str,
-                           now: datetime, sequence: int | None = None, answered_by: str | None = None,
-                           duration_s: float | None = None, detail: str | None = None) -> AttemptRow | None:
+                     now: datetime, sequence: int | None = None, answered_by: str | None = None,
+                     duration_s: float | None = None, detail: str | None = None) -> AttemptRow | None:
     """A carrier's status callback. Callbacks arrive late, twice, or out of order: one older than what is stored
     (by its sequence number, or by the state it reports) changes nothing and gives None. A final status records
     duration and detail; the attempt ends with ``finish_attempt``, which decides the outcome."""
@@ -391,7 +391,7 @@ def attempt_progress(conn: sa.Connection, attempt_id: str, *, carrier_call_id: s
 
 
 def set_answered_by(conn: sa.Connection, attempt_id: str, answered_by: str, *,
-                          now: datetime) -> AttemptRow | None:
+                    now: datetime) -> AttemptRow | None:
     """The answering-machine verdict (it may come before or after the status callback saying answered)."""
     attempt = get_attempt(conn, attempt_id)
     if attempt is None:
@@ -403,7 +403,7 @@ def set_answered_by(conn: sa.Connection, attempt_id: str, answered_by: str, *,
 
 
 def call_result(conn: sa.Connection, attempt_id: str, *, call_id: str | None, disposition: str | None,
-                      note: str | None, opted_out: bool, now: datetime) -> AttemptRow | None:
+                note: str | None, opted_out: bool, now: datetime) -> AttemptRow | None:
     """What the call itself concluded (set_outcome, opt_out), before or after the carrier's final status. The
     contact carries the disposition and note at once; an opt-out puts the number on the do-not-call list and,
     once the attempt has ended, the contact in state dnc (until then ``finish_attempt`` does it)."""
@@ -427,40 +427,44 @@ def call_result(conn: sa.Connection, attempt_id: str, *, call_id: str | None, di
 
 
 def finish_attempt(conn: sa.Connection, attempt_id: str, *, outcome: str, now: datetime,
-                         detail: str | None, retry_after: RetryAfter, due: Due) -> AttemptRow | None:
+                   detail: str | None, retry_after: RetryAfter, due: Due) -> AttemptRow | None:
     """End the attempt with its outcome (idempotent: an ended attempt stays as it ended) and decide the contact's
     next step: answered → done; opted out or on the do-not-call list → dnc; otherwise the retry policy for this
     outcome, counted over the contact's earlier attempts that ended the same way → pending at the next moment
     the window allows, or done. A canceled campaign's contacts are not rescheduled."""
     if outcome not in ATTEMPT_OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(ATTEMPT_OUTCOMES)}, got {outcome!r}")
-    attempt = get_attempt(conn, attempt_id)
-    if attempt is None or attempt.state == "ended":
+    row = conn.execute(
+        sa.select(attempts, contacts.c.timezone.label("contact_timezone"), contacts.c.state.label("contact_state"),
+                  campaigns.c.state.label("campaign_state"),
+                  sa.exists().where(dnc.c.phone == attempts.c.phone).label("on_dnc"))
+        .select_from(attempts.join(contacts, contacts.c.id == attempts.c.contact_id)
+                     .join(campaigns, campaigns.c.id == attempts.c.campaign_id))
+        .where(attempts.c.id == attempt_id)).mappings().first()
+    if row is None or row["state"] == "ended":
         return None
-    attempt = _update_attempt(conn, attempt, state="ended", outcome=outcome, ended_at=now,
-                                    detail=detail if detail is not None else attempt.detail)
-    contact = (conn.execute(sa.select(contacts.c.timezone, contacts.c.state).where(
-        contacts.c.id == attempt.contact_id))).one()
+    attempt = _update_attempt(conn, AttemptRow.from_row(row), state="ended", outcome=outcome, ended_at=now,
+                              detail=detail if detail is not None else row["detail"])
     values: dict[str, Any] = {"last_outcome": outcome, "next_due_at": None}
-    if attempt.opted_out or outcome == "dnc" or dnc_contains(conn, attempt.phone) or contact.state == "dnc":
+    if attempt.opted_out or outcome == "dnc" or row["on_dnc"] or row["contact_state"] == "dnc":
         values.update(state="dnc", last_outcome="dnc")
     elif outcome == "answered":
         values["state"] = "done"
     else:
-        state = (conn.execute(sa.select(campaigns.c.state).where(
-            campaigns.c.id == attempt.campaign_id))).scalar_one()
-        earlier = (conn.execute(sa.select(sa.func.count()).select_from(attempts).where(
-            attempts.c.contact_id == attempt.contact_id, attempts.c.outcome == outcome,
-            attempts.c.id != attempt.id))).scalar_one()
-        delay = retry_after(outcome, earlier) if state != "canceled" else None
-        next_due = None if delay is None else due(contact.timezone, now + delay)
+        delay = None
+        if row["campaign_state"] != "canceled":
+            earlier = conn.execute(sa.select(sa.func.count()).select_from(attempts).where(
+                attempts.c.contact_id == attempt.contact_id, attempts.c.outcome == outcome,
+                attempts.c.id != attempt.id)).scalar_one()
+            delay = retry_after(outcome, earlier)
+        next_due = None if delay is None else due(row["contact_timezone"], now + delay)
         values.update(state="done" if next_due is None else "pending", next_due_at=next_due)
     _set_contact(conn, attempt.contact_id, now, **values)
     return attempt
 
 
 def stale_attempts(conn: sa.Connection, *, now: datetime, claimed_older_s: float, dialing_older_s: float,
-                         dialed_older_s: float) -> list[AttemptRow]:
+                   dialed_older_s: float) -> list[AttemptRow]:
     """Attempts that should have moved on by now (a dialer or a callback lost, e.g. in a crash), to reconcile:
     claimed but never sent, sent but never confirmed, dialed (or ringing, answered) with no end heard of."""
     def before(seconds: float) -> datetime:
@@ -471,16 +475,16 @@ def stale_attempts(conn: sa.Connection, *, now: datetime, claimed_older_s: float
         sa.and_(attempts.c.state == "dialing", attempts.c.dialing_at < before(dialing_older_s)),
         sa.and_(attempts.c.state.in_(("dialed", "ringing", "answered")), since_dialing < before(dialed_older_s)),
     )).order_by(attempts.c.claimed_at)
-    return [AttemptRow.from_row(row) for row in (conn.execute(query)).mappings()]
+    return [AttemptRow.from_row(row) for row in conn.execute(query).mappings()]
 
 
 def outbound_context(conn: sa.Connection,
-                           attempt_id: str) -> tuple[AttemptRow, ContactRow, CampaignRow] | None:
+                     attempt_id: str) -> tuple[AttemptRow, ContactRow, CampaignRow] | None:
     """What a call needs to know about the attempt it is: the contact (variables) and the campaign (definition)."""
     attempt = get_attempt(conn, attempt_id)
     if attempt is None:
         return None
-    contact = (conn.execute(sa.select(contacts).where(contacts.c.id == attempt.contact_id))).mappings().one()
+    contact = conn.execute(sa.select(contacts).where(contacts.c.id == attempt.contact_id)).mappings().one()
     campaign = _campaign_by(conn, campaigns.c.id == attempt.campaign_id)
     return attempt, ContactRow.from_row(contact), campaign
 
@@ -499,8 +503,8 @@ def campaign_status(conn: sa.Connection, campaign_id: str, *, now: datetime) -> 
     """Contacts by state and by outcome, attempts, dials in the last minute, and when the next pending contact
     is due (the next window opening when none is due now)."""
     by = (contacts.c.state, contacts.c.last_outcome, contacts.c.disposition)
-    groups = (conn.execute(sa.select(*by, sa.func.count()).where(contacts.c.campaign_id == campaign_id)
-                                 .group_by(*by))).all()
+    groups = conn.execute(sa.select(*by, sa.func.count()).where(contacts.c.campaign_id == campaign_id)
+                          .group_by(*by)).all()
     states = dict.fromkeys(CONTACT_STATES, 0)
     outcomes: dict[str, int] = {}
     for state, last_outcome, disposition, count in groups:
@@ -509,12 +513,12 @@ def campaign_status(conn: sa.Connection, campaign_id: str, *, now: datetime) -> 
             outcome = contact_outcome(state, last_outcome, disposition)
             outcomes[outcome] = outcomes.get(outcome, 0) + count
     minute_ago = now.timestamp() - 60
-    total_attempts, recent = (conn.execute(sa.select(
-        sa.func.count(), sa.func.count().filter(sa.and_(attempts.c.dial_at > minute_ago,
-                                                        attempts.c.state != "claimed")))
-        .where(attempts.c.campaign_id == campaign_id))).one()
-    next_due = (conn.execute(sa.select(sa.func.min(contacts.c.next_due_at)).where(
-        contacts.c.campaign_id == campaign_id, contacts.c.state == "pending"))).scalar_one()
+    sent_in_last_minute = sa.and_(attempts.c.dial_at > minute_ago, attempts.c.state != "claimed")
+    total_attempts, recent = conn.execute(
+        sa.select(sa.func.count(), sa.func.count().filter(sent_in_last_minute))
+        .where(attempts.c.campaign_id == campaign_id)).one()
+    next_due = conn.execute(sa.select(sa.func.min(contacts.c.next_due_at)).where(
+        contacts.c.campaign_id == campaign_id, contacts.c.state == "pending")).scalar_one()
     return {"contacts": sum(states.values()), **states, "outcomes": outcomes, "attempts": total_attempts,
             "dials_last_60s": recent, "rate_per_s": recent / 60, "next_due_at": next_due}
 
@@ -528,8 +532,7 @@ def export_rows(conn: sa.Connection, campaign_id: str) -> list[dict[str, Any]]:
             .where(attempts.c.campaign_id == campaign_id, attempts.c.call_id.is_not(None))
             .order_by(attempts.c.contact_id, attempts.c.number)):
         call_ids.setdefault(contact_id, []).append(call_id)
-    rows = conn.execute(sa.select(contacts).where(contacts.c.campaign_id == campaign_id)
-                              .order_by(contacts.c.row))
+    rows = conn.execute(sa.select(contacts).where(contacts.c.campaign_id == campaign_id).order_by(contacts.c.row))
     return [{"phone": c.phone, "outcome": contact_outcome(c.state, c.last_outcome, c.disposition),
              "attempts": c.attempts, "note": c.note or "", "call_ids": ";".join(call_ids.get(c.id, [])),
              **c.variables}
@@ -543,11 +546,11 @@ def dnc_add(conn: sa.Connection, phone: str, *, source: str, note: str | None, n
     if source not in DNC_SOURCES:
         raise ValueError(f"source must be one of {', '.join(DNC_SOURCES)}, got {source!r}")
     stmt = _upsert_module(conn).insert(dnc).values(phone=phone, added_at=now, source=source, note=note)
-    return (conn.execute(stmt.on_conflict_do_nothing(index_elements=[dnc.c.phone]))).rowcount == 1
+    return conn.execute(stmt.on_conflict_do_nothing(index_elements=[dnc.c.phone])).rowcount == 1
 
 
 def dnc_remove(conn: sa.Connection, phone: str) -> bool:
-    return (conn.execute(dnc.delete().where(dnc.c.phone == phone))).rowcount == 1
+    return conn.execute(dnc.delete().where(dnc.c.phone == phone)).rowcount == 1
 
 
 def dnc_list(conn: sa.Connection) -> list[DncEntry]:
@@ -556,4 +559,4 @@ def dnc_list(conn: sa.Connection) -> list[DncEntry]:
 
 
 def dnc_contains(conn: sa.Connection, phone: str) -> bool:
-    return (conn.execute(sa.select(dnc.c.phone).where(dnc.c.phone == phone))).first() is not None
+    return conn.execute(sa.select(dnc.c.phone).where(dnc.c.phone == phone)).first() is not None
