@@ -562,3 +562,20 @@ async def test_claimers_in_separate_processes_hold_the_limits_and_never_share_a_
         assert (status["in_flight"], status["pending"], status["attempts"]) == (40, 60, 40)
     finally:
         await store.close()
+
+
+async def test_campaigns_sharing_numbers_claimed_side_by_side_never_ring_one_number_twice(database_url):
+    shared = people(20)
+    stores = [await Store.open(database_url) for _ in range(4)]
+    try:
+        ids = [await running(stores[0], Spec(name=name, max_concurrent_calls=50), shared, now=now())
+               for name in ("a", "b")]
+        rounds = await asyncio.gather(*(store.claim(ids[i % 2], now=now(), horizon_s=1.0, limit=10, due=always)
+                                        for i, store in enumerate(stores) for _ in range(3)))
+        phones = [c.phone for r in rounds for c in r]
+        assert sorted(phones) == sorted(c.phone for c in shared)    # each number once, whichever campaign won it
+        statuses = [await stores[0].campaign_status(i) for i in ids]
+        assert sum(s["in_flight"] for s in statuses) == 20 and sum(s["pending"] for s in statuses) == 20
+    finally:
+        for s in stores:
+            await s.close()

@@ -2,9 +2,10 @@
 one query that matters most, ``claim``: which contacts to dial next, within the campaign's limits, shared by every
 process and instance that dials it.
 
-Every function takes a connection inside a transaction; the ones that write expect a *write* transaction (on
-SQLite one begun with BEGIN IMMEDIATE, see ``database.Store``), so that a read followed by a write in it never
-races another writer."""
+Every function takes a (synchronous) connection inside a transaction and is one transaction's work; the ones
+that write expect a *write* transaction (on SQLite one begun with BEGIN IMMEDIATE), so that a read followed by
+a write in it never races another writer. ``database.Store`` runs them: on PostgreSQL on the asyncio driver,
+on SQLite whole in a worker thread (one hand-over per transaction instead of several per statement)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .schema import LIVE_PREDICATE, LIVE_STATES, attempts, campaigns, contacts, dnc
 
@@ -152,13 +152,13 @@ class Claim:
 
 # -- campaigns -------------------------------------------------------------------------------------------------
 
-async def create_campaign(conn: AsyncConnection, spec, contact_list, *, now: datetime) -> str:
+def create_campaign(conn: sa.Connection, spec, contact_list, *, now: datetime) -> str:
     """The campaign (state created) and its contacts, all pending and due now (the window decides when they are
     dialed). ``spec`` is a CampaignSpec, ``contact_list`` Contacts (row, phone, timezone, variables)."""
-    if await _campaign_by(conn, campaigns.c.name == spec.name) is not None:
+    if _campaign_by(conn, campaigns.c.name == spec.name) is not None:
         raise CampaignExists(f"a campaign named {spec.name!r} exists already")
     campaign_id = _new_id()
-    await conn.execute(campaigns.insert().values(
+    conn.execute(campaigns.insert().values(
         id=campaign_id, name=spec.name, state="created", definition=spec.to_json(), carrier=spec.carrier,
         from_numbers=list(spec.from_numbers), max_concurrent_calls=spec.max_concurrent_calls,
         calls_per_second=float(spec.calls_per_second), created_at=now, next_slot_at=0.0, from_index=0))
@@ -166,32 +166,32 @@ async def create_campaign(conn: AsyncConnection, spec, contact_list, *, now: dat
                  variables=dict(c.variables), state="pending", attempts=0, next_due_at=now, updated_at=now)
             for c in contact_list]
     if rows:
-        await conn.execute(contacts.insert(), rows)
+        conn.execute(contacts.insert(), rows)
     return campaign_id
 
 
-async def _campaign_by(conn: AsyncConnection, where, *, lock: bool = False) -> CampaignRow | None:
+def _campaign_by(conn: sa.Connection, where, *, lock: bool = False) -> CampaignRow | None:
     query = sa.select(campaigns).where(where)
     if lock:
         query = query.with_for_update()
-    row = (await conn.execute(query)).mappings().first()
+    row = conn.execute(query).mappings().first()
     return None if row is None else CampaignRow.from_row(row)
 
 
-async def get_campaign(conn: AsyncConnection, name_or_id: str) -> CampaignRow | None:
-    return await _campaign_by(conn, sa.or_(campaigns.c.name == name_or_id, campaigns.c.id == name_or_id))
+def get_campaign(conn: sa.Connection, name_or_id: str) -> CampaignRow | None:
+    return _campaign_by(conn, sa.or_(campaigns.c.name == name_or_id, campaigns.c.id == name_or_id))
 
 
-async def list_campaigns(conn: AsyncConnection, *, state: str | None = None) -> list[CampaignRow]:
+def list_campaigns(conn: sa.Connection, *, state: str | None = None) -> list[CampaignRow]:
     query = sa.select(campaigns).order_by(campaigns.c.created_at, campaigns.c.name)
     if state is not None:
         query = query.where(campaigns.c.state == state)
-    return [CampaignRow.from_row(row) for row in (await conn.execute(query)).mappings()]
+    return [CampaignRow.from_row(row) for row in conn.execute(query).mappings()]
 
 
-async def set_campaign_state(conn: AsyncConnection, name_or_id: str, state: str, *, now: datetime) -> CampaignRow:
+def set_campaign_state(conn: sa.Connection, name_or_id: str, state: str, *, now: datetime) -> CampaignRow:
     where = sa.or_(campaigns.c.name == name_or_id, campaigns.c.id == name_or_id)
-    campaign = await _campaign_by(conn, where, lock=True)
+    campaign = _campaign_by(conn, where, lock=True)
     if campaign is None:
         raise UnknownCampaign(f"no campaign named {name_or_id!r}")
     if (campaign.state, state) not in TRANSITIONS:
@@ -201,7 +201,7 @@ async def set_campaign_state(conn: AsyncConnection, name_or_id: str, state: str,
         values["started_at"] = now
     if state in ("canceled", "done"):
         values["ended_at"] = now
-    await conn.execute(campaigns.update().where(campaigns.c.id == campaign.id).values(**values))
+    conn.execute(campaigns.update().where(campaigns.c.id == campaign.id).values(**values))
     return dataclasses.replace(campaign, **values)
 
 
@@ -214,16 +214,16 @@ def _slots(base: float, now_s: float, horizon_s: float, cps: float) -> int:
     return int(math.floor((now_s + horizon_s - base) * cps + 1e-9)) + 1
 
 
-async def claim(conn: AsyncConnection, campaign_id: str, *, now: datetime, horizon_s: float, limit: int,
-                due: Due) -> list[Claim]:
+def claim(conn: sa.Connection, campaign_id: str, *, now: datetime, horizon_s: float, limit: int,
+          due: Due) -> list[Claim]:
     """Claim up to ``limit`` contacts of a running campaign to dial, each with its rate slot. The campaign row is
     held for the whole transaction (PostgreSQL: FOR UPDATE; SQLite: the write transaction), so that two claimers
     of one campaign, in any process, see each other's attempts and slots."""
-    campaign = await _campaign_by(conn, campaigns.c.id == campaign_id, lock=True)
+    campaign = _campaign_by(conn, campaigns.c.id == campaign_id, lock=True)
     if campaign is None or campaign.state != "running" or limit <= 0:
         return []
-    live = (await conn.execute(sa.select(sa.func.count()).select_from(attempts).where(
-        attempts.c.campaign_id == campaign_id, attempts.c.state.in_(LIVE_STATES)))).scalar_one()
+    live = conn.execute(sa.select(sa.func.count()).select_from(attempts).where(
+        attempts.c.campaign_id == campaign_id, attempts.c.state.in_(LIVE_STATES))).scalar_one()
     now_s = now.timestamp()
     cps = campaign.calls_per_second
     base = max(now_s, campaign.next_slot_at)
@@ -232,19 +232,19 @@ async def claim(conn: AsyncConnection, campaign_id: str, *, now: datetime, horiz
     passed: list[str] = []     # contacts whose number turned out live elsewhere: left pending, not looked at again
     while len(claimed) < wanted:
         batch = max(wanted - len(claimed), _CANDIDATE_BATCH)
-        candidates = await _due_contacts(conn, campaign_id, now, passed, batch)
+        candidates = _due_contacts(conn, campaign_id, now, passed, batch)
         for contact in candidates:
             if len(claimed) == wanted:
                 break
             if contact["on_dnc"]:
-                await _set_contact(conn, contact["id"], now, state="dnc", last_outcome="dnc", next_due_at=None)
+                _set_contact(conn, contact["id"], now, state="dnc", last_outcome="dnc", next_due_at=None)
                 continue
             due_at = due(contact["timezone"], now)
             if due_at is None:          # the campaign's dialing period is over for this contact
-                await _set_contact(conn, contact["id"], now, state="done", next_due_at=None)
+                _set_contact(conn, contact["id"], now, state="done", next_due_at=None)
                 continue
             if due_at > now:
-                await _set_contact(conn, contact["id"], now, next_due_at=due_at)
+                _set_contact(conn, contact["id"], now, next_due_at=due_at)
                 continue
             index = campaign.from_index + len(claimed)
             one = Claim(attempt_id=_new_id(), campaign_id=campaign_id, contact_id=contact["id"],
@@ -252,22 +252,22 @@ async def claim(conn: AsyncConnection, campaign_id: str, *, now: datetime, horiz
                         number=contact["attempts"] + 1,
                         from_number=campaign.from_numbers[index % len(campaign.from_numbers)],
                         dial_at=base + len(claimed) / cps)
-            if not await _insert_attempt(conn, one, carrier=campaign.carrier, now=now):
+            if not _insert_attempt(conn, one, carrier=campaign.carrier, now=now):
                 passed.append(contact["id"])
                 continue
-            await _set_contact(conn, contact["id"], now, state="in_flight", attempts=one.number, next_due_at=None)
+            _set_contact(conn, contact["id"], now, state="in_flight", attempts=one.number, next_due_at=None)
             claimed.append(one)
         if len(candidates) < batch:
             break       # no contact left that is due now
     if claimed:
-        await conn.execute(campaigns.update().where(campaigns.c.id == campaign_id).values(
+        conn.execute(campaigns.update().where(campaigns.c.id == campaign_id).values(
             next_slot_at=claimed[-1].dial_at + 1 / cps,
             from_index=(campaign.from_index + len(claimed)) % len(campaign.from_numbers)))
     return claimed
 
 
-async def _due_contacts(conn: AsyncConnection, campaign_id: str, now: datetime, passed: list[str],
-                        limit: int) -> list[Mapping[str, Any]]:
+def _due_contacts(conn: sa.Connection, campaign_id: str, now: datetime, passed: list[str],
+                  limit: int) -> list[Mapping[str, Any]]:
     """Pending contacts due now, oldest due first, whose number has no live attempt (in any campaign); whether the
     number is on the do-not-call list. PostgreSQL: locked, skipping those another transaction holds."""
     live_elsewhere = sa.exists().where(attempts.c.phone == contacts.c.phone, attempts.c.state.in_(LIVE_STATES))
@@ -281,10 +281,10 @@ async def _due_contacts(conn: AsyncConnection, campaign_id: str, now: datetime, 
              .with_for_update(of=contacts, skip_locked=True))
     if passed:
         query = query.where(contacts.c.id.not_in(passed))
-    return (await conn.execute(query)).mappings().all()
+    return conn.execute(query).mappings().all()
 
 
-def _upsert_module(conn: AsyncConnection):
+def _upsert_module(conn: sa.Connection):
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects import postgresql
         return postgresql
@@ -292,7 +292,7 @@ def _upsert_module(conn: AsyncConnection):
     return sqlite
 
 
-async def _insert_attempt(conn: AsyncConnection, claim: Claim, *, carrier: str, now: datetime) -> bool:
+def _insert_attempt(conn: sa.Connection, claim: Claim, *, carrier: str, now: datetime) -> bool:
     """Record the attempt; False when the number has a live attempt already (one another campaign claimed since
     we looked): the unique index on live numbers refuses it, and the contact waits."""
     stmt = _upsert_module(conn).insert(attempts).values(
@@ -300,47 +300,47 @@ async def _insert_attempt(conn: AsyncConnection, claim: Claim, *, carrier: str, 
         phone=claim.phone, from_number=claim.from_number, carrier=carrier, state="claimed", dial_at=claim.dial_at,
         claimed_at=now, opted_out=False)
     stmt = stmt.on_conflict_do_nothing(index_elements=[attempts.c.phone], index_where=sa.text(LIVE_PREDICATE))
-    return (await conn.execute(stmt)).rowcount == 1
+    return conn.execute(stmt).rowcount == 1
 
 
-async def _set_contact(conn: AsyncConnection, contact_id: str, now: datetime, **values) -> None:
-    await conn.execute(contacts.update().where(contacts.c.id == contact_id).values(updated_at=now, **values))
+def _set_contact(conn: sa.Connection, contact_id: str, now: datetime, **values) -> None:
+    conn.execute(contacts.update().where(contacts.c.id == contact_id).values(updated_at=now, **values))
 
 
-async def release_claim(conn: AsyncConnection, attempt_id: str) -> bool:
+def release_claim(conn: sa.Connection, attempt_id: str) -> bool:
     """Undo a claim whose dial request was never sent: the attempt goes, the contact is pending again as it was."""
-    attempt = await get_attempt(conn, attempt_id)
+    attempt = get_attempt(conn, attempt_id)
     if attempt is None or attempt.state != "claimed":
         return False
-    await conn.execute(attempts.delete().where(attempts.c.id == attempt_id))
-    await _set_contact(conn, attempt.contact_id, attempt.claimed_at, state="pending", attempts=attempt.number - 1,
-                       next_due_at=attempt.claimed_at)
+    conn.execute(attempts.delete().where(attempts.c.id == attempt_id))
+    _set_contact(conn, attempt.contact_id, attempt.claimed_at, state="pending", attempts=attempt.number - 1,
+                 next_due_at=attempt.claimed_at)
     return True
 
 
 # -- an attempt's progress -------------------------------------------------------------------------------------
 
-async def get_attempt(conn: AsyncConnection, attempt_id: str) -> AttemptRow | None:
-    row = (await conn.execute(sa.select(attempts).where(attempts.c.id == attempt_id))).mappings().first()
+def get_attempt(conn: sa.Connection, attempt_id: str) -> AttemptRow | None:
+    row = conn.execute(sa.select(attempts).where(attempts.c.id == attempt_id)).mappings().first()
     return None if row is None else AttemptRow.from_row(row)
 
 
-async def _update_attempt(conn: AsyncConnection, attempt: AttemptRow, **values) -> AttemptRow:
+def _update_attempt(conn: sa.Connection, attempt: AttemptRow, **values) -> AttemptRow:
     if values:
-        await conn.execute(attempts.update().where(attempts.c.id == attempt.id).values(**values))
+        conn.execute(attempts.update().where(attempts.c.id == attempt.id).values(**values))
     return dataclasses.replace(attempt, **values)
 
 
-async def mark_dialing(conn: AsyncConnection, attempt_id: str, *, now: datetime) -> bool:
+def mark_dialing(conn: sa.Connection, attempt_id: str, *, now: datetime) -> bool:
     """The dial request is about to be sent: from here on a crash leaves the attempt to reconcile, never to redial."""
-    result = await conn.execute(attempts.update().where(attempts.c.id == attempt_id, attempts.c.state == "claimed")
-                                .values(state="dialing", dialing_at=now))
+    result = conn.execute(attempts.update().where(attempts.c.id == attempt_id, attempts.c.state == "claimed")
+                          .values(state="dialing", dialing_at=now))
     return result.rowcount == 1
 
 
-async def mark_dialed(conn: AsyncConnection, attempt_id: str, carrier_call_id: str, *, now: datetime) -> bool:
+def mark_dialed(conn: sa.Connection, attempt_id: str, carrier_call_id: str, *, now: datetime) -> bool:
     """The carrier took the dial request. A status callback may have come first: then the state stays ahead."""
-    attempt = await get_attempt(conn, attempt_id)
+    attempt = get_attempt(conn, attempt_id)
     if attempt is None:
         return False
     if attempt.carrier_call_id not in (None, carrier_call_id):
@@ -350,19 +350,19 @@ async def mark_dialed(conn: AsyncConnection, attempt_id: str, carrier_call_id: s
     values: dict[str, Any] = {"carrier_call_id": carrier_call_id}
     if attempt.state in ("claimed", "dialing"):
         values.update(state="dialed", dialing_at=attempt.dialing_at or now)
-    await _update_attempt(conn, attempt, **values)
+    _update_attempt(conn, attempt, **values)
     return True
 
 
-async def attempt_progress(conn: AsyncConnection, attempt_id: str, *, carrier_call_id: str | None, status: str,
-                           now: datetime, sequence: int | None = None, answered_by: str | None = None,
-                           duration_s: float | None = None, detail: str | None = None) -> AttemptRow | None:
+def attempt_progress(conn: sa.Connection, attempt_id: str, *, carrier_call_id: str | None, status: str,
+                     now: datetime, sequence: int | None = None, answered_by: str | None = None,
+                     duration_s: float | None = None, detail: str | None = None) -> AttemptRow | None:
     """A carrier's status callback. Callbacks arrive late, twice, or out of order: one older than what is stored
     (by its sequence number, or by the state it reports) changes nothing and gives None. A final status records
     duration and detail; the attempt ends with ``finish_attempt``, which decides the outcome."""
     if status not in CARRIER_STATUSES:
         raise ValueError(f"status must be one of {', '.join(CARRIER_STATUSES)}, got {status!r}")
-    attempt = await get_attempt(conn, attempt_id)
+    attempt = get_attempt(conn, attempt_id)
     if attempt is None or attempt.state == "ended":
         return None
     if carrier_call_id is not None and attempt.carrier_call_id not in (None, carrier_call_id):
@@ -387,27 +387,27 @@ async def attempt_progress(conn: AsyncConnection, attempt_id: str, *, carrier_ca
         values["last_sequence"] = sequence
     if answered_by is not None:
         values["answered_by"] = answered_by
-    return await _update_attempt(conn, attempt, **values)
+    return _update_attempt(conn, attempt, **values)
 
 
-async def set_answered_by(conn: AsyncConnection, attempt_id: str, answered_by: str, *,
-                          now: datetime) -> AttemptRow | None:
+def set_answered_by(conn: sa.Connection, attempt_id: str, answered_by: str, *,
+                    now: datetime) -> AttemptRow | None:
     """The answering-machine verdict (it may come before or after the status callback saying answered)."""
-    attempt = await get_attempt(conn, attempt_id)
+    attempt = get_attempt(conn, attempt_id)
     if attempt is None:
         return None
     values: dict[str, Any] = {"answered_by": answered_by}
     if attempt.state != "ended" and _STATE_ORDER[attempt.state] < _STATE_ORDER["answered"]:
         values.update(state="answered", answered_at=attempt.answered_at or now)
-    return await _update_attempt(conn, attempt, **values)
+    return _update_attempt(conn, attempt, **values)
 
 
-async def call_result(conn: AsyncConnection, attempt_id: str, *, call_id: str | None, disposition: str | None,
-                      note: str | None, opted_out: bool, now: datetime) -> AttemptRow | None:
+def call_result(conn: sa.Connection, attempt_id: str, *, call_id: str | None, disposition: str | None,
+                note: str | None, opted_out: bool, now: datetime) -> AttemptRow | None:
     """What the call itself concluded (set_outcome, opt_out), before or after the carrier's final status. The
     contact carries the disposition and note at once; an opt-out puts the number on the do-not-call list and,
     once the attempt has ended, the contact in state dnc (until then ``finish_attempt`` does it)."""
-    attempt = await get_attempt(conn, attempt_id)
+    attempt = get_attempt(conn, attempt_id)
     if attempt is None:
         return None
     values: dict[str, Any] = {"call_id": call_id or attempt.call_id, "opted_out": attempt.opted_out or opted_out}
@@ -415,52 +415,56 @@ async def call_result(conn: AsyncConnection, attempt_id: str, *, call_id: str | 
         values["disposition"] = disposition
     if note is not None:
         values["note"] = note
-    attempt = await _update_attempt(conn, attempt, **values)
+    attempt = _update_attempt(conn, attempt, **values)
     contact_values = {k: v for k, v in (("disposition", disposition), ("note", note)) if v is not None}
     if opted_out:
-        await dnc_add(conn, attempt.phone, source="opt_out", note=None, now=now)
+        dnc_add(conn, attempt.phone, source="opt_out", note=None, now=now)
         if attempt.state == "ended":
             contact_values.update(state="dnc", next_due_at=None)
     if contact_values:
-        await _set_contact(conn, attempt.contact_id, now, **contact_values)
+        _set_contact(conn, attempt.contact_id, now, **contact_values)
     return attempt
 
 
-async def finish_attempt(conn: AsyncConnection, attempt_id: str, *, outcome: str, now: datetime,
-                         detail: str | None, retry_after: RetryAfter, due: Due) -> AttemptRow | None:
+def finish_attempt(conn: sa.Connection, attempt_id: str, *, outcome: str, now: datetime,
+                   detail: str | None, retry_after: RetryAfter, due: Due) -> AttemptRow | None:
     """End the attempt with its outcome (idempotent: an ended attempt stays as it ended) and decide the contact's
     next step: answered → done; opted out or on the do-not-call list → dnc; otherwise the retry policy for this
     outcome, counted over the contact's earlier attempts that ended the same way → pending at the next moment
     the window allows, or done. A canceled campaign's contacts are not rescheduled."""
     if outcome not in ATTEMPT_OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(ATTEMPT_OUTCOMES)}, got {outcome!r}")
-    attempt = await get_attempt(conn, attempt_id)
-    if attempt is None or attempt.state == "ended":
+    row = conn.execute(
+        sa.select(attempts, contacts.c.timezone.label("contact_timezone"), contacts.c.state.label("contact_state"),
+                  campaigns.c.state.label("campaign_state"),
+                  sa.exists().where(dnc.c.phone == attempts.c.phone).label("on_dnc"))
+        .select_from(attempts.join(contacts, contacts.c.id == attempts.c.contact_id)
+                     .join(campaigns, campaigns.c.id == attempts.c.campaign_id))
+        .where(attempts.c.id == attempt_id)).mappings().first()
+    if row is None or row["state"] == "ended":
         return None
-    attempt = await _update_attempt(conn, attempt, state="ended", outcome=outcome, ended_at=now,
-                                    detail=detail if detail is not None else attempt.detail)
-    contact = (await conn.execute(sa.select(contacts.c.timezone, contacts.c.state).where(
-        contacts.c.id == attempt.contact_id))).one()
+    attempt = _update_attempt(conn, AttemptRow.from_row(row), state="ended", outcome=outcome, ended_at=now,
+                              detail=detail if detail is not None else row["detail"])
     values: dict[str, Any] = {"last_outcome": outcome, "next_due_at": None}
-    if attempt.opted_out or outcome == "dnc" or await dnc_contains(conn, attempt.phone) or contact.state == "dnc":
+    if attempt.opted_out or outcome == "dnc" or row["on_dnc"] or row["contact_state"] == "dnc":
         values.update(state="dnc", last_outcome="dnc")
     elif outcome == "answered":
         values["state"] = "done"
     else:
-        state = (await conn.execute(sa.select(campaigns.c.state).where(
-            campaigns.c.id == attempt.campaign_id))).scalar_one()
-        earlier = (await conn.execute(sa.select(sa.func.count()).select_from(attempts).where(
-            attempts.c.contact_id == attempt.contact_id, attempts.c.outcome == outcome,
-            attempts.c.id != attempt.id))).scalar_one()
-        delay = retry_after(outcome, earlier) if state != "canceled" else None
-        next_due = None if delay is None else due(contact.timezone, now + delay)
+        delay = None
+        if row["campaign_state"] != "canceled":
+            earlier = conn.execute(sa.select(sa.func.count()).select_from(attempts).where(
+                attempts.c.contact_id == attempt.contact_id, attempts.c.outcome == outcome,
+                attempts.c.id != attempt.id)).scalar_one()
+            delay = retry_after(outcome, earlier)
+        next_due = None if delay is None else due(row["contact_timezone"], now + delay)
         values.update(state="done" if next_due is None else "pending", next_due_at=next_due)
-    await _set_contact(conn, attempt.contact_id, now, **values)
+    _set_contact(conn, attempt.contact_id, now, **values)
     return attempt
 
 
-async def stale_attempts(conn: AsyncConnection, *, now: datetime, claimed_older_s: float, dialing_older_s: float,
-                         dialed_older_s: float) -> list[AttemptRow]:
+def stale_attempts(conn: sa.Connection, *, now: datetime, claimed_older_s: float, dialing_older_s: float,
+                   dialed_older_s: float) -> list[AttemptRow]:
     """Attempts that should have moved on by now (a dialer or a callback lost, e.g. in a crash), to reconcile:
     claimed but never sent, sent but never confirmed, dialed (or ringing, answered) with no end heard of."""
     def before(seconds: float) -> datetime:
@@ -471,17 +475,17 @@ async def stale_attempts(conn: AsyncConnection, *, now: datetime, claimed_older_
         sa.and_(attempts.c.state == "dialing", attempts.c.dialing_at < before(dialing_older_s)),
         sa.and_(attempts.c.state.in_(("dialed", "ringing", "answered")), since_dialing < before(dialed_older_s)),
     )).order_by(attempts.c.claimed_at)
-    return [AttemptRow.from_row(row) for row in (await conn.execute(query)).mappings()]
+    return [AttemptRow.from_row(row) for row in conn.execute(query).mappings()]
 
 
-async def outbound_context(conn: AsyncConnection,
-                           attempt_id: str) -> tuple[AttemptRow, ContactRow, CampaignRow] | None:
+def outbound_context(conn: sa.Connection,
+                     attempt_id: str) -> tuple[AttemptRow, ContactRow, CampaignRow] | None:
     """What a call needs to know about the attempt it is: the contact (variables) and the campaign (definition)."""
-    attempt = await get_attempt(conn, attempt_id)
+    attempt = get_attempt(conn, attempt_id)
     if attempt is None:
         return None
-    contact = (await conn.execute(sa.select(contacts).where(contacts.c.id == attempt.contact_id))).mappings().one()
-    campaign = await _campaign_by(conn, campaigns.c.id == attempt.campaign_id)
+    contact = conn.execute(sa.select(contacts).where(contacts.c.id == attempt.contact_id)).mappings().one()
+    campaign = _campaign_by(conn, campaigns.c.id == attempt.campaign_id)
     return attempt, ContactRow.from_row(contact), campaign
 
 
@@ -495,12 +499,12 @@ def contact_outcome(state: str, last_outcome: str | None, disposition: str | Non
     return disposition or last_outcome or "pending"
 
 
-async def campaign_status(conn: AsyncConnection, campaign_id: str, *, now: datetime) -> dict[str, Any]:
+def campaign_status(conn: sa.Connection, campaign_id: str, *, now: datetime) -> dict[str, Any]:
     """Contacts by state and by outcome, attempts, dials in the last minute, and when the next pending contact
     is due (the next window opening when none is due now)."""
     by = (contacts.c.state, contacts.c.last_outcome, contacts.c.disposition)
-    groups = (await conn.execute(sa.select(*by, sa.func.count()).where(contacts.c.campaign_id == campaign_id)
-                                 .group_by(*by))).all()
+    groups = conn.execute(sa.select(*by, sa.func.count()).where(contacts.c.campaign_id == campaign_id)
+                          .group_by(*by)).all()
     states = dict.fromkeys(CONTACT_STATES, 0)
     outcomes: dict[str, int] = {}
     for state, last_outcome, disposition, count in groups:
@@ -509,27 +513,26 @@ async def campaign_status(conn: AsyncConnection, campaign_id: str, *, now: datet
             outcome = contact_outcome(state, last_outcome, disposition)
             outcomes[outcome] = outcomes.get(outcome, 0) + count
     minute_ago = now.timestamp() - 60
-    total_attempts, recent = (await conn.execute(sa.select(
-        sa.func.count(), sa.func.count().filter(sa.and_(attempts.c.dial_at > minute_ago,
-                                                        attempts.c.state != "claimed")))
-        .where(attempts.c.campaign_id == campaign_id))).one()
-    next_due = (await conn.execute(sa.select(sa.func.min(contacts.c.next_due_at)).where(
-        contacts.c.campaign_id == campaign_id, contacts.c.state == "pending"))).scalar_one()
+    sent_in_last_minute = sa.and_(attempts.c.dial_at > minute_ago, attempts.c.state != "claimed")
+    total_attempts, recent = conn.execute(
+        sa.select(sa.func.count(), sa.func.count().filter(sent_in_last_minute))
+        .where(attempts.c.campaign_id == campaign_id)).one()
+    next_due = conn.execute(sa.select(sa.func.min(contacts.c.next_due_at)).where(
+        contacts.c.campaign_id == campaign_id, contacts.c.state == "pending")).scalar_one()
     return {"contacts": sum(states.values()), **states, "outcomes": outcomes, "attempts": total_attempts,
             "dials_last_60s": recent, "rate_per_s": recent / 60, "next_due_at": next_due}
 
 
-async def export_rows(conn: AsyncConnection, campaign_id: str) -> list[dict[str, Any]]:
+def export_rows(conn: sa.Connection, campaign_id: str) -> list[dict[str, Any]]:
     """One row per contact, in the contact list's order: phone, outcome, attempts, note, call_ids, then the
     contact's own columns."""
     call_ids: dict[str, list[str]] = {}
-    for contact_id, call_id in await conn.execute(
+    for contact_id, call_id in conn.execute(
             sa.select(attempts.c.contact_id, attempts.c.call_id)
             .where(attempts.c.campaign_id == campaign_id, attempts.c.call_id.is_not(None))
             .order_by(attempts.c.contact_id, attempts.c.number)):
         call_ids.setdefault(contact_id, []).append(call_id)
-    rows = await conn.execute(sa.select(contacts).where(contacts.c.campaign_id == campaign_id)
-                              .order_by(contacts.c.row))
+    rows = conn.execute(sa.select(contacts).where(contacts.c.campaign_id == campaign_id).order_by(contacts.c.row))
     return [{"phone": c.phone, "outcome": contact_outcome(c.state, c.last_outcome, c.disposition),
              "attempts": c.attempts, "note": c.note or "", "call_ids": ";".join(call_ids.get(c.id, [])),
              **c.variables}
@@ -538,22 +541,22 @@ async def export_rows(conn: AsyncConnection, campaign_id: str) -> list[dict[str,
 
 # -- do-not-call -----------------------------------------------------------------------------------------------
 
-async def dnc_add(conn: AsyncConnection, phone: str, *, source: str, note: str | None, now: datetime) -> bool:
+def dnc_add(conn: sa.Connection, phone: str, *, source: str, note: str | None, now: datetime) -> bool:
     """Put the number on the list; False when it was there already (then it stays as it was added)."""
     if source not in DNC_SOURCES:
         raise ValueError(f"source must be one of {', '.join(DNC_SOURCES)}, got {source!r}")
     stmt = _upsert_module(conn).insert(dnc).values(phone=phone, added_at=now, source=source, note=note)
-    return (await conn.execute(stmt.on_conflict_do_nothing(index_elements=[dnc.c.phone]))).rowcount == 1
+    return conn.execute(stmt.on_conflict_do_nothing(index_elements=[dnc.c.phone])).rowcount == 1
 
 
-async def dnc_remove(conn: AsyncConnection, phone: str) -> bool:
-    return (await conn.execute(dnc.delete().where(dnc.c.phone == phone))).rowcount == 1
+def dnc_remove(conn: sa.Connection, phone: str) -> bool:
+    return conn.execute(dnc.delete().where(dnc.c.phone == phone)).rowcount == 1
 
 
-async def dnc_list(conn: AsyncConnection) -> list[DncEntry]:
-    rows = await conn.execute(sa.select(dnc).order_by(dnc.c.added_at, dnc.c.phone))
+def dnc_list(conn: sa.Connection) -> list[DncEntry]:
+    rows = conn.execute(sa.select(dnc).order_by(dnc.c.added_at, dnc.c.phone))
     return [DncEntry.from_row(row) for row in rows.mappings()]
 
 
-async def dnc_contains(conn: AsyncConnection, phone: str) -> bool:
-    return (await conn.execute(sa.select(dnc.c.phone).where(dnc.c.phone == phone))).first() is not None
+def dnc_contains(conn: sa.Connection, phone: str) -> bool:
+    return conn.execute(sa.select(dnc.c.phone).where(dnc.c.phone == phone)).first() is not None
