@@ -139,6 +139,21 @@ async def test_create_status_state_changes_and_export(server):
         "cannot resume campaign 'dental-reminders': it is canceled"
 
 
+async def test_a_contact_list_larger_than_other_requests_may_be(server):
+    rows = "\n".join(f"+1212{200 + n // 10000:03d}{n % 10000:04d},Pat {n},Monday 10:00,Downtown" for n in range(5000))
+    contacts = "phone,first_name,appointment,clinic\n" + rows + "\n"
+    assert len(contacts) > 3 * 64 * 1024       # the server's limit for other requests: 64 KiB
+    body = await call(server, "POST", "/api/campaigns", 201, json={"definition": definition(), "contacts": contacts})
+    assert body["contacts"] == 5000 and body["skipped"] == []
+    text = await call(server, "GET", "/api/campaigns/dental-reminders/export", 200, params={"format": "csv"})
+    exported = list(csv.reader(io.StringIO(text)))
+    assert len(exported) == 5001 and exported[-1] == ["+12122004999", "pending", "0", "", "", "Pat 4999",
+                                                      "Monday 10:00", "Downtown"]
+    numbers = "\n".join(f"+1212{300 + n // 10000:03d}{n % 10000:04d}" for n in range(20000)).encode()
+    assert (await call(server, "POST", "/api/dnc/import", 200, data=numbers))["added"] == 20000
+    assert len((await call(server, "GET", "/api/dnc", 200))["numbers"]) == 20000
+
+
 # -- do-not-call -------------------------------------------------------------------------------------------------
 
 async def test_the_do_not_call_list(server):
@@ -175,6 +190,8 @@ async def test_on_postgresql(aiohttp_client, monkeypatch, tmp_path):
         await created(client)
         await call(client, "POST", "/api/campaigns", 409, json={"definition": definition(), "contacts": CONTACTS})
         await call(client, "POST", "/api/dnc", 201, json={"phone": "+33142685300"})
+        assert await call(client, "POST", "/api/dnc/import", 200, data=b"+33 1 42 68 53 00\n+1 202 555 0143\n") == \
+            {"added": 1, "listed_already": 1, "skipped": []}
         assert (await call(client, "POST", "/api/campaigns/dental-reminders/start", 200))["state"] == "running"
         listed = await call(client, "GET", "/api/campaigns/dental-reminders/export", 200, params={"format": "json"})
         assert [(r["phone"], r["first_name"], r["clinic"]) for r in listed] == [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ class Database:
 
 DATABASE = web.AppKey("database", Database)
 DIALPLAN = web.AppKey("dialplan", Dialplan)     # what a campaign's persona is checked against
+UPLOAD_LIMIT_BYTES = 64 * 1024 * 1024      # a contact list of a million rows
 
 
 def database(request: web.Request) -> Database:
@@ -53,11 +55,17 @@ def operation_error(exc: Exception) -> web.Response:
     return json_error(status, str(exc))
 
 
+async def read_upload(request: web.Request) -> bytes:
+    """The body of a request that carries a file (a contact list, numbers to import): it may be far larger than
+    the server's limit for other requests, up to UPLOAD_LIMIT_BYTES (413 beyond)."""
+    return await request.clone(client_max_size=UPLOAD_LIMIT_BYTES).read()
+
+
 async def read_json(request: web.Request, *, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
     """The request's JSON object with these string fields (BadParameter naming the first one wrong, or an
-    unknown one)."""
+    unknown one). It may carry a file, so it may be as large as an upload."""
     try:
-        body = await request.json()
+        body = json.loads(await read_upload(request))
     except ValueError as exc:
         raise BadParameter("body", f"expected a JSON object: {exc}") from None
     if not isinstance(body, dict):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..campaigns import manage
-from .common import BadParameter, Query, database, json_error, operation_error, read_json
+from .common import BadParameter, Query, database, json_error, operation_error, read_json, read_upload
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
@@ -59,7 +59,7 @@ async def import_numbers(request: web.Request) -> web.Response:
         region = _region(request)
     except BadParameter as exc:
         return json_error(400, str(exc))
-    data = await request.read()
+    data = await read_upload(request)
     try:
         imported = await manage.dnc_import(database(request).store, data, source_name="request body", region=region)
     except manage.OperationError as exc:

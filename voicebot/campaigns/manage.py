@@ -349,9 +349,6 @@ async def dnc_import(store, data: bytes | str, *, source_name: str, region: str 
                      now: datetime | None = None) -> Imported:
     """Every number of the file on the do-not-call list; the rows that are not numbers are reported, not lost."""
     numbers, problems = read_numbers(data, region=region, source=source_name)
-    moment = now or now_utc()
     unique = list(dict.fromkeys(numbers))
-    added = 0
-    for number in unique:
-        added += await store.dnc_add(number, source=source, now=moment)
+    added = await store.dnc_add_many(unique, source=source, now=now or now_utc())
     return Imported(added=added, listed_already=len(unique) - added, skipped=problems)

@@ -549,6 +549,24 @@ def dnc_add(conn: sa.Connection, phone: str, *, source: str, note: str | None, n
     return conn.execute(stmt.on_conflict_do_nothing(index_elements=[dnc.c.phone])).rowcount == 1
 
 
+def dnc_add_many(conn: sa.Connection, phones: list[str], *, source: str, now: datetime) -> int:
+    """Put every number on the list (an import: one transaction, a statement per thousand numbers); how many were
+    not on it already (those keep their first entry)."""
+    if source not in DNC_SOURCES:
+        raise ValueError(f"source must be one of {', '.join(DNC_SOURCES)}, got {source!r}")
+    unique = list(dict.fromkeys(phones))
+    insert = _upsert_module(conn).insert(dnc).on_conflict_do_nothing(index_elements=[dnc.c.phone])
+    added = 0
+    for start in range(0, len(unique), 1000):
+        batch = unique[start:start + 1000]
+        listed = set(conn.execute(sa.select(dnc.c.phone).where(dnc.c.phone.in_(batch))).scalars())
+        new = [phone for phone in batch if phone not in listed]
+        if new:
+            conn.execute(insert, [dict(phone=phone, added_at=now, source=source, note=None) for phone in new])
+        added += len(new)
+    return added
+
+
 def dnc_remove(conn: sa.Connection, phone: str) -> bool:
     return conn.execute(dnc.delete().where(dnc.c.phone == phone)).rowcount == 1
 

@@ -267,6 +267,10 @@ class Store:
         """False when the number was on the list already."""
         return await self._run(campaigns.dnc_add, phone, source=source, note=note, now=now, write=True)
 
+    async def dnc_add_many(self, phones: list[str], *, source: str, now: datetime) -> int:
+        """How many were not on the list already."""
+        return await self._run(campaigns.dnc_add_many, phones, source=source, now=now, write=True)
+
     async def dnc_remove(self, phone: str) -> bool:
         return await self._run(campaigns.dnc_remove, phone, write=True)
 
