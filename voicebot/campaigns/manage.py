@@ -33,7 +33,6 @@ ACTIONS = {
     "resume": (("paused",), "running"),
     "cancel": (("created", "running", "paused"), "canceled"),
 }
-DNC_SOURCES = ("cli", "api", "import", "opt_out")
 
 
 class OperationError(Exception):
