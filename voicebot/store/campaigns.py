@@ -233,8 +233,9 @@ def claim(conn: sa.Connection, campaign_id: str, *, now: datetime, horizon_s: fl
     while len(claimed) < wanted:
         batch = max(wanted - len(claimed), _CANDIDATE_BATCH)
         candidates = _due_contacts(conn, campaign_id, now, passed, batch)
+        chosen: list[Claim] = []
         for contact in candidates:
-            if len(claimed) == wanted:
+            if len(claimed) + len(chosen) == wanted:
                 break
             if contact["on_dnc"]:
                 _set_contact(conn, contact["id"], now, state="dnc", last_outcome="dnc", next_due_at=None)
@@ -246,17 +247,19 @@ def claim(conn: sa.Connection, campaign_id: str, *, now: datetime, horizon_s: fl
             if due_at > now:
                 _set_contact(conn, contact["id"], now, next_due_at=due_at)
                 continue
-            index = campaign.from_index + len(claimed)
-            one = Claim(attempt_id=_new_id(), campaign_id=campaign_id, contact_id=contact["id"],
-                        phone=contact["phone"], timezone=contact["timezone"], variables=contact["variables"],
-                        number=contact["attempts"] + 1,
-                        from_number=campaign.from_numbers[index % len(campaign.from_numbers)],
-                        dial_at=base + len(claimed) / cps)
-            if not _insert_attempt(conn, one, carrier=campaign.carrier, now=now):
-                passed.append(contact["id"])
-                continue
-            _set_contact(conn, contact["id"], now, state="in_flight", attempts=one.number, next_due_at=None)
-            claimed.append(one)
+            slot = len(claimed) + len(chosen)
+            chosen.append(Claim(
+                attempt_id=_new_id(), campaign_id=campaign_id, contact_id=contact["id"], phone=contact["phone"],
+                timezone=contact["timezone"], variables=contact["variables"], number=contact["attempts"] + 1,
+                from_number=campaign.from_numbers[(campaign.from_index + slot) % len(campaign.from_numbers)],
+                dial_at=base + slot / cps))
+        inserted = _insert_attempts(conn, chosen, carrier=campaign.carrier, now=now)
+        passed.extend(c.contact_id for c in chosen if c.attempt_id not in inserted)
+        chosen = [c for c in chosen if c.attempt_id in inserted]
+        if chosen:
+            conn.execute(_CLAIM_CONTACT, [{"contact_id": c.contact_id, "number": c.number, "now": now}
+                                          for c in chosen])
+        claimed.extend(chosen)
         if len(candidates) < batch:
             break       # no contact left that is due now
     if claimed:
@@ -264,6 +267,11 @@ def claim(conn: sa.Connection, campaign_id: str, *, now: datetime, horizon_s: fl
             next_slot_at=claimed[-1].dial_at + 1 / cps,
             from_index=(campaign.from_index + len(claimed)) % len(campaign.from_numbers)))
     return claimed
+
+
+_CLAIM_CONTACT = (contacts.update().where(contacts.c.id == sa.bindparam("contact_id"))
+                  .values(state="in_flight", attempts=sa.bindparam("number"), next_due_at=None,
+                          updated_at=sa.bindparam("now")))
 
 
 def _due_contacts(conn: sa.Connection, campaign_id: str, now: datetime, passed: list[str],
@@ -292,15 +300,19 @@ def _upsert_module(conn: sa.Connection):
     return sqlite
 
 
-def _insert_attempt(conn: sa.Connection, claim: Claim, *, carrier: str, now: datetime) -> bool:
-    """Record the attempt; False when the number has a live attempt already (one another campaign claimed since
-    we looked): the unique index on live numbers refuses it, and the contact waits."""
-    stmt = _upsert_module(conn).insert(attempts).values(
-        id=claim.attempt_id, campaign_id=claim.campaign_id, contact_id=claim.contact_id, number=claim.number,
-        phone=claim.phone, from_number=claim.from_number, carrier=carrier, state="claimed", dial_at=claim.dial_at,
-        claimed_at=now, opted_out=False)
-    stmt = stmt.on_conflict_do_nothing(index_elements=[attempts.c.phone], index_where=sa.text(LIVE_PREDICATE))
-    return conn.execute(stmt).rowcount == 1
+def _insert_attempts(conn: sa.Connection, chosen: list[Claim], *, carrier: str, now: datetime) -> set[str]:
+    """Record the attempts, in one statement; the ids of those recorded. A number with a live attempt already
+    (one another campaign claimed since we looked) is refused by the unique index on live numbers, and its
+    contact waits (its slot stays unused: the rate only gets lower)."""
+    if not chosen:
+        return set()
+    stmt = (_upsert_module(conn).insert(attempts)
+            .on_conflict_do_nothing(index_elements=[attempts.c.phone], index_where=sa.text(LIVE_PREDICATE))
+            .returning(attempts.c.id))
+    rows = [dict(id=c.attempt_id, campaign_id=c.campaign_id, contact_id=c.contact_id, number=c.number,
+                 phone=c.phone, from_number=c.from_number, carrier=carrier, state="claimed", dial_at=c.dial_at,
+                 claimed_at=now, opted_out=False) for c in chosen]
+    return set(conn.execute(stmt, rows).scalars())
 
 
 def _set_contact(conn: sa.Connection, contact_id: str, now: datetime, **values) -> None:
