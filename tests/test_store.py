@@ -11,7 +11,6 @@ import json
 import os
 import sqlite3
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,48 +23,12 @@ from alembic.runtime.migration import MigrationContext
 from voicebot.config import ConfigError, load_settings
 from voicebot.store import (MAX_PAGE, CallRecord, InvalidCursor, RecordWriter, Store, StoreError,
                             default_spool_path, mask_url)
-from voicebot.store.migrate import MIGRATION_LOCK_ID, current_revision, sqlite_lock_path
+from voicebot.store.migrate import MIGRATION_LOCK_ID, current_revision, head_revision, sqlite_lock_path
 from voicebot.store.schema import metadata
 
 from conftest import until
-from pg_server import PostgresServer
+from databases import database_url, pg_url, postgres, sqlite_url, store  # noqa: F401 (fixtures)
 from records import PERSONAS, T0, full_record
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def pg_url(postgres) -> str:
-    return await postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture
-def sqlite_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'voicebot.db'}"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'voicebot.db'}"
-    return await request.getfixturevalue("postgres").create_database(f"t_{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture
-async def store(database_url):
-    store = await Store.open(database_url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def schema_differences(connection: sa.Connection) -> list:
@@ -105,7 +68,7 @@ def rows_in_sqlite(url: str) -> dict[str, str]:
 async def test_sqlite_file_is_created_in_wal_mode_with_the_schema_at_head(sqlite_url):
     store = await Store.open(sqlite_url)
     try:
-        assert await current_revision(store.engine) == "0001"
+        assert await current_revision(store.engine) == head_revision() == "0002"
         async with store.engine.connect() as conn:
             assert await conn.run_sync(schema_differences) == []     # the migrations build exactly schema.py
             assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
@@ -123,7 +86,7 @@ async def test_sqlite_file_is_created_in_wal_mode_with_the_schema_at_head(sqlite
 async def test_postgresql_migrations_create_jsonb_and_timestamptz_columns(pg_url):
     store = await Store.open(pg_url)
     try:
-        assert await current_revision(store.engine) == "0001"
+        assert await current_revision(store.engine) == head_revision() == "0002"
         async with store.engine.connect() as conn:
             assert await conn.run_sync(schema_differences) == []
             types = dict((await conn.execute(sa.text(
@@ -303,7 +266,7 @@ async def test_a_server_waits_for_another_ones_schema_upgrade_on_postgresql(post
         await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
         stores = await asyncio.wait_for(asyncio.gather(*opening), 10)
         for store in stores:
-            assert await current_revision(store.engine) == "0001"
+            assert await current_revision(store.engine) == head_revision() == "0002"
             await store.close()
     finally:
         await holder.close()
@@ -321,7 +284,7 @@ async def test_two_servers_starting_together_on_one_sqlite_file_both_come_up(sql
     finally:
         os.close(lock)
     for store in stores:
-        assert await current_revision(store.engine) == "0001"
+        assert await current_revision(store.engine) == head_revision() == "0002"
     await stores[0].save_call(full_record(1))
     assert (await stores[1].get_call(full_record(1).id)) == full_record(1)
     for store in stores:
