@@ -251,7 +251,7 @@ class FakeTelnyxApi(Dialling, FakeCarrierApi):
             payload.update(state="hangup", hangup_cause=HANGUP_CAUSES.get(status, "not_found" if call.sip == 404
                                                                                    else "unspecified"),
                            hangup_source="callee" if status != "completed" else "unknown",
-                           sip_hangup_cause=str(call.sip) if call.sip else "unspecified",
+                           sip_hangup_cause=str(call.sip or 200),
                            start_time=iso(call.created), end_time=iso(datetime.now(timezone.utc)))
         if kind == "call.machine.greeting.ended" and dial.get("amd") == "detect":
             return                        # plain detect gives no greeting verdict

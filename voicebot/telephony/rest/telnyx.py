@@ -178,10 +178,12 @@ class TelnyxCallControl(CallControl):
             cause = payload.get("hangup_cause")
             status = HANGUP_CAUSES.get(cause, "failed")
             start, end = _iso(payload.get("start_time")), _iso(payload.get("end_time"))
+            # Telnyx's start_time is when the call was placed: this duration includes the ringing
             duration = (end - start).total_seconds() if status == "completed" and start and end else None
             sip = payload.get("sip_hangup_cause")
             return CallProgress(status=status, duration_s=duration,
-                                detail=f"{cause}" + (f" (SIP {sip})" if sip else ""), **progress)
+                                detail=f"{cause}" + (f" (SIP {sip})" if str(sip).isdigit() and sip != "200" else ""),
+                                **progress)
         if kind == "call.machine.detection.ended":
             answered_by = DETECTION_RESULTS.get(payload.get("result"))
             return None if answered_by is None else CallProgress(status="answered", answered_by=answered_by, **progress)
