@@ -498,3 +498,13 @@ def test_a_carrier_without_dialling_says_so():
         asyncio.run(control.dial(DialRequest("+15551230001", OURS, ATTEMPT, "http://x/", None, False, 30)))
     with pytest.raises(CallbackRefused):
         control.read_callback("http://x/", {}, b"")
+
+
+def test_replay_memory_lets_go_of_keys_older_than_twice_the_window():
+    from voicebot.telephony.rest.base import SeenCallbacks
+
+    seen, t = SeenCallbacks(), datetime(2026, 12, 1, tzinfo=timezone.utc)
+    assert seen.first(("CA1", 0), t) and not seen.first(("CA1", 0), t + timedelta(minutes=9))
+    assert seen.first(("CA1", 1), t + timedelta(minutes=9))
+    assert seen.first(("CA1", 0), t + timedelta(minutes=11))       # its signed time refuses it by then
+    assert not seen.first(("CA1", 1), t + timedelta(minutes=11))

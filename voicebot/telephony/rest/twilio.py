@@ -58,6 +58,11 @@ class TwilioCallControl(CallControl):
     carrier = "twilio"
     product = "Twilio"
     request_id_headers = ("Twilio-Request-Id",)
+    dials = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._seen = SeenCallbacks()
 
     @classmethod
     def configure(cls, settings: Settings) -> Configured:
@@ -67,8 +72,6 @@ class TwilioCallControl(CallControl):
         config = ApiConfig(twilio.api_base_url, twilio.account_sid, twilio.auth_token)
         return configured(config, {"hang_up": credentials, "transfer": credentials,
                                    "send_dtmf": NO_REST_DTMF.format(product=cls.product)}, dial=credentials)
-
-    dials = True
 
     def auth_headers(self) -> dict[str, str]:
         return basic_auth(self.config.user, self.config.secret)
@@ -80,10 +83,6 @@ class TwilioCallControl(CallControl):
         return URL(self.config.base_url) / API_VERSION / "Accounts" / self.config.user / "Calls" / f"{call_id}.json"
 
     # -- outbound calls ----------------------------------------------------------------------------------
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._seen = SeenCallbacks()
-
     async def _dial(self, request: DialRequest) -> str:
         if request.media_url is None:
             raise self._error("dial", request.to, "no Voice webhook URL (media_url) for the answered call")
