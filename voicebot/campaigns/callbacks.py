@@ -42,6 +42,8 @@ def _handler(services, carrier: str):
         except CallbackRefused as exc:
             log.warning("campaign_callback_refused", carrier=carrier, reason=str(exc), path=request.path)
             return web.Response(status=403, text=f"{exc}\n")
+        if progress is None:        # genuine, but nothing to record (e.g. Twilio's "initiated")
+            return web.Response(status=204)
         token = request.query.get("attempt") or progress.attempt_token
         attempt_id = campaigns.attempt_of(token)
         if attempt_id is None:

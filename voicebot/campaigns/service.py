@@ -153,18 +153,18 @@ class CampaignService:
 
     async def apply_progress(self, attempt_id: str, progress: CallProgress) -> bool:
         """A carrier's news about an attempt (callback or lookup). False when it changed nothing (old or repeated)."""
+        changed = False
         if progress.answered_by:
-            await self.store.set_answered_by(attempt_id, progress.answered_by, now=self.clock.now())
+            changed = await self.store.set_answered_by(attempt_id, progress.answered_by,
+                                                       now=self.clock.now()) is not None
             self._tell_call(attempt_id, progress.answered_by)
-            if progress.status is None:
-                return True
-        if progress.status is None:
-            return False
+        if progress.status == "dialed":       # the carrier has it and it does not ring yet: nothing new
+            return changed
         row = await self.store.attempt_progress(
             attempt_id, carrier_call_id=progress.carrier_call_id, status=progress.status, now=self.clock.now(),
             sequence=progress.sequence, duration_s=progress.duration_s, detail=progress.detail)
         if row is None:
-            return False
+            return changed
         if progress.status in TERMINAL:
             outcome, detail = attempt_outcome(progress.status, row.answered_by)
             await self.settle(attempt_id, outcome, detail or progress.detail)
