@@ -97,7 +97,8 @@ def read_contacts(path_or_text: Path | str | bytes, *, default_region: str, defa
         raise CampaignError(source, TIMEZONE, "expected IANA time zones such as America/New_York, got "
                                               + "; ".join(bad_zones))
     if incomplete:
-        raise CampaignError(source, "", f"{len(incomplete)} rows have no value for what the persona says: "
+        raise CampaignError(source, "", f"{len(incomplete)} {'row has' if len(incomplete) == 1 else 'rows have'} no value "
+                                        "for what the persona says: "
                                         + "; ".join(incomplete))
     return result
 
