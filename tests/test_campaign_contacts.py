@@ -41,6 +41,8 @@ def test_shipped_example_list_has_four_contacts_in_four_zones():
     ("020 7946 0958", "GB", "+442079460958"),            # national format, default region GB
     ("0049 30 901820", "US", "+4930901820"),            # 00: the international prefix of most countries
     ("0049 30 901820", "DE", "+4930901820"),
+    ("0011 44 20 7946 0958", "AU", "+442079460958"),   # Australia's international prefix
+    ("0044 20 7946 0958", "AU", "+442079460958"),
     ("030 901820", "DE", "+4930901820"),
     ("+81 3-1234-5678", "US", "+81312345678"),
 ])

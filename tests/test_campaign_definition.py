@@ -83,7 +83,8 @@ def test_durations():
      "campaigns/x.yaml: retry.answered: not an outcome that can be retried (one of no-answer, busy, failed, "
      "voicemail, canceled)"),
     ({"retry": {"busy": {"after": "1h"}}}, "campaigns/x.yaml: retry.busy.retries: is required but missing"),
-    ({"retry": {"busy": {"retries": 1, "after": "1h", "every": 2}}}, "campaigns/x.yaml: retry.busy.every: unknown field"),
+    ({"retry": {"busy": {"retries": 1, "after": "1h", "every": 2}}},
+     "campaigns/x.yaml: retry.busy.every: unknown field"),
     ({"colour": "blue"}, "campaigns/x.yaml: colour: unknown field"),
     ({"carrier": "plivo"}, "campaigns/x.yaml: carrier: expected one of twilio, telnyx, got 'plivo'"),
     ({"from": ["+15550002000", "5550002001"]}, "campaigns/x.yaml: from[1]: expected an E.164 number"),

@@ -97,9 +97,8 @@ def read_contacts(path_or_text: Path | str | bytes, *, default_region: str, defa
         raise CampaignError(source, TIMEZONE, "expected IANA time zones such as America/New_York, got "
                                               + "; ".join(bad_zones))
     if incomplete:
-        raise CampaignError(source, "", f"{len(incomplete)} {'row has' if len(incomplete) == 1 else 'rows have'} no value "
-                                        "for what the persona says: "
-                                        + "; ".join(incomplete))
+        rows = "1 row has" if len(incomplete) == 1 else f"{len(incomplete)} rows have"
+        raise CampaignError(source, "", f"{rows} no value for what the persona says: " + "; ".join(incomplete))
     return result
 
 
@@ -134,14 +133,20 @@ def _column_index(columns: list[str], source: str) -> tuple[int, int | None]:
 
 
 def normalise(value: str, default_region: str) -> tuple[str | None, str]:
-    """A phone number as people write it → (E.164, "") or (None, why not)."""
-    if not value:
-        return None, "no phone number"
+    """A phone number as people write it → (E.164, "") or (None, why not). Beside the default region's own
+    international prefix (011 in the US, 0011 in Australia), 00 is taken as one: most of the world dials it."""
     text = value.strip()
-    if text.startswith("00"):
-        text = "+" + text[2:]      # the international prefix in most of the world, whatever default_region's is
+    if not text:
+        return None, "no phone number"
+    e164, problem = _e164(text, default_region)
+    if e164 is None and text.startswith("00"):
+        e164 = _e164("+" + text[2:], default_region)[0]
+    return (e164, "") if e164 else (None, problem)
+
+
+def _e164(text: str, region: str) -> tuple[str | None, str]:
     try:
-        number = phonenumbers.parse(text, default_region)
+        number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
         return None, f"not a phone number ({str(exc).split(') ', 1)[-1]})"
     if not phonenumbers.is_possible_number(number):
