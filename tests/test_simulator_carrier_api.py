@@ -249,3 +249,99 @@ async def test_a_failing_listener_does_not_break_the_api(http):
                              headers={"Authorization": "Bearer KEY123"}) as response:
             assert response.status == 200
         assert [str(e) for e in api.listener_errors] == ["listener bug"] and api.updates[0].action == "hang_up"
+
+
+# -- dialling -------------------------------------------------------------------------------------------------
+
+OWNED = "+15550002000"
+
+
+async def test_twilio_fake_refuses_dials_twilio_refuses(http):
+    from voicebot.simulator.carrier_api import Failed
+
+    async with FakeTwilioApi(SID, TOKEN, owned_numbers={OWNED}, default_callee=Failed()) as api:
+        url = f"{api.base_url}/2010-04-01/Accounts/{SID}/Calls.json"
+        good = {"To": "+15551230001", "From": OWNED, "Url": "https://bot.example.com/twilio/voice"}
+        cases = [
+            ({}, {"password": "wrong"}, 401, 20003),
+            ({"To": None}, {}, 400, 21201),
+            ({"To": "5551230001"}, {}, 400, 21211),
+            ({"From": None}, {}, 400, 21213),
+            ({"From": "+15559990000"}, {}, 400, 21210),
+            ({"Url": None}, {}, 400, 21205),
+            ({"Url": "/relative"}, {}, 400, 21205),
+            ({"StatusCallback": "not a url"}, {}, 400, 20001),
+            ({"StatusCallbackEvent": "answerd"}, {}, 400, 20001),
+            ({"Timeout": "0"}, {}, 400, 20001),
+            ({"MachineDetection": "Detect"}, {}, 400, 20001),
+            ({"AsyncAmd": "true"}, {}, 400, 20001),              # async AMD needs its callback URL
+        ]
+        for change, auth, status, code in cases:
+            form = {k: v for k, v in {**good, **change}.items() if v is not None}
+            got_status, body = await post_form(http, url, form, **auth)
+            assert (got_status, body["code"]) == (status, code), change
+        assert api.dialled == {} and api.dial_times == []
+        status, body = await post_form(http, url, good)
+        assert status == 201 and body["status"] == "queued" and body["direction"] == "outbound-api"
+        async with http.get(f"{api.base_url}/2010-04-01/Accounts/{SID}/Calls/{body['sid']}.json",
+                            headers=basic_auth(SID, TOKEN)) as response:
+            assert response.status == 200 and (await response.json())["to"] == "+15551230001"
+        async with http.get(url, params={"To": "+15551230001", "StartTime>=": "2001-01-01T00:00:00Z"},
+                            headers=basic_auth(SID, TOKEN)) as response:
+            assert [call["sid"] for call in (await response.json())["calls"]] == [body["sid"]]
+        await api.wait_ended(body["sid"])          # no StatusCallback given: the call ends without callbacks
+        assert api.dialled[body["sid"]].callbacks == [] and api.dialled[body["sid"]].status == "failed"
+
+
+async def test_telnyx_fake_refuses_dials_telnyx_refuses(http):
+    from voicebot.simulator.carrier_api import Busy
+
+    async with FakeTelnyxApi("KEY123", connection_ids={"conn-1"}, default_callee=Busy()) as api:
+        url = f"{api.base_url}/v2/calls"
+        auth = {"Authorization": "Bearer KEY123"}
+        good = {"connection_id": "conn-1", "to": "+15551230001", "from": OWNED,
+                "stream_url": "wss://bot.example.com/telnyx/media"}
+        cases = [
+            ({}, {"Authorization": "Bearer nope"}, 401, "10009"),
+            ({"connection_id": None}, auth, 422, "10004"),
+            ({"connection_id": "conn-2"}, auth, 422, "10015"),
+            ({"to": "15551230001"}, auth, 422, "10016"),
+            ({"from": None}, auth, 422, "10004"),
+            ({"stream_url": "https://bot.example.com/telnyx/media"}, auth, 422, "10015"),
+            ({"client_state": "not base64!"}, auth, 422, "10015"),
+            ({"timeout_secs": 2}, auth, 422, "10015"),
+            ({"answering_machine_detection": "guess"}, auth, 422, "10015"),
+            ({"stream_bidirectional_mode": "wav"}, auth, 422, "10015"),
+        ]
+        for change, headers, status, code in cases:
+            body = {k: v for k, v in {**good, **change}.items() if v is not None}
+            async with http.post(url, json=body, headers=headers) as response:
+                answer = await response.json()
+                assert (response.status, answer["errors"][0]["code"]) == (status, code), change
+        assert api.dialled == {}
+        async with http.post(url, json=good, headers=auth) as response:
+            data = (await response.json())["data"]
+            assert response.status == 200 and data["call_control_id"].startswith("v3:") and data["is_alive"] is False
+        call = await api.wait_ended(data["call_control_id"])
+        assert call.status == "busy" and call.callbacks == []          # no webhook_url: nothing sent
+        async with http.get(f"{url}/{data['call_control_id']}", headers=auth) as response:
+            shown = (await response.json())["data"]
+            assert shown["is_alive"] is False and shown["call_leg_id"] == data["call_leg_id"]
+        async with http.get(f"{url}/v3:unknown", headers=auth) as response:
+            assert response.status == 404
+
+
+async def test_dialled_calls_are_counted_live_at_the_fake(http):
+    from voicebot.simulator.carrier_api import NoAnswer
+
+    async with FakeTwilioApi(SID, TOKEN, owned_numbers={OWNED}, default_callee=NoAnswer()) as api:
+        url = f"{api.base_url}/2010-04-01/Accounts/{SID}/Calls.json"
+        sids = []
+        for n in range(3):
+            status, body = await post_form(http, url, {"To": f"+1555123000{n}", "From": OWNED, "Timeout": "1",
+                                                       "Url": "https://bot.example.com/twilio/voice"})
+            sids.append(body["sid"])
+        assert len(api.live_calls()) == 3 and api.max_live_seen == 3 and len(api.dial_times) == 3
+        for sid in sids:
+            assert (await api.wait_ended(sid)).status == "no-answer"
+        assert api.live_calls() == [] and api.max_live_seen == 3

@@ -101,6 +101,8 @@ async def test_a_campaign_is_created_with_its_contacts_and_a_second_of_that_name
     with pytest.raises(CampaignExists, match="reminders"):
         await store.create_campaign(Spec(), people(1, first=50), now=T0)
     assert await store.get_campaign("nope") is None
+    with pytest.raises(ValueError, match="no number to call from"):
+        await store.create_campaign(Spec(name="silent", from_numbers=()), people(1), now=T0)
     assert [r["phone"] for r in await store.export_rows(campaign_id)] == [c.phone for c in people(3)]
 
 

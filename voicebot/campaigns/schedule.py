@@ -69,6 +69,7 @@ def _opening(day: date, window: Window, zone: ZoneInfo) -> datetime:
 def _offset(epoch: int, zone: ZoneInfo) -> timedelta | None:
     return datetime.fromtimestamp(epoch, zone).utcoffset()
 
+
 def retry_after(spec: CampaignSpec, outcome: str, earlier_with_outcome: int) -> timedelta | None:
     """The delay before the next dial of a contact whose attempt just ended with ``outcome``, given how many
     earlier attempts of that contact ended the same way; None: no more dials."""

@@ -464,6 +464,8 @@ class SimulatedCall:
         # A fake of the carrier's call-control API (simulator/carrier_api): it knows this call, and when it
         # ends or moves the call the carrier ends the media stream, as the real one does.
         self.carrier_api = carrier_api
+        # Set when the stream starts (its opening messages sent): ``stream_t0`` is then caller time 0 on the loop.
+        self.stream_started = asyncio.Event()
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
@@ -501,6 +503,11 @@ class SimulatedCall:
         self._utterance: CallerUtterance | None = None
 
     # -- bookkeeping ---------------------------------------------------------------------------------
+
+    @property
+    def stream_t0(self) -> float:
+        """The loop time of caller time 0 (once ``stream_started`` is set)."""
+        return self._t0
 
     def _now(self) -> float:
         assert self._loop is not None
@@ -795,6 +802,7 @@ class SimulatedCall:
             self._t0 = self._loop.time()
             self._send(self.protocol.opening_messages())
             self._event(0.0, "stream_started")
+            self.stream_started.set()
             receiver = asyncio.create_task(self._receive())
             end_reason = await self._tick_loop()
         finally:

@@ -35,9 +35,13 @@ class TelnyxProtocol(SnakeCaseProtocol):
                  token_header: bool = True, token_in_connected: bool = True, encoding: str = "PCMU",
                  sample_rate: int = 8000, bidirectional_codec: str | None = None,
                  bidirectional_sampling_rate: int | None = None, custom_parameters: dict[str, str] | None = None,
-                 shuffle: float = 0.0, shuffle_seed: int = 0, path: str = "/telnyx/media") -> None:
-        self.call_control_id = "v3:" + new_uuid()
-        super().__init__(ws_url(base_url, path), {TOKEN_HEADER: token} if token and token_header else None,
+                 shuffle: float = 0.0, shuffle_seed: int = 0, path: str = "/telnyx/media",
+                 stream_url: str | None = None, call_control_id: str | None = None,
+                 client_state: str | None = None) -> None:
+        # stream_url (the dial's, query and all) instead of base_url + path; client_state: echoed in start
+        self.call_control_id = call_control_id or "v3:" + new_uuid()
+        self.client_state = client_state
+        super().__init__(stream_url or ws_url(base_url, path), {TOKEN_HEADER: token} if token and token_header else None,
                          call_id=self.call_control_id, stream_id=new_uuid())
         self.to, self.from_ = to, from_
         self._token = token if token_in_connected else None
@@ -57,7 +61,7 @@ class TelnyxProtocol(SnakeCaseProtocol):
             connected[TOKEN_HEADER] = self._token
         start = self.numbered("start", start={
             "user_id": new_uuid(), "call_control_id": self.call_control_id, "call_session_id": new_uuid(),
-            "from": self.from_, "to": self.to, "tags": [], "client_state": None,
+            "from": self.from_, "to": self.to, "tags": [], "client_state": self.client_state,
             "custom_parameters": self.custom_parameters,
             "media_format": {"encoding": self.encoding, "sample_rate": self.sample_rate, "channels": 1}})
         return [dumps(connected), start]

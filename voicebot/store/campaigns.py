@@ -155,6 +155,8 @@ class Claim:
 def create_campaign(conn: sa.Connection, spec, contact_list, *, now: datetime) -> str:
     """The campaign (state created) and its contacts, all pending and due now (the window decides when they are
     dialed). ``spec`` is a CampaignSpec, ``contact_list`` Contacts (row, phone, timezone, variables)."""
+    if not spec.from_numbers:
+        raise ValueError(f"campaign {spec.name!r}: no number to call from (from_numbers is empty)")
     if _campaign_by(conn, campaigns.c.name == spec.name) is not None:
         raise CampaignExists(f"a campaign named {spec.name!r} exists already")
     campaign_id = _new_id()

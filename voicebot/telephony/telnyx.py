@@ -11,10 +11,15 @@ stream's own codec unless ``carriers.telnyx.bidirectional_codec`` says otherwise
 Authentication: the ``stream_auth_token`` given to Telnyx, $TELNYX_STREAM_TOKEN here, comes as the
 ``x-telnyx-streaming-auth-token`` upgrade header (a wrong one: HTTP 401) and in the ``connected`` frame
 (checked at ``start`` when the header was absent: close 1008).
+
+A call we placed carries our attempt token as ``client_state`` (base64, echoed in ``start``): it reaches the call
+decoded, as ``meta.params["attempt"]``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 
 import structlog
@@ -22,7 +27,7 @@ from aiohttp import web
 
 from ..audio.codecs import WireCodec
 from ..config import Fields
-from .base import CarrierEvent, MediaRoute, ProtocolError, parse_json_object, secret_matches
+from .base import CarrierEvent, MediaRoute, ProtocolError, Started, parse_json_object, secret_matches
 from .jsonstream import SnakeCaseSession, codec_for
 
 log = structlog.get_logger("voicebot.telnyx")
@@ -34,6 +39,16 @@ TOKEN_HEADER = "x-telnyx-streaming-auth-token"    # also the field of the ``conn
 L16_BYTEORDER = "big"
 # A missing sequence number is waited for while this many later messages are held (≈ 200 ms of media).
 REORDER_WINDOW = 10
+
+
+def decode_client_state(value: object) -> str | None:
+    """The text Telnyx carried as ``client_state`` (base64); None when absent or not base64 of UTF-8."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
 
 
 class SequenceOrder:
@@ -124,6 +139,15 @@ class TelnyxSession(SnakeCaseSession):
         token = msg.get(TOKEN_HEADER)
         self._connected_token = token if isinstance(token, str) else None
         return []
+
+    def on_start(self, msg: dict) -> list[CarrierEvent]:
+        events = super().on_start(msg)
+        attempt = decode_client_state(msg["start"].get("client_state"))
+        if attempt is not None:
+            for event in events:
+                if isinstance(event, Started):
+                    event.meta.params["attempt"] = attempt
+        return events
 
     def on_error(self, msg: dict) -> list[CarrierEvent]:
         payload = msg.get("payload") if isinstance(msg.get("payload"), dict) else {}

@@ -128,6 +128,10 @@ def twiml_reject() -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n<Response>\n  <Reject reason="rejected"/>\n</Response>\n'
 
 
+def twiml_hangup() -> str:
+    return '<?xml version="1.0" encoding="UTF-8"?>\n<Response>\n  <Hangup/>\n</Response>\n'
+
+
 class TwilioRoutes:
     def __init__(self, services) -> None:
         self.services = services
@@ -156,12 +160,28 @@ class TwilioRoutes:
             log.warning("twilio_webhook_refused", reason=problem, url=url, call_sid=form.get("CallSid"))
             return web.Response(status=403, text=problem + "\n")
         call_sid, to, from_ = str(form.get("CallSid", "")), str(form.get("To", "")), str(form.get("From", ""))
+        attempt = request.query.get("attempt")
+        if attempt is not None:
+            return await self._campaign_call(attempt, call_sid, to, from_)
         persona = self.services.dialplan.lookup(to)
         if persona is None:
             log.warning("no_persona_for_number", to=to, call_sid=call_sid)
             return web.Response(text=twiml_reject(), content_type="text/xml")
         log.info("twilio_call_incoming", call_sid=call_sid, to=to, persona=persona.name)
         params = {"From": from_, "To": to, "CallSid": call_sid, "token": self.tokens.issue(call_sid, to, from_)}
+        return web.Response(text=twiml_stream(self.stream_url, params), content_type="text/xml")
+
+    async def _campaign_call(self, attempt: str, call_sid: str, to: str, from_: str) -> web.Response:
+        """A call we placed for a campaign (its Url carries the signed attempt): its stream takes the attempt on,
+        and the stream's start finds the campaign, the contact and the persona."""
+        campaigns = self.services.campaigns
+        if campaigns is None or campaigns.attempt_of(attempt) is None:
+            log.warning("twilio_campaign_call_refused", call_sid=call_sid, to=to,
+                        reason="no campaigns here" if campaigns is None else "attempt token is not genuine")
+            return web.Response(text=twiml_hangup(), content_type="text/xml")
+        log.info("twilio_campaign_call_answered", call_sid=call_sid, to=to, attempt_id=campaigns.attempt_of(attempt))
+        params = {"From": from_, "To": to, "CallSid": call_sid, "token": self.tokens.issue(call_sid, to, from_),
+                  "attempt": attempt}
         return web.Response(text=twiml_stream(self.stream_url, params), content_type="text/xml")
 
     async def media(self, request: web.Request) -> web.StreamResponse:

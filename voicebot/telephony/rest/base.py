@@ -2,7 +2,9 @@
 
 A carrier module subclasses :class:`CallControl`: it reads its configuration once (:meth:`CallControl.configure`,
 which also says which actions the configured credentials allow and why the others are off) and implements
-``_hang_up``/``_transfer``/``_send_dtmf`` with :meth:`CallControl._request`. Everything else lives here once:
+``_hang_up``/``_transfer``/``_send_dtmf`` with :meth:`CallControl._request`; a carrier that places outbound
+calls (campaigns) also implements ``_dial``, ``call_status``, ``find_call`` and ``read_callback``, which verifies
+and parses the carrier's status and answering-machine callbacks. Everything else lives here once:
 refusing an action that is not available, validating call ids, transfer targets and DTMF strings, timeouts,
 turning a vendor's error answer into a :class:`CallControlError` that names its status, code and message, and
 one log line per action. Credentials travel only in request headers; they never reach a log line or an
@@ -16,8 +18,10 @@ import base64
 import json
 import re
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -120,14 +124,99 @@ class Configured:
     capabilities: Capabilities
     missing: dict[str, str]          # action → why it is not available
     config: ApiConfig
+    dial_problem: str | None = None  # what stands in the way of dialling, for a client that dials
 
 
-def configured(config: ApiConfig, problems: Mapping[str, str | None]) -> Configured:
+def configured(config: ApiConfig, problems: Mapping[str, str | None], *, dial: str | None = None) -> Configured:
     """Capabilities from what stands in each action's way (None: nothing). An action the carrier module does
     not name is off: a client offers only what it implements."""
     problems = {action: problems.get(action, "not supported by this carrier's client") for action in ACTIONS}
     return Configured(Capabilities(**{action: problem is None for action, problem in problems.items()}),
-                      {action: problem for action, problem in problems.items() if problem is not None}, config)
+                      {action: problem for action, problem in problems.items() if problem is not None}, config,
+                      dial)
+
+
+@dataclass(frozen=True)
+class DialRequest:
+    """One outbound call to place."""
+
+    to: str                   # E.164
+    from_: str                # E.164, a number of ours at the carrier
+    attempt_token: str        # the signed attempt id (campaigns.attempt_tokens)
+    callback_url: str         # our URL for status, AMD and event callbacks, already carrying ?attempt=<token>
+    media_url: str | None     # Twilio: our Voice webhook with ?attempt=<token>; Telnyx: the wss stream_url
+    machine_detection: bool   # ask the carrier's answering-machine detection (async, after the greeting)
+    ring_timeout_s: int       # how long it rings before the carrier gives up (no-answer)
+
+
+# Carrier-neutral call progress, in the order a call goes through it.
+PROGRESS = ("dialed", "ringing", "answered", "completed", "busy", "no-answer", "failed", "canceled")
+ANSWERED_BY = ("human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax",
+               "unknown")
+
+
+@dataclass(frozen=True)
+class CallProgress:
+    """Where a placed call is, from a callback or a status query. ``status`` is one of :data:`PROGRESS`:
+    "dialed" (the carrier has the call, it does not ring yet) comes only from status queries; callbacks
+    start at "ringing". An answering-machine verdict comes as ``answered_by`` with status "answered"."""
+
+    carrier_call_id: str
+    status: str
+    answered_by: str | None = None   # one of ANSWERED_BY
+    duration_s: float | None = None  # talk time, once ended
+    sequence: int | None = None      # the carrier's callback order (Twilio SequenceNumber), when it gives one
+    detail: str | None = None        # why it failed or how it ended (SIP code, hangup cause)
+    attempt_token: str | None = None  # as the carrier carried it (callback URL query, Telnyx client_state)
+    at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def ended(self) -> bool:
+        return self.status in PROGRESS[3:]
+
+
+class CallbackRefused(Exception):
+    """A callback that is not the carrier's, or not fresh: answer 403 and change nothing. The message says why."""
+
+
+CALLBACK_MAX_AGE = timedelta(minutes=5)
+
+
+class SeenCallbacks:
+    """Callbacks accepted within the last ``max_age`` by key: a second delivery of one is a replay. Older ones
+    are refused by their signed time (where the carrier signs one), so their keys are let go, oldest first
+    (O(1) per callback: this runs for every callback of a campaign)."""
+
+    def __init__(self, max_age: timedelta = CALLBACK_MAX_AGE) -> None:
+        self.max_age = max_age
+        self._seen: set[tuple] = set()
+        self._order: deque[tuple[datetime, tuple]] = deque()
+
+    def first(self, key: tuple, now: datetime) -> bool:
+        """True the first time ``key`` comes (and remembers it), False for a repeat."""
+        horizon = now - 2 * self.max_age      # twice: the signed times may be off either way
+        while self._order and self._order[0][0] < horizon:
+            self._seen.discard(self._order.popleft()[1])
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self._order.append((now, key))
+        return True
+
+
+def check_fresh(at: datetime, now: datetime, what: str) -> None:
+    """CallbackRefused when ``at`` is more than CALLBACK_MAX_AGE from ``now`` (either way)."""
+    skew = now - at
+    if skew > CALLBACK_MAX_AGE:
+        raise CallbackRefused(f"{what} is {skew.total_seconds():.0f} s old (more than "
+                              f"{CALLBACK_MAX_AGE.total_seconds():.0f} s: a replay)")
+    if -skew > CALLBACK_MAX_AGE:
+        raise CallbackRefused(f"{what} is {-skew.total_seconds():.0f} s in the future")
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A request header by name, whatever its case (a plain dict or aiohttp's headers)."""
+    return next((value for key, value in headers.items() if key.lower() == name.lower()), None)
 
 
 def call_control_fields(settings: Settings, carrier: str) -> Fields:
@@ -168,6 +257,7 @@ class CallControl(ABC):
     is invalid, or the carrier refuses or does not answer in time."""
 
     carrier: ClassVar[str] = ""
+    dials: ClassVar[bool] = False        # the client places outbound calls (implements _dial and the rest)
     request_id_headers: ClassVar[tuple[str, ...]] = ()
     # Carriers that fetch a transfer's instructions from us render them with this (see .documents).
     document_renderer: ClassVar[Callable[[Target], str] | None] = None
@@ -178,6 +268,8 @@ class CallControl(ABC):
         self.capabilities = setup.capabilities
         self.missing = dict(setup.missing)
         self.config = setup.config
+        self.dial_problem = (setup.dial_problem if self.dials else
+                             f"{self.carrier}'s client cannot place calls (campaigns dial through twilio or telnyx)")
         self.timeout = timeout or aiohttp.ClientTimeout(total=TOTAL_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 
     @classmethod
@@ -215,6 +307,32 @@ class CallControl(ABC):
             raise self._error("send_dtmf", call_id, str(exc)) from None
         await self._send_dtmf(meta, digits)
 
+    async def dial(self, request: DialRequest) -> str:
+        """Place an outbound call; the carrier's call id. CallControlError when the carrier refuses it or
+        this client cannot dial (``dial_problem`` says why)."""
+        if self.dial_problem is not None:
+            raise self._error("dial", request.to, f"not available: {self.dial_problem}")
+        return await self._dial(request)
+
+    async def _dial(self, request: DialRequest) -> str:
+        raise self._error("dial", request.to, f"not available: {self.dial_problem}")
+
+    async def call_status(self, carrier_call_id: str) -> CallProgress | None:
+        """The call's current state at the carrier (reconciling after a crash); None: the carrier does not
+        know it."""
+        raise self._error("call_status", carrier_call_id, f"not available: {self.dial_problem}")
+
+    async def find_call(self, to: str, from_: str, since: datetime) -> list[CallProgress]:
+        """Calls from ``from_`` to ``to`` created since ``since`` (a dial whose answer was lost)."""
+        raise self._error("find_call", to, f"not available: {self.dial_problem}")
+
+    def read_callback(self, url: str, headers: Mapping[str, str], body: bytes, *,
+                      now: datetime | None = None) -> CallProgress | None:
+        """Verify one status/AMD/event callback and parse it; None when it changes nothing (e.g. Twilio's
+        ``initiated``). ``url``: the public URL the carrier posted to (query included); ``body``: the raw
+        bytes. Raises CallbackRefused (answer 403) when it is not genuine, too old or a replay."""
+        raise CallbackRefused(f"{self.carrier} sends no call callbacks we can verify: {self.dial_problem}")
+
     # -- what a carrier implements (``meta.call_id`` is checked by then) ----------------------------------
     @abstractmethod
     async def _hang_up(self, meta: "CallMeta") -> None: ...
@@ -251,7 +369,7 @@ class CallControl(ABC):
         return CallControlError(self.carrier, action, call_id, problem, **details)
 
     async def _request(self, action: str, call_id: str, method: str, url: URL, *,
-                       form: Mapping[str, str] | None = None, json_body: Any = None,
+                       form: Mapping[str, str] | list[tuple[str, str]] | None = None, json_body: Any = None,
                        ok: Collection[int] = (200,), done_already: Collection[str] = ()) -> Any:
         """Send one request; the parsed JSON answer (or None) when its status is in ``ok``. An error answer
         whose vendor code is in ``done_already`` (the call already ended) counts as success."""

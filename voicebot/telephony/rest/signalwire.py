@@ -29,6 +29,7 @@ class SignalWireCallControl(TwilioCallControl):
     product = "SignalWire"
     request_id_headers = ()
     document_renderer = staticmethod(dial_twiml)
+    dials = False       # its callbacks are signed with X-SignalWire-Signature; campaigns dial Twilio or Telnyx
 
     @classmethod
     def configure(cls, settings: Settings) -> Configured:
