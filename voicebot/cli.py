@@ -84,7 +84,31 @@ def cmd_check(args) -> int:
             print(f"  {line}")
     from .telephony.rest import report as call_control_report
     print("\n".join(call_control_report(settings)))
-    return 0
+    return _check_campaigns(settings, dialplan)
+
+
+def _check_campaigns(settings: Settings, dialplan) -> int:
+    """Every campaign definition in <dialplans>/campaigns/ checked as ``voicebot campaign create`` would."""
+    from .campaigns.manage import Invalid, check_file
+    from .telephony.rest import call_control_for
+
+    failed = 0
+    for path in sorted((settings.dialplans_dir / "campaigns").glob("*.yaml")):
+        try:
+            spec, listed = check_file(path, dialplan)
+        except Invalid as exc:
+            print(f"campaign {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        skipped = f", {len(listed.skipped)} rows skipped" if listed.skipped else ""
+        print(f"campaign {spec.name}: persona {spec.persona}, {spec.carrier}, {len(listed.contacts)} contacts"
+              f"{skipped}  [{path}]")
+        for problem in listed.skipped:
+            print(f"  row {problem.row} skipped: {problem.value!r}: {problem.problem}")
+        client = call_control_for(spec.carrier, settings, None)
+        if client.dial_problem is not None:
+            print(f"  warning: cannot dial yet: {client.dial_problem}")
+    return 2 if failed else 0
 
 
 def _tool_report(persona, settings: Settings) -> list[str]:

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from . import api, latency
+from .campaigns import callbacks as campaign_callbacks, service as campaign_service
 from .answer import Answerer
 from .call import CallServices, EngineFactory
 from .config import Settings
@@ -135,6 +136,8 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
         app.on_startup.append(_start_latency_probe)
         app.on_cleanup.append(_stop_latency_probe)
     app.on_shutdown.append(_end_all_calls)
+    campaign_callbacks.add_routes(app, services)
+    campaign_service.setup(app, services)      # after _end_all_calls: the calls' last results are flushed after it
     return app
 
 

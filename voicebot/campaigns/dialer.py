@@ -93,7 +93,6 @@ class CampaignRunner:
         self.dialer = dialer
         self.service = dialer.service
         self.store = dialer.store
-        self.clock = dialer.clock
         self.campaign_id = row.id
         self.name = row.name
         self.spec = self.service.spec_of(row)
@@ -127,7 +126,7 @@ class CampaignRunner:
             while not self._stopping:
                 self._wake.clear()
                 try:
-                    claims = await self.store.claim(self.campaign_id, now=self.clock.now(),
+                    claims = await self.store.claim(self.campaign_id, now=self.dialer.clock.now(),
                                                     horizon_s=self.dialer.horizon_s, limit=limit,
                                                     due=self.service.due_function(self.spec))
                 except Exception as exc:
@@ -140,7 +139,7 @@ class CampaignRunner:
                     task.add_done_callback(self._dials.discard)
                 if claims:
                     # Claim again when the reserved stretch of the schedule is half used.
-                    await self.clock.sleep_until(claims[-1].dial_at - self.dialer.horizon_s / 2)
+                    await self.dialer.clock.sleep_until(claims[-1].dial_at - self.dialer.horizon_s / 2)
                 else:
                     if await self.service.finish_if_done(self.campaign_id, self.name):
                         break
@@ -155,7 +154,7 @@ class CampaignRunner:
             pass
 
     async def _dial(self, claim) -> None:
-        await self.clock.sleep_until(claim.dial_at)
+        await self.dialer.clock.sleep_until(claim.dial_at)
         if self._stopping:
             await self.store.release_claim(claim.attempt_id)
             self.log.info("dial_released", attempt_id=claim.attempt_id, reason="campaign no longer running")

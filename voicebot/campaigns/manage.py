@@ -20,7 +20,7 @@ import yaml
 
 from ..dialplan import Dialplan
 from ..store import CampaignExists, InvalidTransition, UnknownCampaign
-from .contacts import RowProblem, normalise, read_contacts
+from .contacts import ContactList, RowProblem, normalise, read_contacts
 from .definition import CampaignError, CampaignSpec, check_against, load_campaign, read_campaign, required_variables
 
 EXPORT_COLUMNS = ("phone", "outcome", "attempts", "note", "call_ids")
@@ -106,8 +106,9 @@ async def create_from_text(store, definition: str, contacts: str, dialplan: Dial
     return await _create(store, spec, contacts, dialplan, now, contacts_source=contacts_source)
 
 
-async def _create(store, spec: CampaignSpec, contacts: Path | str, dialplan: Dialplan, now: datetime | None, *,
-                  contacts_source: str | None = None) -> Created:
+def checked(spec: CampaignSpec, contacts: Path | str, dialplan: Dialplan, *,
+            contacts_source: str | None = None) -> ContactList:
+    """The campaign's contacts, read and checked against the campaign's persona; Invalid names what is wrong."""
     problems = check_against(spec, dialplan)
     if problems:
         raise Invalid("\n".join(problems))
@@ -125,6 +126,23 @@ async def _create(store, spec: CampaignSpec, contacts: Path | str, dialplan: Dia
         skipped = f" (every row skipped: {_problems_text(listed.skipped[:5])}" + \
             ("; …)" if len(listed.skipped) > 5 else ")") if listed.skipped else ""
         raise Invalid(f"{where}: no contact to call{skipped}")
+    return listed
+
+
+def check_file(definition: Path, dialplan: Dialplan) -> tuple[CampaignSpec, ContactList]:
+    """What ``create`` checks, without a database (``voicebot check``)."""
+    try:
+        spec = load_campaign(definition)
+    except CampaignError as exc:
+        raise Invalid(str(exc)) from None
+    if spec.contacts is None:
+        raise Invalid(f"{spec.source}: contacts: no contacts file named")
+    return spec, checked(spec, Path(spec.contacts), dialplan)
+
+
+async def _create(store, spec: CampaignSpec, contacts: Path | str, dialplan: Dialplan, now: datetime | None, *,
+                  contacts_source: str | None = None) -> Created:
+    listed = checked(spec, contacts, dialplan, contacts_source=contacts_source)
     try:
         campaign_id = await store.create_campaign(spec, listed.contacts, now=now or now_utc())
     except CampaignExists:

@@ -64,6 +64,10 @@ class CampaignService:
         self._background: set[asyncio.Task] = set()
         self._secret = stream_token_secret()
 
+    def use_clock(self, clock: Clock) -> None:
+        """Run on another clock from now on (a campaign tried at another time of day; tests)."""
+        self.clock = self.dialer.clock = self.reconciler.clock = clock
+
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
         if self.run_dialer:
