@@ -151,7 +151,12 @@ class MediaStream:
             self._end(self.refuse("no campaigns here"))
             return
         try:
-            context = await resolve(meta)
+            context = await asyncio.wait_for(resolve(meta), START_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self.log.error("outbound_stream_refused", reason=f"attempt lookup took over {START_TIMEOUT_S:g} s",
+                           call_sid=meta.call_id)
+            self._end(self.refuse("attempt lookup timed out"))
+            return
         except Exception as exc:
             self.log.error("outbound_stream_refused", reason=f"attempt lookup failed: {exc}", call_sid=meta.call_id)
             self._end(self.refuse("attempt lookup failed"))
