@@ -356,3 +356,33 @@ async def test_a_stream_naming_an_unknown_attempt_is_refused(stack, caller_en):
     assert result.end_reason == "server_closed" and result.close_code == 1008
     assert result.segments == [] and not stack.services.calls
     assert not list(stack.settings.transcripts_dir.glob("*/*.jsonl"))
+
+
+# -- the parts ---------------------------------------------------------------------------------------------
+
+def test_personalised_fills_instructions_and_greeting_and_names_a_missing_variable(stack_free_persona):
+    filled = personalised(stack_free_persona, VARIABLES)
+    assert filled.greeting == "Hello Jane, this is Acme Dental about your visit on Tuesday."
+    assert filled.instructions.startswith("You remind Jane of a dental visit on Tuesday.")
+    assert stack_free_persona.greeting == GREETING          # the dialplan's persona is left as it was
+    with pytest.raises(KeyError, match="day"):
+        personalised(stack_free_persona, {"first_name": "Jane"})
+
+
+def test_campaign_tools_are_offered_on_campaign_calls_only_and_their_names_are_reserved():
+    from voicebot.config import ConfigError, Fields
+    from voicebot.tools import CarrierAbilities, ToolSettings, offered, read_tools
+    assert [s.name for s in offered(ToolSettings(hang_up=True), CarrierAbilities())] == ["hang_up"]
+    names = [s.name for s in offered(ToolSettings(hang_up=True), CarrierAbilities(), ("confirmed",))]
+    assert names == ["hang_up", "set_outcome", "opt_out"]
+    assert [s.name for s in offered(ToolSettings(), CarrierAbilities(), ())] == ["opt_out"]
+    hook = {"name": "opt_out", "description": "x", "url": "https://crm.example.com/x"}
+    with pytest.raises(ConfigError, match="built-in tool"):
+        read_tools(Fields("p.yaml", {"webhooks": [hook]}, "personas[0].tools"))
+
+
+@pytest.fixture
+def stack_free_persona(tmp_path):
+    from voicebot.dialplan import load_dialplan
+    (tmp_path / "campaign.yaml").write_text(PERSONAS, encoding="utf-8")
+    return load_dialplan(tmp_path).named("reminders")
