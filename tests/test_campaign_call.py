@@ -257,6 +257,21 @@ async def test_the_verdict_found_by_polling_the_campaign_service_starts_the_gree
     assert said(await records_of(stack))[0] == fill(GREETING, VARIABLES)
 
 
+async def test_no_verdict_in_time_counts_as_unknown_and_the_greeting_waits_for_the_callee_to_pause(
+        stack, caller_en, monkeypatch):
+    from voicebot.campaigns import outbound
+    monkeypatch.setattr(outbound, "AMD_WAIT_S", 1.5)      # the bound runs out while the callee still says hello
+    aid = attempt(stack, "a8", "reminders", voicemail=Policy("leave_message", VOICEMAIL))
+    result = await place_and_wait(stack, aid, hello_then_talk(caller_en))
+    hello = result.utterances[0]
+    spoken_until = speech_end(result.sent, hello.start_s, hello.end_s)
+    assert spoken_until > 1.5 + 0.5                           # (the callee was mid-word when the bound ran out)
+    assert spoken_until < result.segments[0].start_s < spoken_until + 1.5
+    records = await records_of(stack)
+    assert [r["answered_by"] for r in records if r["type"] == "amd_verdict"] == ["unknown"]
+    assert said(records)[0] == fill(GREETING, VARIABLES)
+
+
 # -- answering machine detection off ---------------------------------------------------------------------
 
 async def test_without_amd_the_bot_greets_when_the_callees_first_words_end_unheard_by_the_model(stack, caller_en):
