@@ -2,7 +2,8 @@
 
 A carrier's route authenticates the connection and hands it here (``services.answer``): :class:`MediaStream`
 takes the carrier session's events, authorizes the start, picks the persona, starts the ``Call``, feeds it, logs
-protocol errors and cleans up. Two transports (:mod:`.telephony.transport`) feed it: an aiohttp WebSocket
+protocol errors and cleans up. A stream of a call a campaign placed names its attempt (``params["attempt"]``): the
+campaign service resolves it to the contact's context before the ``Call`` starts. Two transports (:mod:`.telephony.transport`) feed it: an aiohttp WebSocket
 (:meth:`Answerer.websocket`, most carriers) and a plain TCP connection (:meth:`Answerer.tcp`, Asterisk AudioSocket).
 """
 
@@ -65,6 +66,7 @@ class MediaStream:
         self.errors = 0
         self._assembler = FrameAssembler()
         self._ending: asyncio.Future | None = None   # set once the connection is being closed on our side
+        self._resolving: asyncio.Task | None = None  # a placed call's attempt being looked up
 
     def protocol_error(self, problem: str) -> None:
         self.errors += 1
@@ -102,7 +104,7 @@ class MediaStream:
                 if call is not None:
                     call.on_mark(event.name)
             elif isinstance(event, Started):
-                if call is not None:
+                if call is not None or self._resolving is not None:
                     self.protocol_error("second start message on one stream ignored")
                     continue
                 refusal = self.session.authorize(event.meta)
@@ -111,6 +113,9 @@ class MediaStream:
                     self._end(self.refuse("unauthorized"))
                     return
                 meta = event.meta
+                if "attempt" in meta.params:
+                    self._resolving = asyncio.create_task(self._start_outbound(meta), name=f"attempt-{self.conn_id}")
+                    return      # what else came with the start is before the call: the callee is not heard yet
                 persona, why_not = self.services.dialplan.persona_for(meta.to_number, asked=meta.persona,
                                                                       fallback=self.session.fallback_persona)
                 if persona is None:
@@ -118,11 +123,7 @@ class MediaStream:
                                      call_sid=event.meta.call_id)
                     self._end(self.refuse("no persona for this call"))
                     return
-                call = self.call = Call(meta=event.meta, persona=persona, carrier=self.session,
-                                        services=self.services, close_carrier=self.hang_up)
-                loop = asyncio.get_running_loop()
-                self.session.mark_reached = lambda name, on_mark=call.on_mark: loop.call_soon(on_mark, name)
-                call.start()
+                call = self._start_call(meta, persona)
             elif isinstance(event, Dtmf):
                 if call is not None:
                     call.on_dtmf(event.digit)
@@ -132,12 +133,50 @@ class MediaStream:
                 self._end(self.transport.close())
                 return
 
+    def _start_call(self, meta, persona, outbound=None) -> Call:
+        call = self.call = Call(meta=meta, persona=persona, carrier=self.session, services=self.services,
+                                close_carrier=self.hang_up, outbound=outbound)
+        loop = asyncio.get_running_loop()
+        self.session.mark_reached = lambda name, on_mark=call.on_mark: loop.call_soon(on_mark, name)
+        call.start()
+        return call
+
+    async def _start_outbound(self, meta) -> None:
+        """A call a campaign placed: its attempt → the contact's context → the ``Call``, or the stream refused."""
+        attempt = meta.params.get("attempt", "")
+        resolve = getattr(self.services.campaigns, "resolve", None)
+        if resolve is None:
+            self.log.warning("outbound_stream_refused", reason="this server runs no campaigns",
+                             call_sid=meta.call_id)
+            self._end(self.refuse("no campaigns here"))
+            return
+        try:
+            context = await asyncio.wait_for(resolve(meta), START_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self.log.error("outbound_stream_refused", reason=f"attempt lookup took over {START_TIMEOUT_S:g} s",
+                           call_sid=meta.call_id)
+            self._end(self.refuse("attempt lookup timed out"))
+            return
+        except Exception as exc:
+            self.log.error("outbound_stream_refused", reason=f"attempt lookup failed: {exc}", call_sid=meta.call_id)
+            self._end(self.refuse("attempt lookup failed"))
+            return
+        if self._ending is not None:
+            return      # the carrier ended the stream meanwhile
+        if context is None:
+            self.log.warning("outbound_stream_refused", reason="the attempt token names no live attempt",
+                             attempt=attempt[:80], call_sid=meta.call_id)
+            self._end(self.refuse("unknown attempt"))
+            return
+        meta.direction = "outbound"
+        self._start_call(meta, context.persona, outbound=context)
+
     def _end(self, closing: Awaitable[None]) -> None:
         """Stop acting on messages; ``closing`` ends the connection (``run`` waits for it)."""
         self._ending = asyncio.ensure_future(closing)
 
     def _no_start(self) -> None:
-        if self.call is None and self._ending is None:
+        if self.call is None and self._ending is None and self._resolving is None:
             self.log.warning("media_stream_no_start", waited_s=START_TIMEOUT_S)
             self._end(self.refuse("no start message"))
 
@@ -165,6 +204,8 @@ class MediaStream:
             raise
         finally:
             no_start.cancel()
+            if self._resolving is not None and not self._resolving.done():
+                self._resolving.cancel()
             if self._ending is not None:
                 await self._ending
             if self.call is not None:

@@ -1,6 +1,8 @@
 """The Call: joins one carrier stream to one engine — lifecycle, barge-in, failover, the conversation as heard,
 tools, transcript, call record and events. What the bot does to the call itself (hang-up, transfer, keypad
-tones, timed goodbyes) is carried out by its :class:`~voicebot.control.CallController`."""
+tones, timed goodbyes) is carried out by its :class:`~voicebot.control.CallController`; on a call a campaign
+placed, waiting for the callee before the greeting and the voicemail by its
+:class:`~voicebot.campaigns.outbound.OutboundCall`."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .audio import FRAME_MS
 from .audio.pacer import PacedJob, Pacer, shared_pacer
 from .audio.playout import Playout
 from .audio.vad import EnergyVad
+from .campaigns.outbound import OutboundCall, OutboundContext
 from .config import Settings
 from .control import CallController
 from .dialplan import Dialplan, Persona
@@ -60,6 +63,7 @@ class CallServices:
     records: RecordWriter | None = None   # takes each call's record (set on app startup)
     events: object = None    # the call-event sender (voicebot/webhooks.py), set on app startup
     controls: dict = field(default_factory=dict)   # carrier name -> its call-control API client (telephony/rest)
+    campaigns: object = None  # the campaign service (campaigns/outbound.py CampaignHooks), set on app startup
 
     def call_control(self, carrier: str):
         return self.controls.get(carrier)
@@ -67,7 +71,9 @@ class CallServices:
 
 class Call(EngineSink):
     def __init__(self, *, meta: CallMeta, persona: Persona, carrier: CarrierSession, services: CallServices,
-                 close_carrier: Callable[[], Awaitable] | None = None) -> None:
+                 close_carrier: Callable[[], Awaitable] | None = None,
+                 outbound: OutboundContext | None = None) -> None:
+        """``outbound``: the attempt of a call a campaign placed (``persona`` is then its personalised one)."""
         self.call_id = uuid.uuid4().hex[:16]
         self.meta = meta
         self.persona = persona
@@ -94,7 +100,13 @@ class Call(EngineSink):
         self.started_at = datetime.now(timezone.utc)
         self.closing = False      # an ending is under way: no barge-in, nothing new for the model
         self.control = CallController(self)
-        self.tool_specs = offered(persona.tools, self.control.abilities)
+        # A placed call: not a word, and nothing to the model, until the callee is confirmed (then greet()).
+        self.waiting_for_callee = outbound is not None
+        self.campaign = OutboundCall(self, outbound, services.campaigns) if outbound is not None else None
+        self._greet_when_up = False
+        self._engine_up = asyncio.Event()
+        self.tool_specs = offered(persona.tools, self.control.abilities,
+                                  outbound.outcomes if outbound is not None else None)
         self.toolbox = ToolBox(persona.tools, self.tool_specs, self.control, http=services.http,
                                call_id=self.call_id, persona=persona.name, log=self.log,
                                on_done=self._tool_done)
@@ -102,7 +114,8 @@ class Call(EngineSink):
         first_kind = "chain" if persona.engine == "chain" else "realtime"
         self.engines_used = [first_kind]
         self.engine: Engine = services.make_engine(persona, self, self.log, kind=first_kind,
-                                                   conversation=self.conversation, opening="greeting",
+                                                   conversation=self.conversation,
+                                                   opening=None if self.waiting_for_callee else "greeting",
                                                    tools=self.tool_specs)
         self.engine_switches: list[dict] = []
         self._switching: asyncio.Task | None = None
@@ -144,6 +157,8 @@ class Call(EngineSink):
         self._save_record()
         self._event("call.started", self.record(summary_only=True))
         self.control.start_timers()
+        if self.campaign is not None:
+            self.campaign.start()
         self._task = asyncio.create_task(self._run(), name=f"call-{self.call_id}")
 
     async def _run(self) -> None:
@@ -171,6 +186,8 @@ class Call(EngineSink):
         finally:
             self._pacer.cancel(self._pacing)
             self.control.stop()
+            if self.campaign is not None:
+                self.campaign.stop()
             if self._switching is not None and not self._switching.done():
                 self._switching.cancel()
             for task in list(self._tool_tasks):
@@ -212,6 +229,8 @@ class Call(EngineSink):
         self.log.info("call_summary", transcript=str(self.transcript_file.path), **summary)
         record = self.record()
         self._save_record(record)
+        if self.campaign is not None:
+            self.campaign.report()
         self._event("call.ended", record)
         self.services.calls.discard(self)
         if self._close_carrier is not None:
@@ -230,6 +249,34 @@ class Call(EngineSink):
             self.outcome = outcome
         self.log.info("call_ending", reason=reason, outcome=self.outcome)
         self._ended_event.set()
+
+    # -- a call a campaign placed ----------------------------------------------------------------------
+    def machine_detected(self, answered_by: str) -> None:
+        """The carrier's answering-machine verdict for this call (Twilio AnsweredBy values)."""
+        if self.campaign is None:
+            self.log.warning("amd_verdict_for_inbound_call", answered_by=answered_by)
+            return
+        self.campaign.machine_detected(answered_by)
+
+    def greet(self) -> None:
+        """The callee is confirmed: from now on they reach the model, and the bot greets them."""
+        self.waiting_for_callee = False
+        if self._engine_ready:
+            self._say_greeting()
+        else:
+            self._greet_when_up = True    # said as soon as the engine is up
+
+    def _say_greeting(self) -> None:
+        if self.persona.greeting and not self.closing:
+            self.engine.say(self.persona.greeting)
+
+    async def engine_up(self) -> bool:
+        """Until an engine is connected and ready; False when none came up in time."""
+        try:
+            await asyncio.wait_for(self._engine_up.wait(), 2 * ENGINE_START_TIMEOUT_S)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     async def wait_ended(self) -> None:
         await self._ended_event.wait()
@@ -260,6 +307,12 @@ class Call(EngineSink):
             self._turn_end_t = time.monotonic() - vad.hangover_frames * FRAME_MS / 1000
         if self.closing:
             return      # the bot is saying goodbye or handing the call on: nothing new for the model
+        if self.waiting_for_callee:
+            # Nothing the callee says before the greeting reaches the model (it would answer it, or a
+            # voicemail greeting, unasked); the end of their first words may be the cue to greet.
+            if was_speaking and not vad.in_speech:
+                self.campaign.utterance_ended()
+            return
         if self._engine_ready:
             self.engine.feed(frame)
         elif len(self._held_frames) < SWITCH_BUFFER_FRAMES:
@@ -419,6 +472,7 @@ class Call(EngineSink):
         t0 = time.monotonic()
         self._switched_t = t0
         self._engine_ready = False
+        self._engine_up.clear()
         old = self.engine
         mid_answer = not at_start and (getattr(old, "responding", False) or self.playout.speaking)
         if mid_answer:
@@ -429,7 +483,7 @@ class Call(EngineSink):
                 if entry is not None and entry in self.conversation:
                     self.conversation.remove(entry)
         if at_start:
-            opening = "greeting"
+            opening = None if self.waiting_for_callee or self._greet_when_up else "greeting"
         elif mid_answer:
             last = self.conversation[-1] if self.conversation else None
             if last is not None and last["role"] == "user":
@@ -473,9 +527,13 @@ class Call(EngineSink):
         for frame in held:
             engine.feed(frame)
         self._engine_ready = True
+        self._engine_up.set()
         texts, self._held_texts = self._held_texts, []
         for text in texts:
             engine.user_text(text)
+        if self._greet_when_up:
+            self._greet_when_up = False
+            self._say_greeting()
 
     # -- barge-in -------------------------------------------------------------------------------
     def _barge_in(self, trigger: str) -> None:
@@ -536,6 +594,9 @@ class Call(EngineSink):
             "turn_latencies_ms": list(self.turn_latencies_ms),
             "recording_path": str(self.recording_path) if self.recording_path else None,
         }
+        if self.campaign is not None:
+            context = self.campaign.context
+            record.update(direction="outbound", campaign_id=context.campaign_id, attempt_id=context.attempt_id)
         if not summary_only:
             record["tools"] = [{"name": c.name, "arguments": c.arguments, "result": c.result, "ok": c.ok,
                                 "t_ms": c.t_ms, "duration_ms": c.duration_ms} for c in self.toolbox.calls]

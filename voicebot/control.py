@@ -119,6 +119,60 @@ class CallController:
         self.log.info("dtmf_sent", digits=digits)
         self.call.note("dtmf_out", digits=digits)
 
+    async def set_outcome(self, outcome: str, note: str | None) -> None:
+        campaign = self.call.campaign
+        if campaign is None:
+            raise ActionFailed("this is not a campaign call")
+        campaign.set_outcome(outcome, note)
+        self.log.info("campaign_outcome_set", outcome=outcome, note=note)
+
+    async def opt_out(self) -> None:
+        """Recorded at once (the number goes on the do-not-call list even if the line drops); the goodbye and
+        the hang-up follow once the tool's turn is over (a chain engine speaks it after the tool returns)."""
+        campaign = self.call.campaign
+        if campaign is None:
+            raise ActionFailed("this is not a campaign call")
+        if self.ending is not None:
+            campaign.opt_out()
+            raise ActionFailed(f"opt-out recorded; the call is already ending ({self.ending})")
+        self.ending = "opted_out"
+        campaign.opt_out()
+        self.log.info("callee_opted_out")
+        self._task = asyncio.create_task(self._opt_out_goodbye(), name=f"opt-out-{self.call.call_id}")
+
+    async def _opt_out_goodbye(self) -> None:
+        from .campaigns.outbound import OPT_OUT_GOODBYE
+        language = self.call.persona.language
+        await self.played_out()
+        await self.say_line(OPT_OUT_GOODBYE.get(language, OPT_OUT_GOODBYE["en"]))
+        await self.played_out()
+        await self._hang_up("opted_out", "the callee asked not to be called again")
+
+    # -- campaign calls: machines -------------------------------------------------------------------------
+    def hang_up_now(self, outcome: str, reason: str) -> None:
+        """End the call without a word (nothing was said: there is nothing to wait for)."""
+        if self.ending is not None:
+            return
+        self.ending = outcome
+        self.log.info("hanging_up_at_once", reason=reason)
+        self._task = asyncio.create_task(self._hang_up(outcome, reason), name=f"hang-up-{self.call.call_id}")
+
+    def leave_voicemail(self, message: str) -> None:
+        """Say ``message`` once, in full, then hang up (outcome voicemail)."""
+        if self.ending is not None:
+            return
+        self.ending = "voicemail"
+        self.log.info("leaving_voicemail")
+        self._task = asyncio.create_task(self._voicemail(message), name=f"voicemail-{self.call.call_id}")
+
+    async def _voicemail(self, message: str) -> None:
+        if not await self.call.engine_up():
+            await self._hang_up("voicemail", "answering machine: the engine never came up to leave the message")
+            return
+        await self.say_line(message)
+        await self.played_out()
+        await self._hang_up("voicemail", f"voicemail message left ({self.call.campaign.answered_by})")
+
     # -- ending by itself --------------------------------------------------------------------------------
     async def time_limit(self) -> None:
         """``max_call_seconds`` reached: the bot finishes its sentence, says goodbye, hangs up."""
@@ -156,7 +210,7 @@ class CallController:
         entry = self.keypad.due(now)
         if entry is not None:
             call.caller_typed(keypad_text(entry, call.persona.language, collected=True))
-        if self.ending is None and self.silence.enabled and call.engine_ready:
+        if self.ending is None and self.silence.enabled and call.engine_ready and not call.waiting_for_callee:
             action = self.silence.tick(now, caller_speaking=call.vad.in_speech,
                                        bot_busy=call.playout.speaking or call.engine.responding)
             if action == "reprompt":
@@ -171,7 +225,7 @@ class CallController:
     def dtmf(self, digit: str) -> str | None:
         """A caller keypress: the text for the model once an entry is complete."""
         self.silence.activity()
-        if self.ending is not None:
+        if self.ending is not None or self.call.waiting_for_callee:
             return None
         entry = self.keypad.press(digit, time.monotonic())
         if entry is None:

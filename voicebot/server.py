@@ -39,7 +39,7 @@ def stepfun_engines(settings: Settings, services: CallServices) -> EngineFactory
         if kind == "chain":
             return ChainEngine(persona, settings.stepfun, sink, call_log, http=services.http,
                                conversation=conversation, opening=opening, tools=tools)
-        return RealtimeEngine(persona, settings.stepfun, sink, call_log, tools=tools)
+        return RealtimeEngine(persona, settings.stepfun, sink, call_log, tools=tools, greet=opening == "greeting")
     return make
 
 

@@ -9,6 +9,10 @@ A persona's ``tools:`` section names them (read by :func:`read_tools`, errors na
 * ``webhooks`` — each one a function whose arguments are POSTed as JSON to its URL, signed with the secret in
   ``webhook_secret_env``; the JSON answer goes back to the model.
 
+Campaign calls (outbound) also offer, whatever the persona says: ``set_outcome(outcome, note)`` with the
+campaign's outcomes as the choices, and ``opt_out()`` — the callee asked not to be called again; the bot says
+goodbye and hangs up.
+
 Which of them a call really offers also depends on its carrier (:func:`offered`): a carrier that cannot
 transfer gets no ``transfer``. A call runs tools through its :class:`ToolBox`: arguments checked against the
 function's schema, the action carried out, and a :class:`ToolResult` for the model. A bad call never ends or
@@ -35,7 +39,9 @@ from .webhooks import WebhookFailed, post_json
 log = structlog.get_logger("voicebot.tools")
 
 HANG_UP, TRANSFER, SEND_DTMF = "hang_up", "transfer", "send_dtmf"
-BUILT_IN = (HANG_UP, TRANSFER, SEND_DTMF)
+SET_OUTCOME, OPT_OUT = "set_outcome", "opt_out"     # campaign calls only
+BUILT_IN = (HANG_UP, TRANSFER, SEND_DTMF, SET_OUTCOME, OPT_OUT)
+MAX_NOTE_CHARS = 1000
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")      # StepFun's rule for function names
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 SIP_URI = re.compile(r"^sips?:[^\s@]+@[^\s]+$")
@@ -166,12 +172,34 @@ def _built_in_specs(tools: ToolSettings) -> dict[str, FunctionSpec]:
     }
 
 
-def offered(tools: ToolSettings, abilities: CarrierAbilities) -> list[FunctionSpec]:
-    """The functions a call offers: the persona's tools that its carrier can carry out."""
+def campaign_specs(outcomes: tuple[str, ...]) -> list[FunctionSpec]:
+    """The campaign tools: ``set_outcome`` (when the campaign has outcomes) and ``opt_out``."""
+    specs = []
+    if outcomes:
+        specs.append(FunctionSpec(SET_OUTCOME, "Record how this call went, for the campaign's results. Call it once "
+                                  "the outcome is clear; call it again if it changes. Outcomes: "
+                                  + ", ".join(outcomes), {
+                                      "type": "object", "properties": {
+                                          "outcome": {"type": "string", "enum": list(outcomes),
+                                                      "description": "how the call went"},
+                                          "note": {"type": "string", "maxLength": MAX_NOTE_CHARS,
+                                                   "description": "a short note for whoever reads the results"}},
+                                      "required": ["outcome"], "additionalProperties": False}))
+    specs.append(FunctionSpec(OPT_OUT, "The person asked not to be called again: their number goes on the "
+                              "do-not-call list; you say goodbye and the call ends.",
+                              {"type": "object", "properties": {}, "additionalProperties": False}))
+    return specs
+
+
+def offered(tools: ToolSettings, abilities: CarrierAbilities,
+            outcomes: tuple[str, ...] | None = None) -> list[FunctionSpec]:
+    """The functions a call offers: the persona's tools that its carrier can carry out, and on a campaign
+    call (``outcomes`` not None) the campaign tools."""
     built_in = _built_in_specs(tools)
     specs = [built_in[name] for name in (HANG_UP, TRANSFER, SEND_DTMF)
              if name in tools.names and getattr(abilities, name)]
-    return specs + [FunctionSpec(w.name, w.description, w.parameters) for w in tools.webhooks]
+    specs += [FunctionSpec(w.name, w.description, w.parameters) for w in tools.webhooks]
+    return specs + (campaign_specs(outcomes) if outcomes is not None else [])
 
 
 def not_offered(tools: ToolSettings, abilities: CarrierAbilities) -> dict[str, str]:
@@ -203,6 +231,10 @@ class CallActions(Protocol):
     async def transfer_call(self, name: str, target: str) -> None: ...
 
     async def send_dtmf(self, digits: str) -> None: ...
+
+    async def set_outcome(self, outcome: str, note: str | None) -> None: ...
+
+    async def opt_out(self) -> None: ...
 
 
 class ActionFailed(Exception):
@@ -279,6 +311,12 @@ class ToolBox:
         if name == SEND_DTMF:
             await self.actions.send_dtmf(args["digits"])
             return ToolResult({"status": f"sent {args['digits']}"})
+        if name == SET_OUTCOME:
+            await self.actions.set_outcome(args["outcome"], args.get("note") or None)
+            return ToolResult({"status": f"outcome recorded: {args['outcome']}"})
+        if name == OPT_OUT:
+            await self.actions.opt_out()
+            return ToolResult({"status": "opted out; call ended"}, follow_up=False)
         return await self._webhook(self._webhooks[name], args)
 
     def _parse(self, name: str, arguments: str) -> dict | ToolResult:

@@ -72,8 +72,10 @@ class RealtimeEngine:
     name = "realtime"
 
     def __init__(self, persona: Persona, stepfun: StepFunSettings, sink: EngineSink, log=None, *,
-                 tools: list[FunctionSpec] | None = None) -> None:
+                 tools: list[FunctionSpec] | None = None, greet: bool = True) -> None:
+        """``greet``: speak the persona's greeting once connected (a placed call greets later, by ``say``)."""
         self.persona = persona
+        self.greet = greet
         self.tools = list(tools or ())
         self.stepfun = stepfun
         self.sink = sink
@@ -124,7 +126,7 @@ class RealtimeEngine:
             raise EngineUnavailable(f"realtime session started with {first.get('type')!r}, not session.created")
         self.log.info("realtime_session_started", session_id=self._conn.session_id, model=self.persona.realtime.model)
         self._conn.send({"type": "session.update", "session": session_config(self.persona, self.tools)})
-        if self.persona.greeting:
+        if self.greet and self.persona.greeting:
             self._request_response({"instructions": greeting_instructions(self.persona)})
         self._last_event_t = asyncio.get_running_loop().time()
         # Events are handled as the socket delivers them, in the same loop step (no reader task).

@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .schema import calls
 
-OUTCOMES = ("completed", "caller_hung_up", "bot_hung_up", "transferred", "max_duration", "silence", "failed")
+OUTCOMES = ("completed", "caller_hung_up", "bot_hung_up", "transferred", "max_duration", "silence", "failed",
+            "voicemail", "opted_out")     # the last two: campaign calls (a machine answered; the callee opted out)
 DIRECTIONS = ("inbound", "outbound")
 MAX_PAGE = 500
 DATETIME_FIELDS = ("started_at", "answered_at", "ended_at")
