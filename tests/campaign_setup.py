@@ -61,7 +61,7 @@ default_region: US
 default_timezone: America/New_York
 max_concurrent_calls: {concurrency}
 calls_per_second: {rate}
-ring_timeout: 3s
+ring_timeout: 5s
 {window}
 {retry}
 {voicemail or ''}

@@ -17,6 +17,7 @@ from voicebot.api.common import DATABASE
 from voicebot.audio import RATE
 from voicebot.campaigns.clock import ShiftedClock
 from voicebot.config import TwilioSettings
+from voicebot.emulator.app import Emulator, start_emulator
 from voicebot.server import SERVICES
 from voicebot.simulator.caller import Hangup, Say
 from voicebot.simulator.carrier_api import FakeTwilioApi
@@ -29,7 +30,8 @@ from conftest import AUTH_TOKEN, start_voice_server, until
 
 HUMAN, MACHINE, BUSY, SILENT, GONE, BLOCKED = ("+12125550101", "+12125550102", "+12125550103", "+12125550104",
                                                 "+12125550105", "+12125550106")
-CONFIRM = f'On caller turn 1, say "{CONFIRM_LINE}" and call set_outcome {{"outcome": "confirmed", "note": "will come"}}.'
+# Persona texts are templates on campaign calls: literal braces are doubled.
+CONFIRM = f'On caller turn 1, say "{CONFIRM_LINE}" and call set_outcome {{{{"outcome": "confirmed", "note": "will come"}}}}.'
 
 
 def rms(pcm: np.ndarray) -> float:
@@ -40,6 +42,13 @@ def answering_human() -> Human:
     return Human(script=(Say(speech("Hello? Who is this?"), at_s=0.3, label="hello"),
                          Say(speech("Yes, I will be there."), after_bot_done=True, pause_s=0.4, label="yes"),
                          Hangup(after_bot_done=True, pause_s=1.0)))
+
+
+@pytest.fixture
+async def emulator():
+    runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=3.0))
+    yield emulator
+    await runner.cleanup()
 
 
 @pytest.fixture
@@ -184,7 +193,7 @@ async def test_opt_out_during_a_call_puts_the_number_on_do_not_call(tmp_path, em
     fake.callees[NUMBER] = Human(script=(Say(speech("Hello?"), at_s=0.3, label="hello"),
                                          Say(speech("Please stop calling me."), after_bot_done=True, pause_s=0.4),
                                          Hangup(after_bot_done=True, pause_s=3.0)))
-    plans = write_plans(tmp_path, reminder_persona(directive=f'On caller turn 1, say "{OPT_OUT_LINE}" and call opt_out {{}}.'))
+    plans = write_plans(tmp_path, reminder_persona(directive=f'On caller turn 1, say "{OPT_OUT_LINE}" and call opt_out {{{{}}}}.'))
     first = write_campaign(tmp_path, "first", [{"phone": NUMBER, "first_name": "Gil", "appointment": "soon"}],
                            voicemail=None, retry="retry: {no-answer: {retries: 3, after: 1s}}")
     second = write_campaign(tmp_path, "second", [{"phone": NUMBER, "first_name": "Gil", "appointment": "later"}],

@@ -232,7 +232,7 @@ class Dialling(abc.ABC):
         call.callbacks.append(record)
         record.status, record.error = await self.post_callback(url, body, headers)
         if record.status != 200:
-            log.warning("fake_callback_not_accepted", carrier=self.carrier, call_id=call.call_id, event=event,
+            log.warning("fake_callback_not_accepted", carrier=self.carrier, call_id=call.call_id, callback_event=event,
                         status=record.status, error=record.error)
         self._wake("callback", record)
         return record
