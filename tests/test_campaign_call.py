@@ -348,7 +348,7 @@ async def test_opt_out_is_reported_then_the_bot_says_goodbye_and_hangs_up(stack,
     records = await records_of(stack)
     assert said(records)[-1] == goodbye
     assert [(r["name"], r["ok"]) for r in records if r["type"] == "tool"] == [("opt_out", True)]
-    assert records[-1]["outcome"] == "opted_out"
+    assert records[-1]["outcome"] == "bot_hung_up" and "opted out" in records[-1]["end_reason"]
     assert all(report["opted_out"] for a, report in stack.campaigns.results if a == aid)
     assert stack.campaigns.results[-1] == (aid, {"call_id": records[0]["call_id"], "disposition": None,
                                                  "note": None, "opted_out": True})

@@ -135,7 +135,7 @@ class CallController:
         if self.ending is not None:
             campaign.opt_out()
             raise ActionFailed(f"opt-out recorded; the call is already ending ({self.ending})")
-        self.ending = "opted_out"
+        self.ending = "bot_hung_up"
         campaign.opt_out()
         self.log.info("callee_opted_out")
         self._task = asyncio.create_task(self._opt_out_goodbye(), name=f"opt-out-{self.call.call_id}")
@@ -146,7 +146,7 @@ class CallController:
         await self.played_out()
         await self.say_line(OPT_OUT_GOODBYE.get(language, OPT_OUT_GOODBYE["en"]))
         await self.played_out()
-        await self._hang_up("opted_out", "the callee asked not to be called again")
+        await self._hang_up("bot_hung_up", "bot hung up: the callee opted out")
 
     # -- campaign calls: machines -------------------------------------------------------------------------
     def hang_up_now(self, outcome: str, reason: str) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .schema import calls
 
 OUTCOMES = ("completed", "caller_hung_up", "bot_hung_up", "transferred", "max_duration", "silence", "failed",
-            "voicemail", "opted_out")     # the last two: campaign calls (a machine answered; the callee opted out)
+            "voicemail")      # a campaign call a machine answered
 DIRECTIONS = ("inbound", "outbound")
 MAX_PAGE = 500
 DATETIME_FIELDS = ("started_at", "answered_at", "ended_at")
