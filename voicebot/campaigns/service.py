@@ -239,8 +239,7 @@ class CampaignService:
 
     def _tell_call(self, attempt_id: str, answered_by: str) -> None:
         for call in list(self.services.calls):
-            outbound = getattr(call, "outbound", None)
-            if outbound is not None and outbound.attempt_id == attempt_id:
+            if call.campaign is not None and call.campaign.context.attempt_id == attempt_id:
                 call.machine_detected(answered_by)
 
     def _in_background(self, what: str, write: Callable) -> None:
