@@ -266,18 +266,22 @@ def setup(app, services: "CallServices", *, clock: Clock | None = None) -> None:
     dialing stops first, the calls end, then the calls' last results are written before the database closes."""
     from ..api.common import DATABASE
 
+    running: list[CampaignService] = []
+
     async def start(_app) -> None:
-        services.campaigns = CampaignService(app[DATABASE].store, services, clock=clock)
-        services.campaigns.start()
+        service = CampaignService(app[DATABASE].store, services, clock=clock)
+        running.append(service)
+        services.campaigns = service
+        service.start()
 
     async def stop_dialing(_app) -> None:
-        if services.campaigns is not None:
-            await services.campaigns.dialer.stop()
-            await services.campaigns.reconciler.stop()
+        for service in running:
+            await service.dialer.stop()
+            await service.reconciler.stop()
 
     async def flush(_app) -> None:
-        if services.campaigns is not None:
-            await services.campaigns.stop()
+        for service in running:
+            await service.stop()
 
     app.on_startup.append(start)
     app.on_shutdown.insert(0, stop_dialing)
