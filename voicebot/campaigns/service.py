@@ -186,7 +186,6 @@ class CampaignService:
         if progress.status in TERMINAL:
             outcome, detail = attempt_outcome(progress.status, row.answered_by)
             await self.settle(attempt_id, outcome, detail or progress.detail)
-            self.dialer.wake(row.campaign_id)
         return True
 
     async def finish_if_done(self, campaign_id: str, name: str) -> bool:
