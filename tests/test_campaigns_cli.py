@@ -329,3 +329,21 @@ async def test_the_do_not_call_list(config, tmp_path):
     latin.write_bytes("+12025550143\nJosé\n".encode("latin-1"))
     status, _, err = await voicebot(config, "dnc", "import", str(latin))
     assert status == 1 and f"{latin}: line 2" in err and "UTF-8" in err
+
+
+# -- voicebot check ---------------------------------------------------------------------------------------------
+
+def test_check_validates_the_campaigns_beside_the_dialplans(config):
+    folder = config.parent / "dialplans" / "campaigns"
+    folder.mkdir()
+    write_campaign(folder, "dental-reminders")
+    check = [sys.executable, "-m", "voicebot.cli", "check", "--config", str(config)]
+    done = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert "campaign dental-reminders: persona acme-reminders, twilio, 4 contacts, 2 rows skipped" in done.stdout
+    assert "  row 4 skipped: '555-12'" in done.stdout
+    assert "warning: cannot dial yet:" in done.stdout and "TWILIO_ACCOUNT_SID" in done.stdout
+    write_campaign(folder, "dental-reminders", CONTACTS_MISSING_NAMES)
+    done = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2
+    assert "row 3" in done.stderr and "row 5" in done.stderr and "first_name" in done.stderr

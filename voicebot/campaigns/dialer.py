@@ -159,11 +159,20 @@ class CampaignRunner:
 
     async def _dial(self, claim) -> None:
         await self.dialer.clock.sleep_until(claim.dial_at)
-        if self._stopping:
+        why = "campaign no longer running" if self._stopping else self._outside_window(claim)
+        if why is not None:
             await self.store.release_claim(claim.attempt_id)
-            self.log.info("dial_released", attempt_id=claim.attempt_id, reason="campaign no longer running")
+            self.log.info("dial_released", attempt_id=claim.attempt_id, reason=why)
             return
         await self.service.dial(self.spec, claim)
+
+    def _outside_window(self, claim) -> str | None:
+        """The window is checked when the contact is claimed; its slot may come a moment after the window closed."""
+        now = self.dialer.clock.now()
+        due = self.service.due_function(self.spec)(claim.timezone, now)
+        if due is None:
+            return "the campaign's end has passed"
+        return None if due <= now else f"outside the calling window in {claim.timezone} (opens {due.isoformat()})"
 
 
 class Reconciler:
