@@ -347,3 +347,20 @@ def test_check_validates_the_campaigns_beside_the_dialplans(config):
     done = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 2
     assert "row 3" in done.stderr and "row 5" in done.stderr and "first_name" in done.stderr
+
+
+def test_the_next_window_opening_is_the_earliest_over_the_pending_contacts_time_zones(tmp_path):
+    from voicebot.campaigns.definition import load_campaign
+    from voicebot.campaigns.manage import _next_opening
+
+    path = write_campaign(tmp_path)
+    path.write_text(path.read_text() + 'window: {days: [mon, tue, wed, thu, fri], start: "09:00", end: "17:00"}\n')
+    spec = load_campaign(path)
+    friday_night = datetime(2026, 12, 4, 23, 0, tzinfo=timezone.utc)     # 18:00 in New York, Sat 08:00 in Tokyo
+    due = {"America/New_York": friday_night, "Asia/Tokyo": friday_night + timedelta(hours=1)}
+    # Both windows are closed until Monday: Tokyo opens first (Mon 09:00 JST = Mon 00:00 UTC).
+    assert _next_opening(spec, "running", due, friday_night) == datetime(2026, 12, 7, 0, 0, tzinfo=timezone.utc)
+    assert _next_opening(spec, "running", {"America/New_York": friday_night}, friday_night) == \
+        datetime(2026, 12, 7, 14, 0, tzinfo=timezone.utc)
+    assert _next_opening(spec, "done", due, friday_night) is None
+    assert _next_opening(spec, "running", {}, friday_night) is None

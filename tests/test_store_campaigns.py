@@ -429,6 +429,7 @@ async def test_status_and_export_show_every_contact(store):
         "contacts": 6, "pending": 1, "in_flight": 1, "done": 3, "dnc": 1, "skipped": 0,
         "outcomes": {"confirmed": 1, "answered": 1, "voicemail": 1, "no-answer": 1, "dnc": 1},
         "attempts": 5, "dials_last_60s": 4, "rate_per_s": 4 / 60, "next_due_at": now + HOUR,
+        "pending_due_by_zone": {ed.timezone: now + HOUR},
     }
     rows = await store.export_rows(campaign_id)
     assert list(rows[0]) == ["phone", "outcome", "attempts", "note", "call_ids", "first_name", "plan"]

@@ -20,6 +20,7 @@ import yaml
 
 from ..dialplan import Dialplan
 from ..store import CampaignExists, InvalidTransition, UnknownCampaign
+from . import schedule
 from .contacts import ContactList, RowProblem, normalise, read_contacts
 from .definition import CampaignError, CampaignSpec, check_against, load_campaign, read_campaign, required_variables
 
@@ -223,20 +224,17 @@ async def _status(store, row, now: datetime) -> dict:
                  "limit_per_second": spec.calls_per_second},
         "max_concurrent_calls": spec.max_concurrent_calls,
         "next_due_at": _iso(next_due),
-        "next_window_opening": _iso(_next_opening(spec, row.state, next_due, now)),
+        "next_window_opening": _iso(_next_opening(spec, row.state, figures["pending_due_by_zone"], now)),
     }
 
 
-def _next_opening(spec: CampaignSpec, state: str, next_due: datetime | None, now: datetime) -> datetime | None:
-    """When the next contact may be dialed: ``now`` while one may; None when the campaign will dial no more.
-    The dialer moves a contact outside its window to the window's next opening in the contact's time zone, so
-    while the campaign runs the earliest due contact is the next opening."""
-    if state in FINISHED_STATES or next_due is None:
+def _next_opening(spec: CampaignSpec, state: str, due_by_zone: dict[str, datetime], now: datetime) -> datetime | None:
+    """When the next contact may be dialled: the earliest moment, over the pending contacts' time zones, that is
+    at or after their due time and inside the calling window there; None when the campaign will dial no more."""
+    if state in FINISHED_STATES:
         return None
-    at = max(now, next_due, spec.starts_at or now)
-    if spec.ends_at is not None and at > spec.ends_at:
-        return None
-    return at
+    openings = [schedule.due_at(spec, zone, max(now, due)) for zone, due in due_by_zone.items()]
+    return min((at for at in openings if at is not None), default=None)
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -531,10 +531,15 @@ def campaign_status(conn: sa.Connection, campaign_id: str, *, now: datetime) -> 
     total_attempts, recent = conn.execute(
         sa.select(sa.func.count(), sa.func.count().filter(sent_in_last_minute))
         .where(attempts.c.campaign_id == campaign_id)).one()
-    next_due = conn.execute(sa.select(sa.func.min(contacts.c.next_due_at)).where(
-        contacts.c.campaign_id == campaign_id, contacts.c.state == "pending")).scalar_one()
+    due_by_zone = {zone: due for zone, due in conn.execute(
+        sa.select(contacts.c.timezone, sa.func.min(contacts.c.next_due_at))
+        .where(contacts.c.campaign_id == campaign_id, contacts.c.state == "pending")
+        .group_by(contacts.c.timezone))}
+    due_by_zone = {zone: due for zone, due in due_by_zone.items() if due is not None}
+    next_due = min(due_by_zone.values(), default=None)
     return {"contacts": sum(states.values()), **states, "outcomes": outcomes, "attempts": total_attempts,
-            "dials_last_60s": recent, "rate_per_s": recent / 60, "next_due_at": next_due}
+            "dials_last_60s": recent, "rate_per_s": recent / 60, "next_due_at": next_due,
+            "pending_due_by_zone": due_by_zone}
 
 
 def export_rows(conn: sa.Connection, campaign_id: str) -> list[dict[str, Any]]:
