@@ -150,3 +150,9 @@ def test_text_bytes_and_paths_read_alike(tmp_path):
     assert lists[0].contacts[0].variables == {"first_name": "Ann, Jr."}
     with pytest.raises(CampaignError, match=f"^{tmp_path / 'gone.csv'}: cannot read"):
         read_contacts(tmp_path / "gone.csv", default_region="US", default_timezone="UTC")
+
+
+def test_a_column_named_like_a_result_column_is_refused():
+    with pytest.raises(CampaignError, match="column 'note' is a name the campaign's results use"):
+        read_contacts("phone,first_name,note\n+12125550101,Ann,VIP\n", default_region="US",
+                      default_timezone="America/New_York")

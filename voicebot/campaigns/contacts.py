@@ -14,6 +14,8 @@ from phonenumbers import timezone as number_zones
 from .definition import CampaignError, valid_zone
 
 PHONE = "phone"
+# The export's own columns come first in each row; a contact column of the same name would hide them.
+RESULT_COLUMNS = ("outcome", "attempts", "note", "call_ids")
 TIMEZONE = "timezone"
 
 
@@ -126,6 +128,10 @@ def _column_index(columns: list[str], source: str) -> tuple[int, int | None]:
     for i, name in enumerate(lowered):
         if name and name in lowered[:i]:
             raise CampaignError(source, "row 1", f"column {columns[i]!r} appears twice")
+    taken = [c for c in columns if c.lower() in RESULT_COLUMNS]
+    if taken:
+        raise CampaignError(source, "row 1", f"column {taken[0]!r} is a name the campaign's results use "
+                                             f"({', '.join(RESULT_COLUMNS)}): rename it")
     if PHONE not in lowered:
         raise CampaignError(source, "row 1", f"no {PHONE!r} column (columns found: "
                                              f"{', '.join(repr(c) for c in columns)})")

@@ -229,7 +229,7 @@ class CampaignService:
             bound.error("campaign_stream_refused", attempt_id=attempt_id,
                         reason=f"campaign {spec.name}'s persona {spec.persona!r} is not in the dialplans")
             return None
-        variables = dict(contact.variables)
+        variables = {**contact.variables, "phone": contact.phone, "timezone": contact.timezone}
         try:
             message = fill(spec.voicemail.message, variables) if spec.voicemail else None
             persona = personalised(persona, variables)
