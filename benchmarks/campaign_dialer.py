@@ -222,6 +222,7 @@ class Report:
     outcomes: dict[str, int]
     contact_states: dict[str, int]
     cpu_s: float
+    loop_cpu_s: float                        # of which the event loop's thread
     store_seconds: dict[str, float]
     store_calls: dict[str, int]
     dial_times: list[float]                  # at the fake, seconds from the first dial
@@ -290,7 +291,7 @@ async def run_campaign(options: Options, database_url: str, workdir: Path, *, da
             service.store = service.dialer.store = service.reconciler.store = timed
             campaign_id = await create_and_start(store, path, plans)    # not measured: creation, not dialing
             db_cpu = process_cpu_s(postgres_pids(postmaster)) if postmaster else None
-            cpu0, t0 = time.process_time(), time.perf_counter()
+            cpu0, loop_cpu0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
             service.dialer.wake()
             while not ((runner_ := service.dialer.runners.get(campaign_id)) and runner_.finished):
                 await asyncio.sleep(0.5)
@@ -298,6 +299,7 @@ async def run_campaign(options: Options, database_url: str, workdir: Path, *, da
                     await progress(store, campaign_id, time.perf_counter() - t0)
             total_s = time.perf_counter() - t0
             cpu_s = time.process_time() - cpu0
+            loop_cpu_s = time.thread_time() - loop_cpu0
             if postmaster:
                 db_cpu = process_cpu_s(postgres_pids(postmaster)) - db_cpu
             async with store.engine.connect() as conn:
@@ -319,7 +321,7 @@ async def run_campaign(options: Options, database_url: str, workdir: Path, *, da
         first_dialled.setdefault(to, at - first)
     return Report(
         database=database, options=options, total_s=total_s, attempts=sum(outcomes.values()),
-        outcomes={str(k): v for k, v in outcomes.items()}, contact_states=states, cpu_s=cpu_s,
+        outcomes={str(k): v for k, v in outcomes.items()}, contact_states=states, cpu_s=cpu_s, loop_cpu_s=loop_cpu_s,
         store_seconds=dict(timed.seconds), store_calls=dict(timed.calls),
         dial_times=[at - first for at, _to, _status in dials],
         steady=(0.0, max(first_dialled.values(), default=0.0)), max_live_seen=record["max_live_seen"],
@@ -367,6 +369,7 @@ def table(reports: list[Report]) -> str:
              row("max deviation from the rate", lambda r: f"{r.rate_deviation_pct:.1f} %"),
              row("max live calls at the fake", lambda r: f"{r.max_live_seen} (≤ {r.options.concurrency})"),
              row("dialer CPU per attempt", lambda r: f"{ms(r.cpu_s, r)} ms"),
+             row("  of which the event loop thread", lambda r: f"{ms(r.loop_cpu_s, r)} ms"),
              row("dialer CPU share (one core)", lambda r: f"{r.cpu_s / r.total_s * 100:.1f} %"),
              row("database time per attempt", lambda r: f"{ms(r.store_s, r)} ms"),
              row("database server CPU per attempt",
