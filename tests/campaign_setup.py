@@ -52,7 +52,8 @@ def write_campaign(tmp_path: Path, name: str, contacts: list[dict], *, persona: 
                    voicemail: str | None = 'voicemail: {action: leave_message, message: "Hi {first_name}, this is '
                                            'Acme Dental calling about {appointment}. Please call us back."}',
                    retry: str = "retry: {busy: {retries: 1, after: 1s}, failed: {retries: 1, after: 1s}}",
-                   window: str = 'window: {days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", end: "24:00"}') -> Path:
+                   window: str = 'window: {days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", end: "24:00"}',
+                   ring_timeout: str = "5s") -> Path:
     folder = tmp_path / "campaigns"
     folder.mkdir(exist_ok=True)
     columns = list(dict.fromkeys(key for row in contacts for key in row))
@@ -69,7 +70,7 @@ default_region: US
 default_timezone: America/New_York
 max_concurrent_calls: {concurrency}
 calls_per_second: {rate}
-ring_timeout: 5s
+ring_timeout: {ring_timeout}
 {window}
 {retry}
 {voicemail or ''}

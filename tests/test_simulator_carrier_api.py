@@ -43,7 +43,8 @@ async def instructions():
     documents = {"/dial": (200, "text/xml", "<Response><Dial><Number>+15550001111</Number></Dial></Response>"),
                  "/say": (200, "text/xml", "<Response><Say>Goodbye</Say></Response>"),
                  "/html": (200, "text/html", "<html></html>"),
-                 "/refuse": (403, "text/plain", "no")}
+                 "/refuse": (403, "text/plain", "no"),
+                 "/status": (200, "text/plain", "")}
 
     async def serve(request: web.Request) -> web.Response:
         got.append((request, dict(await request.post())))
@@ -345,3 +346,26 @@ async def test_dialled_calls_are_counted_live_at_the_fake(http):
         for sid in sids:
             assert (await api.wait_ended(sid)).status == "no-answer"
         assert api.live_calls() == [] and api.max_live_seen == 3
+
+
+async def test_a_short_call_answers_talks_and_hangs_up_without_opening_the_media_stream(http, instructions):
+    from voicebot.simulator.carrier_api import ShortCall
+
+    base, got = instructions
+    callee = ShortCall(answer_after_s=0.2, talk_s=1.0, amd_after_s=0.4)
+    async with FakeTwilioApi(SID, TOKEN, owned_numbers={OWNED}, default_callee=callee) as api:
+        url = f"{api.base_url}/2010-04-01/Accounts/{SID}/Calls.json"
+        form = [("To", "+15551230001"), ("From", OWNED), ("Url", f"{base}/dial"), ("StatusCallback", f"{base}/status"),
+                ("MachineDetection", "DetectMessageEnd"), ("AsyncAmd", "true"),
+                ("AsyncAmdStatusCallback", f"{base}/status")]
+        form += [("StatusCallbackEvent", event) for event in ("initiated", "ringing", "answered", "completed")]
+        async with http.post(url, data=form, headers=basic_auth(SID, TOKEN)) as response:
+            sid = (await response.json())["sid"]
+        call = await api.wait_ended(sid)
+    assert [request.path for request, _ in got] == ["/status"] * 5      # never the instructions at /dial
+    sent = [fields for _, fields in got]
+    assert [f.get("CallStatus") or f["AnsweredBy"] for f in sent] == ["initiated", "ringing", "in-progress",
+                                                                      "human", "completed"]
+    assert all(cb.status == 200 for cb in call.callbacks) and call.media is None and call.result is None
+    assert sent[-1]["CallDuration"] == "1" and call.status == "completed" and call.answered_by == "human"
+    assert call.ended_at - call.answered_at == pytest.approx(1.0, abs=0.2)

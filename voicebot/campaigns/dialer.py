@@ -102,6 +102,7 @@ class CampaignRunner:
         self._stopping = False
         self._task: asyncio.Task | None = None
         self._dials: set[asyncio.Task] = set()
+        self._done_checked_at = -math.inf
         self.finished = False
 
     def start(self) -> None:
@@ -142,7 +143,7 @@ class CampaignRunner:
                     # Claim again when the reserved stretch of the schedule is half used.
                     await self.dialer.clock.sleep_until(claims[-1].dial_at - self.dialer.horizon_s / 2)
                 else:
-                    if await self.service.finish_if_done(self.campaign_id, self.name):
+                    if await self._done():
                         break
                     # Every instance looks again at a random moment of the next poll period, so that whichever
                     # finds a free place first is a matter of chance: the calls spread over the instances instead
@@ -150,6 +151,16 @@ class CampaignRunner:
                     await self._pause(self.dialer.poll_s * random.uniform(0.5, 1.0))
         finally:
             self.finished = True
+
+    async def _done(self) -> bool:
+        """Whether the campaign is done, asked of the database at most once per poll: at the end of a campaign
+        every call that ends wakes the runner, and counting the campaign's contacts each time costs more than
+        the claim it woke for."""
+        now = asyncio.get_running_loop().time()
+        if now - self._done_checked_at < self.dialer.poll_s:
+            return False
+        self._done_checked_at = now
+        return await self.service.finish_if_done(self.campaign_id, self.name)
 
     async def _pause(self, seconds: float) -> None:
         try:

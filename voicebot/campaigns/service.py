@@ -185,7 +185,8 @@ class CampaignService:
             return changed
         if progress.status in TERMINAL:
             outcome, detail = attempt_outcome(progress.status, row.answered_by)
-            await self.settle(attempt_id, outcome, detail or progress.detail)
+            # The campaign's spec as this process knows it spares settle two reads per attempt.
+            await self.settle(attempt_id, outcome, detail or progress.detail, spec=self._specs.get(row.campaign_id))
         return True
 
     async def finish_if_done(self, campaign_id: str, name: str) -> bool:

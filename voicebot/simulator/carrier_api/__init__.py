@@ -10,7 +10,7 @@ listener what was done to it::
         update = await api.wait_for_update(lambda u: u.action == "transfer")
 
 The Twilio and Telnyx fakes also place outbound calls: per destination number a callee (:mod:`.callees`:
-``Human``, ``Voicemail``, ``Busy``, ``NoAnswer``, ``Failed``) answers, signed callbacks go to our server, and an
+``Human``, ``Voicemail``, ``Busy``, ``NoAnswer``, ``Failed``; ``ShortCall`` for load tests) answers, signed callbacks go to our server, and an
 answered call follows the instructions into our media WebSocket::
 
     api = FakeTwilioApi(sid, token, owned_numbers={"+15550002000"}, default_callee=Human())
@@ -20,14 +20,14 @@ answered call follows the instructions into our media WebSocket::
 
 from voicebot.simulator.carrier_api.base import ApiRequest, CallUpdate, FakeCall, FakeCarrierApi
 from voicebot.simulator.carrier_api.callees import (Busy, Callback, Callee, DialledCall, Failed, Human, NoAnswer,
-                                                    Voicemail, speech, tone)
+                                                    ShortCall, Voicemail, speech, tone)
 from voicebot.simulator.carrier_api.plivo import FakePlivoApi
 from voicebot.simulator.carrier_api.telnyx import FakeTelnyxApi
 from voicebot.simulator.carrier_api.twilio import FakeSignalWireApi, FakeTwilioApi
 from voicebot.simulator.carrier_api.vonage import FakeVonageApi, new_application_key
 
 __all__ = [
-    "ApiRequest", "Busy", "Callback", "Callee", "DialledCall", "Failed", "Human", "NoAnswer", "Voicemail", "speech",
+    "ApiRequest", "Busy", "Callback", "Callee", "DialledCall", "Failed", "Human", "NoAnswer", "ShortCall", "Voicemail", "speech",
     "tone", "CallUpdate", "FakeCall", "FakeCarrierApi", "FakePlivoApi", "FakeSignalWireApi", "FakeTelnyxApi",
     "FakeTwilioApi", "FakeVonageApi", "new_application_key",
 ]

@@ -11,6 +11,8 @@ Per destination number a :class:`Callee` says what happens when we dial it:
   the beep, with times (:attr:`DialledCall.after_beep`).
 * :class:`Busy`, :class:`NoAnswer` (rings until the ring timeout) and :class:`Failed` (a SIP error) end without an
   answer.
+* :class:`ShortCall` (load tests) answers, stays on the line for ``talk_s`` and hangs up, without ever opening our
+  media stream.
 
 :class:`DialledCall` is one call's record (status, times, the media call's :class:`CallResult`, the callbacks the
 carrier sent and how they were answered); :class:`Dialling` is the part of a fake that places calls: it picks the
@@ -109,6 +111,22 @@ class Voicemail(Callee):
 
 
 @dataclass(frozen=True)
+class ShortCall(Callee):
+    """A callee for dialer load tests: answers after ``answer_after_s`` of ringing, stays on the line for ``talk_s``
+    and hangs up, WITHOUT following the call's instructions into our media stream. A dialer benchmark measures the
+    dialer (pacing, callbacks, the database), not the media path: thousands of simulated media streams would make
+    it a media benchmark, whose own load benchmark is ``benchmarks/load.py``. The carrier's callbacks are as for
+    any answered call; when the dial asked for answering-machine detection the verdict is ``human``."""
+
+    answer_after_s: float = 0.5
+    talk_s: float = 3.0
+    amd_after_s: float = 1.0       # the verdict, after answering (when asked for; at most talk_s)
+
+    def answers(self, ring_timeout_s: float) -> bool:
+        return self.answer_after_s < ring_timeout_s
+
+
+@dataclass(frozen=True)
 class Busy(Callee):
     answer_after_s: float = 0.3    # rings this long before the busy signal
 
@@ -191,9 +209,10 @@ class Dialling(abc.ABC):
         self.dialled: dict[str, DialledCall] = {}
         self.dial_times: list[float] = []     # loop time of each accepted dial request
         self.max_live_seen = 0
+        self._live: dict[str, DialledCall] = {}   # counted per dial: a scan of every call ever dialled is O(n²)
 
     def live_calls(self) -> list[DialledCall]:
-        return [call for call in self.dialled.values() if call.live]
+        return list(self._live.values())
 
     def callee_for(self, number: str) -> Callee:
         return self.callees.get(number, self.default_callee)
@@ -201,8 +220,9 @@ class Dialling(abc.ABC):
     def place(self, call: DialledCall, ring_timeout_s: float) -> None:
         """The dial was accepted: count it and run the call's course in the background."""
         self.dialled[call.call_id] = call
+        self._live[call.call_id] = call
         self.dial_times.append(call.dialled_at)
-        self.max_live_seen = max(self.max_live_seen, len(self.live_calls()))
+        self.max_live_seen = max(self.max_live_seen, len(self._live))
         self.later(self._course(call, ring_timeout_s))
 
     async def wait_ended(self, call_id: str, timeout: float = 30.0) -> DialledCall:
@@ -285,8 +305,19 @@ class Dialling(abc.ABC):
         await asyncio.sleep(callee.answer_after_s)
         call.answered_at = self.now()
         await self._set(call, "answered")
-        await self._talk(call)
+        if isinstance(callee, ShortCall):
+            await self._stay_on_line(call, callee)
+        else:
+            await self._talk(call)
         await self._end(call, "completed")
+
+    async def _stay_on_line(self, call: DialledCall, callee: ShortCall) -> None:
+        amd_at = min(callee.amd_after_s, callee.talk_s) if call.request.get("machine_detection") else None
+        if amd_at is not None:
+            await asyncio.sleep(amd_at)
+            call.answered_by = "human"
+            await self.report(call, "amd", answered_by="human", greeting=False)
+        await asyncio.sleep(callee.talk_s - (amd_at or 0.0))
 
     async def _talk(self, call: DialledCall) -> None:
         callee = call.callee
@@ -332,4 +363,5 @@ class Dialling(abc.ABC):
     async def _end(self, call: DialledCall, status: str) -> None:
         call.status = status
         call.ended_at = self.now()
+        self._live.pop(call.call_id, None)
         await self.report(call, "ended", status=status)
