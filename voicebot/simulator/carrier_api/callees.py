@@ -231,7 +231,7 @@ class Dialling(abc.ABC):
         record = Callback(self.now(), url, event, body, headers)
         call.callbacks.append(record)
         record.status, record.error = await self.post_callback(url, body, headers)
-        if record.status is None or not 200 <= record.status < 300:    # carriers take any 2xx
+        if record.status is None or not 200 <= record.status < 300:
             log.warning("fake_callback_not_accepted", carrier=self.carrier, call_id=call.call_id, callback_event=event,
                         status=record.status, error=record.error)
         self._wake("callback", record)
