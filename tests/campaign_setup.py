@@ -3,8 +3,16 @@ temp dir, creating and starting a campaign in a server's database, and reading w
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+import aiohttp
 
 from voicebot.campaigns.contacts import read_contacts
 from voicebot.campaigns.definition import load_campaign, required_variables
@@ -85,3 +93,60 @@ async def create_and_start(store, path: Path, plans: Path, *, now: datetime | No
 
 def dials_to(fake, number: str) -> int:
     return sum(1 for call in fake.dialled.values() if call.to == number)
+
+
+# -- servers in their own processes (restart and multi-instance tests) -----------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def server_config(tmp_path: Path, name: str, port: int, *, plans: Path, database_url: str, twilio_api: str) -> Path:
+    folder = tmp_path / name
+    folder.mkdir(exist_ok=True)
+    config = folder / "config.yaml"
+    config.write_text(f"""
+server: {{host: 127.0.0.1, port: {port}, public_url: "http://127.0.0.1:{port}"}}
+twilio: {{api_base_url: "{twilio_api}"}}
+dialplans: {plans}
+transcripts_dir: {folder / "transcripts"}
+recordings_dir: {folder / "recordings"}
+database: {{url: "{database_url}"}}
+logging: {{format: json, level: info}}
+""")
+    return config
+
+
+def serve_process(config: Path, auth_token: str, **env_extra: str) -> subprocess.Popen:
+    """``voicebot serve`` on ``config`` in a process of its own, logging to server.log beside it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("STEP_API_KEY", "VOICEBOT_STREAM_SECRET")}
+    env.update(TWILIO_AUTH_TOKEN=auth_token, TWILIO_ACCOUNT_SID=ACCOUNT_SID, **env_extra)
+    log = open(config.parent / "server.log", "a")
+    proc = subprocess.Popen([sys.executable, "-m", "voicebot.cli", "serve", "--config", str(config)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    log.close()
+    proc.log_path = config.parent / "server.log"
+    return proc
+
+
+async def wait_up(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.log_path.read_text()[-3000:]
+            try:
+                async with http.get(url + "/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"the server at {url} did not come up within {timeout_s} s")
+
+
+def stop_process(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

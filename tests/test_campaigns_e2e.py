@@ -257,3 +257,46 @@ async def test_forged_and_replayed_callbacks_change_nothing(tmp_path, emulator, 
     finally:
         await runner.cleanup()
     assert [(r["outcome"], int(r["attempts"])) for r in rows] == [("no-answer", 1)]
+
+
+async def test_telnyx_campaign_human_voicemail_and_busy(tmp_path, emulator, monkeypatch):
+    from voicebot.simulator.carrier_api import FakeTelnyxApi
+
+    key, connection, stream_token = "KEYtelnyx-campaign-e2e", "1494404757140276705", "telnyx-stream-token-e2e-4b1"
+    fake = FakeTelnyxApi(key, connection_ids={connection})
+    await fake.start()
+    monkeypatch.setenv("TELNYX_API_KEY", key)
+    monkeypatch.setenv("TELNYX_PUBLIC_KEY", fake.public_key_b64)
+    monkeypatch.setenv("TELNYX_STREAM_TOKEN", stream_token)
+    fake.callees.update({HUMAN: answering_human(), MACHINE: Voicemail(), BUSY: Busy()})
+    plans = write_plans(tmp_path, reminder_persona(directive=CONFIRM))
+    path = write_campaign(tmp_path, "telnyx-reminders", [
+        {"phone": HUMAN, "first_name": "Ann", "appointment": "Monday at 9"},
+        {"phone": MACHINE, "first_name": "Bob", "appointment": "Tuesday at 10"},
+        {"phone": BUSY, "first_name": "Cy", "appointment": "Wednesday at 11"},
+    ], carrier="telnyx", retry="retry: {busy: {retries: 1, after: 1s}}")
+    runner, settings, app = await start_voice_server(
+        tmp_path, plans, emulator,
+        carriers={"telnyx": {"call_control": {"api_base_url": fake.base_url, "connection_id": connection}}})
+    try:
+        store = app[DATABASE].store
+        campaign_id = await create_and_start(store, path, plans)
+        app[SERVICES].campaigns.dialer.wake()
+        await until(lambda: state_is(store, "telnyx-reminders", "done"), timeout=90, what="the campaign done")
+        rows = {row["phone"]: row for row in await store.export_rows(campaign_id)}
+        records = {r.to_number: r for r in (await store.list_calls(limit=10))[0]}
+    finally:
+        await runner.cleanup()
+        await fake.close()
+    assert {n: (r["outcome"], int(r["attempts"])) for n, r in rows.items()} == {
+        HUMAN: ("confirmed", 1), MACHINE: ("voicemail", 1), BUSY: ("busy", 2)}
+    dial = next(r for r in fake.requests if r.method == "POST" and r.path == "/v2/calls")
+    assert dial.json["answering_machine_detection"] and dial.json["connection_id"] == connection
+    # Every webhook was genuine and accepted.
+    assert all(cb.status == 204 for call in fake.dialled.values() for cb in call.callbacks)
+    machine = next(call for call in fake.dialled.values() if call.to == MACHINE)
+    beep_end, after = machine.after_beep
+    assert rms(machine.result.heard[:int(beep_end * RATE)]) < 30 and rms(after) > 300
+    human = records[HUMAN]
+    assert human.direction == "outbound" and human.campaign_id == campaign_id and human.attempt_id
+    assert rows[HUMAN]["call_ids"] == human.id

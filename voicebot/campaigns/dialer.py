@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("voicebot.campaigns")
 
-POLL_S = 1.0                 # how often the running campaigns (and an idle campaign's due contacts) are looked at
+POLL_S = 0.5                 # how often the running campaigns (and an idle campaign's due contacts) are looked at
 HORIZON_S = 1.0              # a claim reserves the rate slots of at most this much time ahead
 MAX_CLAIM = 100              # contacts claimed in one transaction
 CLAIM_RETRY_S = 2.0          # after a database error
@@ -143,7 +144,10 @@ class CampaignRunner:
                 else:
                     if await self.service.finish_if_done(self.campaign_id, self.name):
                         break
-                    await self._pause(self.dialer.poll_s)
+                    # Every instance looks again at a random moment of the next poll period, so that whichever
+                    # finds a free place first is a matter of chance: the calls spread over the instances instead
+                    # of piling up on the one whose call just ended.
+                    await self._pause(self.dialer.poll_s * random.uniform(0.5, 1.0))
         finally:
             self.finished = True
 

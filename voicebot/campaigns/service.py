@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ import structlog
 
 from ..telephony.rest import CallControlError
 from ..telephony.rest.base import CallProgress, DialRequest
-from ..telephony.twilio_auth import stream_token_secret
+from ..telephony.twilio_auth import STREAM_SECRET_ENV, stream_token_secret
 from . import attempt_tokens, schedule
 from .clock import Clock
 from .definition import CampaignSpec
@@ -32,7 +33,9 @@ log = structlog.get_logger("voicebot.campaigns")
 
 TERMINAL = ("completed", "busy", "no-answer", "failed", "canceled")
 MACHINE = ("machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other")
-RESULT_RETRIES = 5
+RESULT_RETRY_MAX_S = 30.0
+DRAIN_S = 5.0          # at shutdown, how long the last results may take to be written
+ATTEMPT_KEY = "campaign-attempt-tokens"
 TWILIO_VOICE_PATH = "/twilio/voice"
 TELNYX_MEDIA_PATH = "/telnyx/media"
 CALLBACK_PATHS = {"twilio": "/campaigns/twilio/status", "telnyx": "/campaigns/telnyx/events"}
@@ -62,13 +65,21 @@ class CampaignService:
         self._specs: dict[str, CampaignSpec] = {}
         self._contexts: dict[str, dict] = {}     # attempt id -> what this process dialed (a stream's start reads it)
         self._background: set[asyncio.Task] = set()
-        self._secret = stream_token_secret()
+        self._secret = b""      # set by load_key() before the service starts
 
     def use_clock(self, clock: Clock) -> None:
         """Run on another clock from now on (a campaign tried at another time of day; tests)."""
         self.clock = self.dialer.clock = self.reconciler.clock = clock
 
     # -- lifecycle --------------------------------------------------------------------------------------
+    async def load_key(self) -> None:
+        """The key of the attempt tokens: $VOICEBOT_STREAM_SECRET when set, else one kept in the database, so
+        that a restarted server, and every instance sharing the database, still knows the attempts it dialled."""
+        if os.environ.get(STREAM_SECRET_ENV):
+            self._secret = stream_token_secret()
+        else:
+            self._secret = (await self.store.server_key(ATTEMPT_KEY)).encode()
+
     def start(self) -> None:
         if self.run_dialer:
             self.dialer.start()
@@ -78,7 +89,10 @@ class CampaignService:
         await self.dialer.stop()
         await self.reconciler.stop()
         if self._background:
-            await asyncio.wait(self._background, timeout=5.0)
+            _, unwritten = await asyncio.wait(self._background, timeout=DRAIN_S)
+            for task in unwritten:
+                task.cancel()
+                log.error("campaign_write_lost", what=task.get_name())
 
     # -- what the dialer uses ---------------------------------------------------------------------------
     def spec_of(self, row) -> CampaignSpec:
@@ -172,7 +186,6 @@ class CampaignService:
         if progress.status in TERMINAL:
             outcome, detail = attempt_outcome(progress.status, row.answered_by)
             await self.settle(attempt_id, outcome, detail or progress.detail)
-            self.dialer.wake(row.campaign_id)
         return True
 
     async def finish_if_done(self, campaign_id: str, name: str) -> bool:
@@ -230,7 +243,9 @@ class CampaignService:
     def call_result(self, attempt_id: str, *, call_id: str, disposition: str | None = None, note: str | None = None,
                     opted_out: bool = False) -> None:
         """What the bot settled on a campaign call; written in the background, retried, never blocking the call."""
-        self._in_background(f"call result of attempt {attempt_id}", lambda: self.store.call_result(
+        what = (f"call result of attempt {attempt_id}: call {call_id}, disposition {disposition!r}, note {note!r}, "
+                f"opted out {opted_out}")
+        self._in_background(what, lambda: self.store.call_result(
             attempt_id, call_id=call_id, disposition=disposition, note=note, opted_out=opted_out))
 
     async def answered_by(self, attempt_id: str) -> str | None:
@@ -243,23 +258,22 @@ class CampaignService:
                 call.machine_detected(answered_by)
 
     def _in_background(self, what: str, write: Callable) -> None:
+        """Write until the database takes it (pauses growing to RESULT_RETRY_MAX_S): an unavailable database makes
+        a result arrive late, not vanish. One still unwritten when the server stops is logged in full."""
         async def run() -> None:
             pause = 0.2
-            for attempt in range(1, RESULT_RETRIES + 1):
+            while True:
                 try:
                     await write()
                     return
                 except Exception as exc:
-                    if attempt == RESULT_RETRIES:
-                        log.error("campaign_write_lost", what=what, error=f"{type(exc).__name__}: {exc}")
-                        return
-                    log.warning("campaign_write_retry", what=what, error=f"{type(exc).__name__}: {exc}")
+                    log.warning("campaign_write_retry", what=what, error=f"{type(exc).__name__}: {exc}",
+                                retry_in_s=pause)
                     await asyncio.sleep(pause)
-                    pause *= 2
-        task = asyncio.create_task(run())
+                    pause = min(pause * 2, RESULT_RETRY_MAX_S)
+        task = asyncio.create_task(run(), name=what)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
 
 def setup(app, services: "CallServices", *, clock: Clock | None = None) -> None:
     """Run campaigns in this server: once the database is open, the dialer and the reconciler start; at shutdown
@@ -270,6 +284,7 @@ def setup(app, services: "CallServices", *, clock: Clock | None = None) -> None:
 
     async def start(_app) -> None:
         service = CampaignService(app[DATABASE].store, services, clock=clock)
+        await service.load_key()
         running.append(service)
         services.campaigns = service
         service.start()

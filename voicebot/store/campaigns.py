@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from .schema import LIVE_PREDICATE, LIVE_STATES, attempts, campaigns, contacts, dnc
+from .schema import LIVE_PREDICATE, LIVE_STATES, attempts, campaigns, contacts, dnc, server_keys
 
 log = structlog.get_logger("voicebot.store.campaigns")
 
@@ -592,3 +592,12 @@ def dnc_list(conn: sa.Connection) -> list[DncEntry]:
 
 def dnc_contains(conn: sa.Connection, phone: str) -> bool:
     return conn.execute(sa.select(dnc.c.phone).where(dnc.c.phone == phone)).first() is not None
+
+
+def server_key(conn: sa.Connection, name: str) -> str:
+    """The key called ``name``, made (random, 32 bytes as hex) by whichever process asks first."""
+    found = conn.execute(sa.select(server_keys.c.value).where(server_keys.c.name == name)).scalar()
+    if found is None:
+        found = secrets.token_hex(32)
+        conn.execute(server_keys.insert().values(name=name, value=found))
+    return found

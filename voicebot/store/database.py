@@ -280,6 +280,13 @@ class Store:
     async def dnc_contains(self, phone: str) -> bool:
         return await self._run(campaigns.dnc_contains, phone, write=False)
 
+    async def server_key(self, name: str) -> str:
+        """A random key shared by every process on this database (made by the first to ask)."""
+        try:
+            return await self._run(campaigns.server_key, name, write=True)
+        except sa.exc.IntegrityError:      # another process made it at the same moment: theirs it is
+            return await self._run(campaigns.server_key, name, write=False)
+
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)

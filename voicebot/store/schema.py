@@ -159,3 +159,10 @@ dnc = sa.Table(
     sa.Column("source", sa.String(16), nullable=False),
     sa.Column("note", sa.Text),
 )
+
+# Keys every process sharing the database must agree on (what signs campaign attempt tokens), made once.
+server_keys = sa.Table(
+    "server_keys", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+)

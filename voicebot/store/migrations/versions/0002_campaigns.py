@@ -92,9 +92,15 @@ def upgrade() -> None:
         sa.Column("source", sa.String(16), nullable=False),
         sa.Column("note", sa.Text),
     )
+    op.create_table(
+        "server_keys",
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("value", sa.String(128), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("server_keys")
     op.drop_table("dnc")
     op.drop_table("attempts")
     op.drop_table("contacts")
