@@ -119,6 +119,8 @@ async def run_campaign_demo(config: str | None = None) -> int:
     print("\n".join(_dials(twilio_api)))
     print(f"\nthe answered call ({ANN}), as the server wrote it:")
     print("\n".join(_transcript(settings.transcripts_dir, rows[ANN]["call_ids"])))
+    if settings.stepfun.emulated:
+        print("  (the emulated model reads a tool's result aloud; a real model answers in its own words)")
     print(f"\nthe voicemail ({BEN}):")
     print("\n".join(_voicemail(twilio_api, settings.transcripts_dir, rows[BEN]["call_ids"])))
     print("\n`voicebot campaign status`:")
