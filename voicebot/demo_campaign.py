@@ -51,10 +51,9 @@ def callees() -> dict:
 ROLES = {ANN: "answers, says yes", BEN: "voicemail", CHIE: "busy", DORA: "on the do-not-call list"}
 
 
-def demo_definition(work: Path) -> Path:
-    """The example's definition with the demo's window and retries, beside the example's contacts."""
-    data = yaml.safe_load(CAMPAIGN.read_text(encoding="utf-8"))
-    data.update(CHANGES, contacts=str(CAMPAIGN.parent / data["contacts"]))
+def demo_definition(example: dict, work: Path) -> Path:
+    """The example's definition with the demo's window and retries, in ``work``, naming the example's contacts."""
+    data = {**example, **CHANGES, "contacts": str(CAMPAIGN.parent / example["contacts"])}
     path = work / CAMPAIGN.name
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
@@ -81,16 +80,16 @@ async def run_campaign_demo(config: str | None = None) -> int:
     settings = load_settings(config)
     configure_logging(settings.log_format, "warning")
     port = free_port()
-    spec_data = yaml.safe_load(CAMPAIGN.read_text(encoding="utf-8"))
-    twilio_api = FakeTwilioApi(*fake_twilio_account(), owned_numbers=spec_data["from"])
+    example = yaml.safe_load(CAMPAIGN.read_text(encoding="utf-8"))
+    twilio_api = FakeTwilioApi(*fake_twilio_account(), owned_numbers=example["from"])
     twilio_api.callees.update(callees())
     await twilio_api.start()
     settings = offline_settings(settings, port, twilio_api)
-    definition = demo_definition(settings.transcripts_dir.parent)
-    dialplan = demo_dialplan(load_dialplan(EXAMPLES), spec_data["persona"])
+    definition = demo_definition(example, settings.transcripts_dir.parent)
+    dialplan = demo_dialplan(load_dialplan(EXAMPLES), example["persona"])
     print(f"\nvoicebot demo --campaign: the example campaign {CAMPAIGN.relative_to(EXAMPLES.parent)} dialled by the "
           "server through Twilio's REST API faked on loopback,\nwith its window opened to every hour and busy lines "
-          f"retried once after {BUSY_RETRY_S} s; persona {spec_data['persona']!r}")
+          f"retried once after {BUSY_RETRY_S} s; persona {example['persona']!r}")
     runners, settings, _ = await start_server(settings, dialplan, host="127.0.0.1", port=port)
     store = await Store.open(settings.database_url)
     try:
