@@ -87,9 +87,9 @@ async def run_campaign_demo(config: str | None = None) -> int:
     settings = offline_settings(settings, port, twilio_api)
     definition = demo_definition(example, settings.transcripts_dir.parent)
     dialplan = demo_dialplan(load_dialplan(EXAMPLES), example["persona"])
-    print(f"\nvoicebot demo --campaign: the example campaign {CAMPAIGN.relative_to(EXAMPLES.parent)} dialled by the "
-          "server through Twilio's REST API faked on loopback,\nwith its window opened to every hour and busy lines "
-          f"retried once after {BUSY_RETRY_S} s; persona {example['persona']!r}")
+    print(f"\nvoicebot demo --campaign: the example campaign {CAMPAIGN.relative_to(EXAMPLES.parent)}, its window "
+          f"opened to every hour and busy lines\nretried once after {BUSY_RETRY_S} s, dialled by the server through "
+          f"Twilio's REST API faked on loopback; persona {example['persona']!r}")
     runners, settings, _ = await start_server(settings, dialplan, host="127.0.0.1", port=port)
     store = await Store.open(settings.database_url)
     try:
@@ -101,6 +101,7 @@ async def run_campaign_demo(config: str | None = None) -> int:
               f"{DORA} is on the do-not-call list")
         for number, role in ROLES.items():
             print(f"  {number:<15} {role}")
+        print("dialling; the report follows once the campaign is done …", flush=True)
         done = await _finished(store, created.name, twilio_api)
     finally:
         await store.close()
