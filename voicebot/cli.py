@@ -143,7 +143,9 @@ def cmd_emulator(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    return asyncio.run(run_demo(config=args.config, wav_out=args.wav_out))
+    from .demo_campaign import run_campaign_demo
+    inbound = 0 if args.campaign else asyncio.run(run_demo(config=args.config, wav_out=args.wav_out))
+    return max(inbound, asyncio.run(run_campaign_demo(config=args.config)))
 
 
 def cmd_simulate(args) -> int:
@@ -205,9 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = emulator_options(sub.add_parser("emulator", help="run the offline StepFun emulator"))
     p.set_defaults(func=cmd_emulator)
 
-    p = sub.add_parser("demo", help="one simulated Twilio call against an in-process server and emulator")
+    p = sub.add_parser("demo", help="one simulated Twilio call, then a small outbound campaign, against an "
+                       "in-process server and emulator")
     p.add_argument("--config")
     p.add_argument("--wav-out", default="demo-call.wav", help="stereo recording: caller left, bot right")
+    p.add_argument("--campaign", action="store_true", help="only the outbound campaign")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("simulate", help="place one simulated Twilio call against a running server")

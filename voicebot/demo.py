@@ -66,8 +66,13 @@ def _server_view(transcripts_dir: Path) -> list[str]:
     files = sorted(transcripts_dir.glob("*/*.jsonl"), key=lambda p: p.stat().st_mtime)
     if not files:
         return ["(no transcript written)"]
-    lines = [f"transcript {files[-1]}"]
-    for record in read_transcript(files[-1]):
+    return transcript_lines(files[-1])
+
+
+def transcript_lines(path: Path) -> list[str]:
+    """A call's transcript file as the demo shows it."""
+    lines = [f"transcript {path}"]
+    for record in read_transcript(path):
         if record["type"] == "turn":
             extra = f" [interrupted, caller heard {record['heard_ms']} ms]" if record.get("interrupted") else ""
             lines.append(f"  {record['role']:>9}: {record['text']}{extra}")
@@ -82,13 +87,31 @@ def _server_view(transcripts_dir: Path) -> list[str]:
             lines.append(f"  transfer to {record['target_name']} ({record['target']}) after the last words played")
         elif record["type"] == "dtmf":
             lines.append(f"  keypress: {record['digit']}")
+        elif record["type"] == "amd_verdict":
+            lines.append(f"  answering-machine verdict: {record['answered_by']} ({record['t_ms']} ms into the call)")
         elif record["type"] == "call_end":
             lines.append(f"  call end: {record['end_reason']}; first bot audio {record['first_bot_audio_ms']} ms "
                          f"after the call started; {record['user_turns']} caller turns, {record['barge_ins']} barge-ins")
     return lines
 
 
-def _free_port() -> int:
+def fake_twilio_account() -> tuple[str, str]:
+    """(Account SID, auth token) for a faked Twilio: signatures stay checked, with a token only this demo knows."""
+    return "AC" + secrets.token_hex(16), secrets.token_hex(16)
+
+
+def offline_settings(settings, port: int, twilio_api):
+    """``settings`` for a demo server on loopback ``port``: its files in a new temporary folder, Twilio's REST API
+    the fake ``twilio_api``."""
+    work = Path(tempfile.mkdtemp(prefix="voicebot-demo-"))
+    return dataclasses.replace(
+        settings, public_url=f"http://127.0.0.1:{port}", transcripts_dir=work / "transcripts",
+        recordings_dir=work / "recordings", database_url=f"sqlite:///{work / 'voicebot.db'}",
+        twilio=dataclasses.replace(settings.twilio, auth_token=twilio_api.auth_token, validate_signatures=True,
+                                   account_sid=twilio_api.account_sid, api_base_url=twilio_api.base_url))
+
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -108,13 +131,18 @@ def _demo_dialplan(dialplan):
     if "sales" not in persona.tools.transfer:
         return dialplan, persona
     demo = dataclasses.replace(persona, record=True, instructions=f"{persona.instructions.rstrip()}\n{DEMO_TRANSFER}")
-    dialplan.personas[dialplan.personas.index(persona)] = demo
+    replace_persona(dialplan, persona, demo)
+    return dialplan, demo
+
+
+def replace_persona(dialplan, persona, replacement) -> None:
+    """``replacement`` takes ``persona``'s place in the dialplan: its name, its numbers, default or not."""
+    dialplan.personas[dialplan.personas.index(persona)] = replacement
     for number, owner in dialplan.by_number.items():
         if owner is persona:
-            dialplan.by_number[number] = demo
+            dialplan.by_number[number] = replacement
     if dialplan.default is persona:
-        dialplan.default = demo
-    return dialplan, demo
+        dialplan.default = replacement
 
 
 async def run_demo(config: str | None = None, wav_out: str = "demo-call.wav") -> int:
@@ -126,16 +154,9 @@ async def run_demo(config: str | None = None, wav_out: str = "demo-call.wav") ->
 
     settings = load_settings(config)
     configure_logging(settings.log_format, "warning")
-    port = _free_port()
-    work = Path(tempfile.mkdtemp(prefix="voicebot-demo-"))
-    auth_token = secrets.token_hex(16)   # signatures stay checked, with a token only this demo knows
-    account_sid = "AC" + secrets.token_hex(16)
-    twilio_api = await FakeTwilioApi(account_sid, auth_token).start()   # Twilio's REST API, on loopback
-    settings = dataclasses.replace(
-        settings, public_url=f"http://127.0.0.1:{port}", transcripts_dir=work / "transcripts",
-        recordings_dir=work / "recordings", database_url=f"sqlite:///{work / 'voicebot.db'}",
-        twilio=dataclasses.replace(settings.twilio, auth_token=auth_token, validate_signatures=True,
-                                   account_sid=account_sid, api_base_url=twilio_api.base_url))
+    port = free_port()
+    twilio_api = await FakeTwilioApi(*fake_twilio_account()).start()   # Twilio's REST API, on loopback
+    settings = offline_settings(settings, port, twilio_api)
     dialplan, persona = _demo_dialplan(load_dialplan(settings.dialplans_dir))
     backend = "embedded StepFun emulator" if settings.stepfun.emulated else f"StepFun at {settings.stepfun.base_url}"
     print(f"voicebot demo: server on loopback with the {backend}, Twilio's REST API faked on loopback; "
@@ -145,7 +166,7 @@ async def run_demo(config: str | None = None, wav_out: str = "demo-call.wav") ->
         print(f"calling {DEMO_NUMBER} → persona {persona.name!r}; the caller asks a question, talks over the "
               "bot's reply, then presses 1 and the bot transfers the call to sales\n")
         result = await simulate_twilio_call(
-            url, to=DEMO_NUMBER, auth_token=auth_token, max_duration_s=45.0, carrier_api=twilio_api,
+            url, to=DEMO_NUMBER, auth_token=twilio_api.auth_token, max_duration_s=45.0, carrier_api=twilio_api,
             script=caller_script(read_wav_8k(FIXTURES / "caller_en.wav"),
                                  read_wav_8k(FIXTURES / "caller_interrupt.wav"), press="1"))
     finally:
