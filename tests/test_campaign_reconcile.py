@@ -136,3 +136,12 @@ async def test_at_startup_placed_calls_whose_callbacks_were_lost_are_asked_about
     row = await attempt_row(rig, claimed.attempt_id)
     assert (row.state, row.outcome) == ("ended", "busy")
     assert await contact_attempts(rig, claimed.phone) == (1, "done")     # busy is not retried in this campaign
+
+
+async def test_a_carrier_that_cannot_dial_fails_the_attempt_at_once(rig):
+    spec, claimed = await claim(rig)
+    rig.service.client("twilio").dial_problem = "TWILIO_ACCOUNT_SID is not set"
+    await rig.service.dial(spec, claimed)
+    row = await attempt_row(rig, claimed.attempt_id)
+    assert (row.state, row.outcome) == ("ended", "failed") and "TWILIO_ACCOUNT_SID" in row.detail
+    assert rig.fake.requests == []

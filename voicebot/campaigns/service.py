@@ -133,10 +133,13 @@ class CampaignService:
         bound = log.bind(campaign=spec.name, attempt_id=claim.attempt_id, attempt=claim.number)
         client = self.client(spec.carrier)
         now = self.clock.now()
-        if client is None:
+        problem = (f"no {spec.carrier} call-control client is configured" if client is None
+                   else client.dial_problem and f"{spec.carrier} cannot dial: {client.dial_problem}")
+        if problem:
+            # Certain before any request: the attempt fails now (it must not hold a place waiting for a reconcile).
+            bound.error("dial_impossible", problem=problem)
             await self.store.mark_dialing(claim.attempt_id, now=now)
-            await self.settle(claim.attempt_id, "failed", f"no {spec.carrier} call-control client is configured",
-                              spec=spec)
+            await self.settle(claim.attempt_id, "failed", problem, spec=spec)
             return
         self._contexts[claim.attempt_id] = {"spec": spec, "claim": claim}
         await self.store.mark_dialing(claim.attempt_id, now=now)
