@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from ..telephony.rest import CallControlError
 from .clock import Clock
 
 if TYPE_CHECKING:
@@ -275,5 +274,3 @@ class Reconciler:
             return 0
         return 1 if await self.service.apply_progress(attempt.id, progress) else 0
 
-
-__all__ = ["CallControlError", "CampaignRunner", "Dialer", "Reconciler"]
