@@ -93,6 +93,9 @@ async def test_twilio_campaign_every_outcome_limits_retries_dnc_voicemail(tmp_pa
         app[SERVICES].campaigns.dialer.wake()
         await until(lambda: state_is(store, "reminders-all", "done"), timeout=90, what="the campaign done")
         rows = {row["phone"]: row for row in await store.export_rows(campaign_id)}
+        async with store.engine.connect() as conn:
+            slot_times = (await conn.execute(sa.text("SELECT dial_at FROM attempts WHERE campaign_id = :c"),
+                                             {"c": campaign_id})).scalars().all()
     finally:
         await runner.cleanup()
 
@@ -100,8 +103,10 @@ async def test_twilio_campaign_every_outcome_limits_retries_dnc_voicemail(tmp_pa
     assert {n: dials_to(fake, n) for n in (HUMAN, MACHINE, BUSY, SILENT, GONE, BLOCKED)} == \
         {HUMAN: 1, MACHINE: 1, BUSY: 2, SILENT: 1, GONE: 0, BLOCKED: 2}
     assert fake.max_live_seen <= 2
-    gaps = np.diff(sorted(fake.dial_times))
-    assert gaps.min() >= 0.5 - 0.05, f"dials closer than 1/calls_per_second: {gaps}"
+    slots = np.diff(sorted(slot_times))
+    assert slots.min() >= 0.5 - 1e-6, f"dial slots closer than 1/calls_per_second: {slots}"
+    arrivals = np.array(sorted(fake.dial_times))      # arrival times jitter with load: dials per 2 s
+    assert max(int(np.searchsorted(arrivals, t + 2.0)) - i for i, t in enumerate(arrivals)) <= 2 * 2 + 1
     assert {n: (r["outcome"], int(r["attempts"])) for n, r in rows.items()} == {
         HUMAN: ("confirmed", 1), MACHINE: ("voicemail", 1), BUSY: ("busy", 2), SILENT: ("no-answer", 1),
         GONE: ("dnc", 0), BLOCKED: ("failed", 2)}
