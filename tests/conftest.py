@@ -5,14 +5,26 @@ from __future__ import annotations
 import asyncio
 import inspect
 import dataclasses
+import os
 import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from voicebot.audio.wav import read_wav_8k
 from voicebot.config import Settings, StepFunSettings, TwilioSettings
 from voicebot.dialplan import load_dialplan
+
+# The fuzz tests (tests/test_fuzz_*.py): "ci" (the default) is bounded and reproducible -- the same examples on
+# every run (derandomize), nothing remembered between runs -- so the suite stays fast and a failure in CI fails
+# the same way on a laptop. VOICEBOT_FUZZ=deep searches much longer, with fresh random examples each run.
+hypothesis_settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, database=None,
+                                     print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.register_profile("deep", max_examples=5000, deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile(os.environ.get("VOICEBOT_FUZZ", "ci"))
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO_DIALPLANS = Path(__file__).resolve().parent.parent / "dialplans"
