@@ -1,6 +1,7 @@
 """JSON for the per-message paths: orjson when installed (``pip install voicebot[fast]``; a Twilio media
 message parses in ~0.7 µs instead of ~2.4 µs), the standard library otherwise. Both refuse what is not JSON
-with a ``ValueError``."""
+with a ``ValueError`` -- also what they cannot read: nesting past the reader's recursion limit (``[[[[…`` a few
+thousand deep fits in any message) and, in the standard library, integers of over 4300 digits."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ except ImportError:   # pragma: no cover - depends on the environment
 
 
 def loads(data: str | bytes) -> Any:
-    return orjson.loads(data) if orjson is not None else json.loads(data)
+    try:
+        return orjson.loads(data) if orjson is not None else json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deep to read") from None
 
 
 def dumps(value: Any) -> str:

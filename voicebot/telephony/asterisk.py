@@ -21,7 +21,7 @@ import numpy as np
 
 from ..audio.codecs import UnsupportedCodec, WireCodec
 from .base import (Audio, BasicAuthRoute, CallMeta, CarrierEvent, CarrierOptions, CarrierSession,
-                   FatalProtocolError, MarkPlayed, ProtocolError, Started, dtmf, parse_json_object)
+                   FatalProtocolError, MarkPlayed, ProtocolError, Started, decode_audio, dtmf, parse_json_object)
 
 MEDIA_PATH = "/asterisk/media"
 SUBPROTOCOL = "media"
@@ -94,13 +94,13 @@ class AsteriskSession(CarrierSession):
         if self.codec is not None:
             raise ProtocolError("second MEDIA_START on one stream ignored")
         fmt = msg.get("format")
-        if fmt not in FORMATS:
+        if not isinstance(fmt, str) or fmt not in FORMATS:
             raise FatalProtocolError(f"MEDIA_START: format {fmt!r} is not supported "
                                      f"(use c({'|'.join(FORMATS)}) in the dial string)")
         try:
             self.frame_bytes = int(msg.get("optimal_frame_size", 0))
             codec = WireCodec(*FORMATS[fmt])
-        except (TypeError, ValueError, UnsupportedCodec) as exc:
+        except (TypeError, ValueError, OverflowError, UnsupportedCodec) as exc:
             raise FatalProtocolError(f"MEDIA_START: {exc}") from None
         if self.frame_bytes <= 0:
             raise FatalProtocolError(f"MEDIA_START: optimal_frame_size {msg.get('optimal_frame_size')!r} "
@@ -109,17 +109,16 @@ class AsteriskSession(CarrierSession):
         variables = msg.get("channel_variables") if isinstance(msg.get("channel_variables"), dict) else {}
         params = {**{str(k): str(v) for k, v in variables.items()}, **self.query}
         call_id = msg.get("channel_id") or msg.get("connection_id") or "asterisk"
-        return [Started(CallMeta(carrier="asterisk", call_id=str(call_id), stream_id=msg.get("connection_id"),
+        connection_id = msg.get("connection_id")
+        return [Started(CallMeta(carrier="asterisk", call_id=str(call_id),
+                                 stream_id=connection_id if isinstance(connection_id, str) else None,
                                  from_number=params.get("from") or None, to_number=params.get("to") or None,
                                  params=params, persona=params.get("persona") or None))]
 
     def handle_bytes(self, data: bytes) -> list[CarrierEvent]:
         if self.codec is None:
             raise ProtocolError(f"binary media of {len(data)} bytes before MEDIA_START")
-        try:
-            return [Audio(self.codec.decode(data))]
-        except ValueError as exc:
-            raise ProtocolError(f"binary media: {exc}") from None
+        return [Audio(decode_audio(self.codec, data, "binary media"))]
 
     # -- us → Asterisk ----------------------------------------------------------------------------
     def _command(self, command: str, correlation_id: str | None = None) -> str:

@@ -24,8 +24,8 @@ import structlog
 from aiohttp import web
 
 from ..audio.codecs import UnsupportedCodec, WireCodec
-from .base import (Audio, CallMeta, CarrierEvent, CarrierOptions, CarrierSession, Dtmf, FatalProtocolError,
-                   ProtocolError, Started, Stopped, read_carrier_options)
+from .base import (Audio, CallMeta, CarrierEvent, CarrierOptions, CarrierSession, FatalProtocolError, ProtocolError,
+                   Started, Stopped, decode_audio, dtmf, read_carrier_options)
 
 log = structlog.get_logger("voicebot.audiosocket")
 
@@ -77,11 +77,11 @@ class AudioSocketSession(CarrierSession):
             self.call_uuid = str(uuid.UUID(bytes=payload))
             return [Started(CallMeta(carrier="audiosocket", call_id=self.call_uuid, stream_id=self.call_uuid))]
         if kind in SLIN_RATES:
-            return [Audio(self._decoder(kind).decode(payload))]
+            return [Audio(decode_audio(self._decoder(kind), payload, f"audio kind 0x{kind:02x}"))]
         if kind == KIND_DTMF:
             if len(payload) != 1:
                 raise ProtocolError(f"DTMF message of {len(payload)} bytes, expected 1")
-            return [Dtmf(payload.decode("ascii", "replace"))]
+            return [dtmf(payload.decode("latin-1"), "DTMF message")]
         if kind == KIND_HANGUP:
             return [Stopped("hangup message")]
         if kind == KIND_ERROR:

@@ -22,9 +22,11 @@ import numpy as np
 import structlog
 from aiohttp import web
 
+from .. import jsoncodec
 from ..config import Fields
 
 if TYPE_CHECKING:
+    from ..audio.codecs import WireCodec
     from ..call import CallServices
     from ..dialplan import Dialplan
 
@@ -33,8 +35,17 @@ log = structlog.get_logger("voicebot.telephony")
 POLICY_VIOLATION = 1008             # WebSocket close code for refused streams
 
 
+MAX_PROBLEM_CHARS = 300
+
+
 class ProtocolError(Exception):
-    """A carrier message we cannot use; the message says what was wrong with it."""
+    """A carrier message we cannot use; the message says what was wrong with it. It often quotes what the peer
+    sent, which may be a whole 64 kB frame: past ``MAX_PROBLEM_CHARS`` it is cut, as it becomes one log line."""
+
+    def __init__(self, problem: str) -> None:
+        if len(problem) > MAX_PROBLEM_CHARS:
+            problem = f"{problem[:MAX_PROBLEM_CHARS]}… ({len(problem)} characters)"
+        super().__init__(problem)
 
 
 class FatalProtocolError(ProtocolError):
@@ -142,12 +153,22 @@ class CarrierSession(ABC):
 def parse_json_object(text: str) -> dict:
     """One JSON text frame that must hold an object."""
     try:
-        msg = json.loads(text)
-    except ValueError as exc:
+        msg = jsoncodec.loads(text)
+    except json.JSONDecodeError as exc:     # orjson's error is one too
         raise ProtocolError(f"frame is not JSON ({exc.msg} at char {exc.pos}): {text[:60]!r}") from None
+    except ValueError as exc:               # JSON the reader cannot take (nested too deep, a 5000-digit number)
+        raise ProtocolError(f"frame is not usable JSON ({exc}): {text[:60]!r}") from None
     if not isinstance(msg, dict):
         raise ProtocolError(f"frame is JSON but not an object: {text[:60]!r}")
     return msg
+
+
+def decode_audio(codec: "WireCodec", data: bytes, where: str) -> np.ndarray:
+    """Caller audio from one payload in the stream's codec; a ProtocolError when it is not whole samples."""
+    try:
+        return codec.decode(data)
+    except ValueError as exc:
+        raise ProtocolError(f"{where}: {exc}") from None
 
 
 def require(msg: dict, key: str, kind: type | tuple[type, ...], where: str):
@@ -159,11 +180,18 @@ def require(msg: dict, key: str, kind: type | tuple[type, ...], where: str):
     return value
 
 
+DTMF_KEYS = frozenset("0123456789*#ABCD")
+
+
 def dtmf(value: object, where: str) -> Dtmf:
-    """A DTMF event from a digit field, which carriers write as a string or a number."""
+    """A DTMF event from a digit field, which carriers write as a string or a number. One key of the keypad
+    (RFC 4733: 0-9, *, #, A-D): anything else would reach the model as if the caller had typed it."""
     if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
         raise ProtocolError(f"{where}: no DTMF digit")
-    return Dtmf(str(value))
+    digit = str(value).upper()
+    if digit not in DTMF_KEYS:
+        raise ProtocolError(f"{where}: {value!r} is not a DTMF key (0-9, *, #, A-D)")
+    return Dtmf(digit)
 
 
 def secret_matches(given: str | None, expected: str) -> bool:

@@ -61,9 +61,14 @@ class FreeSwitchSession(JambonzSession):
         return self.opening(msg)
 
     def handle_bytes(self, data: bytes) -> list[CarrierEvent]:
-        if not self.started:             # mod_audio_stream sends no metadata unless given some
-            return self.opening({}) + super().handle_bytes(data)
-        return super().handle_bytes(data)
+        if self.started:
+            return super().handle_bytes(data)
+        events = self.opening({})        # mod_audio_stream sends no metadata unless given some: audio starts the call
+        try:
+            return events + super().handle_bytes(data)
+        except ProtocolError:
+            self.decoder = self.encoder = None    # not started after all: the next good frame starts the call
+            raise
 
     def opening(self, msg: dict) -> list[CarrierEvent]:
         params = call_params(msg, self.query)

@@ -16,15 +16,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..audio.codecs import UnsupportedCodec, WireCodec
-from .base import (Audio, CallMeta, CarrierEvent, CarrierOptions, CarrierSession, Dtmf, MarkPlayed, ProtocolError,
-                   Started, Stopped, parse_json_object, require)
+from .base import (Audio, CallMeta, CarrierEvent, CarrierOptions, CarrierSession, MarkPlayed, ProtocolError, Started,
+                   Stopped, decode_audio, dtmf, parse_json_object, require)
 
 
 def codec_for(encoding: object, rate: object, where: str, *, byteorder: str = "little") -> WireCodec:
     """The call's codec from the carrier's stated format, or a ProtocolError naming what is unusable."""
     try:
         return WireCodec(str(encoding), int(rate), byteorder=byteorder)   # type: ignore[arg-type]
-    except (UnsupportedCodec, ValueError, TypeError) as exc:
+    except (UnsupportedCodec, ValueError, TypeError, OverflowError) as exc:     # OverflowError: 1e999 Hz
         raise ProtocolError(f"{where}: unusable audio format {encoding!r} at {rate!r} Hz: {exc}") from None
 
 
@@ -94,10 +94,7 @@ class JsonStreamSession(CarrierSession):
     def decoded(self, raw: bytes, where: str) -> list[CarrierEvent]:
         if self.codec is None:
             raise ProtocolError(f"{where}: media before start")
-        try:
-            pcm = self.codec.decode(raw)
-        except ValueError as exc:
-            raise ProtocolError(f"{where}: {exc}") from None
+        pcm = decode_audio(self.codec, raw, where)
         return [Audio(pcm)] if len(pcm) else []
 
     def encoded(self, frame: np.ndarray) -> str:
@@ -139,7 +136,7 @@ class SnakeCaseSession(JsonStreamSession):
         return self.audio(media.get("payload"), f"media chunk {media.get('chunk')!r}")
 
     def on_dtmf(self, msg: dict) -> list[CarrierEvent]:
-        return [Dtmf(require(require(msg, "dtmf", dict, "dtmf"), "digit", str, "dtmf.dtmf"))]
+        return [dtmf(require(require(msg, "dtmf", dict, "dtmf"), "digit", str, "dtmf.dtmf"), "dtmf.dtmf")]
 
     def on_mark(self, msg: dict) -> list[CarrierEvent]:
         return [MarkPlayed(require(require(msg, "mark", dict, "mark"), "name", str, "mark.mark"))]

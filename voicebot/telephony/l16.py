@@ -29,7 +29,7 @@ def parse_rate(value: object, where: str) -> int:
         text = text.split(";rate=", 1)[1].split(";", 1)[0]
     try:
         return int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
-    except ValueError:
+    except (ValueError, OverflowError):    # OverflowError: "infk"
         raise FatalProtocolError(f"{where}: sample rate {value!r} is not a number") from None
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from aiohttp import web
 
 from ..config import Fields
-from .base import CallMeta, CarrierEvent, Dtmf, MarkPlayed, MediaRoute, ProtocolError, require, secret_matches
+from .base import CallMeta, CarrierEvent, MarkPlayed, MediaRoute, ProtocolError, dtmf, require, secret_matches
 from .jsonstream import JsonStreamSession, codec_for, compact, string_params
 
 MEDIA_PATH = "/plivo/media"
@@ -83,7 +83,7 @@ class PlivoSession(JsonStreamSession):
         return self.audio(media.get("payload"), f"media chunk {media.get('chunk')!r}")
 
     def on_dtmf(self, msg: dict) -> list[CarrierEvent]:
-        return [Dtmf(require(require(msg, "dtmf", dict, "dtmf"), "digit", str, "dtmf.dtmf"))]
+        return [dtmf(require(require(msg, "dtmf", dict, "dtmf"), "digit", str, "dtmf.dtmf"), "dtmf.dtmf")]
 
     def on_played(self, msg: dict) -> list[CarrierEvent]:
         return [MarkPlayed(require(msg, "name", str, "playedStream"))]

@@ -117,7 +117,7 @@ class TelnyxSession(SnakeCaseSession):
             return self.dispatch(msg)
         try:
             number = int(seq)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ProtocolError(f"{msg.get('event')}: sequence_number {seq!r} is not a number") from None
         released = self._order.push(number, msg)
         if released is None:

@@ -11,9 +11,11 @@ import numpy as np
 import structlog
 from aiohttp import web
 
-from .. import jsoncodec, latency
-from ..audio.codecs import UnsupportedCodec, WireCodec
-from .base import Audio, CallMeta, CarrierSession, Dtmf, MarkPlayed, ProtocolError, Started, Stopped
+from .. import latency
+from ..audio.codecs import WireCodec
+from .base import (Audio, CallMeta, CarrierSession, MarkPlayed, ProtocolError, Started, Stopped, dtmf,
+                   parse_json_object)
+from .jsonstream import codec_for
 from .twilio_auth import StreamTokens, stream_token_secret, validate_signature
 
 log = structlog.get_logger("voicebot.twilio")
@@ -47,12 +49,7 @@ class TwilioSession(CarrierSession):
     def handle_text(self, text: str):
         if latency.ENABLED:
             latency.arrival, latency.arrival_side = latency.clock(), "carrier"
-        try:
-            msg = jsoncodec.loads(text)
-        except ValueError as exc:
-            raise ProtocolError(f"frame is not JSON ({exc.msg} at char {exc.pos}): {text[:60]!r}") from None
-        if not isinstance(msg, dict):
-            raise ProtocolError(f"frame is JSON but not an object: {text[:60]!r}")
+        msg = parse_json_object(text)
         event = msg.get("event")
         if event == "media":
             if self.stream_sid is None:
@@ -67,17 +64,26 @@ class TwilioSession(CarrierSession):
                 audio = binascii.a2b_base64(payload, strict_mode=True)   # b64decode(validate=True), cheaper
             except (binascii.Error, ValueError):
                 raise ProtocolError(f"media chunk {media.get('chunk')!r}: payload is not valid base64") from None
-            return [Audio(self.codec.decode(audio))]
+            try:
+                return [Audio(self.codec.decode(audio))]
+            except ValueError as exc:     # an L16 payload (SignalWire) that is not whole samples
+                raise ProtocolError(f"media chunk {media.get('chunk')!r}: {exc}") from None
         if event == "mark":
             return [MarkPlayed(_field(_field(msg, "mark", dict, "mark"), "name", str, "mark.mark"))]
         if event == "start":
+            if self.stream_sid is not None:      # the call runs on the first one's codec and stream
+                raise ProtocolError("second start message on one stream ignored")
             start = _field(msg, "start", dict, "start")
             stream_sid = _field(start, "streamSid", str, "start.start")
             call_sid = _field(start, "callSid", str, "start.start")
             params = start.get("customParameters") or {}
             if not isinstance(params, dict):
                 raise ProtocolError("start.start: customParameters is not an object")
-            self.codec = self.codec_for(start.get("mediaFormat") or {})
+            media_format = start.get("mediaFormat") or {}
+            if not isinstance(media_format, dict):
+                raise ProtocolError("start.start: mediaFormat is not an object")
+            self.codec = codec_for(media_format.get("encoding", "audio/x-mulaw"), media_format.get("sampleRate", 8000),
+                                   "start.start.mediaFormat")
             self.stream_sid = stream_sid
             sid = json.dumps(stream_sid)
             self._prefix = '{"event":"media","streamSid":' + sid + ',"media":{"payload":"'
@@ -90,17 +96,10 @@ class TwilioSession(CarrierSession):
         if event == "connected":
             return []
         if event == "dtmf":
-            return [Dtmf(str(_field(_field(msg, "dtmf", dict, "dtmf"), "digit", str, "dtmf.dtmf")))]
+            return [dtmf(_field(_field(msg, "dtmf", dict, "dtmf"), "digit", str, "dtmf.dtmf"), "dtmf.dtmf")]
         if event == "stop":
             return [Stopped("stop message")]
         raise ProtocolError(f"unknown event {event!r}")
-
-    def codec_for(self, media_format: dict) -> WireCodec:
-        try:
-            return WireCodec(str(media_format.get("encoding", "audio/x-mulaw")),
-                             int(media_format.get("sampleRate", 8000)))
-        except (UnsupportedCodec, ValueError, TypeError) as exc:
-            raise ProtocolError(f"start.start: unusable mediaFormat {media_format}: {exc}") from None
 
     def authorize(self, meta: CallMeta) -> str | None:
         if self._upgrade_signed:

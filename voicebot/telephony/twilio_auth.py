@@ -95,7 +95,7 @@ class StreamTokens:
         if not token:
             return "missing token"
         expiry_text, _, mac = token.partition(".")
-        if not expiry_text.isdigit() or not mac:
+        if not (expiry_text.isascii() and expiry_text.isdigit()) or not mac:    # int() refuses "²", a digit
             return "malformed token"
         expiry = int(expiry_text)
         if not hmac.compare_digest(self._mac(expiry, call_sid, to, from_), mac):
