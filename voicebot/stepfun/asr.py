@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import structlog
 
-from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status
+from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status, http_status
 from .http import SseStream, StepFunClient, StepFunHttp, Timeouts
 
 log = structlog.get_logger("voicebot.stepfun")
@@ -79,14 +79,10 @@ def _stream_error(event: dict, what: str, trace_id: str | None) -> StepFunError:
     if not message and isinstance(event.get("error"), dict):
         message = event["error"].get("message")
     message = str(message or "error event without a message")
-    status = event.get("status") or event.get("code")
-    try:
-        status_int = int(status) if status is not None else None
-    except (TypeError, ValueError):
-        status_int = None
+    status = http_status(event.get("status") or event.get("code"))
     text = f"{what}: error in stream: {message}"
-    if status_int is not None and 400 <= status_int < 600:
-        return error_for_status(status_int, text, type="stream_error", trace_id=trace_id)
+    if status is not None:
+        return error_for_status(status, text, type="stream_error", trace_id=trace_id)
     if "block" in message.lower() or "censor" in message.lower():
         return StepFunRequestError(text, type="censorship_block", trace_id=trace_id)
     return StepFunUnavailable(text, type="stream_error", trace_id=trace_id)

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import structlog
 
-from .errors import StepFunError, StepFunUnavailable, error_for_status
+from .errors import StepFunError, StepFunUnavailable, error_for_status, http_status
 from .http import SseStream, StepFunClient, StepFunHttp, Timeouts
 
 log = structlog.get_logger("voicebot.stepfun")
@@ -29,6 +29,7 @@ log = structlog.get_logger("voicebot.stepfun")
 CHAT_MODEL = "stepaudio-2.5-chat"
 CHAT_PATH = "chat/completions"
 CUT_REASONS = ("length", "content_filter")
+MAX_TOOL_CALLS = 128     # per reply: a fragment indexed past it is dropped (10**9 would fill memory)
 
 
 @dataclass
@@ -51,12 +52,9 @@ def _error_in_body(doc: dict, what: str, trace_id: str | None) -> StepFunError:
     message = err.get("message") if isinstance(err, dict) else err
     err_type = err.get("type") if isinstance(err, dict) else None
     code = err.get("code") if isinstance(err, dict) else None
-    try:
-        status = int(code) if code is not None else None
-    except (TypeError, ValueError):
-        status = None
+    status = http_status(code)
     text = f"{what}: error in stream: {message or 'no message'}"
-    if status is not None and 400 <= status < 600:
+    if status is not None:
         return error_for_status(status, text, type=err_type, trace_id=trace_id)
     return StepFunUnavailable(text, type=err_type, code=None if code is None else str(code), trace_id=trace_id)
 
@@ -69,7 +67,7 @@ def _merge_tool_calls(calls: list[dict], deltas: Any) -> None:
         if not isinstance(d, dict):
             continue
         index = d.get("index", len(calls))
-        if not isinstance(index, int) or index < 0:
+        if not isinstance(index, int) or not 0 <= index < MAX_TOOL_CALLS:   # calls are filled in up to the index
             continue
         while len(calls) <= index:
             calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
@@ -112,7 +110,8 @@ class ChatStream(SseStream[str]):
         if isinstance(event.get("usage"), dict):
             self.usage = event["usage"]
         piece = ""
-        for choice in event.get("choices") or ():
+        choices = event.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
@@ -201,7 +200,7 @@ class ChatClient(StepFunClient):
             raise StepFunUnavailable("chat: answer is not a JSON object", trace_id=trace_id)
         if "error" in doc:
             raise _error_in_body(doc, "chat", trace_id)
-        choices = doc.get("choices") or []
+        choices = doc.get("choices") if isinstance(doc.get("choices"), list) else []
         first = choices[0] if choices and isinstance(choices[0], dict) else {}
         message = first.get("message") if isinstance(first.get("message"), dict) else {}
         content = message.get("content")

@@ -44,6 +44,16 @@ class StepFunRequestError(StepFunError):
     """400/404/451: the request itself was rejected."""
 
 
+def http_status(value: object) -> int | None:
+    """The HTTP status an error event carries in its ``status`` or ``code`` (a number or its text; None when
+    there is none: absent, other text, 1e999)."""
+    try:
+        status = int(value)      # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return status if 400 <= status < 600 else None
+
+
 def error_for_status(status: int, message: str, **fields) -> StepFunError:
     if status in (401, 403):
         cls = StepFunAuthError

@@ -25,14 +25,13 @@ from __future__ import annotations
 import abc
 
 import asyncio
-import json
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Mapping, Self, TypeVar
 
 import aiohttp
 import structlog
 
-from .. import latency
+from .. import jsoncodec, latency
 from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status
 
 log = structlog.get_logger("voicebot.stepfun")
@@ -89,7 +88,7 @@ def error_from_body(status: int, body: bytes | str, *, what: str, trace_id: str 
     err_type: str | None = None
     code: str | None = None
     try:
-        doc = json.loads(text) if text.strip() else None
+        doc = jsoncodec.loads(text) if text.strip() else None
     except ValueError:
         doc = None
     if isinstance(doc, dict):
@@ -197,7 +196,7 @@ class StepFunHttp:
         trace_id = trace_id_of(resp)
         body = await read_body(resp, what)
         try:
-            return json.loads(body), trace_id
+            return jsoncodec.loads(body), trace_id
         except ValueError:
             raise StepFunUnavailable(f"{what}: answer is not JSON: {body[:120]!r}", trace_id=trace_id) from None
 
@@ -379,7 +378,7 @@ class SseStream(abc.ABC, Generic[T]):
                         raise StopAsyncIteration
                     continue
                 try:
-                    event = json.loads(payload)
+                    event = jsoncodec.loads(payload)
                 except ValueError:
                     if self._log_bad_event:
                         log.warning(self._log_bad_event, trace_id=self.trace_id, payload=payload[:120])

@@ -131,7 +131,9 @@ class RealtimeConnection(abc.ABC):
         if not isinstance(event, dict):
             return
         if self.session_id is None and event.get("type") == "session.created":
-            self.session_id = (event.get("session") or {}).get("id")
+            session = event.get("session")
+            session_id = session.get("id") if isinstance(session, dict) else None
+            self.session_id = session_id if isinstance(session_id, str) else None
         if self._listener is not None:
             self._listener(event)
         else:

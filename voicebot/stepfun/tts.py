@@ -39,8 +39,8 @@ import aiohttp
 import numpy as np
 import structlog
 
-from .. import latency
-from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status
+from .. import jsoncodec, latency
+from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status, http_status
 from .http import (SseStream, StepFunClient, StepFunHttp, TRACE_HEADER, Timeouts, trace_id_of,
                    transport_error)
 
@@ -104,6 +104,19 @@ def split_text(text: str, limit: int = MAX_INPUT_CHARS) -> list[str]:
     return pieces
 
 
+def audio_bytes(value: object, trace_id: str | None) -> bytes:
+    """The base64 ``audio`` of a TTS event (absent: none); StepFunUnavailable when it is something else."""
+    if value is None or value == "":
+        return b""
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value)
+        except ValueError:      # binascii.Error: bad padding; non-ASCII text
+            pass
+    raise StepFunUnavailable(f"tts: event audio is not base64 ({type(value).__name__}, {len(str(value))} chars)",
+                             trace_id=trace_id)
+
+
 class _Pcm16:
     """Bytes → int16 samples, keeping an odd trailing byte for the next chunk."""
 
@@ -147,13 +160,13 @@ class TtsHttpStream(SseStream[np.ndarray]):
     def _on_event(self, event: dict) -> np.ndarray | None:
         kind = event.get("type")
         if kind == "speech.audio.delta":
-            pcm = self._pcm.feed(base64.b64decode(event.get("audio") or ""))
+            pcm = self._pcm.feed(audio_bytes(event.get("audio"), self.trace_id))
             if len(pcm):
                 self.samples += len(pcm)
                 return pcm
         elif kind == "speech.audio.done":
             self.completed = True
-            tail = self._pcm.feed(base64.b64decode(event.get("audio") or ""))
+            tail = self._pcm.feed(audio_bytes(event.get("audio"), self.trace_id))
             if len(tail) and self.samples == 0:
                 self.samples += len(tail)
                 return tail
@@ -318,7 +331,7 @@ class TtsStream:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     self._last_event = asyncio.get_running_loop().time()
                     try:
-                        event = json.loads(msg.data)
+                        event = jsoncodec.loads(msg.data)
                     except ValueError:
                         log.warning("stepfun.tts_ws_bad_event", session_id=self.session_id, data=msg.data[:120])
                         continue
@@ -340,7 +353,7 @@ class TtsStream:
         kind = event.get("type")
         data = event.get("data") if isinstance(event.get("data"), dict) else {}
         if kind == "tts.response.audio.delta":
-            self._emit(self._pcm.feed(base64.b64decode(data.get("audio") or "")))
+            self._emit(self._pcm.feed(audio_bytes(data.get("audio"), self.session_id)))
         elif kind == "tts.response.sentence.start":
             self.sentences.append(TtsSentence(str(data.get("text") or ""), self.samples_received,
                                               sentence_id=data.get("sentence_id")))
@@ -351,7 +364,7 @@ class TtsStream:
                     break
         elif kind == "tts.response.audio.done":
             if self.samples_received == 0:  # "audio" may carry the whole job instead of deltas
-                self._emit(self._pcm.feed(base64.b64decode(data.get("audio") or "")))
+                self._emit(self._pcm.feed(audio_bytes(data.get("audio"), self.session_id)))
             self.audio_done = True
             log.debug("stepfun.tts_ws_done", session_id=self.session_id, samples=self.samples_received)
             self._queue.put_nowait(_END)
@@ -387,12 +400,9 @@ def ws_error(data: Mapping[str, Any], session_id: str | None) -> StepFunError:
     if isinstance(details, dict) and details.get("error") and str(details["error"]) != message:
         message += f" ({details['error']})"
     code = data.get("code")
-    try:
-        status = int(code)
-    except (TypeError, ValueError):
-        status = None
+    status = http_status(code)
     text = f"tts: {message}"
-    if status is not None and 400 <= status < 600:
+    if status is not None:
         return error_for_status(status, text, code=str(code), trace_id=session_id)
     return StepFunUnavailable(text, code=None if code is None else str(code), trace_id=session_id)
 
@@ -525,7 +535,7 @@ async def _expect(ws: aiohttp.ClientWebSocketResponse, wanted: str, session_id: 
                                          trace_id=session_id)
             continue
         try:
-            event = json.loads(msg.data)
+            event = jsoncodec.loads(msg.data)
         except ValueError:
             continue
         if not isinstance(event, dict):

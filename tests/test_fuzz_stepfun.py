@@ -1,0 +1,319 @@
+"""What StepFun sends back, broken: the event-stream readers of ASR, chat and TTS (voicebot/stepfun/http.py
+``SseStream`` and its subclasses), the TTS WebSocket reader, and the realtime event reader
+(voicebot/stepfun/realtime.py), each fed real events with fields broken, broken JSON, odd lines and bytes,
+cut into network reads at arbitrary points.
+
+Properties: a stream yields items of its type and then ends, or raises a ``StepFunError`` (the clients'
+documented error, which the engines turn into a failover) with a message -- never anything else; the
+realtime reader hands on JSON objects only and never raises, whatever the socket carries."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import struct
+
+import aiohttp
+import numpy as np
+from hypothesis import example, given
+from hypothesis import strategies as st
+from websockets.uri import parse_uri
+
+from voicebot.stepfun.asr import AsrStream
+from voicebot.stepfun.chat import ChatStream, _merge_tool_calls
+from voicebot.stepfun.errors import StepFunError
+from voicebot.stepfun.http import SSEReader, Timeouts, error_from_body
+from voicebot.stepfun.realtime import RealtimeConnection, _SansIoConnection
+from voicebot.stepfun.tts import TtsHttpStream, TtsStream
+
+from fuzzing import json_messages
+
+AUDIO = base64.b64encode(np.arange(-300, 301, 7, dtype="<i2").tobytes()).decode()
+
+ASR_EVENTS = [{"type": "transcript.text.delta", "delta": "hello ", "meta": {"session_id": "s1"}},
+              {"type": "transcript.text.done", "text": "hello there", "usage": {"seconds": 1.2}},
+              {"type": "error", "message": "internal error", "status": 500, "error": {"message": "x"}}]
+CHAT_EVENTS = [{"id": "c1", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+               {"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [
+                   {"index": 0, "id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]},
+               {"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "usage": {"total_tokens": 9}},
+               {"error": {"message": "overloaded", "type": "server_error", "code": "503"}}]
+TTS_EVENTS = [{"type": "speech.audio.delta", "audio": AUDIO},
+              {"type": "speech.audio.done", "audio": ""},
+              {"type": "speech.audio.error", "error": {"message": "bad voice", "type": "request_error"}}]
+
+
+# -- a streamed answer, as aiohttp would hand it over ------------------------------------------------------
+
+class Content:
+    def __init__(self, reads: list[bytes]) -> None:
+        self._reads = list(reads)
+
+    async def readany(self) -> bytes:
+        await asyncio.sleep(0)
+        return self._reads.pop(0) if self._reads else b""
+
+
+class Response:
+    headers = {"X-Trace-Id": "trace-fuzz", "Content-Type": "text/event-stream"}
+
+    def __init__(self, reads: list[bytes]) -> None:
+        self.content = Content(reads)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def sse_lines(events: list[dict]) -> st.SearchStrategy[bytes]:
+    """An event-stream body: ``data:`` lines of real and broken events among the other lines SSE allows."""
+    line = st.one_of(
+        json_messages(events).map(lambda text: b"data: " + text.encode()),
+        st.sampled_from([b"data: [DONE]", b"data:[DONE]", b"", b": keep-alive", b"event: message", b"id: 7",
+                         b"retry: 10", b"data:", b"data: \xff\xfe", b"\xff", b"nonsense"]),
+        st.binary(max_size=30))
+    ending = st.sampled_from([b"\n", b"\r\n", b"\n\n"])
+    return st.lists(st.tuples(line, ending).map(b"".join), max_size=8).map(b"".join)
+
+
+def reads_of(body: bytes) -> st.SearchStrategy[list[bytes]]:
+    return st.lists(st.integers(0, len(body)), max_size=6).map(
+        lambda points: [body[a:b] for a, b in zip([0, *sorted(points)], [*sorted(points), len(body)])])
+
+
+def bodies(events: list[dict]):
+    return sse_lines(events).flatmap(reads_of)
+
+
+def drain(stream, reads: list[bytes], item_type) -> None:
+    """Iterate the stream over the answer ``reads``; only its items, then its end or a StepFunError."""
+    response = Response(reads)
+    stream._resp, stream._reader = response, SSEReader(response, stream._what)
+
+    async def go() -> None:
+        try:
+            async for item in stream:
+                assert isinstance(item, item_type), item
+                if isinstance(item, np.ndarray):
+                    assert item.dtype == np.int16 and item.ndim == 1 and len(item)
+        except StepFunError as exc:
+            assert str(exc).strip()
+        assert response.closed      # whatever ended it, the connection is dropped
+
+    asyncio.run(go())
+
+
+DEEP = b"[" * 20000      # nested past the JSON reader's recursion limit: a RecursionError, before the fix
+
+
+@given(bodies(ASR_EVENTS))
+@example([b"data: " + DEEP + b"\n"])
+@example([b'data: {"type":"error","message":"internal error","status":Infinity}\n'])   # int(inf): OverflowError
+def test_the_asr_stream_yields_text_or_a_stepfun_error(reads) -> None:
+    drain(AsrStream(None, {}, Timeouts()), reads, str)
+
+
+@given(bodies(CHAT_EVENTS))
+@example([b'data:{"choices":1}\n'])                                                   # iterating an int
+@example([b'data: {"error":{"message":"m","code":1e999}}\n'])
+def test_the_chat_stream_yields_text_or_a_stepfun_error(reads) -> None:
+    stream = ChatStream(None, {}, Timeouts())
+    drain(stream, reads, str)
+    for call in stream.result().tool_calls:
+        assert isinstance(call["function"]["name"], str) and isinstance(call["function"]["arguments"], str)
+
+
+@given(bodies(TTS_EVENTS))
+@example([b'data: {"type":"speech.audio.delta","audio":true}\n'])                     # b64decode(True)
+@example([b'data: {"type":"speech.audio.delta","audio":"A"}\n'])                      # bad padding
+def test_the_tts_stream_yields_audio_or_a_stepfun_error(reads) -> None:
+    drain(TtsHttpStream(None, {"sample_rate": 8000}, Timeouts()), reads, np.ndarray)
+
+
+def test_a_tool_call_index_of_a_billion_is_dropped_not_allocated() -> None:
+    calls: list[dict] = []
+    _merge_tool_calls(calls, [{"index": 10 ** 9, "function": {"name": "f"}}, {"index": 0, "id": "t1"}])
+    assert [call["id"] for call in calls] == ["t1"]
+
+
+@given(st.binary(max_size=300) | json_messages([{"error": {"message": "m", "type": "t", "code": 429}}])
+       .map(str.encode), st.sampled_from([400, 401, 402, 404, 429, 500, 503]))
+@example(DEEP, 500)
+def test_an_error_answer_becomes_a_typed_error_whatever_its_body(body, status) -> None:
+    error = error_from_body(status, body, what="fuzz", trace_id=None)
+    assert isinstance(error, StepFunError) and error.status == status and error.message.startswith("fuzz: ")
+
+
+# -- TTS over its WebSocket -------------------------------------------------------------------------------
+
+TTS_WS_EVENTS = [{"type": "tts.response.audio.delta", "data": {"session_id": "s", "audio": AUDIO}},
+                 {"type": "tts.response.sentence.start", "data": {"session_id": "s", "text": "Hi.", "sentence_id": 1}},
+                 {"type": "tts.response.sentence.end", "data": {"session_id": "s"}},
+                 {"type": "tts.response.audio.done", "data": {"session_id": "s", "audio": ""}},
+                 {"type": "tts.response.error", "data": {"session_id": "s", "code": "500", "message": "boom",
+                                                         "details": {"error": "x"}}}]
+
+
+class TtsSocket:
+    """What the TTS stream reads: the messages given, then the close."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self._messages = [aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, text, None) for text in texts]
+
+    async def receive(self) -> aiohttp.WSMessage:
+        await asyncio.sleep(0)
+        if self._messages:
+            return self._messages.pop(0)
+        return aiohttp.WSMessage(aiohttp.WSMsgType.CLOSE, 1000, "")
+
+    async def close(self) -> None:
+        pass
+
+
+@given(st.lists(json_messages(TTS_WS_EVENTS), max_size=8))
+@example(['{"type":"tts.response.error","data":{"code":Infinity,"message":"m"}}'])
+@example(['{"type":"tts.response.audio.delta","data":{"audio":7}}'])
+def test_the_tts_websocket_yields_audio_or_a_stepfun_error(texts) -> None:
+    async def go() -> None:
+        stream = TtsStream(TtsSocket(texts), "s", 8000, read_timeout=1.0)
+        try:
+            async for pcm in stream.audio():
+                assert isinstance(pcm, np.ndarray) and pcm.dtype == np.int16 and len(pcm)
+        except StepFunError as exc:
+            assert str(exc).strip()
+        for sentence in stream.sentences:
+            assert isinstance(sentence.text, str)
+        await stream.close()
+
+    asyncio.run(go())
+
+
+# -- the realtime event reader ---------------------------------------------------------------------------
+
+REALTIME_EVENTS = [
+    {"type": "session.created", "event_id": "e1", "session": {"id": "sess_1", "model": "stepaudio-2.5-realtime"}},
+    {"type": "response.created", "event_id": "e2", "response": {"id": "resp_1", "status": "in_progress"}},
+    {"type": "response.audio.delta", "event_id": "e3", "response_id": "resp_1", "item_id": "item_1",
+     "output_index": 0, "content_index": 0, "delta": AUDIO},
+    {"type": "response.audio_transcript.done", "item_id": "item_1", "transcript": "Hello."},
+    {"type": "response.done", "response": {"id": "resp_1", "status": "completed", "output": [
+        {"type": "function_call", "call_id": "call_1", "name": "hang_up", "arguments": "{}"}]}},
+    {"type": "input_audio_buffer.committed", "item_id": "item_2"},
+    {"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_2", "transcript": "hi"},
+    {"type": "error", "error": {"type": "invalid_request_error", "code": "x", "message": "m", "event_id": "vb_1"}},
+]
+
+
+class Reader(RealtimeConnection):
+    """The realtime reader alone (sending is not what is fuzzed here)."""
+
+    def send_raw(self, text, since=None) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def handed_on(events: list) -> None:
+    for event in events:
+        assert isinstance(event, dict), event
+
+
+@given(st.lists(st.one_of(json_messages(REALTIME_EVENTS), json_messages(REALTIME_EVENTS).map(str.encode),
+                          st.binary(max_size=40)), max_size=8))
+@example(['{"type":"session.created","session":["sess_1"]}'])                       # list.get: AttributeError
+@example([DEEP.decode()])
+def test_the_realtime_reader_hands_on_objects_only_and_never_raises(messages) -> None:
+    reader = Reader("ws://stepfun.test/realtime")
+    events: list = []
+    reader.listen(events.append, lambda: None)
+    for message in messages:
+        reader._deliver(message)
+    handed_on(events)
+    assert reader.session_id is None or isinstance(reader.session_id, str), reader.session_id
+
+
+class Socket:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    head = bytes(((0x80 if fin else 0) | opcode,))
+    if len(payload) < 126:
+        return head + bytes((len(payload),)) + payload
+    if len(payload) < 65536:
+        return head + bytes((126,)) + struct.pack("!H", len(payload)) + payload
+    return head + bytes((127,)) + struct.pack("!Q", len(payload)) + payload
+
+
+@st.composite
+def realtime_frames(draw) -> bytes:
+    text = draw(json_messages(REALTIME_EVENTS)).encode()
+    kind = draw(st.sampled_from(["text", "text", "text", "binary", "fragmented", "ping", "close", "raw"]))
+    if kind == "text":
+        return server_frame(0x1, text)
+    if kind == "binary":
+        return server_frame(0x2, text)
+    if kind == "fragmented":
+        cut = draw(st.integers(0, len(text)))
+        return server_frame(0x1, text[:cut], fin=False) + server_frame(0x0, text[cut:])
+    if kind == "ping":
+        return server_frame(0x9, draw(st.binary(max_size=10)))
+    if kind == "close":
+        return server_frame(0x8, draw(st.sampled_from([b"", b"\x03\xe8", b"\x03\xe8bye", b"\x0f\xa0", b"\x01"])))
+    return draw(st.binary(max_size=20))
+
+
+def realtime_session(events: list) -> _SansIoConnection:
+    """A realtime connection past its handshake, its events going to ``events``."""
+    conn = _SansIoConnection("ws://stepfun.test/realtime", parse_uri("ws://stepfun.test/realtime?model=m"))
+    loop = asyncio.get_running_loop()
+    conn._handshake, conn._lost = loop.create_future(), loop.create_future()
+    request = conn._ws.connect()
+    conn._ws.send_request(request)
+    conn.connection_made(Socket())
+    accept = base64.b64encode(hashlib.sha1(request.headers["Sec-WebSocket-Key"].encode()
+                                           + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    assert conn._handshake.done() and conn._handshake.exception() is None
+    conn.listen(events.append, lambda: None)
+    return conn
+
+
+@given(st.lists(realtime_frames(), max_size=6).map(b"".join).flatmap(reads_of))
+def test_realtime_frames_however_they_arrive_give_objects_only(reads) -> None:
+    async def go() -> list:
+        events: list = []
+        conn = realtime_session(events)
+        for chunk in reads:
+            conn.data_received(chunk)
+        handed_on(events)
+        return events
+
+    async def whole() -> list:
+        events: list = []
+        realtime_session(events).data_received(b"".join(reads))
+        return events
+
+    assert asyncio.run(go()) == asyncio.run(whole())
