@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
@@ -57,6 +58,8 @@ class Fields:
             value = float(value)
         if isinstance(value, bool) and bool not in kinds:
             raise self.error(key, f"expected {_kind_name(kinds)}, got a boolean")
+        if isinstance(value, float) and math.isnan(value):     # .nan would pass every minimum and maximum
+            raise self.error(key, f"expected {_kind_name(kinds)}, got .nan")
         if not isinstance(value, kinds):
             raise self.error(key, f"expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}")
         if choices is not None and value not in choices:
@@ -87,6 +90,10 @@ def load_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(path, f"line {line}", f"not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
+                                                f"{exc.start}); save the file as UTF-8") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -94,6 +101,9 @@ def load_yaml(path: Path) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(position unknown)"
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(path, where, f"invalid YAML: {problem}") from None
+    except Exception as exc:   # PyYAML's value constructors raise their own errors: 2026-13-45, !!int x, !!bool x
+        raise ConfigError(path, "(position unknown)", f"invalid YAML value ({type(exc).__name__}: {exc}); quote a "
+                                                      "value YAML would read as a date, number or tag") from None
 
 
 @dataclass(frozen=True)
@@ -161,10 +171,23 @@ class Settings:
         return {"https": "wss", "http": "ws"}[scheme] + "://" + rest
 
 
+def url_parts(value: str) -> SplitResult | None:
+    """``value`` split as a URL; None when it cannot be (an unclosed IPv6 "[": ``http://[::1``)."""
+    try:
+        return urlsplit(value)
+    except ValueError:
+        return None
+
+
+def absolute_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> bool:
+    """``value`` is a URL with one of ``schemes`` and a host."""
+    parts = url_parts(value)
+    return parts is not None and parts.scheme in schemes and bool(parts.netloc)
+
+
 def _url(fields: Fields, key: str, default: str, schemes: tuple[str, ...]) -> str:
     value = fields.get(key, str, default).rstrip("/")
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.netloc:
+    if not absolute_url(value, schemes):
         raise fields.error(key, f"expected an absolute {'/'.join(schemes)} URL, got {value!r}")
     return value
 
@@ -181,7 +204,8 @@ def _database_url(value: str, base_dir: Path, error: Callable[[str], ConfigError
         raise error("expected sqlite:///<file> or postgresql://user:password@host:port/database, "
                     f"got a {scheme + '://' if sep else 'value without a scheme'} URL")
     if scheme.startswith("postgresql"):
-        if not urlsplit(value).hostname or not urlsplit(value).path.strip("/"):
+        parts = url_parts(value)
+        if parts is None or not parts.hostname or not parts.path.strip("/"):
             raise error("a PostgreSQL URL needs a host and a database: postgresql://user:password@host:port/database")
         return value
     path, _, query = rest.partition("?")
@@ -215,7 +239,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
 
     step = top.section("stepfun")
     base_url = env.get("STEPFUN_BASE_URL") or step.get("base_url", str, DEFAULT_STEPFUN_BASE_URL)
-    if "STEPFUN_BASE_URL" in env and not urlsplit(base_url).netloc:
+    if "STEPFUN_BASE_URL" in env and not absolute_url(base_url):
         raise ConfigError("environment", "STEPFUN_BASE_URL", f"expected an absolute http(s) URL, got {base_url!r}")
     if "STEPFUN_BASE_URL" not in env:
         base_url = _url(step, "base_url", DEFAULT_STEPFUN_BASE_URL, ("http", "https"))
