@@ -126,7 +126,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text) if isinstance(text, str) else None
     if not match:
         raise ValueError(f"expected a duration like 20m, 2h, 1d, got {text!r}")
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is longer than a timedelta holds") from None
 
 
 def load_campaign(path: str | Path) -> CampaignSpec:
@@ -216,7 +219,7 @@ def _check_zone(f: Fields, key: str, name: str) -> None:
 def valid_zone(name: str) -> bool:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):    # OSError: "America" is a folder; a name too long
         return False
     return True
 
