@@ -63,7 +63,7 @@ class CampaignService:
         self.dialer = Dialer(self, self.clock)
         self.reconciler = Reconciler(self, self.clock)
         self._specs: dict[str, CampaignSpec] = {}
-        self._contexts: dict[str, dict] = {}     # attempt id -> what this process dialed (a stream's start reads it)
+        self._contexts: dict[str, dict] = {}     # attempt id -> the spec and claim of an attempt this process dialed
         self._background: set[asyncio.Task] = set()
         self._secret = b""      # set by load_key() before the service starts
 
@@ -181,6 +181,20 @@ class CampaignService:
             self._tell_call(attempt_id, progress.answered_by)
         if progress.status == "dialed":       # the carrier has it and it does not ring yet: nothing new
             return changed
+        known = self._contexts.get(attempt_id)
+        if progress.status in TERMINAL and known is not None:
+            # An attempt this process dialed: its campaign is known, so the final status and the attempt's end
+            # are one transaction (a callback per attempt that a campaign's rate makes count).
+            spec = known["spec"]
+            ended = await self.store.final_progress(
+                attempt_id, carrier_call_id=progress.carrier_call_id, status=progress.status, now=self.clock.now(),
+                sequence=progress.sequence, duration_s=progress.duration_s, detail=progress.detail,
+                outcome_of=attempt_outcome, retry_after=self.retry_function(spec), due=self.due_function(spec))
+            if ended is None:
+                return changed
+            self._contexts.pop(attempt_id, None)
+            log.info("attempt_ended", attempt_id=attempt_id, outcome=ended.outcome, detail=ended.detail)
+            return True
         row = await self.store.attempt_progress(
             attempt_id, carrier_call_id=progress.carrier_call_id, status=progress.status, now=self.clock.now(),
             sequence=progress.sequence, duration_s=progress.duration_s, detail=progress.detail)
