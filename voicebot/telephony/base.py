@@ -22,6 +22,7 @@ import numpy as np
 import structlog
 from aiohttp import web
 
+from .. import metrics
 from ..config import Fields
 
 if TYPE_CHECKING:
@@ -191,6 +192,7 @@ def basic_auth_problem(request: web.Request, username: str, password: str | None
 def refuse_upgrade(request: web.Request, carrier: str, reason: str, *, basic_realm: str | None = None) -> web.Response:
     """Answer an unauthenticated media-stream upgrade with 401 before any audio flows."""
     log.warning("media_stream_refused", carrier=carrier, reason=reason, peer=request.remote, path=request.path)
+    metrics.stream_refused(carrier, "auth")
     headers = {"WWW-Authenticate": f'Basic realm="{basic_realm}"'} if basic_realm else None
     return web.Response(status=401, text="unauthorized\n", headers=headers)
 
