@@ -196,3 +196,19 @@ def test_prometheus_config_only_scrapes(tmp_path):
     config = yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))
     assert set(config) <= {"global", "scrape_configs"}, set(config)
     assert load_yaml_documents(PROMETHEUS) == [config]
+
+
+def test_readme_production_section_names_real_files_and_commands():
+    """README's "Running in production": every deploy/ path it names exists, every compose command uses the
+    compose file, and the proxy timeouts it shows outlast the example dialplans' longest call."""
+    readme = (DEPLOY.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Running in production", 1)[1].split("\n## ", 1)[0]
+    for path in set(re.findall(r"deploy/[\w./-]*[\w/]", section)) - {"deploy/.env"}:   # the operator's, gitignored
+        assert (DEPLOY.parent / path).exists(), f"README names {path}, which does not exist"
+    commands = re.findall(r"(?m)^docker compose .*$", section)
+    assert commands and all(c.startswith("docker compose -f deploy/docker-compose.yml ") for c in commands), commands
+    assert "docker compose -f deploy/docker-compose.yml up --build -d" in commands[0]
+    from voicebot.dialplan import load_dialplan
+    longest = max(p.max_call_seconds for p in load_dialplan(DEPLOY.parent / "dialplans").personas)
+    for timeout in re.findall(r"proxy_(?:read|send)_timeout (\d+)s;", section):
+        assert int(timeout) > longest
