@@ -171,6 +171,10 @@ def _url(fields: Fields, key: str, default: str, schemes: tuple[str, ...]) -> st
 
 DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg")
 DATABASE_URL_ENV = "VOICEBOT_DATABASE_URL"     # overrides database.url: where a password belongs
+STEPFUN_BASE_URL_ENV = "STEPFUN_BASE_URL"
+# Environment variables that override a file key. The file is still read and checked in full: an override
+# replaces a value, it never makes a valid file invalid (nor hides a broken line in it).
+ENV_OVERRIDES = {STEPFUN_BASE_URL_ENV: "stepfun.base_url", DATABASE_URL_ENV: "database.url"}
 
 
 def _database_url(value: str, base_dir: Path, error: Callable[[str], ConfigError]) -> str:
@@ -214,11 +218,13 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     server.reject_unknown()
 
     step = top.section("stepfun")
-    base_url = env.get("STEPFUN_BASE_URL") or step.get("base_url", str, DEFAULT_STEPFUN_BASE_URL)
-    if "STEPFUN_BASE_URL" in env and not urlsplit(base_url).netloc:
-        raise ConfigError("environment", "STEPFUN_BASE_URL", f"expected an absolute http(s) URL, got {base_url!r}")
-    if "STEPFUN_BASE_URL" not in env:
-        base_url = _url(step, "base_url", DEFAULT_STEPFUN_BASE_URL, ("http", "https"))
+    base_url = _url(step, "base_url", DEFAULT_STEPFUN_BASE_URL, ("http", "https"))
+    if env.get(STEPFUN_BASE_URL_ENV):
+        base_url = env[STEPFUN_BASE_URL_ENV].strip().rstrip("/")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError("environment", STEPFUN_BASE_URL_ENV,
+                              f"expected an absolute http/https URL, got {base_url!r}")
     stepfun = StepFunSettings(
         base_url=base_url.rstrip("/"),
         api_key=env.get("STEP_API_KEY") or None,
@@ -254,12 +260,11 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     logging_.reject_unknown()
 
     database = top.section("database")
-    database_url = database.get("url", str, "sqlite:///voicebot.db")
+    database_url = _database_url(database.get("url", str, "sqlite:///voicebot.db"), base_dir,
+                                 lambda problem: database.error("url", problem))
     if env.get(DATABASE_URL_ENV):
         database_url = _database_url(env[DATABASE_URL_ENV], base_dir,
                                      lambda problem: ConfigError("environment", DATABASE_URL_ENV, problem))
-    else:
-        database_url = _database_url(database_url, base_dir, lambda problem: database.error("url", problem))
     spool = database.get("spool", str, None)
     database.reject_unknown()
 
