@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from voicebot.config import ENV_OVERRIDES, ConfigError, load_settings
+from voicebot.config import ENV_OVERRIDES, ConfigError, check_serving, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config.yaml"
@@ -70,3 +70,56 @@ def test_check_passes_with_the_shipped_config_and_overrides(names):
     assert proc.returncode == 0, proc.stderr
     assert f"config {SHIPPED.relative_to(REPO)}: ok" in proc.stdout or f"config {SHIPPED}: ok" in proc.stdout
     assert "pw-1" not in proc.stdout + proc.stderr
+
+
+# -- which StepFun endpoint: embedded emulator, a configured URL (no key needed), or the official API ------------
+
+LOCAL = "http://127.0.0.1:9000/step_plan/v1"
+
+
+def test_no_key_and_the_official_url_means_the_embedded_emulator():
+    endpoint = load_settings(SHIPPED, environ={}).stepfun.endpoint()
+    assert endpoint.kind == "embedded_emulator"
+    assert "no STEP_API_KEY" in endpoint.reason and "STEPFUN_BASE_URL" in endpoint.reason
+
+
+def test_a_base_url_in_the_environment_alone_is_used_without_a_key():
+    settings = load_settings(SHIPPED, environ={"STEPFUN_BASE_URL": LOCAL})
+    assert not settings.stepfun.emulated
+    endpoint = settings.stepfun.endpoint()
+    assert (endpoint.kind, endpoint.url) == ("configured_url", LOCAL)
+    assert "STEPFUN_BASE_URL" in endpoint.reason and "no STEP_API_KEY" in endpoint.reason
+
+
+def test_a_base_url_in_the_file_alone_is_used_without_a_key(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"stepfun:\n  base_url: {LOCAL}\n")
+    endpoint = load_settings(path, environ={}).stepfun.endpoint()
+    assert (endpoint.kind, endpoint.url) == ("configured_url", LOCAL)
+    assert f"{path}: stepfun.base_url" in endpoint.reason
+
+
+def test_a_key_with_the_official_url_means_the_official_api():
+    endpoint = load_settings(SHIPPED, environ={"STEP_API_KEY": "sk-1"}).stepfun.endpoint()
+    assert (endpoint.kind, endpoint.url) == ("official_api", "https://api.stepfun.com/step_plan/v1")
+    assert "STEP_API_KEY" in endpoint.reason
+    assert "sk-1" not in str(endpoint)
+
+
+def test_a_local_emulator_without_a_key_is_not_a_production_server(tmp_path):
+    """check_serving asks for TWILIO_AUTH_TOKEN only with a StepFun key: a configured URL alone is local testing."""
+    check_serving(load_settings(SHIPPED, environ={"STEPFUN_BASE_URL": LOCAL}))
+    with pytest.raises(ConfigError):
+        check_serving(load_settings(SHIPPED, environ={"STEPFUN_BASE_URL": LOCAL, "STEP_API_KEY": "sk"}))
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "stepfun: embedded emulator (no STEP_API_KEY"),
+    ({"STEPFUN_BASE_URL": LOCAL}, f"stepfun: configured URL {LOCAL} (from STEPFUN_BASE_URL; no STEP_API_KEY"),
+    ({"STEP_API_KEY": "sk-2"}, "stepfun: official API https://api.stepfun.com/step_plan/v1 (STEP_API_KEY set"),
+], ids=["embedded", "configured", "official"])
+def test_check_says_which_stepfun_endpoint_is_used_and_why(env, expected):
+    proc = check(env)
+    assert proc.returncode == 0, proc.stderr
+    assert expected in proc.stdout
+    assert "sk-2" not in proc.stdout + proc.stderr
