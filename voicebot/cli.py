@@ -77,7 +77,7 @@ def cmd_serve(args) -> int:
 def cmd_check(args) -> int:
     settings, dialplan = _load(args.config)
     print(f"config {settings.source}: ok")
-    print(f"stepfun: {'EMULATOR (no STEP_API_KEY)' if settings.stepfun.emulated else settings.stepfun.base_url}")
+    print(f"stepfun: {settings.stepfun.endpoint()}")
     for persona in dialplan.personas:
         numbers = ", ".join(persona.numbers) or "-"
         flag = " (default)" if persona.default else ""

@@ -155,13 +155,15 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     return app
 
 
-def with_stepfun_base_url(settings: Settings, base_url: str) -> Settings:
-    return dataclasses.replace(settings, stepfun=dataclasses.replace(settings.stepfun, base_url=base_url))
+def with_embedded_emulator(settings: Settings, base_url: str) -> Settings:
+    return dataclasses.replace(settings, stepfun=dataclasses.replace(settings.stepfun, base_url=base_url,
+                                                                     embedded=True))
 
 
 async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | None = None,
                        port: int | None = None):
-    """Start the voice server (and the embedded emulator when no key is set). Returns (runners, settings, url)."""
+    """Start the voice server (and the embedded emulator when neither a key nor a base URL of our own is set:
+    StepFunSettings.endpoint). Returns (runners, settings, url)."""
     from .emulator.app import start_emulator
 
     runners = []
@@ -169,12 +171,13 @@ async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | No
         emu_runner, emulator = await start_emulator("127.0.0.1", 0)
         runners.append(emu_runner)
         base = f"http://127.0.0.1:{emulator.port}/step_plan/v1"
-        settings = with_stepfun_base_url(settings, base)
+        settings = with_embedded_emulator(settings, base)
         log.warning("stepfun_emulator_in_use",
                     message="NO STEP_API_KEY SET: calls are answered by the embedded StepFun EMULATOR, "
                             "not the real StepFun API", emulator_url=base)
-    else:
-        log.info("stepfun_api", base_url=settings.stepfun.base_url, key_present=True)
+    endpoint = settings.stepfun.endpoint()
+    log.info("stepfun_endpoint", kind=endpoint.kind, url=endpoint.url, reason=endpoint.reason,
+             key_present=bool(settings.stepfun.api_key))
     app = create_app(settings, dialplan)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()

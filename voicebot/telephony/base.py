@@ -26,6 +26,7 @@ from .. import metrics
 from ..config import Fields
 
 if TYPE_CHECKING:
+    from ..audio.codecs import WireCodec
     from ..call import CallServices
     from ..dialplan import Dialplan
 
@@ -158,6 +159,15 @@ def require(msg: dict, key: str, kind: type | tuple[type, ...], where: str):
     if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
         raise ProtocolError(f"{where}: field {key!r} missing or not a {'/'.join(k.__name__ for k in kinds)}")
     return value
+
+
+def decode_audio(codec: "WireCodec", payload: bytes, where: str) -> np.ndarray:
+    """A carrier's audio payload as 8 kHz PCM. One the codec cannot take (an L16 payload that is not whole
+    samples) is a ProtocolError naming where it came from: the message is dropped, the call goes on."""
+    try:
+        return codec.decode(payload)
+    except ValueError as exc:
+        raise ProtocolError(f"{where}: {exc}") from None
 
 
 def dtmf(value: object, where: str) -> Dtmf:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .. import jsoncodec, latency, metrics
 from ..audio.codecs import UnsupportedCodec, WireCodec
-from .base import Audio, CallMeta, CarrierSession, Dtmf, MarkPlayed, ProtocolError, Started, Stopped
+from .base import Audio, CallMeta, CarrierSession, Dtmf, MarkPlayed, ProtocolError, Started, Stopped, decode_audio
 from .twilio_auth import StreamTokens, stream_token_secret, validate_signature
 
 log = structlog.get_logger("voicebot.twilio")
@@ -67,7 +67,7 @@ class TwilioSession(CarrierSession):
                 audio = binascii.a2b_base64(payload, strict_mode=True)   # b64decode(validate=True), cheaper
             except (binascii.Error, ValueError):
                 raise ProtocolError(f"media chunk {media.get('chunk')!r}: payload is not valid base64") from None
-            return [Audio(self.codec.decode(audio))]
+            return [Audio(decode_audio(self.codec, audio, "media"))]
         if event == "mark":
             return [MarkPlayed(_field(_field(msg, "mark", dict, "mark"), "name", str, "mark.mark"))]
         if event == "start":
