@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from deploy_checks import (AGREED_METRICS, DEPLOY, DEPLOY_CONFIG, REPO, DeployedServer, load_yaml_documents,
-                           parse_promql, pending_readyz, pending_server_keys)
+                           parse_promql, pending_readyz)
 from voicebot.config import load_settings
 from voicebot.dialplan import load_dialplan
 
@@ -118,7 +118,6 @@ def test_configmap_dialplans_load_with_the_dialplan_loader(tmp_path):
     assert plan.default is not None and {p.name for p in plan.personas} >= {"acme-support-en", "acme-hotline-zh"}
 
 
-@pending_server_keys
 def test_configmap_config_loads_with_the_config_loader(tmp_path):
     config = write_configmaps(tmp_path)
     settings = load_settings(config, environ={"VOICEBOT_DATABASE_URL": secret_template()["VOICEBOT_DATABASE_URL"]})
@@ -207,13 +206,11 @@ def deployed_server(tmp_path_factory):
         assert server.stop() == 0, server.log_path.read_text()
 
 
-@pending_server_keys
 @pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe"])
 def test_liveness_probes_answer_on_a_running_server(deployed_server, probe):
     assert probe_status(deployed_server, probe) == 200
 
 
-@pending_server_keys
 @pending_readyz
 def test_readiness_probe_answers_on_a_running_server(deployed_server):
     assert probe_status(deployed_server, "readinessProbe") == 200

@@ -179,6 +179,8 @@ class Settings:
     twilio: TwilioSettings = TwilioSettings()
     playout: PlayoutSettings = PlayoutSettings()
     max_message_bytes: int = 64 * 1024
+    drain_seconds: float = 30.0   # after SIGTERM, how long calls in progress may go on before their goodbye
+    max_calls: int = 400          # calls this process takes at once (0: no limit); more are refused
     carriers: dict = field(default_factory=dict)   # raw `carriers:` sections, read by each carrier module
 
     def carrier_fields(self, name: str) -> Fields:
@@ -245,6 +247,8 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     public_url = _url(server, "public_url", f"http://127.0.0.1:{port}", ("http", "https"))
     max_message_bytes = server.get("max_message_bytes", int, 64 * 1024, minimum=1024)
     workers = server.get("workers", int, 1, minimum=1, maximum=256)
+    drain_seconds = server.get("drain_seconds", float, 30.0, minimum=0.0, maximum=24 * 3600.0)
+    max_calls = server.get("max_calls", int, 400, minimum=0)
     server.reject_unknown()
 
     step = top.section("stepfun")
@@ -320,6 +324,8 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         twilio=twilio,
         playout=playout,
         max_message_bytes=max_message_bytes,
+        drain_seconds=drain_seconds,
+        max_calls=max_calls,
     )
     top.reject_unknown()
     return settings
