@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import promql_parser
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,17 +167,3 @@ class DeployedServer:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
-
-
-def _served_paths() -> set[str]:
-    from voicebot.config import Settings
-    from voicebot.dialplan import load_dialplan
-    from voicebot.server import create_app
-
-    app = create_app(Settings(source="probe"), load_dialplan(REPO / "dialplans"))
-    return {resource.canonical for resource in app.router.resources()}
-
-
-# /readyz arrives with the drain branch of issue 14; until then the test that needs it is expected to fail.
-pending_readyz = pytest.mark.xfail(
-    "/readyz" not in _served_paths(), strict=True, reason="the server has no /readyz yet (issue 14 health and drain)")

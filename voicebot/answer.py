@@ -30,6 +30,7 @@ log = structlog.get_logger("voicebot.telephony")
 START_TIMEOUT_S = 10.0
 HEARTBEAT_S = 30.0   # a silent carrier is pinged after this long, dropped without a pong
 MAX_LOGGED_PROTOCOL_ERRORS = 5   # per connection; later ones are counted and summarised at the end
+REFUSALS = {"draining": "the server is shutting down", "limit": "the server has all the calls it takes"}
 _connection_ids = itertools.count(1)
 
 
@@ -235,25 +236,44 @@ class Answerer:
 
     async def websocket(self, request: web.Request, session_cls: type[CarrierSession], *,
                         protocols: tuple[str, ...] = (), **session_kwargs) -> web.StreamResponse:
-        """Accept one carrier media WebSocket and run its call until either side hangs up."""
+        """Accept one carrier media WebSocket and run its call until either side hangs up. While the server
+        drains or has ``server.max_calls`` calls, the upgrade is answered 503 instead."""
+        admission = self.services.admission
+        refused = admission.refusal(session_cls.carrier, peer=request.remote, path=request.path)
+        if refused is not None:
+            return web.Response(status=503, text=f"not taking calls: {REFUSALS[refused]}\n")
         # No permessage-deflate: carriers don't ask for it, μ-law barely compresses, and uncompressed frames
         # are what lets the outbox write without a task wake-up per message.
+        admission.opened()
         try:
-            ws = await ServerWebSocket.accept(request, protocols=protocols, heartbeat_s=HEARTBEAT_S,
-                                              max_message_bytes=self.services.settings.max_message_bytes)
-        except web.HTTPClientError:       # not a valid WebSocket upgrade: answered 400/426 naming the problem
-            metrics.stream_refused(session_cls.carrier, "protocol")
-            raise
-        stream = MediaStream(WebSocketTransport(ws), session_cls, self.services, peer=request.remote,
-                             **session_kwargs)
-        await stream.run()
-        return ws.response
+            try:
+                ws = await ServerWebSocket.accept(request, protocols=protocols, heartbeat_s=HEARTBEAT_S,
+                                                  max_message_bytes=self.services.settings.max_message_bytes)
+            except web.HTTPClientError:       # not a valid WebSocket upgrade: answered 400/426 naming the problem
+                metrics.stream_refused(session_cls.carrier, "protocol")
+                raise
+            stream = MediaStream(WebSocketTransport(ws), session_cls, self.services, peer=request.remote,
+                                 **session_kwargs)
+            await stream.run()
+            return ws.response
+        finally:
+            admission.closed()
 
     async def tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                   read_message: Callable[[asyncio.StreamReader], Awaitable[bytes | None]],
                   session_cls: type[CarrierSession], **session_kwargs) -> None:
-        """Run one call over a plain TCP connection; ``read_message`` cuts the byte stream into messages."""
-        peer = writer.get_extra_info("peername")
-        stream = MediaStream(TcpTransport(reader, writer, read_message), session_cls, self.services,
-                             peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None, **session_kwargs)
-        await stream.run()
+        """Run one call over a plain TCP connection; ``read_message`` cuts the byte stream into messages. While
+        the server drains or has ``server.max_calls`` calls, the carrier is told to hang up instead."""
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else None
+        stream = MediaStream(TcpTransport(reader, writer, read_message), session_cls, self.services, peer=peer,
+                             **session_kwargs)
+        admission = self.services.admission
+        if admission.refusal(session_cls.carrier, peer=peer) is not None:
+            await stream.hang_up()
+            return
+        admission.opened()
+        try:
+            await stream.run()
+        finally:
+            admission.closed()

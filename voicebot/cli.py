@@ -23,23 +23,20 @@ def _load(config: str | None) -> tuple[Settings, Dialplan]:
     return settings, load_dialplan(settings.dialplans_dir)
 
 
-async def _serve(settings: Settings, dialplan: Dialplan) -> None:
-    from .server import start_server
+async def _serve(settings: Settings, dialplan: Dialplan,
+                 stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """Serve until a stop signal (SIGTERM, SIGINT; a worker only SIGTERM, from its supervisor) has drained the
+    calls."""
+    from .server import run_until_stopped, start_server
 
     runners, settings, url = await start_server(settings, dialplan)
     log.info("voicebot_listening", url=url, public_url=settings.public_url,
              personas=[p.name for p in dialplan.personas],
              default_persona=dialplan.default.name if dialplan.default else None,
              twilio_signatures=settings.twilio.validate_signatures,
-             twilio_auth_token_set=bool(settings.twilio.auth_token))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("voicebot_stopping")
-    for runner in runners:
-        await runner.cleanup()
+             twilio_auth_token_set=bool(settings.twilio.auth_token),
+             drain_seconds=settings.drain_seconds, max_calls=settings.max_calls or None)
+    await run_until_stopped(runners, stop_signals=stop_signals)
 
 
 def cmd_serve(args) -> int:
@@ -65,13 +62,13 @@ def cmd_serve(args) -> int:
                     message="no STEP_API_KEY: each worker answers with its own embedded emulator")
 
     with shared_metrics_dir():
-        from .server import install_event_loop   # imports the metrics: after their shared directory is set
+        from .server import install_event_loop, longest_stop_s   # import the metrics: after their directory is set
 
         def serve(index: int) -> None:
             log.info("event_loop", loop=install_event_loop())
-            asyncio.run(_serve(settings, dialplan))
+            asyncio.run(_serve(settings, dialplan, stop_signals=(signal.SIGTERM,)))
 
-        return Supervisor(settings.workers, serve).run()
+        return Supervisor(settings.workers, serve, stop_timeout_s=longest_stop_s(settings)).run()
 
 
 def cmd_check(args) -> int:

@@ -1,4 +1,10 @@
-"""The aiohttp application: routes, startup and shutdown (every live call is ended cleanly)."""
+"""The aiohttp application: routes, health, startup, draining and shutdown (every live call is ended cleanly).
+
+Stopping (SIGTERM, or SIGINT): :class:`Drain`. ``/readyz`` fails at once and new calls are refused the carrier's
+way (voicebot/admission.py); calls in progress go on for up to ``server.drain_seconds``, then each hears its
+persona's goodbye and ends; then the records, transcripts and recordings are flushed and the process exits 0. A
+second stop signal ends the calls at once (still flushing).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,16 @@ import asyncio
 import dataclasses
 import importlib
 import os
+import signal
+from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from . import api, latency, metrics
+from .admission import Admission
+from .api.common import DATABASE
 from .campaigns import callbacks as campaign_callbacks, service as campaign_service
 from .answer import Answerer
 from .call import CallServices, EngineFactory
@@ -19,6 +29,7 @@ from .config import Settings
 from .dialplan import Dialplan, Persona
 from .engines.chain import ChainEngine
 from .engines.realtime import RealtimeEngine
+from .store.database import describe_error
 from .telephony import rest
 from .telephony.base import CarrierSession
 from .webhooks import EventSender
@@ -27,6 +38,18 @@ log = structlog.get_logger("voicebot.server")
 
 SERVICES = web.AppKey("services", CallServices)
 LATENCY_PROBE = web.AppKey("latency_probe", asyncio.Task)
+
+READY_DATABASE_TIMEOUT_S = 2.0   # /readyz: a database slower than this to answer SELECT 1 counts as unreachable
+DRAIN_POLL_S = 0.1               # while draining, how often "are the calls over?" is asked (not per frame)
+GOODBYE_WINDOW_S = 10.0          # at the drain deadline, the most the goodbyes may take; then calls end at once
+CALLS_FINISH_TIMEOUT_S = 5.0     # calls told to end: the most their wrap-up (engine, recording, record) may take
+FLUSH_TIMEOUT_S = 10.0           # then: the campaigns' last results and the record writer's queue (5 s each)
+
+
+def longest_stop_s(settings: Settings) -> float:
+    """The most a stop signal can take to end this process: what a platform's stop timeout must exceed
+    (Kubernetes terminationGracePeriodSeconds after its preStop, compose stop_grace_period, TimeoutStopSec)."""
+    return settings.drain_seconds + GOODBYE_WINDOW_S + CALLS_FINISH_TIMEOUT_S + FLUSH_TIMEOUT_S
 
 # Each carrier module in voicebot/telephony exposes add_routes(app, services).
 CARRIER_MODULES = ("twilio", "telnyx", "signalwire", "plivo", "exotel",
@@ -75,6 +98,34 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "calls": len(services.calls), "pid": os.getpid()})
 
 
+async def _readyz(request: web.Request) -> web.Response:
+    """200 ``{"status": "ready"}`` while this process takes calls; else 503 with the reasons. With ``--workers N``
+    each worker answers for itself."""
+    reasons = await readiness_problems(request.app)
+    if reasons:
+        return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def readiness_problems(app: web.Application) -> list[str]:
+    """Why this process should get no new calls: draining, or its database unreachable. (Its config and
+    dialplans were loaded, or it would not be serving.)"""
+    reasons = []
+    if app[SERVICES].admission.draining:
+        reasons.append("draining: the server is stopping")
+    database = app[DATABASE]
+    if database.store is None:
+        reasons.append("database not open")
+    else:
+        try:
+            await asyncio.wait_for(database.store.ping(), READY_DATABASE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            reasons.append(f"database unreachable: no answer within {READY_DATABASE_TIMEOUT_S:g} s")
+        except Exception as exc:
+            reasons.append(f"database unreachable: {describe_error(exc, database.url)}")
+    return reasons
+
+
 async def _metrics(request: web.Request) -> web.Response:
     """Prometheus text format: this process's metrics, or every worker's with ``--workers N``. Open by default
     like most exporters (no label carries a phone number, call id or free text); VOICEBOT_METRICS_TOKEN
@@ -105,6 +156,82 @@ async def _stop_latency_probe(app: web.Application) -> None:
     app[LATENCY_PROBE].cancel()
 
 
+class Drain:
+    """This process stopping without cutting calls short: see the module's docstring. ``stop`` is what a stop
+    signal calls; ``finished`` is set once every call has ended (records queued), for the server to clean up."""
+
+    def __init__(self, services: CallServices) -> None:
+        self.services = services
+        self.started = False
+        self.finished = asyncio.Event()
+        self._at_once = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._seen: set = set()           # every call up at some point of the drain
+
+    def stop(self, why: str) -> None:
+        """The first stop drains; another one during the drain ends the calls at once."""
+        if not self.started:
+            self.started = True
+            self._task = asyncio.create_task(self._run(why), name="drain")
+        elif not self._at_once.is_set():
+            log.warning("drain_cut_short", signal=why, calls=len(self.services.calls))
+            self._at_once.set()
+
+    def _idle(self) -> bool:
+        self._seen.update(self.services.calls)
+        return not self.services.calls and not self.services.admission.connections
+
+    async def _until_idle(self, deadline: float) -> None:
+        """Until no call is left, ``deadline`` (loop time) has come, or a second stop signal."""
+        loop = asyncio.get_running_loop()
+        while not self._idle() and not self._at_once.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._at_once.wait(), min(DRAIN_POLL_S, remaining))
+            except asyncio.TimeoutError:
+                pass
+
+    async def _run(self, why: str) -> None:
+        services = self.services
+        drain_seconds = services.settings.drain_seconds
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        services.admission.draining = True      # from here on /readyz fails and new calls are refused
+        metrics.set_draining(True)
+        log.info("drain_started", signal=why, calls=len(services.calls), drain_seconds=drain_seconds,
+                 deadline=(datetime.now(timezone.utc) + timedelta(seconds=drain_seconds)).isoformat(
+                     timespec="milliseconds"))
+        at_deadline: set = set()      # calls still up at the deadline: told to say goodbye
+        at_once: set = set()          # calls ended without one (second signal, drain_seconds 0, goodbye too long)
+        try:
+            stop_dialing = getattr(services.campaigns, "stop_dialing", None)
+            if stop_dialing is not None:
+                await stop_dialing()
+            await self._until_idle(began + drain_seconds)
+            if not self._idle() and not self._at_once.is_set() and drain_seconds > 0:
+                at_deadline = set(services.calls)
+                for call in at_deadline:
+                    call.control.drain_deadline(drain_seconds)
+                await self._until_idle(loop.time() + GOODBYE_WINDOW_S)
+            at_once = set(services.calls)
+            if at_once:
+                why_now = ("stopped again during the drain" if self._at_once.is_set()
+                           else "drain_seconds is 0" if drain_seconds <= 0
+                           else f"goodbye not over within {GOODBYE_WINDOW_S:g} s")
+                for call in at_once:
+                    call.hang_up(f"server stopping: {why_now}", "drained")
+                await asyncio.wait([asyncio.ensure_future(call.finished()) for call in at_once],
+                                   timeout=CALLS_FINISH_TIMEOUT_S)
+        finally:
+            log.info("drain_finished", drained_s=round(loop.time() - began, 2),
+                     calls_ended_by_themselves=len(self._seen - at_deadline - at_once),
+                     calls_ended_at_deadline=len(at_deadline - at_once), calls_ended_at_once=len(at_once),
+                     calls_still_running=len(services.calls))
+            self.finished.set()
+
+
 async def _end_all_calls(app: web.Application) -> None:
     calls = list(app[SERVICES].calls)
     if calls:
@@ -128,13 +255,18 @@ def install_event_loop() -> str:
     return "uvloop"
 
 
+DRAIN = web.AppKey("drain", Drain)
+
+
 def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFactory | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_message_bytes)
     services = CallServices(settings=settings, dialplan=dialplan, make_engine=make_engine or (lambda *a, **k: None))
     if make_engine is None:
         services.make_engine = stepfun_engines(settings, services)
     services.answer = Answerer(services)
+    services.admission = Admission(settings.max_calls)
     app[SERVICES] = services
+    app[DRAIN] = Drain(services)
     app.on_startup.append(_open_http)
     app.on_cleanup.append(_close_http)
     for name in CARRIER_MODULES:
@@ -142,6 +274,7 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
         rest.capabilities_of(name, settings)     # a wrong call_control section stops the server here
     rest.add_routes(app, settings)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
     if metrics.ENABLED:
         app.router.add_get("/metrics", _metrics)
     api.setup(app, services)
@@ -188,3 +321,23 @@ async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | No
     url = f"http://{'127.0.0.1' if bound[0] in ('0.0.0.0', '::') else bound[0]}:{bound[1]}"
     runners.insert(0, runner)
     return runners, settings, url
+
+
+async def run_until_stopped(runners: list[web.AppRunner], *,
+                            stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """Serve until a stop signal has drained the calls, then clean up (records, transcripts and recordings are
+    flushed, the database closed). ``runners``: start_server's, the voice server's first."""
+    app = runners[0].app
+    drain = app[DRAIN]
+    loop = asyncio.get_running_loop()
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, drain.stop, sig.name)
+    try:
+        await drain.finished.wait()
+        log.info("voicebot_stopping")
+        for runner in runners:
+            await runner.cleanup()
+    finally:
+        for sig in stop_signals:
+            loop.remove_signal_handler(sig)
+    log.info("voicebot_stopped")
