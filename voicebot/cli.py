@@ -26,7 +26,7 @@ def _load(config: str | None) -> tuple[Settings, Dialplan]:
 async def _serve(settings: Settings, dialplan: Dialplan,
                  stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
     """Serve until a stop signal (SIGTERM, SIGINT; a worker only SIGTERM, from its supervisor) has drained the
-    calls."""
+    calls; SIGHUP reloads the dialplans."""
     from .server import run_until_stopped, start_server
 
     runners, settings, url = await start_server(settings, dialplan)

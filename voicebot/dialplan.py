@@ -137,6 +137,20 @@ class Dialplan:
     def named(self, name: str) -> Persona | None:
         return next((p for p in self.personas if p.name == name), None)
 
+    def replace_with(self, other: "Dialplan") -> None:
+        """Take ``other``'s personas in place (a reload): whoever holds this Dialplan answers new calls with them,
+        while calls in progress keep the Persona they started with. One step of the event loop: no call sees
+        half of each."""
+        self.personas, self.by_number, self.default = other.personas, other.by_number, other.default
+
+    def changes_to(self, other: "Dialplan") -> dict[str, list[str]]:
+        """Persona names ``added``, ``removed`` and ``changed`` (any field, numbers included) from here to
+        ``other``."""
+        old = {p.name: p for p in self.personas}
+        new = {p.name: p for p in other.personas}
+        return {"added": sorted(new.keys() - old.keys()), "removed": sorted(old.keys() - new.keys()),
+                "changed": sorted(name for name in old.keys() & new.keys() if old[name] != new[name])}
+
     def persona_for(self, number: str | None, *, asked: str | None = None,
                     fallback: str | None = None) -> tuple[Persona | None, str]:
         """The persona answering a call to ``number``, or None and why not: the one ``asked`` for by name
@@ -261,13 +275,31 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
     return persona
 
 
+def dialplan_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+
+
+def dialplan_version(folder: str | Path) -> dict[str, tuple[int, int]]:
+    """What changes when a dialplan file is added, removed or written: each file's modification time and size
+    (through symlinks, as a Kubernetes ConfigMap mounts them)."""
+    version = {}
+    for path in dialplan_files(folder):
+        try:
+            stat = path.stat()
+        except OSError:          # removed between the listing and now, or a dangling link
+            continue
+        version[path.name] = (stat.st_mtime_ns, stat.st_size)
+    return version
+
+
 def load_dialplan(folder: str | Path) -> Dialplan:
     """Every ``*.yaml``/``*.yml`` in ``folder``; a file holds one persona or ``personas: [...]``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(folder, "", "dialplan folder does not exist")
     personas: list[Persona] = []
-    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    files = dialplan_files(folder)
     if not files:
         raise ConfigError(folder, "", "no *.yaml dialplan files found")
     for path in files:

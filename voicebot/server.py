@@ -1,9 +1,14 @@
-"""The aiohttp application: routes, health, startup, draining and shutdown (every live call is ended cleanly).
+"""The aiohttp application: routes, health, startup, draining and shutdown (every live call is ended cleanly),
+dialplan reloads.
 
 Stopping (SIGTERM, or SIGINT): :class:`Drain`. ``/readyz`` fails at once and new calls are refused the carrier's
 way (voicebot/admission.py); calls in progress go on for up to ``server.drain_seconds``, then each hears its
 persona's goodbye and ends; then the records, transcripts and recordings are flushed and the process exits 0. A
 second stop signal ends the calls at once (still flushing).
+
+Reloading (SIGHUP, or a dialplan file changed): :class:`DialplanWatch`. The dialplans are read and checked as at
+startup; an invalid change is logged naming its file and field and the dialplans in use stay. New calls get the
+new personas, calls in progress keep the one they started with.
 """
 
 from __future__ import annotations
@@ -25,13 +30,13 @@ from .api.common import DATABASE
 from .campaigns import callbacks as campaign_callbacks, service as campaign_service
 from .answer import Answerer
 from .call import CallServices, EngineFactory
-from .config import Settings
-from .dialplan import Dialplan, Persona
+from .config import ConfigError, Settings
+from .dialplan import Dialplan, Persona, dialplan_version, load_dialplan
 from .engines.chain import ChainEngine
 from .engines.realtime import RealtimeEngine
 from .store.database import describe_error
 from .telephony import rest
-from .telephony.base import CarrierSession
+from .telephony.base import CarrierSession, read_carrier_options
 from .webhooks import EventSender
 
 log = structlog.get_logger("voicebot.server")
@@ -44,6 +49,7 @@ DRAIN_POLL_S = 0.1               # while draining, how often "are the calls over
 GOODBYE_WINDOW_S = 10.0          # at the drain deadline, the most the goodbyes may take; then calls end at once
 CALLS_FINISH_TIMEOUT_S = 5.0     # calls told to end: the most their wrap-up (engine, recording, record) may take
 FLUSH_TIMEOUT_S = 10.0           # then: the campaigns' last results and the record writer's queue (5 s each)
+DIALPLAN_POLL_S = 1.0            # how often the dialplan folder is looked at for changed files
 
 
 def longest_stop_s(settings: Settings) -> float:
@@ -232,6 +238,73 @@ class Drain:
             self.finished.set()
 
 
+class DialplanWatch:
+    """Reloads the dialplans on SIGHUP (``reload_soon``) and when a file in their folder is added, removed or
+    written (its modification time or size, looked at every ``DIALPLAN_POLL_S``): see the module's docstring."""
+
+    def __init__(self, services: CallServices, poll_s: float = DIALPLAN_POLL_S) -> None:
+        self.services = services
+        self.folder = services.settings.dialplans_dir
+        self.poll_s = poll_s
+        self._version: dict = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self._reloads: set[asyncio.Task] = set()
+
+    async def start(self, _app: web.Application) -> None:
+        self._version = await asyncio.to_thread(dialplan_version, self.folder)
+        self._task = asyncio.create_task(self._watch(), name="dialplan-watch")
+
+    async def stop(self, _app: web.Application) -> None:
+        for task in [self._task, *self._reloads]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._task, *self._reloads] if t is not None], return_exceptions=True)
+
+    def reload_soon(self, trigger: str) -> None:
+        task = asyncio.create_task(self.reload(trigger), name="dialplan-reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                version = await asyncio.to_thread(dialplan_version, self.folder)
+            except OSError as exc:
+                log.warning("dialplan_folder_unreadable", folder=str(self.folder), error=str(exc))
+                continue
+            if version != self._version:
+                await self.reload("file change")
+
+    async def reload(self, trigger: str) -> bool:
+        """Read and check the dialplans; take them if valid. False (and the old ones kept) when not."""
+        async with self._lock:
+            self._version = await asyncio.to_thread(dialplan_version, self.folder)   # what this reload reads
+            try:
+                new = await asyncio.to_thread(load_dialplan, self.folder)
+                check_carrier_personas(self.services.settings, new)
+            except ConfigError as exc:
+                log.error("dialplan_reload_rejected", trigger=trigger, file=exc.source, field=exc.field_path or None,
+                          problem=exc.problem, error=str(exc), kept="the dialplans in use")
+                return False
+            except Exception as exc:     # a bug reading them must not take the server (or its dialplans) down
+                log.error("dialplan_reload_failed", trigger=trigger, error=f"{type(exc).__name__}: {exc}",
+                          kept="the dialplans in use", exc_info=True)
+                return False
+            current = self.services.dialplan
+            changes = current.changes_to(new)
+            current.replace_with(new)
+            log.info("dialplans_reloaded", trigger=trigger, personas=len(new.personas), **changes)
+            return True
+
+
+def check_carrier_personas(settings: Settings, dialplan: Dialplan) -> None:
+    """The personas ``carriers.<name>.persona`` names exist in ``dialplan`` (ConfigError naming the field)."""
+    for name in settings.carriers:
+        read_carrier_options(settings.carrier_fields(name), dialplan)
+
+
 async def _end_all_calls(app: web.Application) -> None:
     calls = list(app[SERVICES].calls)
     if calls:
@@ -256,6 +329,7 @@ def install_event_loop() -> str:
 
 
 DRAIN = web.AppKey("drain", Drain)
+DIALPLAN_WATCH = web.AppKey("dialplan_watch", DialplanWatch)
 
 
 def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFactory | None = None) -> web.Application:
@@ -267,6 +341,9 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     services.admission = Admission(settings.max_calls)
     app[SERVICES] = services
     app[DRAIN] = Drain(services)
+    watch = app[DIALPLAN_WATCH] = DialplanWatch(services)
+    app.on_startup.append(watch.start)
+    app.on_cleanup.append(watch.stop)
     app.on_startup.append(_open_http)
     app.on_cleanup.append(_close_http)
     for name in CARRIER_MODULES:
@@ -326,18 +403,20 @@ async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | No
 async def run_until_stopped(runners: list[web.AppRunner], *,
                             stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
     """Serve until a stop signal has drained the calls, then clean up (records, transcripts and recordings are
-    flushed, the database closed). ``runners``: start_server's, the voice server's first."""
+    flushed, the database closed). SIGHUP reloads the dialplans. ``runners``: start_server's, the voice server's
+    first."""
     app = runners[0].app
-    drain = app[DRAIN]
+    drain, watch = app[DRAIN], app[DIALPLAN_WATCH]
     loop = asyncio.get_running_loop()
     for sig in stop_signals:
         loop.add_signal_handler(sig, drain.stop, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, watch.reload_soon, "SIGHUP")
     try:
         await drain.finished.wait()
         log.info("voicebot_stopping")
         for runner in runners:
             await runner.cleanup()
     finally:
-        for sig in stop_signals:
+        for sig in (*stop_signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     log.info("voicebot_stopped")

@@ -15,7 +15,8 @@ as active while its counters stay in the totals.
 The supervisor restarts a worker that dies and stops everything on SIGINT/SIGTERM: it sends each worker
 SIGTERM, and each drains its calls as a single server does (voicebot/server.py), then exits; the supervisor
 exits 0 once they all have. A worker still running after ``stop_timeout_s`` (the longest a drain can take) is
-killed. A second SIGINT/SIGTERM is passed on too: the workers end their calls at once. Workers ignore SIGINT themselves (Ctrl-C in a terminal reaches every
+killed. A second SIGINT/SIGTERM is passed on too: the workers end their calls at once. SIGHUP is passed on to
+the workers: each reloads its dialplans. Workers ignore SIGINT themselves (Ctrl-C in a terminal reaches every
 process of the group; only the supervisor acts on it). A worker that dies within ``FAST_FAILURE_S`` of its start
 twice in a row (a bad port, a broken install) stops the server instead of restarting forever.
 """
@@ -89,6 +90,7 @@ class Supervisor:
     def run(self) -> int:
         """Start the workers and keep them running until a signal; the exit status of the server."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         status = 0
         try:
             for index in range(self.count):
@@ -118,6 +120,10 @@ class Supervisor:
             self._signal_workers(signal.SIGTERM)
         self._stopping = True
 
+    def _on_hangup(self, _signum, _frame) -> None:
+        log.info("workers_reloading_dialplans")
+        self._signal_workers(signal.SIGHUP)
+
     def _signal_workers(self, sig: signal.Signals) -> None:
         for process in self._workers.values():
             if process.is_alive():
@@ -133,10 +139,11 @@ class Supervisor:
         self._started[index] = time.monotonic()
 
     def _worker_main(self, index: int) -> None:
-        # The supervisor's handlers are not the worker's: its server installs its own (SIGTERM) on its event loop.
-        # SIGINT is the supervisor's alone.
+        # The supervisor's handlers are not the worker's: its server installs its own (SIGTERM, SIGHUP) on its
+        # event loop. SIGINT is the supervisor's alone; a SIGHUP before the loop is up must not end the worker.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         structlog.contextvars.bind_contextvars(worker=index)
         self.serve(index)
 
