@@ -50,3 +50,12 @@ async def readyz(base_url: str) -> tuple[int, dict]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         async with http.get(base_url + "/readyz") as response:
             return response.status, await response.json()
+
+
+def assert_goodbye_heard_then_closed(result, deadline_s: float) -> None:
+    """From the deadline on the caller heard at least the goodbye's length (the reply under way may finish
+    first), played out to its end before the stream closed."""
+    after = [s for s in result.segments if s.end_s > deadline_s]
+    heard_s = sum(s.end_s - max(s.start_s, deadline_s) for s in after)
+    assert heard_s >= 0.9 * len(GOODBYE) * 0.065, result.segments
+    assert after[-1].ended_by == "drained" and after[-1].end_s <= result.duration_s <= after[-1].end_s + 2.0
