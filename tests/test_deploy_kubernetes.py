@@ -18,6 +18,7 @@ import yaml
 from deploy_checks import (AGREED_METRICS, DEPLOY, DEPLOY_CONFIG, REPO, DeployedServer, load_yaml_documents,
                            parse_promql)
 from voicebot.config import load_settings
+from voicebot.server import longest_stop_s
 from voicebot.dialplan import load_dialplan
 
 KUBERNETES = DEPLOY / "kubernetes"
@@ -167,11 +168,12 @@ def test_runs_as_the_image_user_without_privileges():
 
 def test_grace_period_outlasts_prestop_and_drain():
     """Kubernetes SIGKILLs a pod terminationGracePeriodSeconds after it starts stopping (the preStop hook
-    included): that must cover the preStop sleep, server.drain_seconds, the goodbye and the flush."""
+    included): that must cover the preStop sleep and the longest the server's drain can take (drain_seconds, the
+    goodbyes, the calls' wrap-up, the flush: voicebot.server.longest_stop_s)."""
     drain = float(configmap_config()["server"]["drain_seconds"])
     pre_stop = container()["lifecycle"]["preStop"]["sleep"]["seconds"]
     grace = pod_spec()["terminationGracePeriodSeconds"]
-    assert grace >= pre_stop + drain + 10, (grace, pre_stop, drain)
+    assert grace >= pre_stop + longest_stop_s(drain), (grace, pre_stop, drain)
     strategy = resource("Deployment")["spec"]["strategy"]
     assert strategy["rollingUpdate"]["maxUnavailable"] == 0, "an upgrade must not stop a pod before its successor"
 

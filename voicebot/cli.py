@@ -68,7 +68,7 @@ def cmd_serve(args) -> int:
             log.info("event_loop", loop=install_event_loop())
             asyncio.run(_serve(settings, dialplan, stop_signals=(signal.SIGTERM,)))
 
-        return Supervisor(settings.workers, serve, stop_timeout_s=longest_stop_s(settings)).run()
+        return Supervisor(settings.workers, serve, stop_timeout_s=longest_stop_s(settings.drain_seconds)).run()
 
 
 def cmd_check(args) -> int:

@@ -48,14 +48,16 @@ READY_DATABASE_TIMEOUT_S = 2.0   # /readyz: a database slower than this to answe
 DRAIN_POLL_S = 0.1               # while draining, how often "are the calls over?" is asked (not per frame)
 GOODBYE_WINDOW_S = 10.0          # at the drain deadline, the most the goodbyes may take; then calls end at once
 CALLS_FINISH_TIMEOUT_S = 5.0     # calls told to end: the most their wrap-up (engine, recording, record) may take
-FLUSH_TIMEOUT_S = 10.0           # then: the campaigns' last results and the record writer's queue (5 s each)
+FLUSH_TIMEOUT_S = 15.0           # then (5 s each at most): the campaigns' last results, open connections, the
+                                 #   record writer's queue
 DIALPLAN_POLL_S = 1.0            # how often the dialplan folder is looked at for changed files
 
 
-def longest_stop_s(settings: Settings) -> float:
-    """The most a stop signal can take to end this process: what a platform's stop timeout must exceed
-    (Kubernetes terminationGracePeriodSeconds after its preStop, compose stop_grace_period, TimeoutStopSec)."""
-    return settings.drain_seconds + GOODBYE_WINDOW_S + CALLS_FINISH_TIMEOUT_S + FLUSH_TIMEOUT_S
+def longest_stop_s(drain_seconds: float) -> float:
+    """The most a stop signal can take to end a server with this ``server.drain_seconds``: what a platform's stop
+    timeout must cover (Kubernetes terminationGracePeriodSeconds after its preStop, compose stop_grace_period,
+    systemd TimeoutStopSec)."""
+    return drain_seconds + GOODBYE_WINDOW_S + CALLS_FINISH_TIMEOUT_S + FLUSH_TIMEOUT_S
 
 # Each carrier module in voicebot/telephony exposes add_routes(app, services).
 CARRIER_MODULES = ("twilio", "telnyx", "signalwire", "plivo", "exotel",
