@@ -171,7 +171,8 @@ async def test_sigterm_drains_a_live_call_then_the_process_exits_0_with_everythi
     (transcript,) = (tmp_path / "transcripts").rglob(f"{record.id}.jsonl")
     assert json.loads(transcript.read_text().splitlines()[-1])["outcome"] == "drained"
     with wave.open(record.recording_path) as recording:
-        assert recording.getnchannels() == 2 and recording.getnframes() / recording.getframerate() >= result.duration_s - 1
+        assert recording.getnchannels() == 2
+        assert recording.getnframes() / recording.getframerate() >= result.duration_s - 1
 
 
 async def _is(value, expected) -> bool:

@@ -53,6 +53,9 @@ async def test_beyond_max_calls_new_calls_are_refused_and_counted_until_one_ends
             await until(lambda: len(services.calls) == 2, what="two calls in progress")
             status, twiml = await post_voice_webhook(url, AUTH_TOKEN)
             assert status == 200 and BUSY in twiml and "<Stream" not in twiml
+            # A call a campaign placed is answered already: it can only be hung up.
+            status, twiml = await post_voice_webhook(url, AUTH_TOKEN, query="?attempt=any")
+            assert status == 200 and "<Hangup/>" in twiml and "<Stream" not in twiml
             assert await media_upgrade_status(url) == 503
             protocol = AudioSocketProtocol(url, port=listener.port)
             refused = await SimulatedCall(protocol, [Hangup(at_s=5)], max_duration_s=8).run()
@@ -67,11 +70,11 @@ async def test_beyond_max_calls_new_calls_are_refused_and_counted_until_one_ends
             await runner.cleanup()
     assert all(r.end_reason == "hangup" and r.protocol_errors == [] and len(r.utterances) == 1 for r in results)
     assert refused.end_reason == "server_closed" and protocol.hung_up_by_server and refused.media_received == []
-    assert delta(middle, before, "voicebot_stream_refusals_total", carrier="twilio", reason="limit") == 2
+    assert delta(middle, before, "voicebot_stream_refusals_total", carrier="twilio", reason="limit") == 3
     assert delta(middle, before, "voicebot_stream_refusals_total", carrier="audiosocket", reason="limit") == 1
     refusals = [e for e in logs if e["event"] == "call_refused"]
     assert [(e["carrier"], e["reason"], e["calls"], e["max_calls"]) for e in refusals] == \
-        [("twilio", "limit", 2, 2)] * 2 + [("audiosocket", "limit", 2, 2)]
+        [("twilio", "limit", 2, 2)] * 3 + [("audiosocket", "limit", 2, 2)]
     assert again.end_reason == "hangup" and again.segments[0].played_ms >= 0.9 * len(GREETING) * 65
 
 
