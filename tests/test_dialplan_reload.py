@@ -69,9 +69,11 @@ async def test_a_changed_file_applies_to_new_calls_and_the_call_in_progress_keep
                                            max_duration_s=20, script=[Hangup(after_bot_done=True, pause_s=0.3)])
         first = await before            # max_call_seconds 6: it ends with its persona's goodbye
     assert all(greeting_heard(r) for r in (first, after, other))
+    # One reload, or two when the folder was looked at between the two writes.
     reloaded = [e for e in logs if e["event"] == "dialplans_reloaded"]
-    assert [(e["trigger"], e["added"], e["removed"], e["changed"]) for e in reloaded] == \
-        [("file change", ["reload-other"], [], ["reload-en"])]
+    assert {e["trigger"] for e in reloaded} == {"file change"}
+    assert [sorted({name for e in reloaded for name in e[key]}) for key in ("added", "removed", "changed")] == \
+        [["reload-other"], [], ["reload-en"]]
     records: dict = {}
 
     async def all_written() -> bool:
@@ -115,7 +117,8 @@ async def test_an_invalid_change_is_refused_naming_file_and_field_and_the_old_di
             (plans / "reload.yaml").write_text(version(TWO))
         await until(lambda: [e for e in logs if e["event"] == "dialplans_reloaded"], timeout=5,
                     what="the corrected change taken")
-    (rejected,) = [e for e in logs if e["event"] == "dialplan_reload_rejected"]
+    # The last refusal is the change's (an earlier one may be of the file caught half written).
+    rejected = [e for e in logs if e["event"] == "dialplan_reload_rejected"][-1]
     assert rejected["file"].endswith(file) and rejected["field"].startswith(field) and problem in rejected["problem"]
     assert rejected["log_level"] == "error"
     assert services.dialplan.named("reload-en").greeting == TWO[0]
