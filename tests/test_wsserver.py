@@ -42,6 +42,8 @@ def echo_app(received: list, max_message_bytes: int = 1024, heartbeat_s: float |
             received.append(message)
             if message == "bye":
                 asyncio.ensure_future(ws.close(1000, "done"))
+            elif message == "refuse":
+                asyncio.ensure_future(ws.close(1008, "refused"))
             elif isinstance(message, str):
                 ws.send_text(message)
             else:
@@ -211,6 +213,21 @@ async def test_a_large_message_then_more_frames_then_the_close(aiohttp_server):
     assert await asyncio.wait_for(reader.read(), 1) == b""     # closed on the peer's close, not on a timeout
     writer.close()
     assert received[0] == ("ended", 1009, "message of 50000 bytes is over the 1024-byte limit", None)
+
+
+async def test_our_own_close_echoed_by_the_peer_is_no_problem(aiohttp_server):
+    """A close the server started (a refusal, 1008) and the peer answered with the same code is a clean end,
+    not "peer closed with code 1008"."""
+    received: list = []
+    server = await aiohttp_server(echo_app(received))
+    reader, writer, _ = await raw_connect(server)
+    writer.write(masked(0x1, b"refuse"))
+    first, payload = await read_frame(reader)
+    assert (first, payload) == (0x88, struct.pack("!H", 1008) + b"refused")
+    writer.write(masked(0x8, payload))          # the echo RFC 6455 §5.5.1 asks for
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    assert (await ended(received))[1:3] == (1008, None)
 
 
 async def test_peer_close_code_is_reported(aiohttp_server):

@@ -335,7 +335,7 @@ class ServerWebSocket:
                 self._fail(PROTOCOL_ERROR, f"invalid close code {code}")
                 return
         self.close_code = code
-        if code not in (1000, 1001, 1005) and self.problem is None:
+        if code not in (1000, 1001, 1005) and self.problem is None and not self._close_sent:   # not our close's echo
             self.problem = f"peer closed with code {code}" + (f" ({reason})" if reason else "")
         self._input_done = True
         self._close_received.set_result(None)
