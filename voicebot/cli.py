@@ -11,16 +11,23 @@ import sys
 
 import structlog
 
-from .config import ConfigError, Settings, check_serving, load_settings
+from .config import ConfigError, Settings, load_settings
 from .dialplan import Dialplan, load_dialplan
 from .logs import configure_logging
 
 log = structlog.get_logger("voicebot.cli")
 
 
-def _load(config: str | None) -> tuple[Settings, Dialplan]:
-    settings = load_settings(config)
+def _load(args) -> tuple[Settings, Dialplan]:
+    settings = load_settings(args.config)
     return settings, load_dialplan(settings.dialplans_dir)
+
+
+def _check_startup(settings: Settings, dialplan: Dialplan):
+    """server.check_startup: imports the server, hence the metrics (with --workers N, only once their shared
+    directory is set)."""
+    from .server import check_startup
+    return check_startup(settings, dialplan)
 
 
 async def _serve(settings: Settings, dialplan: Dialplan) -> None:
@@ -43,17 +50,12 @@ async def _serve(settings: Settings, dialplan: Dialplan) -> None:
 
 
 def cmd_serve(args) -> int:
-    settings, dialplan = _load(args.config)
+    settings, dialplan = _load(args)
     if args.workers is not None:
         settings = dataclasses.replace(settings, workers=args.workers)
-    check_serving(settings)
-    from .telephony.twilio_auth import STREAM_SECRET_ENV, stream_token_secret
-    try:
-        stream_token_secret()   # made once, before any worker forks: every worker signs and checks with it
-    except ValueError as exc:
-        raise ConfigError("environment", STREAM_SECRET_ENV, str(exc)) from None
     configure_logging(settings.log_format, settings.log_level)
     if settings.workers == 1:
+        _check_startup(settings, dialplan)
         from .server import install_event_loop
         log.info("event_loop", loop=install_event_loop())
         asyncio.run(_serve(settings, dialplan))
@@ -65,6 +67,7 @@ def cmd_serve(args) -> int:
                     message="no STEP_API_KEY: each worker answers with its own embedded emulator")
 
     with shared_metrics_dir():
+        _check_startup(settings, dialplan)   # before the workers fork: one check
         from .server import install_event_loop   # imports the metrics: after their shared directory is set
 
         def serve(index: int) -> None:
@@ -75,7 +78,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_check(args) -> int:
-    settings, dialplan = _load(args.config)
+    settings, dialplan = _load(args)
+    _check_startup(settings, dialplan)     # every check serve makes before it listens
     print(f"config {settings.source}: ok")
     print(f"stepfun: {settings.stepfun.endpoint()}")
     for persona in dialplan.personas:
@@ -202,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: server.workers in the config, 1)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("check", help="validate config.yaml and the dialplans, list personas")
+    p = sub.add_parser("check", help="validate config.yaml and the dialplans as serve does, list personas")
     p.add_argument("--config")
     p.set_defaults(func=cmd_check)
 

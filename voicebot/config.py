@@ -199,6 +199,11 @@ def _url(fields: Fields, key: str, default: str, schemes: tuple[str, ...]) -> st
     return value
 
 
+# The carriers with a ``carriers.<name>`` section, one module each in voicebot/telephony (Twilio's settings are
+# the top-level ``twilio:`` section).
+CARRIER_SECTIONS = ("telnyx", "signalwire", "plivo", "exotel", "vonage", "jambonz", "asterisk", "audiosocket",
+                    "freeswitch")
+
 DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg")
 DATABASE_URL_ENV = "VOICEBOT_DATABASE_URL"     # overrides database.url: where a password belongs
 STEPFUN_BASE_URL_ENV = "STEPFUN_BASE_URL"
@@ -301,9 +306,13 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     spool = database.get("spool", str, None)
     database.reject_unknown()
 
-    carriers = top.get("carriers", dict, {})
+    carriers = top.section("carriers")
+    for name in carriers.data:
+        if name not in CARRIER_SECTIONS:
+            twilio = "; Twilio's settings are the top-level twilio: section" if name == "twilio" else ""
+            raise carriers.error(str(name), f"unknown carrier (known: {', '.join(CARRIER_SECTIONS)}){twilio}")
     settings = Settings(
-        carriers=carriers,
+        carriers=dict(carriers.data),
         source=str(config_path),
         host=host,
         port=port,

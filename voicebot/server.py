@@ -15,7 +15,7 @@ from . import api, latency, metrics
 from .campaigns import callbacks as campaign_callbacks, service as campaign_service
 from .answer import Answerer
 from .call import CallServices, EngineFactory
-from .config import Settings
+from .config import CARRIER_SECTIONS, ConfigError, Settings, check_serving
 from .dialplan import Dialplan, Persona
 from .engines.chain import ChainEngine
 from .engines.realtime import RealtimeEngine
@@ -29,8 +29,7 @@ SERVICES = web.AppKey("services", CallServices)
 LATENCY_PROBE = web.AppKey("latency_probe", asyncio.Task)
 
 # Each carrier module in voicebot/telephony exposes add_routes(app, services).
-CARRIER_MODULES = ("twilio", "telnyx", "signalwire", "plivo", "exotel",
-                   "vonage", "jambonz", "asterisk", "audiosocket", "freeswitch")
+CARRIER_MODULES = ("twilio", *CARRIER_SECTIONS)
 
 
 def stepfun_engines(settings: Settings, services: CallServices) -> EngineFactory:
@@ -153,6 +152,20 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     campaign_callbacks.add_routes(app, services)
     campaign_service.setup(app, services)      # after _end_all_calls: the calls' last results are flushed after it
     return app
+
+
+def check_startup(settings: Settings, dialplan: Dialplan) -> None:
+    """Every check ``voicebot serve`` makes before it listens, run by ``serve`` and ``voicebot check`` alike:
+    what the environment must hold (check_serving, the stream secret) and every carrier's section, read by
+    building the application as serve does (not started). Raises ConfigError for the first problem."""
+    from .telephony.twilio_auth import STREAM_SECRET_ENV, stream_token_secret
+
+    check_serving(settings)
+    try:
+        stream_token_secret()   # made once, before any worker forks: every worker signs and checks with it
+    except ValueError as exc:
+        raise ConfigError("environment", STREAM_SECRET_ENV, str(exc)) from None
+    create_app(settings, dialplan)
 
 
 def with_embedded_emulator(settings: Settings, base_url: str) -> Settings:
