@@ -135,6 +135,7 @@ class StepFunSettings:
     # With a fallback (engine: auto) a slow realtime connect costs the caller silence: give up sooner.
     failover_connect_timeout_s: float = 1.5
     base_url_from: str = "the default"   # where base_url was set: STEPFUN_BASE_URL or "<file>: stepfun.base_url"
+    strict_models: bool = False          # a model name StepFun does not document stops check and serve (else: warned)
     embedded: bool = False               # base_url is the embedded emulator serve started (no key, official URL)
 
     @property
@@ -268,6 +269,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         connect_timeout_s=step.get("connect_timeout_s", float, 5.0, minimum=0.1),
         failover_connect_timeout_s=step.get("failover_connect_timeout_s", float, 1.5, minimum=0.1),
         base_url_from=base_url_from,
+        strict_models=step.get("strict_models", bool, False),
     )
     step.reject_unknown()
 

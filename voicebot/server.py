@@ -19,6 +19,7 @@ from .config import CARRIER_SECTIONS, ConfigError, Settings, check_serving
 from .dialplan import Dialplan, Persona
 from .engines.chain import ChainEngine
 from .engines.realtime import RealtimeEngine
+from .stepfun.models import UnknownModel
 from .telephony import rest
 from .telephony.base import CarrierSession
 from .webhooks import EventSender
@@ -154,10 +155,11 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     return app
 
 
-def check_startup(settings: Settings, dialplan: Dialplan) -> None:
+def check_startup(settings: Settings, dialplan: Dialplan) -> list[UnknownModel]:
     """Every check ``voicebot serve`` makes before it listens, run by ``serve`` and ``voicebot check`` alike:
     what the environment must hold (check_serving, the stream secret) and every carrier's section, read by
-    building the application as serve does (not started). Raises ConfigError for the first problem."""
+    building the application as serve does (not started). Raises ConfigError for the first problem; returns
+    the model names StepFun does not document, unless stepfun.strict_models makes the first one an error."""
     from .telephony.twilio_auth import STREAM_SECRET_ENV, stream_token_secret
 
     check_serving(settings)
@@ -166,6 +168,11 @@ def check_startup(settings: Settings, dialplan: Dialplan) -> None:
     except ValueError as exc:
         raise ConfigError("environment", STREAM_SECRET_ENV, str(exc)) from None
     create_app(settings, dialplan)
+    unknown = dialplan.unknown_models
+    if unknown and settings.stepfun.strict_models:
+        raise ConfigError(unknown[0].source, unknown[0].field,
+                          unknown[0].problem + " (stepfun.strict_models is on)")
+    return unknown
 
 
 def with_embedded_emulator(settings: Settings, base_url: str) -> Settings:
