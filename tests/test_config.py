@@ -116,13 +116,15 @@ def test_a_local_emulator_without_a_key_is_not_a_production_server(tmp_path):
 @pytest.mark.parametrize("env, expected", [
     ({}, "stepfun: embedded emulator (no STEP_API_KEY"),
     ({"STEPFUN_BASE_URL": LOCAL}, f"stepfun: configured URL {LOCAL} (from STEPFUN_BASE_URL; no STEP_API_KEY"),
-    ({"STEP_API_KEY": "sk-2"}, "stepfun: official API https://api.stepfun.com/step_plan/v1 (STEP_API_KEY set"),
+    # With a real key serve asks for TWILIO_AUTH_TOKEN too, and so does check (tests/test_check_serve.py).
+    ({"STEP_API_KEY": "sk-2", "TWILIO_AUTH_TOKEN": "tw-2"},
+     "stepfun: official API https://api.stepfun.com/step_plan/v1 (STEP_API_KEY set"),
 ], ids=["embedded", "configured", "official"])
 def test_check_says_which_stepfun_endpoint_is_used_and_why(env, expected):
     proc = check(env)
     assert proc.returncode == 0, proc.stderr
     assert expected in proc.stdout
-    assert "sk-2" not in proc.stdout + proc.stderr
+    assert "sk-2" not in proc.stdout + proc.stderr and "tw-2" not in proc.stdout + proc.stderr
 
 
 def test_drain_seconds_and_max_calls_default_and_are_read(tmp_path):

@@ -135,6 +135,7 @@ class StepFunSettings:
     # With a fallback (engine: auto) a slow realtime connect costs the caller silence: give up sooner.
     failover_connect_timeout_s: float = 1.5
     base_url_from: str = "the default"   # where base_url was set: STEPFUN_BASE_URL or "<file>: stepfun.base_url"
+    strict_models: bool = False          # a model name StepFun does not document stops check and serve (else: warned)
     embedded: bool = False               # base_url is the embedded emulator serve started (no key, official URL)
 
     @property
@@ -200,6 +201,11 @@ def _url(fields: Fields, key: str, default: str, schemes: tuple[str, ...]) -> st
         raise fields.error(key, f"expected an absolute {'/'.join(schemes)} URL, got {value!r}")
     return value
 
+
+# The carriers with a ``carriers.<name>`` section, one module each in voicebot/telephony (Twilio's settings are
+# the top-level ``twilio:`` section).
+CARRIER_SECTIONS = ("telnyx", "signalwire", "plivo", "exotel", "vonage", "jambonz", "asterisk", "audiosocket",
+                    "freeswitch")
 
 DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg")
 DATABASE_URL_ENV = "VOICEBOT_DATABASE_URL"     # overrides database.url: where a password belongs
@@ -267,6 +273,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         connect_timeout_s=step.get("connect_timeout_s", float, 5.0, minimum=0.1),
         failover_connect_timeout_s=step.get("failover_connect_timeout_s", float, 1.5, minimum=0.1),
         base_url_from=base_url_from,
+        strict_models=step.get("strict_models", bool, False),
     )
     step.reject_unknown()
 
@@ -305,9 +312,13 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     spool = database.get("spool", str, None)
     database.reject_unknown()
 
-    carriers = top.get("carriers", dict, {})
+    carriers = top.section("carriers")
+    for name in carriers.data:
+        if name not in CARRIER_SECTIONS:
+            twilio = "; Twilio's settings are the top-level twilio: section" if name == "twilio" else ""
+            raise carriers.error(str(name), f"unknown carrier (known: {', '.join(CARRIER_SECTIONS)}){twilio}")
     settings = Settings(
-        carriers=carriers,
+        carriers=dict(carriers.data),
         source=str(config_path),
         host=host,
         port=port,

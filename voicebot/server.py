@@ -30,10 +30,11 @@ from .api.common import DATABASE
 from .campaigns import callbacks as campaign_callbacks, service as campaign_service
 from .answer import Answerer
 from .call import CallServices, EngineFactory
-from .config import ConfigError, Settings
+from .config import CARRIER_SECTIONS, ConfigError, Settings, check_serving
 from .dialplan import Dialplan, Persona, dialplan_version, load_dialplan
 from .engines.chain import ChainEngine
 from .engines.realtime import RealtimeEngine
+from .stepfun.models import UnknownModel
 from .store.database import describe_error
 from .telephony import rest
 from .telephony.base import CarrierSession, read_carrier_options
@@ -60,8 +61,7 @@ def longest_stop_s(drain_seconds: float) -> float:
     return drain_seconds + GOODBYE_WINDOW_S + CALLS_FINISH_TIMEOUT_S + FLUSH_TIMEOUT_S
 
 # Each carrier module in voicebot/telephony exposes add_routes(app, services).
-CARRIER_MODULES = ("twilio", "telnyx", "signalwire", "plivo", "exotel",
-                   "vonage", "jambonz", "asterisk", "audiosocket", "freeswitch")
+CARRIER_MODULES = ("twilio", *CARRIER_SECTIONS)
 
 
 def stepfun_engines(settings: Settings, services: CallServices) -> EngineFactory:
@@ -365,6 +365,26 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     campaign_callbacks.add_routes(app, services)
     campaign_service.setup(app, services)      # after _end_all_calls: the calls' last results are flushed after it
     return app
+
+
+def check_startup(settings: Settings, dialplan: Dialplan) -> list[UnknownModel]:
+    """Every check ``voicebot serve`` makes before it listens, run by ``serve`` and ``voicebot check`` alike:
+    what the environment must hold (check_serving, the stream secret) and every carrier's section, read by
+    building the application as serve does (not started). Raises ConfigError for the first problem; returns
+    the model names StepFun does not document, unless stepfun.strict_models makes the first one an error."""
+    from .telephony.twilio_auth import STREAM_SECRET_ENV, stream_token_secret
+
+    check_serving(settings)
+    try:
+        stream_token_secret()   # made once, before any worker forks: every worker signs and checks with it
+    except ValueError as exc:
+        raise ConfigError("environment", STREAM_SECRET_ENV, str(exc)) from None
+    create_app(settings, dialplan)
+    unknown = dialplan.unknown_models
+    if unknown and settings.stepfun.strict_models:
+        raise ConfigError(unknown[0].source, unknown[0].field,
+                          unknown[0].problem + " (stepfun.strict_models is on)")
+    return unknown
 
 
 def with_embedded_emulator(settings: Settings, base_url: str) -> Settings:
