@@ -5,10 +5,12 @@ use stay. SIGHUP under voicebot serve (and its workers): test_drain_serve.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 import structlog
 
+from voicebot.config import StepFunSettings
 from voicebot.emulator.app import Emulator, start_emulator
 from voicebot.server import DIALPLAN_WATCH, SERVICES
 from voicebot.simulator.caller import Hangup
@@ -23,9 +25,9 @@ TWO = ("Hello from version two.", "Goodbye from version two.")
 OTHER_LINE = "+15550100002"
 
 
-def version(greeting_goodbye: tuple[str, str], **options) -> str:
+def version(greeting_goodbye: tuple[str, str], extra: str = "", **options) -> str:
     greeting, goodbye = greeting_goodbye
-    return persona("reload-en", greeting=greeting, goodbye=goodbye, extra="max_call_seconds: 6\n", **options)
+    return persona("reload-en", greeting=greeting, goodbye=goodbye, extra="max_call_seconds: 6\n" + extra, **options)
 
 
 @pytest.fixture
@@ -141,3 +143,31 @@ async def test_a_reload_may_not_drop_a_persona_a_carrier_is_configured_to_answer
     assert rejected["field"] == "carriers.plivo.persona" and "no persona named 'plivo-line'" in rejected["problem"]
     assert rejected["file"].endswith("config.yaml")
     assert app[SERVICES].dialplan.named("plivo-line") is not None
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_a_reload_checks_model_names_as_serve_does(tmp_path, emulator, strict):
+    """An undocumented model name in a changed file: a warning naming file and field, the change taken; with
+    stepfun.strict_models, refused like any invalid change and the dialplans in use stay."""
+    plans = tmp_path / "dialplans"
+    plans.mkdir()
+    (plans / "reload.yaml").write_text(version(ONE))
+    runner, settings, app = await start_voice_server(tmp_path, plans, emulator, stepfun=dataclasses.replace(
+        StepFunSettings(base_url=emulator.base_url, api_key="test-key", connect_timeout_s=3.0), strict_models=strict))
+    try:
+        (plans / "reload.yaml").write_text(version(TWO, extra="realtime: {model: gpt-nonsense}\n"))
+        with structlog.testing.capture_logs() as logs:
+            taken = await app[DIALPLAN_WATCH].reload("SIGHUP")
+    finally:
+        await runner.cleanup()
+    greeting = app[SERVICES].dialplan.named("reload-en").greeting
+    if strict:
+        assert taken is False and greeting == ONE[0]
+        (rejected,) = [e for e in logs if e["event"] == "dialplan_reload_rejected"]
+        assert rejected["file"].endswith("reload.yaml") and rejected["field"] == "realtime.model"
+        assert "strict_models" in rejected["problem"]
+        return
+    assert taken is True and greeting == TWO[0]
+    (warning,) = [e for e in logs if e["event"] == "stepfun_model_unknown"]
+    assert warning["file"].endswith("reload.yaml") and warning["field"] == "realtime.model"
+    assert warning["model"] == "gpt-nonsense" and "stepaudio-2.5-realtime" in warning["known"]

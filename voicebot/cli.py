@@ -14,12 +14,11 @@ import structlog
 from .config import ConfigError, Settings, load_settings
 from .dialplan import Dialplan, load_dialplan
 from .logs import configure_logging
+from .stepfun.models import STRICT_MODELS_HINT, log_unknown_models
 
 log = structlog.get_logger("voicebot.cli")
 
 
-STRICT_MODELS_HINT = ("a name StepFun added since this list was written works: check it; stepfun.strict_models: "
-                      "true in the config or --strict-models makes an unknown name an error")
 
 
 def _load(args) -> tuple[Settings, Dialplan]:
@@ -34,12 +33,6 @@ def _check_startup(settings: Settings, dialplan: Dialplan):
     directory is set)."""
     from .server import check_startup
     return check_startup(settings, dialplan)
-
-
-def _log_unknown_models(unknown) -> None:
-    for model in unknown:
-        log.warning("stepfun_model_unknown", file=model.source, field=model.field, model=model.name,
-                    api=model.api, known=list(model.known), message=f"{model.problem}; {STRICT_MODELS_HINT}")
 
 
 async def _serve(settings: Settings, dialplan: Dialplan,
@@ -64,7 +57,7 @@ def cmd_serve(args) -> int:
         settings = dataclasses.replace(settings, workers=args.workers)
     configure_logging(settings.log_format, settings.log_level)
     if settings.workers == 1:
-        _log_unknown_models(_check_startup(settings, dialplan))
+        log_unknown_models(_check_startup(settings, dialplan))
         from .server import install_event_loop
         log.info("event_loop", loop=install_event_loop())
         asyncio.run(_serve(settings, dialplan))
@@ -76,7 +69,7 @@ def cmd_serve(args) -> int:
                     message="no STEP_API_KEY: each worker answers with its own embedded emulator")
 
     with shared_metrics_dir():
-        _log_unknown_models(_check_startup(settings, dialplan))   # before the workers fork: one check, one log
+        log_unknown_models(_check_startup(settings, dialplan))   # before the workers fork: one check, one log
         from .server import install_event_loop, longest_stop_s   # imports the metrics: after their directory is set
 
         def serve(index: int) -> None:

@@ -34,7 +34,7 @@ from .config import CARRIER_SECTIONS, ConfigError, Settings, check_serving
 from .dialplan import Dialplan, Persona, dialplan_version, load_dialplan
 from .engines.chain import ChainEngine
 from .engines.realtime import RealtimeEngine
-from .stepfun.models import UnknownModel
+from .stepfun.models import UnknownModel, log_unknown_models
 from .store.database import describe_error
 from .telephony import rest
 from .telephony.base import CarrierSession, read_carrier_options
@@ -286,6 +286,7 @@ class DialplanWatch:
             try:
                 new = await asyncio.to_thread(load_dialplan, self.folder)
                 check_carrier_personas(self.services.settings, new)
+                unknown_models = check_models(self.services.settings, new)
             except ConfigError as exc:
                 log.error("dialplan_reload_rejected", trigger=trigger, file=exc.source, field=exc.field_path or None,
                           problem=exc.problem, error=str(exc), kept="the dialplans in use")
@@ -297,6 +298,7 @@ class DialplanWatch:
             current = self.services.dialplan
             changes = current.changes_to(new)
             current.replace_with(new)
+            log_unknown_models(unknown_models)
             log.info("dialplans_reloaded", trigger=trigger, personas=len(new.personas), **changes)
             return True
 
@@ -380,6 +382,11 @@ def check_startup(settings: Settings, dialplan: Dialplan) -> list[UnknownModel]:
     except ValueError as exc:
         raise ConfigError("environment", STREAM_SECRET_ENV, str(exc)) from None
     create_app(settings, dialplan)
+    return check_models(settings, dialplan)
+
+
+def check_models(settings: Settings, dialplan: Dialplan) -> list[UnknownModel]:
+    """The model names StepFun does not document, or a ConfigError for the first with stepfun.strict_models."""
     unknown = dialplan.unknown_models
     if unknown and settings.stepfun.strict_models:
         raise ConfigError(unknown[0].source, unknown[0].field,

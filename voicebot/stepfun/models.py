@@ -11,6 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
+
+log = structlog.get_logger("voicebot.stepfun")
+
+STRICT_MODELS_HINT = ("a name StepFun added since this list was written works: check it; stepfun.strict_models: "
+                      "true in the config or --strict-models makes an unknown name an error")
+
 # Only the 2.5 realtime model: the older step-audio-2 fails its WebSocket upgrade on the Step Plan path (§1.8).
 REALTIME_MODELS: tuple[str, ...] = ("stepaudio-2.5-realtime",)
 # step-asr-1.1-stream is an alias of 2.5 (§6).
@@ -47,3 +54,10 @@ class UnknownModel:
 def unknown_model(source: str, field: str, api: str, name: str) -> UnknownModel | None:
     """None when ``name`` is a documented ``api`` model, else where it is set and what is known."""
     return None if name in KNOWN_MODELS[api] else UnknownModel(str(source), field, api, name)
+
+
+def log_unknown_models(unknown: "list[UnknownModel]") -> None:
+    """One warning per model name StepFun does not document (serve at startup, and a dialplan reload)."""
+    for model in unknown:
+        log.warning("stepfun_model_unknown", file=model.source, field=model.field, model=model.name,
+                    api=model.api, known=list(model.known), message=f"{model.problem}; {STRICT_MODELS_HINT}")
