@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import struct
 
+import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from voicebot import wsserver
 from voicebot.wsserver import ServerWebSocket
 
 MAX_MESSAGE = 4096
@@ -95,6 +97,9 @@ def read(reads: list[bytes]) -> tuple[list, Transport, ServerWebSocket]:
         ws.listen(messages.append)
         for chunk in reads:
             ws.feed_data(chunk)
+        delivered = list(messages)
+        await asyncio.sleep(0)       # CLOSE_TIMEOUT_S (0 here) runs out: a refused connection is closed by now
+        assert messages == delivered
         return messages, transport, ws
     return asyncio.run(go())
 
@@ -113,8 +118,10 @@ def close_code(written: bytes) -> int | None:
 @given(st.lists(frames(), max_size=6).map(b"".join).flatmap(lambda data: st.tuples(st.just(data), cuts(data))))
 def test_the_frame_reader_keeps_to_the_rules_however_the_bytes_arrive(data_and_reads) -> None:
     data, reads = data_and_reads
-    whole = read([data])
-    cut = read(reads)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wsserver, "CLOSE_TIMEOUT_S", 0.0)
+        whole = read([data])
+        cut = read(reads)
     messages, transport, ws = cut
     assert messages == whole[0]                              # reads cut anywhere: the same messages …
     assert ws.problem == whole[2].problem                    # … and the same verdict

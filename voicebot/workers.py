@@ -7,19 +7,31 @@ from another connection is the stream token that the voice webhook (served by an
 and the token key is shared (:func:`voicebot.telephony.twilio_auth.stream_token_secret`, made before
 the workers fork).
 
-The supervisor restarts a worker that dies and stops everything on SIGINT/SIGTERM: each worker then
-ends its calls cleanly (as a single server does) and is killed only if it has not exited within
-``STOP_GRACE_S``. A worker that dies within ``FAST_FAILURE_S`` of its start twice in a row (a bad port,
-a broken install) stops the server instead of restarting forever.
+Metrics: every worker writes its values into one directory that the supervisor makes for the server's
+lifetime (prometheus-client's multiprocess mode, :func:`shared_metrics_dir`), so a scrape of ``/metrics``
+answered by any worker sees them all; a worker that dies is marked dead there, so its calls stop counting
+as active while its counters stay in the totals.
+
+The supervisor restarts a worker that dies and stops everything on SIGINT/SIGTERM: it sends each worker
+SIGTERM, and each drains its calls as a single server does (voicebot/server.py), then exits; the supervisor
+exits 0 once they all have. A worker still running after ``stop_timeout_s`` (the longest a drain can take) is
+killed. A second SIGINT/SIGTERM is passed on too: the workers end their calls at once. SIGHUP is passed on to
+the workers: each reloads its dialplans. Workers ignore SIGINT themselves (Ctrl-C in a terminal reaches every
+process of the group; only the supervisor acts on it). A worker that dies within ``FAST_FAILURE_S`` of its start
+twice in a row (a bad port, a broken install) stops the server instead of restarting forever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait
 
 import structlog
@@ -28,21 +40,57 @@ log = structlog.get_logger("voicebot.workers")
 
 STOP_GRACE_S = 15.0
 FAST_FAILURE_S = 5.0
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"   # read by prometheus-client when it is imported
+
+
+@contextlib.contextmanager
+def shared_metrics_dir() -> Iterator[str]:
+    """A new directory for the workers' metrics, set as ``PROMETHEUS_MULTIPROC_DIR`` while the server runs and
+    removed after. Enter it before anything imports voicebot.metrics: prometheus-client chooses where values
+    live when a metric is created."""
+    if "voicebot.metrics" in sys.modules:
+        raise RuntimeError("voicebot.metrics was imported before the workers' metrics directory was set up")
+    inherited = os.environ.get(MULTIPROC_DIR_ENV)
+    path = tempfile.mkdtemp(prefix="voicebot-metrics-")
+    os.environ[MULTIPROC_DIR_ENV] = path
+    if "prometheus_client" in sys.modules:      # imported without the directory: choose again
+        from prometheus_client import values
+        values.ValueClass = values.get_value_class()
+    log.info("metrics_multiprocess_dir", path=path)
+    try:
+        yield path
+    finally:
+        if inherited is None:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
+        else:
+            os.environ[MULTIPROC_DIR_ENV] = inherited
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def forget_worker_metrics(pid: int) -> None:
+    """A worker is gone: its live gauges (active calls) no longer count; its counters stay in the totals."""
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(pid)
 
 
 class Supervisor:
-    def __init__(self, count: int, serve: Callable[[int], None]) -> None:
+    def __init__(self, count: int, serve: Callable[[int], None], *, stop_timeout_s: float = STOP_GRACE_S) -> None:
         self.count = count
         self.serve = serve                 # runs worker i until it is told to stop
+        self.stop_timeout_s = stop_timeout_s
         self._context = multiprocessing.get_context("fork")   # workers inherit settings, dialplan, token key
         self._workers: dict[int, multiprocessing.Process] = {}
         self._started: dict[int, float] = {}
         self._fast_failures: dict[int, int] = {}
         self._stopping = False
+        self._stop_signals = 0             # SIGINT/SIGTERM received
+        self._workers_told = False         # the workers were sent SIGTERM: a later stop signal is passed on
 
     def run(self) -> int:
         """Start the workers and keep them running until a signal; the exit status of the server."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         status = 0
         try:
             for index in range(self.count):
@@ -63,9 +111,26 @@ class Supervisor:
         return status
 
     def _on_signal(self, signum, _frame) -> None:
+        self._stop_signals += 1
         if not self._stopping:
-            log.info("workers_stopping", signal=signal.Signals(signum).name)
+            log.info("workers_stopping", signal=signal.Signals(signum).name,
+                     message="the workers drain their calls")
+        elif self._workers_told:
+            log.warning("workers_ending_calls_now", signal=signal.Signals(signum).name)
+            self._signal_workers(signal.SIGTERM)
         self._stopping = True
+
+    def _on_hangup(self, _signum, _frame) -> None:
+        log.info("workers_reloading_dialplans")
+        self._signal_workers(signal.SIGHUP)
+
+    def _signal_workers(self, sig: signal.Signals) -> None:
+        for process in self._workers.values():
+            if process.is_alive():
+                try:
+                    os.kill(process.pid, sig)
+                except ProcessLookupError:
+                    pass
 
     def _start(self, index: int) -> None:
         process = self._context.Process(target=self._worker_main, args=(index,), name=f"voicebot-worker-{index}")
@@ -74,14 +139,17 @@ class Supervisor:
         self._started[index] = time.monotonic()
 
     def _worker_main(self, index: int) -> None:
-        # The supervisor's handlers are not the worker's: its server installs its own on its event loop.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # The supervisor's handlers are not the worker's: its server installs its own (SIGTERM, SIGHUP) on its
+        # event loop. SIGINT is the supervisor's alone; a SIGHUP before the loop is up must not end the worker.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         structlog.contextvars.bind_contextvars(worker=index)
         self.serve(index)
 
     def _restart(self, index: int, process: multiprocessing.Process) -> bool:
         process.join()
+        forget_worker_metrics(process.pid)
         lived_s = time.monotonic() - self._started[index]
         log.error("worker_exited", worker=index, pid=process.pid, exitcode=process.exitcode, lived_s=round(lived_s, 1))
         if lived_s < FAST_FAILURE_S:
@@ -99,13 +167,15 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         alive = [p for p in self._workers.values() if p.is_alive()]
-        for process in alive:
-            os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+        self._signal_workers(signal.SIGTERM)
+        self._workers_told = True
+        if self._stop_signals > 1:        # a second stop signal came before the workers were told: pass it on
+            self._signal_workers(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
         for process in alive:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
-                log.error("worker_killed", pid=process.pid, after_s=STOP_GRACE_S)
+                log.error("worker_killed", pid=process.pid, after_s=self.stop_timeout_s)
                 process.kill()
                 process.join()
         log.info("workers_stopped", workers=len(self._workers))

@@ -10,8 +10,9 @@ step; sends are written to the socket at once.
 Server-side rules enforced (closing with the RFC's code and a reason): client frames must be masked,
 no reserved bits (no extension is negotiated), known opcodes only, control frames unfragmented and
 ≤ 125 bytes, continuations only inside a fragmented message, text in valid UTF-8, messages no larger
-than ``max_message_bytes`` (1009). Pings are answered; when the peer sends nothing for ``heartbeat_s`` it
-is pinged, and without an answer within half that the connection is dropped.
+than ``max_message_bytes`` (1009; the rest of such a message is read past, unused, until the peer's close
+frame, so our close frame is not lost to a connection reset). Pings are answered; when the peer sends
+nothing for ``heartbeat_s`` it is pinged, and without an answer within half that the connection is dropped.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class ServerWebSocket:
         self.protocol = protocol                 # the negotiated subprotocol
         self.close_code: int | None = None       # the peer's close code, once it sent one
         self.problem: str | None = None
+        self.violation: int | None = None        # our close code when the peer broke the protocol or a limit
         self.response: web.StreamResponse | None = None   # the 101, for the aiohttp handler to return
         self._max = max_message_bytes
         self._buffer = b""
@@ -93,6 +95,8 @@ class ServerWebSocket:
         self._listener: Listener | None = None
         self._pending: deque[str | bytes] = deque()
         self._input_done = False                 # a close frame or a violation: further bytes are ignored
+        self._discarding = False                 # a message refused for its size: frames are read past, unused
+        self._skip = 0                           # bytes of a discarded frame still to come
         self._close_sent = False
         loop = asyncio.get_running_loop()
         self._lost: asyncio.Future[None] = loop.create_future()
@@ -182,10 +186,30 @@ class ServerWebSocket:
         """A protocol violation by the peer: close with ``code`` and stop reading (§7.1.7)."""
         if self.problem is None:
             self.problem = problem
+        if self.violation is None and code != INTERNAL_ERROR:     # INTERNAL_ERROR: our bug, not the peer's
+            self.violation = code
         self._input_done = True
         if not self._close_sent and not self.transport.is_closing():
             self._send_close(code, problem[:100])
         self.transport.close()
+
+    def _refuse_too_big(self, size: int) -> None:
+        """Close with 1009 and read on, discarding, until the peer's close frame (or CLOSE_TIMEOUT_S): closing
+        the socket with the rest of a large message unread makes the kernel answer with a reset, which destroys
+        our close frame before the peer reads it."""
+        problem = f"message of {size} bytes is over the {self._max}-byte limit"
+        if self.problem is None:
+            self.problem = problem
+        if self.violation is None:
+            self.violation = MESSAGE_TOO_BIG
+        self._discarding, self._fragments, self._fragment_size = True, None, 0
+        if not self._close_sent and not self.transport.is_closing():
+            self._send_close(MESSAGE_TOO_BIG, problem[:100])
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._close_handshake_expired)
+
+    def _close_handshake_expired(self) -> None:
+        if not self._lost.done():
+            self.transport.close()
 
     def _drop(self, problem: str) -> None:
         if self.problem is None:
@@ -220,6 +244,10 @@ class ServerWebSocket:
         if self._input_done:
             return False, b""
         self._heard = True
+        if self._skip:       # the rest of a discarded frame (the buffer is empty meanwhile)
+            skipped = min(self._skip, len(data))
+            self._skip -= skipped
+            data = data[skipped:]
         if self._buffer:
             data = self._buffer + data
         size, pos = len(data), 0
@@ -244,10 +272,15 @@ class ServerWebSocket:
                 if length > 125 or not first & 0x80:
                     self._fail(PROTOCOL_ERROR, "control frame fragmented or over 125 bytes")
                     break
-            elif length + self._fragment_size > self._max:
-                self._fail(MESSAGE_TOO_BIG, f"message of {length + self._fragment_size} bytes is over the "
-                                            f"{self._max}-byte limit")
-                break
+            elif self._discarding or length + self._fragment_size > self._max:
+                if not self._discarding:
+                    self._refuse_too_big(length + self._fragment_size)
+                end = head + 4 + length
+                if end > size:
+                    self._skip, pos = end - size, size
+                    break
+                pos = end
+                continue
             end = head + 4 + length
             if end > size:
                 break
@@ -302,7 +335,7 @@ class ServerWebSocket:
                 self._fail(PROTOCOL_ERROR, f"invalid close code {code}")
                 return
         self.close_code = code
-        if code not in (1000, 1001, 1005) and self.problem is None:
+        if code not in (1000, 1001, 1005) and self.problem is None and not self._close_sent:   # not our close's echo
             self.problem = f"peer closed with code {code}" + (f" ({reason})" if reason else "")
         self._input_done = True
         self._close_received.set_result(None)

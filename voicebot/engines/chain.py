@@ -17,7 +17,7 @@ import aiohttp
 import numpy as np
 import structlog
 
-from .. import latency
+from .. import latency, metrics
 from ..audio import FRAME_SAMPLES, RATE
 from ..audio.playout import HeardItem
 from ..audio.resample import Resampler
@@ -107,9 +107,9 @@ class ChainEngine:
         self.log = log or structlog.get_logger("voicebot.engine")
         key = stepfun.api_key or "emulator"
         timeout = stepfun.connect_timeout_s
-        self.asr = AsrClient(http, stepfun.base_url, key, connect_timeout=timeout)
+        self.asr = AsrClient(http, stepfun.base_url, key, model=self.settings.asr_model, connect_timeout=timeout)
         self.chat = ChatClient(http, stepfun.base_url, key, model=self.settings.chat_model, connect_timeout=timeout)
-        self.tts = TtsClient(http, stepfun.base_url, key, connect_timeout=timeout)
+        self.tts = TtsClient(http, stepfun.base_url, key, model=self.settings.tts_model, connect_timeout=timeout)
         self.conversation = conversation if conversation is not None else []
         self.tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                         "parameters": t.parameters}} for t in tools or ()]
@@ -225,6 +225,7 @@ class ChainEngine:
             text = result.text.strip()
             problem = None if text else "empty transcript"
         except StepFunError as exc:
+            metrics.stepfun_error(exc)
             text, problem = "", str(exc)
         timing["asr_ms"] = round((loop.time() - started) * 1000)
         if problem is not None:
@@ -265,6 +266,7 @@ class ChainEngine:
             try:
                 return await self._answer_once(item_id, since, timing)
             except StepFunError as exc:
+                metrics.stepfun_error(exc)
                 self.log.warning("chain_chat_failed", attempt=attempt, reason=str(exc))
                 if item_id in self._spoken:   # part of the answer was spoken: keep that, do not repeat
                     self._record_assistant(item_id)
@@ -334,6 +336,7 @@ class ChainEngine:
                     await self._play(item_id, sentence, stream.audio(), delivered)
                 return bool(delivered[0])
             except StepFunError as exc:
+                metrics.stepfun_error(exc)
                 self.log.warning("chain_tts_ws_failed", reason=str(exc), delivered_samples=delivered[0],
                                  fallback="http" if not delivered[0] else None)
                 if delivered[0]:      # the caller heard the start of it: do not say it twice
@@ -343,6 +346,7 @@ class ChainEngine:
             async with self.tts.stream_http(sentence, **options) as stream:
                 await self._play(item_id, sentence, stream, delivered)
         except StepFunError as exc:
+            metrics.stepfun_error(exc)
             self.log.warning("chain_tts_failed", reason=str(exc), sentence_chars=len(sentence),
                              delivered_samples=delivered[0])
             self.sink.note("tts_failed", reason=str(exc), text=sentence)

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..audio.codecs import UnsupportedCodec, WireCodec
 from .base import (Audio, BasicAuthRoute, CallMeta, CarrierEvent, CarrierOptions, CarrierSession,
-                   FatalProtocolError, MarkPlayed, ProtocolError, Started, decode_audio, dtmf, parse_json_object)
+                   FatalProtocolError, MarkPlayed, ProtocolError, Started, decode_audio, dtmf,
+                   parse_json_object)
 
 MEDIA_PATH = "/asterisk/media"
 SUBPROTOCOL = "media"

@@ -22,7 +22,7 @@ import numpy as np
 import structlog
 from aiohttp import web
 
-from .. import jsoncodec
+from .. import jsoncodec, metrics
 from ..config import Fields
 
 if TYPE_CHECKING:
@@ -163,14 +163,6 @@ def parse_json_object(text: str) -> dict:
     return msg
 
 
-def decode_audio(codec: "WireCodec", data: bytes, where: str) -> np.ndarray:
-    """Caller audio from one payload in the stream's codec; a ProtocolError when it is not whole samples."""
-    try:
-        return codec.decode(data)
-    except ValueError as exc:
-        raise ProtocolError(f"{where}: {exc}") from None
-
-
 def require(msg: dict, key: str, kind: type | tuple[type, ...], where: str):
     """``msg[key]`` when it is a ``kind``; otherwise a ProtocolError naming the message and the field."""
     value = msg.get(key)
@@ -178,6 +170,15 @@ def require(msg: dict, key: str, kind: type | tuple[type, ...], where: str):
     if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
         raise ProtocolError(f"{where}: field {key!r} missing or not a {'/'.join(k.__name__ for k in kinds)}")
     return value
+
+
+def decode_audio(codec: "WireCodec", payload: bytes, where: str) -> np.ndarray:
+    """A carrier's audio payload as 8 kHz PCM. One the codec cannot take (an L16 payload that is not whole
+    samples) is a ProtocolError naming where it came from: the message is dropped, the call goes on."""
+    try:
+        return codec.decode(payload)
+    except ValueError as exc:
+        raise ProtocolError(f"{where}: {exc}") from None
 
 
 DTMF_KEYS = frozenset("0123456789*#ABCD")
@@ -219,6 +220,7 @@ def basic_auth_problem(request: web.Request, username: str, password: str | None
 def refuse_upgrade(request: web.Request, carrier: str, reason: str, *, basic_realm: str | None = None) -> web.Response:
     """Answer an unauthenticated media-stream upgrade with 401 before any audio flows."""
     log.warning("media_stream_refused", carrier=carrier, reason=reason, peer=request.remote, path=request.path)
+    metrics.stream_refused(carrier, "auth")
     headers = {"WWW-Authenticate": f'Basic realm="{basic_realm}"'} if basic_realm else None
     return web.Response(status=401, text="unauthorized\n", headers=headers)
 
