@@ -7,7 +7,7 @@ huge, NaN, YAML's own surprises: ``.inf``, ``0x1F``, unquoted timestamps, anchor
 short, or not UTF-8. Properties: loading gives settings or a ``ConfigError`` that names its file and says what
 is wrong -- never another exception, so ``voicebot check`` and ``serve`` always end with a located message;
 and what loads holds no NaN (a NaN passes every ``minimum``/``maximum`` check, then disables the timer or
-bound it was meant to set)."""
+bound it was meant to set) and no URL that fails when first used (a port past 65535)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import dataclasses
 import math
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -94,16 +95,19 @@ ENVIRONMENTS = st.dictionaries(st.sampled_from(["STEPFUN_BASE_URL", "STEP_API_KE
                                                 "TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID"]), ENV_VALUES, max_size=3)
 
 
-def no_nan(value, where: str = "settings") -> None:
-    """No NaN anywhere in what was loaded."""
+def usable(value, where: str = "settings") -> None:
+    """What was loaded holds no NaN, and every URL in it can be used: urllib reads a port only when a request
+    is made (``:99999`` raises there, not here)."""
     if isinstance(value, float):
         assert not math.isnan(value), where
+    elif isinstance(value, str) and "://" in value:
+        urlsplit(value).port     # raises ValueError for a port that is not a number up to 65535
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
-            no_nan(getattr(value, f.name), f"{where}.{f.name}")
+            usable(getattr(value, f.name), f"{where}.{f.name}")
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            no_nan(item, f"{where}[{i}]")
+            usable(item, f"{where}[{i}]")
 
 
 def located(error: ConfigError, *sources: str) -> None:
@@ -125,6 +129,9 @@ def default_dialplan(folder: Path):
 @example(b"", {"STEPFUN_BASE_URL": "http://[::1"})
 @example(b"port: \xc3\x28\n", {})                                          # not UTF-8
 @example(b"stepfun: {connect_timeout_s: .nan}\n", {})
+@example(b"server: {port: 8080, public_url: 'http://h.test:99999'}\n", {})   # port.parse: at the first request
+@example(b"carriers: {telnyx: {call_control: {api_base_url: 'http://[::1'}}}\n", {})
+@example(b"", {"STEPFUN_BASE_URL": "http://[::1]:99999/x"})
 def test_config_loads_or_names_the_field_at_fault(text, environ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -135,7 +142,7 @@ def test_config_loads_or_names_the_field_at_fault(text, environ) -> None:
         except ConfigError as exc:
             located(exc, str(path), "environment")
             return
-        no_nan(settings)
+        usable(settings)
         dialplan = default_dialplan(folder)
         try:
             create_app(settings, dialplan)          # every carriers.<name> section is read here
@@ -147,6 +154,10 @@ def test_config_loads_or_names_the_field_at_fault(text, environ) -> None:
 @given(persona=yaml_files(PERSONA))
 @example(persona=b"name: x\nnumbers: ['+15550000001']\nlanguage: en\nvoice: v\n"
                                     b"instructions: i\nchain: {temperature: .nan}\n")
+@example(persona=b"name: x\nnumbers: ['+15550000001']\nlanguage: en\nvoice: v\ninstructions: i\n"
+                b"tools: {webhooks: [{name: f, description: d, url: 'http://[::1'}]}\n")       # urlsplit: ValueError
+@example(persona=b"name: x\nnumbers: ['+15550000001']\nlanguage: en\nvoice: v\ninstructions: i\n"
+                b"events_webhook: {url: 'https://hooks.test:99999/e'}\n")
 def test_a_dialplan_loads_or_names_the_field_at_fault(layout, persona) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plans = Path(tmp)
@@ -166,4 +177,4 @@ def test_a_dialplan_loads_or_names_the_field_at_fault(layout, persona) -> None:
             located(exc, *sources)
             return
         for p in plan.personas:
-            no_nan(p, p.name)
+            usable(p, p.name)

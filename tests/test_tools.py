@@ -54,7 +54,9 @@ def persona_with(tmp_path, tools: str):
     ("  transfer: {'bad name': '+15550001111'}", "tools.transfer.bad name", "target name"),
     ("  webhooks: [{name: check order, description: d, url: 'https://x.example'}]", "tools.webhooks[0].name",
      "function name"),
-    ("  webhooks: [{name: lookup, description: d, url: 'ftp://x.example'}]", "tools.webhooks[0].url", "http(s)"),
+    ("  webhooks: [{name: lookup, description: d, url: 'ftp://x.example'}]", "tools.webhooks[0].url", "http/https"),
+    ("  webhooks: [{name: lookup, description: d, url: 'https://x.example:99999'}]", "tools.webhooks[0].url",
+     "a port up to 65535"),
     ("  webhooks: [{name: lookup, description: d, url: 'https://x.example', parameters: {type: string}}]",
      "tools.webhooks[0].parameters", "type object"),
     ("  webhooks: [{name: lookup, description: d, url: 'https://x.example',"

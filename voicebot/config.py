@@ -205,23 +205,32 @@ class Settings:
 
 
 def url_parts(value: str) -> SplitResult | None:
-    """``value`` split as a URL; None when it cannot be (an unclosed IPv6 "[": ``http://[::1``)."""
+    """``value`` split as a URL; None when it cannot be: an unclosed IPv6 "[" (``http://[::1``), a port that is
+    not a number up to 65535 (``:99999``), which urllib only notices when it is used -- at the first request."""
     try:
-        return urlsplit(value)
+        parts = urlsplit(value)
+        parts.port      # noqa: B018 -- raises ValueError for a bad port
     except ValueError:
         return None
+    return parts
 
 
 def absolute_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> bool:
-    """``value`` is a URL with one of ``schemes`` and a host."""
+    """``value`` is a URL with one of ``schemes``, a host, and a valid port if any. Every URL a file or the
+    environment gives is checked with it."""
     parts = url_parts(value)
-    return parts is not None and parts.scheme in schemes and bool(parts.netloc)
+    return parts is not None and parts.scheme in schemes and bool(parts.hostname)
+
+
+def url_problem(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """What the error about a URL that is not ``absolute_url`` says."""
+    return f"expected an absolute {'/'.join(schemes)} URL (a host, a port up to 65535 if any), got {value!r}"
 
 
 def _url(fields: Fields, key: str, default: str, schemes: tuple[str, ...]) -> str:
     value = fields.get(key, str, default).rstrip("/")
     if not absolute_url(value, schemes):
-        raise fields.error(key, f"expected an absolute {'/'.join(schemes)} URL, got {value!r}")
+        raise fields.error(key, url_problem(value, schemes))
     return value
 
 
@@ -248,7 +257,8 @@ def _database_url(value: str, base_dir: Path, error: Callable[[str], ConfigError
     if scheme.startswith("postgresql"):
         parts = url_parts(value)
         if parts is None or not parts.hostname or not parts.path.strip("/"):
-            raise error("a PostgreSQL URL needs a host and a database: postgresql://user:password@host:port/database")
+            raise error("a PostgreSQL URL needs a host, a port up to 65535 if any, and a database: "
+                        "postgresql://user:password@host:port/database")
         return value
     path, _, query = rest.partition("?")
     if not path.startswith("/") or path in ("/", "/:memory:"):
@@ -288,8 +298,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         base_url_from = STEPFUN_BASE_URL_ENV
         base_url = env[STEPFUN_BASE_URL_ENV].strip().rstrip("/")
         if not absolute_url(base_url):
-            raise ConfigError("environment", STEPFUN_BASE_URL_ENV,
-                              f"expected an absolute http/https URL, got {base_url!r}")
+            raise ConfigError("environment", STEPFUN_BASE_URL_ENV, url_problem(base_url))
     stepfun = StepFunSettings(
         base_url=base_url.rstrip("/"),
         api_key=env.get("STEP_API_KEY") or None,

@@ -9,7 +9,7 @@ from pathlib import Path
 from .audio.vad import BACKENDS as VAD_BACKENDS
 from .audio.vad import DEFAULT_BACKEND as DEFAULT_VAD
 from .audio.vad import VadUnavailable, check_backend
-from .config import ConfigError, Fields, load_yaml
+from .config import ConfigError, Fields, absolute_url, load_yaml, url_problem
 from .stepfun.models import ASR_MODELS, CHAT_MODELS, REALTIME_MODELS, TTS_MODELS, UnknownModel, unknown_model
 from .tools import ToolSettings, read_tools
 
@@ -266,8 +266,8 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
     if f.data.get("events_webhook") is not None:
         ev = f.section("events_webhook")
         url = ev.get("url", str)
-        if not re.match(r"^https?://[^/\s]+", url):
-            raise ev.error("url", f"expected an absolute http(s) URL, got {url!r}")
+        if not absolute_url(url):
+            raise ev.error("url", url_problem(url))
         secret_env = ev.get("secret_env", str, None)
         if secret_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", secret_env):
             raise ev.error("secret_env", f"expected the name of an environment variable, got {secret_env!r}")

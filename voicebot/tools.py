@@ -28,12 +28,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import jsonschema
 import structlog
 
-from .config import Fields
+from .config import Fields, absolute_url, url_problem
 from .webhooks import WebhookFailed, post_json
 
 log = structlog.get_logger("voicebot.tools")
@@ -114,9 +113,8 @@ def _read_webhook(f: Fields) -> WebhookTool:
         raise f.error("name", f"a function name uses only ASCII letters, digits, _ and - (at most 64), got {name!r}")
     description = f.get("description", str)
     url = f.get("url", str)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise f.error("url", f"expected an absolute http(s) URL, got {url!r}")
+    if not absolute_url(url):
+        raise f.error("url", url_problem(url))
     parameters = f.get("parameters", dict, {"type": "object", "properties": {}})
     if parameters.get("type") != "object":
         raise f.error("parameters", "must be a JSON schema of type object (the function's arguments)")

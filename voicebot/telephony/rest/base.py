@@ -23,13 +23,12 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 from yarl import URL
 
-from ...config import Fields, Settings
+from ...config import Fields, Settings, absolute_url, url_problem
 
 if TYPE_CHECKING:
     from ..base import CallMeta
@@ -230,9 +229,8 @@ def optional_url(fields: Fields, key: str) -> str | None:
     value = fields.get(key, str, None)
     if value is None:
         return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise fields.error(key, f"expected an absolute http/https URL, got {value!r}")
+    if not absolute_url(value):
+        raise fields.error(key, url_problem(value))
     return value.rstrip("/")
 
 
