@@ -16,7 +16,7 @@ from voicebot.dialplan import load_dialplan
 from voicebot.server import SERVICES, create_app
 from voicebot.simulator.audiosocket import AudioSocketProtocol, simulate_call, tlv
 from voicebot.simulator.caller import Hangup, Say, SimulatedCall
-from voicebot.telephony.audiosocket import AUDIOSOCKET, AudioSocketListener
+from voicebot.telephony.audiosocket import AUDIOSOCKET, AudioSocketListener, AudioSocketSession
 from voicebot.telephony.base import CarrierOptions
 
 from carrier_checks import transcript_of
@@ -142,6 +142,38 @@ async def test_odd_length_slin_is_a_protocol_error_and_both_calls_go_on(stack, a
     problems = [e["problem"] for e in logs if e["event"] == "carrier_protocol_error"]
     assert problems == ["slin audio (kind 0x10): L16 payload of 3 bytes is not a whole number of samples"]
     assert greeting[:3] == b"\x10\x01\x40"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
+    assert result.protocol_errors == [] and result.end_reason == "hangup"
+    assert len(result.utterances) == 1 and len([s for s in result.segments if s.played_ms > 500]) >= 2
+
+
+async def test_a_bug_handling_one_message_ends_only_its_call_with_a_clear_log_line(stack, audiosocket, caller_en,
+                                                                                    caplog, monkeypatch):
+    """Should handling a message raise (a parser bug), that call ends -- its connection closed, the error logged
+    with its traceback as ours -- like a WebSocket carrier's (wsserver answers 1011): nothing reaches asyncio's
+    "Unhandled exception in client_connected_cb", and the call beside it goes on."""
+    poison = tlv(0x10, b"\xde\xad" * 80)
+    handle_bytes = AudioSocketSession.handle_bytes
+
+    def buggy(self, data):
+        if data == poison:
+            raise RuntimeError("a bug in the parser")
+        return handle_bytes(self, data)
+
+    monkeypatch.setattr(AudioSocketSession, "handle_bytes", buggy)
+    good = asyncio.create_task(audiosocket(stack.url, max_duration_s=30, script=[
+        Say(caller_en, after_bot_done=True, pause_s=0.3), Hangup(after_bot_done=True, pause_s=0.3)]))
+    with structlog.testing.capture_logs() as logs:
+        reader, writer = await asyncio.open_connection("127.0.0.1", audiosocket.keywords["port"])
+        writer.write(tlv(0x01, uuid.uuid4().bytes))
+        await until(lambda: len(stack.app[SERVICES].calls) == 2, what="both calls to start")
+        writer.write(poison)
+        await asyncio.wait_for(reader.read(), 5)                # the server closes it: EOF, whatever came before
+        writer.close()
+        result = await good
+    failures = [e for e in logs if e["event"] == "tcp_listener_failed"]
+    assert len(failures) == 1 and failures[0]["log_level"] == "error" and failures[0]["exc_info"]
+    assert "internal error handling a message" in [e["problem"] for e in logs if e["event"] == "carrier_protocol_error"]
     assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
     assert result.protocol_errors == [] and result.end_reason == "hangup"
     assert len(result.utterances) == 1 and len([s for s in result.segments if s.played_ms > 500]) >= 2

@@ -9,7 +9,11 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 
+import structlog
+
 from ..wsserver import ServerWebSocket
+
+log = structlog.get_logger("voicebot.telephony")
 
 SEND_NOW_MAX_BUFFERED = 16 * 1024   # above this many unsent bytes, sends wait for the socket to drain
 
@@ -103,7 +107,11 @@ class TcpTransport(Transport):
                 raise StreamEnded(f"connection lost: {exc}") from None
             if message is None:
                 return
-            on_message(message)
+            try:
+                on_message(message)
+            except Exception:    # a bug handling one message ends this connection, never the server (as wsserver)
+                log.exception("tcp_listener_failed")
+                raise StreamEnded("internal error handling a message") from None
 
     async def send(self, data: str | bytes) -> None:
         if isinstance(data, str):
