@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import struct
 
 import aiohttp
@@ -317,3 +318,106 @@ def test_realtime_frames_however_they_arrive_give_objects_only(reads) -> None:
         return events
 
     assert asyncio.run(go()) == asyncio.run(whole())
+
+
+# -- the realtime engine's handling of those events ----------------------------------------------------------
+
+ENGINE_EVENTS = REALTIME_EVENTS + [
+    {"type": "response.audio.done", "response_id": "resp_1", "item_id": "item_1"},
+    {"type": "conversation.item.created", "item": {"id": "item_3", "type": "function_call", "call_id": "call_2",
+                                                   "name": "lookup"}},
+    {"type": "response.function_call_arguments.delta", "call_id": "call_2", "name": "lookup", "arguments": '{"or'},
+    {"type": "response.function_call_arguments.done", "call_id": "call_2", "name": "lookup",
+     "arguments": '{"order": "7"}'},
+    {"type": "input_audio_buffer.speech_started", "audio_start_ms": 100, "item_id": "item_2"},
+    {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 900, "item_id": "item_2"},
+    {"type": "error", "error": {"type": "invalid_request_error", "code": "x", "event_id": "vb_idle_1",
+                                "message": "Conversation already has an ongoing response"}},
+    {"type": "error", "error": {"type": "server_error", "code": "session_expired", "message": "gone"}},
+    {"type": "session.updated", "session": {"voice": "lively-girl"}},
+]
+
+
+class EngineSink:
+    """What the call would get from the engine, checked for type as it comes."""
+
+    def __init__(self) -> None:
+        self.audio = self.turns = self.failed = self.tools = 0
+        self.failures: list[str] = []
+
+    def bot_audio(self, item_id, pcm) -> None:
+        assert isinstance(item_id, str) and isinstance(pcm, np.ndarray) and pcm.dtype == np.int16, (item_id, pcm)
+        self.audio += 1
+
+    def bot_audio_done(self, item_id) -> None:
+        assert isinstance(item_id, str), item_id
+
+    def caller_speech_started(self) -> None:
+        pass
+
+    def transcript(self, role, text, item_id) -> None:
+        assert role in ("user", "assistant") and isinstance(text, str), (role, text)
+        assert item_id is None or isinstance(item_id, str), item_id
+        self.turns += 1
+
+    def note(self, kind, **fields) -> None:
+        pass
+
+    def engine_failed(self, reason) -> None:
+        self.failures.append(reason)
+
+    async def run_tool(self, call_id, name, arguments):
+        from voicebot.tools import ToolResult
+        assert isinstance(call_id, str) and isinstance(name, str) and isinstance(arguments, str), (call_id, name)
+        self.tools += 1
+        return ToolResult({"result": "ok"})
+
+
+class SentEvents:
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def send(self, event: dict) -> None:
+        self.sent.append(event)
+
+    async def close(self) -> None:
+        pass
+
+
+@given(st.lists(json_messages(ENGINE_EVENTS), max_size=10))
+@example(['{"type":"response.created","response":["resp_1"]}'])                    # list.get: AttributeError
+@example(['{"type":"response.done","response":{"output":{"type":"function_call"}}}'])
+@example(['{"type":"response.function_call_arguments.delta","call_id":"c","delta":7}'])
+@example(['{"type":"conversation.item.input_audio_transcription.completed","item_id":["i"],"transcript":"hi"}'])
+@example(['{"type":"error","error":"boom"}'])
+def test_the_realtime_engine_drops_a_bad_event_and_goes_on(texts) -> None:
+    """Whatever StepFun sends, the engine hands the call well-typed audio, transcripts and tool calls, fails over
+    only on an error event that says the session is gone -- never because an event was malformed -- and after
+    any of it still plays a valid reply."""
+    from voicebot.config import StepFunSettings
+    from voicebot.dialplan import load_dialplan
+    from voicebot.engines.realtime import RealtimeEngine
+
+    from conftest import REPO_DIALPLANS
+
+    async def go() -> None:
+        sink = EngineSink()
+        engine = RealtimeEngine(load_dialplan(REPO_DIALPLANS).default, StepFunSettings(), sink)
+        engine._conn = SentEvents()
+        reader = Reader("ws://stepfun.test/realtime")        # decoded as the connection does, then handed on
+        reader.listen(engine._on_event, lambda: None)
+        for text in texts:
+            reader._deliver(text)
+        await asyncio.sleep(0)                              # tool calls run
+        assert not engine._reader_failed, sink.failures
+        for reason in sink.failures:
+            assert reason.startswith("realtime error "), reason
+        audio_before = sink.audio
+        for event in ({"type": "response.created", "response": {"id": "resp_9"}},
+                      {"type": "response.audio.delta", "response_id": "resp_9", "item_id": "item_9", "delta": AUDIO},
+                      {"type": "response.done", "response": {"id": "resp_9", "status": "completed"}}):
+            reader._deliver(json.dumps(event))
+        assert sink.audio > audio_before and not engine._reader_failed
+        await engine.close()
+
+    asyncio.run(go())

@@ -32,6 +32,17 @@ USER_TRANSCRIPT_WAIT_S = 3.0
 SILENT_TAIL = 64      # peak below which the resampler's tail at the end of an item is not worth a frame
 
 
+def _object(value: object) -> dict:
+    """An event field that should hold a JSON object; {} when StepFun sent something else (then the event is
+    handled as if the field were absent: a malformed event must not crash the reader and fail the call over)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: object) -> str | None:
+    """An event field that should hold text (an id, a transcript, arguments); None when it holds something else."""
+    return value if isinstance(value, str) else None
+
+
 def greeting_instructions(persona: Persona) -> str:
     return (f"{persona.instructions.strip()}\n\nThe phone call has just been connected. "
             f"Greet the caller by saying exactly, verbatim: {persona.greeting}")
@@ -241,9 +252,9 @@ class RealtimeEngine:
         kind = event.get("type")
         self._last_event_t = asyncio.get_running_loop().time()
         if kind == "response.audio.delta":
-            if event.get("response_id") in self._cancelled:
+            if _text(event.get("response_id")) in self._cancelled:
                 return
-            item_id = event.get("item_id") or "unknown"
+            item_id = _text(event.get("item_id")) or "unknown"
             try:
                 # a2b_base64 strict: b64decode(validate=True) without its regex pass over the whole delta
                 pcm24 = np.frombuffer(binascii.a2b_base64(event.get("delta") or "", strict_mode=True), dtype="<i2")
@@ -256,13 +267,13 @@ class RealtimeEngine:
                 resampler = self._downsamplers[item_id] = Resampler(MODEL_RATE, 8000)
             self.sink.bot_audio(item_id, resampler.process(pcm24))
         elif kind == "response.created":
-            self._active_response = (event.get("response") or {}).get("id")
+            self._active_response = _text(_object(event.get("response")).get("id"))
             self._create_sent = None
             self._idle_sent.clear()
         elif kind == "response.audio.done":
-            item_id = event.get("item_id") or "unknown"
+            item_id = _text(event.get("item_id")) or "unknown"
             resampler = self._downsamplers.pop(item_id, None)
-            if event.get("response_id") in self._cancelled:
+            if _text(event.get("response_id")) in self._cancelled:
                 return
             if resampler is not None:
                 # Push the filter's tail out so the last syllable is not cut; a silent tail (speech that
@@ -272,7 +283,7 @@ class RealtimeEngine:
                     self.sink.bot_audio(item_id, tail)
             self.sink.bot_audio_done(item_id)
         elif kind == "response.done":
-            response = event.get("response") or {}
+            response = _object(event.get("response"))
             if response.get("id") == self._active_response:
                 self._active_response = None
                 self._awaiting_reply = False
@@ -282,17 +293,19 @@ class RealtimeEngine:
             self._run_function_calls(response)
             self._flush_when_idle()
         elif kind in ("conversation.item.created", "response.output_item.added"):
-            item = event.get("item") or {}
-            if item.get("type") == "function_call" and item.get("call_id"):
-                self._calls.setdefault(item["call_id"], [item.get("name") or "", "", False])
+            item = _object(event.get("item"))
+            if item.get("type") == "function_call" and _text(item.get("call_id")):
+                self._calls.setdefault(item["call_id"], [_text(item.get("name")) or "", "", False])
         elif kind == "response.function_call_arguments.delta":
-            call = self._calls.setdefault(event.get("call_id") or "", [event.get("name") or "", "", False])
+            call = self._calls.setdefault(_text(event.get("call_id")) or "",
+                                          [_text(event.get("name")) or "", "", False])
             # The StepFun guide puts the fragment under "arguments", OpenAI under "delta": read both.
             piece = event.get("arguments")
-            call[1] += piece if isinstance(piece, str) else (event.get("delta") or "")
+            call[1] += piece if isinstance(piece, str) else (_text(event.get("delta")) or "")
         elif kind == "response.function_call_arguments.done":
-            call = self._calls.setdefault(event.get("call_id") or "", [event.get("name") or "", "", False])
-            call[0] = event.get("name") or call[0]
+            call = self._calls.setdefault(_text(event.get("call_id")) or "",
+                                          [_text(event.get("name")) or "", "", False])
+            call[0] = _text(event.get("name")) or call[0]
             if isinstance(event.get("arguments"), str):
                 call[1] = event["arguments"]
             call[2] = True
@@ -301,7 +314,7 @@ class RealtimeEngine:
         elif kind == "input_audio_buffer.speech_stopped":
             self._awaiting_reply = True
         elif kind == "response.audio_transcript.done":
-            reply = (event.get("item_id"), event.get("transcript") or "")
+            reply = (_text(event.get("item_id")), _text(event.get("transcript")) or "")
             if self._untranscribed:
                 if not self._held_replies:
                     asyncio.get_running_loop().call_later(USER_TRANSCRIPT_WAIT_S, self._release_replies)
@@ -309,16 +322,17 @@ class RealtimeEngine:
             else:
                 self.sink.transcript("assistant", reply[1], reply[0])
         elif kind == "input_audio_buffer.committed":
-            if event.get("item_id"):
+            if _text(event.get("item_id")):
                 self._untranscribed.add(event["item_id"])
         elif kind == "conversation.item.input_audio_transcription.completed":
-            self._untranscribed.discard(event.get("item_id"))
-            self.sink.transcript("user", event.get("transcript") or "", event.get("item_id"))
+            item_id = _text(event.get("item_id"))
+            self._untranscribed.discard(item_id)
+            self.sink.transcript("user", _text(event.get("transcript")) or "", item_id)
             if not self._untranscribed:
                 self._release_replies()
         elif kind == "error":
-            self._on_error(event.get("error") or {})
-            error = event.get("error") or {}
+            error = _object(event.get("error"))
+            self._on_error(error)
             refused = self._idle_sent.pop(str(error.get("event_id")), None)
             if refused is not None and "ongoing response" in str(error.get("message")):
                 # It met a response the server started itself (caller speech): send it again after that one.
@@ -332,10 +346,11 @@ class RealtimeEngine:
     def _run_function_calls(self, response: dict) -> None:
         """After ``response.done``: each function call it completed runs; its output goes back to the model,
         and the model speaks again when the tool says it should."""
-        for item in response.get("output") or ():
-            if isinstance(item, dict) and item.get("type") == "function_call" and item.get("call_id"):
-                call = self._calls.setdefault(item["call_id"], [item.get("name") or "", "", False])
-                call[0] = item.get("name") or call[0]
+        output = response.get("output")
+        for item in output if isinstance(output, list) else ():
+            if isinstance(item, dict) and item.get("type") == "function_call" and _text(item.get("call_id")):
+                call = self._calls.setdefault(item["call_id"], [_text(item.get("name")) or "", "", False])
+                call[0] = _text(item.get("name")) or call[0]
                 if not call[2] and response.get("status") != "cancelled":
                     # Listed as done: its arguments are the output's, else the fragments that came.
                     if isinstance(item.get("arguments"), str):
