@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -33,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from yarl import URL
 
+from ... import jsoncodec
 from ...config import Settings
 from ..telnyx import decode_client_state
 from .base import (ApiConfig, CallControl, CallControlError, CallbackRefused, CallProgress, Configured, DialRequest,
@@ -160,13 +160,15 @@ class TelnyxCallControl(CallControl):
         now = now or datetime.now(timezone.utc)
         self._verify(headers, body, now)
         try:
-            event = json.loads(body)
+            event = jsoncodec.loads(body)
             data = event["data"]
             kind, payload, event_id = data["event_type"], data["payload"], data["id"]
             call_id = payload["call_control_id"]
         except (ValueError, KeyError, TypeError):
+            kind = event_id = call_id = None
+        if not all(isinstance(value, str) and value for value in (kind, event_id, call_id)):
             raise CallbackRefused("signed, but not a Telnyx call event (data.event_type, data.id, "
-                                  "data.payload.call_control_id)") from None
+                                  "data.payload.call_control_id as text)")
         if not self._seen.first((event_id,), now):
             raise CallbackRefused(f"event {event_id} already received (a replay)")
         at = _iso(data.get("occurred_at")) or now
@@ -175,20 +177,21 @@ class TelnyxCallControl(CallControl):
         if kind == "call.answered":
             return CallProgress(status="answered", **progress)
         if kind == "call.hangup":
-            cause = payload.get("hangup_cause")
+            cause = _text(payload.get("hangup_cause"))
             status = HANGUP_CAUSES.get(cause, "failed")
             start, end = _iso(payload.get("start_time")), _iso(payload.get("end_time"))
             # Telnyx's start_time is when the call was placed: this duration includes the ringing
-            duration = (end - start).total_seconds() if status == "completed" and start and end else None
+            duration = ((end - start).total_seconds() if status == "completed" and start and end and start <= end
+                        else None)
             sip = payload.get("sip_hangup_cause")
             return CallProgress(status=status, duration_s=duration,
                                 detail=f"{cause}" + (f" (SIP {sip})" if str(sip).isdigit() and sip != "200" else ""),
                                 **progress)
         if kind == "call.machine.detection.ended":
-            answered_by = DETECTION_RESULTS.get(payload.get("result"))
+            answered_by = DETECTION_RESULTS.get(_text(payload.get("result")))
             return None if answered_by is None else CallProgress(status="answered", answered_by=answered_by, **progress)
         if kind == "call.machine.greeting.ended":
-            answered_by = GREETING_ENDS.get(payload.get("result"), "machine_end_other")
+            answered_by = GREETING_ENDS.get(_text(payload.get("result")), "machine_end_other")
             return CallProgress(status="answered", answered_by=answered_by, **progress)
         return None     # call.initiated, streaming.*, …: nothing to record
 
@@ -215,6 +218,11 @@ class TelnyxCallControl(CallControl):
             code = first.get("code")
             return (str(code) if code is not None else None), message
         return None, text.strip()
+
+
+def _text(value: object) -> str | None:
+    """A payload field Telnyx sends as text (a cause, a result); None when it is something else."""
+    return value if isinstance(value, str) else None
 
 
 def _iso(text: object) -> datetime | None:

@@ -161,7 +161,8 @@ class TwilioCallControl(CallControl):
         duration = _int(fields.get("CallDuration"))
         sip = fields.get("SipResponseCode")
         return CallProgress(sid, status, answered_by=answered_by, sequence=sequence, attempt_token=token,
-                            duration_s=float(duration) if duration is not None else None, at=at or now,
+                            duration_s=float(duration) if duration is not None and 0 <= duration <= MAX_DURATION_S
+                            else None, at=at or now,
                             detail=f"SIP {sip}" if sip and status in ("failed", "busy", "no-answer") else None)
 
     async def _hang_up(self, meta) -> None:
@@ -179,6 +180,9 @@ class TwilioCallControl(CallControl):
             code = body.get("code")
             return (str(code) if code is not None else None), str(body["message"])
         return None, text.strip()
+
+
+MAX_DURATION_S = 7 * 24 * 3600     # a CallDuration beyond it (or negative) is not a call's: read as unknown
 
 
 def _int(text: str | None) -> int | None:
