@@ -421,3 +421,38 @@ def test_the_realtime_engine_drops_a_bad_event_and_goes_on(texts) -> None:
         await engine.close()
 
     asyncio.run(go())
+
+
+# -- the arguments of a function call the model makes --------------------------------------------------------
+
+TOOL_CALLS = [("transfer", {"target": "sales"}), ("send_dtmf", {"digits": "1#"}), ("hang_up", {"reason": "done"})]
+
+
+@given(st.sampled_from(TOOL_CALLS).flatmap(lambda call: st.tuples(
+    st.just(call[0]), json_messages([call[1]]) | st.sampled_from(["", " ", "{}", "null"]))))
+@example(("send_dtmf", "[" * 2000))                 # nested past the JSON reader's limit: RecursionError
+@example(("transfer", '{"target": "sales", "n": ' + "9" * 5000 + "}"))
+def test_any_arguments_from_the_model_give_a_tool_result(call) -> None:
+    """A tool call's arguments are the model's text: whatever it is, the call's tools answer with a result the
+    model is told (an error saying what was wrong, or the action done), and act only on valid arguments."""
+    import tempfile
+    from pathlib import Path
+
+    from voicebot.tools import CarrierAbilities, ToolBox, ToolResult, offered
+
+    from test_tools import GOOD_TOOLS, Actions, persona_with
+
+    name, arguments = call
+    with tempfile.TemporaryDirectory() as tmp:
+        persona = persona_with(Path(tmp), GOOD_TOOLS.format(url="https://hooks.test/orders"))
+    actions = Actions()
+    box = ToolBox(persona.tools, offered(persona.tools, CarrierAbilities(hang_up=True, transfer=True)), actions,
+                  http=None, call_id="c1", persona="tools")
+    result = asyncio.run(box.run(name, arguments))
+    assert isinstance(result, ToolResult)
+    if not result.ok:
+        assert isinstance(result.output.get("error"), str) and result.output["error"].strip()
+    for action in actions.done:
+        assert action[0] in ("end", "dtmf") or action[1:] == ("sales", "+15550001111")
+        if action[0] == "dtmf":
+            assert action[1] and set(action[1]) <= set("0123456789*#ABCDw"), action

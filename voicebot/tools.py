@@ -32,6 +32,7 @@ from typing import Protocol
 import jsonschema
 import structlog
 
+from . import jsoncodec
 from .config import Fields, absolute_url, url_problem
 from .webhooks import WebhookFailed, post_json
 
@@ -321,7 +322,7 @@ class ToolBox:
         if len(arguments) > MAX_ARGUMENTS_CHARS:
             return ToolResult({"error": f"arguments longer than {MAX_ARGUMENTS_CHARS} characters"}, ok=False)
         try:
-            args = json.loads(arguments) if arguments.strip() else {}
+            args = jsoncodec.loads(arguments) if arguments.strip() else {}     # the model's text: any depth
         except ValueError as exc:
             return ToolResult({"error": f"arguments are not valid JSON ({exc}); send a JSON object"}, ok=False)
         if not isinstance(args, dict):

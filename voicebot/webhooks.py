@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 import aiohttp
 import structlog
 
+from . import jsoncodec
+
 log = structlog.get_logger("voicebot.webhooks")
 
 SIGNATURE_HEADER = "X-Voicebot-Signature"
@@ -75,7 +77,7 @@ async def post_json(http: aiohttp.ClientSession, url: str, document: object, *, 
     if len(raw) > MAX_ANSWER_BYTES:
         raise WebhookFailed(f"answer larger than {MAX_ANSWER_BYTES} bytes")
     try:
-        return json.loads(raw.decode("utf-8")) if raw.strip() else None
+        return jsoncodec.loads(raw.decode("utf-8")) if raw.strip() else None
     except (UnicodeDecodeError, ValueError):
         raise WebhookFailed(f"answer is not JSON: {raw[:80].decode('utf-8', 'replace')!r}") from None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .. import jsoncodec
 from ..dialplan import Dialplan
 from ..store import RecordWriter, Store, parse_time
 
@@ -65,7 +65,7 @@ async def read_json(request: web.Request, *, required: tuple[str, ...], optional
     """The request's JSON object with these string fields (BadParameter naming the first one wrong, or an
     unknown one). It may carry a file, so it may be as large as an upload."""
     try:
-        body = json.loads(await read_upload(request))
+        body = jsoncodec.loads(await read_upload(request))
     except ValueError as exc:
         raise BadParameter("body", f"expected a JSON object: {exc}") from None
     if not isinstance(body, dict):
