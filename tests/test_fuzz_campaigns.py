@@ -112,3 +112,36 @@ def test_a_contact_list_gives_contacts_or_a_campaign_error(data, required, regio
                    for name in required - {"phone", "timezone"}), contact
     for problem in contacts.skipped:
         assert problem.row >= 2 and problem.problem.strip()
+
+
+# -- the same texts sent to the admin API (POST /api/campaigns) ------------------------------------------------
+
+class Store:
+    """Where a created campaign would go: storing is not what is fuzzed here."""
+
+    async def create_campaign(self, spec, contacts, *, now) -> int:
+        return 1
+
+
+@given(yaml_files(DEFINITION), contact_lists())
+@example(b"name: x\npersona: acme-reminders\ncarrier: twilio\nfrom: ['+12125550100']\ndefault_timezone: UTC\n"
+         b"starts_at: 2026-13-45T00:00:00Z\n", "phone\n+12125550101\n")     # PyYAML's date constructor: ValueError
+@example(b"name: !!int x\n", "phone\n+12125550101\n")
+def test_a_campaign_sent_to_the_api_is_created_or_invalid(definition, contacts) -> None:
+    """The API takes the definition and the contacts as texts (JSON strings): the campaign is created, or the
+    request is refused as Invalid (400) naming the text at fault -- never another exception (a 500)."""
+    import asyncio
+
+    from voicebot.campaigns import manage
+    from voicebot.dialplan import load_dialplan
+
+    from conftest import REPO_DIALPLANS
+
+    as_text = (lambda data: data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+    try:
+        created = asyncio.run(manage.create_from_text(Store(), as_text(definition), as_text(contacts),
+                                                      load_dialplan(REPO_DIALPLANS)))
+    except manage.Invalid as exc:
+        assert str(exc).startswith(("request:definition", "request:contacts")) or "persona" in str(exc), str(exc)
+        return
+    assert created.contacts >= 1 and created.name

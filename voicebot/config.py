@@ -94,16 +94,22 @@ def load_yaml(path: Path) -> Any:
         line = exc.object.count(b"\n", 0, exc.start) + 1
         raise ConfigError(path, f"line {line}", f"not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
                                                 f"{exc.start}); save the file as UTF-8") from None
+    return parse_yaml(text, path)
+
+
+def parse_yaml(text: str, source: str | Path) -> Any:
+    """YAML text (a file's, or one sent to the admin API) → its data; a ConfigError naming ``source`` and the
+    position when it is not YAML -- whatever PyYAML raised."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(position unknown)"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(path, where, f"invalid YAML: {problem}") from None
+        raise ConfigError(source, where, f"invalid YAML: {problem}") from None
     except Exception as exc:   # PyYAML's value constructors raise their own errors: 2026-13-45, !!int x, !!bool x
-        raise ConfigError(path, "(position unknown)", f"invalid YAML value ({type(exc).__name__}: {exc}); quote a "
-                                                      "value YAML would read as a date, number or tag") from None
+        raise ConfigError(source, "(position unknown)", f"invalid YAML value ({type(exc).__name__}: {exc}); quote "
+                                                        "a value YAML would read as a date, number or tag") from None
 
 
 @dataclass(frozen=True)

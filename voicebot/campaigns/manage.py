@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import phonenumbers
-import yaml
 
+from ..config import ConfigError, parse_yaml
 from ..dialplan import Dialplan
 from ..store import CampaignExists, InvalidTransition, UnknownCampaign
 from . import schedule
@@ -92,9 +92,9 @@ async def create_from_text(store, definition: str, contacts: str, dialplan: Dial
     ``source:contacts``."""
     definition_source, contacts_source = f"{source}:definition", f"{source}:contacts"
     try:
-        data = yaml.safe_load(definition)
-    except yaml.YAMLError as exc:
-        raise Invalid(f"{definition_source}: not YAML: {exc}") from None
+        data = parse_yaml(definition, definition_source)
+    except ConfigError as exc:
+        raise Invalid(f"{definition_source}: not YAML ({exc.field_path}): {exc.problem}") from None
     if not isinstance(data, dict):
         raise Invalid(f"{definition_source}: expected a mapping of campaign fields, got {type(data).__name__}")
     data = {key: value for key, value in data.items() if key != "contacts"}
