@@ -92,6 +92,11 @@ async def test_create_refuses_bad_input_with_located_messages(server):
     assert body["error"].startswith("contacts_path: unknown field")
     body = await call(server, "POST", "/api/campaigns", 400, data=b"not json", headers=AUTH)
     assert body["error"].startswith("body: expected a JSON object")
+    body = await call(server, "POST", "/api/campaigns", 400, data=b"[" * 5000, headers=AUTH)   # RecursionError: 500
+    assert body["error"].startswith("body: expected a JSON object")
+    body = await call(server, "POST", "/api/campaigns", 400, json={"definition": "name: 2026-13-45\n",
+                                                                   "contacts": CONTACTS})     # PyYAML's ValueError
+    assert body["error"].startswith("request:definition: not YAML") and "month must be in 1..12" in body["error"]
     assert await call(server, "GET", "/api/campaigns", 200) == {"campaigns": []}
 
 
