@@ -145,3 +145,23 @@ def test_a_campaign_sent_to_the_api_is_created_or_invalid(definition, contacts) 
         assert str(exc).startswith(("request:definition", "request:contacts")) or "persona" in str(exc), str(exc)
         return
     assert created.contacts >= 1 and created.name
+
+
+# -- a do-not-call import (POST /api/dnc/import, voicebot dnc import) -----------------------------------------
+
+@given(contact_lists(), st.sampled_from(["US", "GB", "DE"]))
+@example("\x00phone\n+12125550101\n", "US")                              # csv: "line contains NUL"
+@example("phone\n" + "x" * 200000 + "\n", "US")                          # csv: "field larger than field limit"
+@example('phone\n"+1212555\x000101"\n', "US")
+def test_a_do_not_call_import_gives_numbers_and_skipped_rows_or_invalid(data, region) -> None:
+    from voicebot.campaigns import manage
+
+    try:
+        numbers, problems = manage.read_numbers(data, region=region, source="dnc.csv")
+    except manage.Invalid as exc:
+        assert str(exc).startswith("dnc.csv: ") and str(exc)[9:].strip(), str(exc)
+        return
+    for number in numbers:
+        assert number.startswith("+") and number[1:].isdigit() and number.isascii(), number
+    for problem in problems:
+        assert problem.row >= 1 and problem.problem.strip()

@@ -338,12 +338,18 @@ def read_numbers(data: bytes | str, *, region: str, source: str) -> tuple[list[s
             raise Invalid(f"{source}: line {line} (byte {exc.start}): not UTF-8 text") from None
     lines = data.lstrip("\ufeff").splitlines()
     first = lines[0] if lines else ""
-    header = [name.strip().lower() for name in next(csv.reader([first]), [])]
+    try:
+        header = [name.strip().lower() for name in next(csv.reader([first]), [])]
+    except csv.Error as exc:         # a NUL, a field past csv's size limit
+        raise Invalid(f"{source}: line 1: not readable as CSV: {exc}") from None
     if "phone" in header:
         rows = csv.reader(lines[1:])
         column = header.index("phone")
-        values = [(number, cells[column] if column < len(cells) else "")
-                  for number, cells in enumerate(rows, start=2) if any(c.strip() for c in cells)]
+        try:
+            values = [(number, cells[column] if column < len(cells) else "")
+                      for number, cells in enumerate(rows, start=2) if any(c.strip() for c in cells)]
+        except csv.Error as exc:
+            raise Invalid(f"{source}: line {rows.line_num + 1}: not readable as CSV: {exc}") from None
     else:
         if len(header) > 1:
             raise Invalid(f"{source}: line 1: expected a CSV with a phone column, or one number per line; "
