@@ -7,6 +7,7 @@ import inspect
 import dataclasses
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,15 @@ from voicebot.config import Settings, StepFunSettings, TwilioSettings
 from voicebot.dialplan import load_dialplan
 
 # The fuzz tests (tests/test_fuzz_*.py): "ci" (the default) is bounded and reproducible -- the same examples on
-# every run (derandomize), nothing remembered between runs -- so the suite stays fast and a failure in CI fails
-# the same way on a laptop. VOICEBOT_FUZZ=deep searches much longer, with fresh random examples each run.
-hypothesis_settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, database=None,
+# every run (derandomize), nothing remembered between runs -- so the set stays fast (about 30 s on 2 cores) and a
+# failure in CI fails the same way on a laptop. Each example must finish within FUZZ_DEADLINE: they take
+# milliseconds, so one that takes seconds is a parser gone quadratic on some input -- a way to stall a server
+# that hostile input must not have -- yet a loaded CI machine stays far below it. VOICEBOT_FUZZ=deep searches
+# much longer, with fresh random examples each run.
+FUZZ_DEADLINE = timedelta(seconds=2)
+hypothesis_settings.register_profile("ci", max_examples=100, deadline=FUZZ_DEADLINE, derandomize=True, database=None,
                                      print_blob=True, suppress_health_check=[HealthCheck.too_slow])
-hypothesis_settings.register_profile("deep", max_examples=5000, deadline=None,
+hypothesis_settings.register_profile("deep", max_examples=5000, deadline=FUZZ_DEADLINE,
                                      suppress_health_check=[HealthCheck.too_slow])
 hypothesis_settings.load_profile(os.environ.get("VOICEBOT_FUZZ", "ci"))
 
