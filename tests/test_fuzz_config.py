@@ -100,7 +100,7 @@ def usable(value, where: str = "settings") -> None:
     is made (``:99999`` raises there, not here)."""
     if isinstance(value, float):
         assert not math.isnan(value), where
-    elif isinstance(value, str) and "://" in value:
+    elif isinstance(value, str) and where.rsplit(".", 1)[-1].endswith("url") and "://" in value:
         urlsplit(value).port     # raises ValueError for a port that is not a number up to 65535
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
@@ -132,6 +132,7 @@ def default_dialplan(folder: Path):
 @example(b"server: {port: 8080, public_url: 'http://h.test:99999'}\n", {})   # port.parse: at the first request
 @example(b"carriers: {telnyx: {call_control: {api_base_url: 'http://[::1'}}}\n", {})
 @example(b"", {"STEPFUN_BASE_URL": "http://[::1]:99999/x"})
+@example(b"", {"STEP_API_KEY": "http://[::1"})                             # a key is text, whatever it holds
 def test_config_loads_or_names_the_field_at_fault(text, environ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -269,7 +269,7 @@ def test_fuzzed_streams_into_a_live_server_leave_the_call_beside_them_unharmed(t
 
             # Each example: one connection of every carrier at once, beside the good call. No per-example
             # deadline: nine connections and a live call share the machine (server.run bounds each at 30 s).
-            @settings(max_examples=max(10, settings().max_examples // 2), deadline=None,
+            @settings(max_examples=min(500, max(10, settings().max_examples // 2)), deadline=None,
                       suppress_health_check=[HealthCheck.too_slow])
             @given(batch=st.fixed_dictionaries({carrier: streams(carrier) for carrier in CARRIERS}))
             def fuzz(batch) -> None:
