@@ -239,3 +239,23 @@ async def test_invalid_upgrades_are_refused_with_the_reason(aiohttp_client, head
     if status == 426:
         assert response.headers["Sec-WebSocket-Version"] == "13"
     assert received == []
+
+
+async def test_a_message_of_megabytes_over_the_limit_still_gets_its_close_frame(aiohttp_server):
+    """A carrier refused while it is still sending a 10 MB message reads our 1009: what it sends is read and
+    thrown away until it answers the close (closing at once would leave its megabytes unread in our socket,
+    and the kernel would reset the connection, losing the close frame on the way)."""
+    received: list = []
+    server = await aiohttp_server(echo_app(received))
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.make_url("/ws"), autoping=True) as ws:
+            sending = asyncio.ensure_future(ws.send_bytes(os.urandom(10 * 2**20)))
+            reply = await asyncio.wait_for(ws.receive(), 10)
+            await asyncio.wait_for(asyncio.gather(sending, return_exceptions=True), 10)
+    assert reply.type == aiohttp.WSMsgType.CLOSE, reply
+    assert reply.data == 1009 and "message of 10485760 bytes is over the 1024-byte limit" in reply.extra
+    for _ in range(100):
+        if received and isinstance(received[-1], tuple):
+            break
+        await asyncio.sleep(0.02)
+    assert received == [("ended", 1000, "message of 10485760 bytes is over the 1024-byte limit", None)]

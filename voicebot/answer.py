@@ -201,11 +201,15 @@ class MediaStream:
         try:
             await self.transport.deliver(self.receive)
         except StreamEnded as end:
-            if end.problem:
+            if end.violation == MESSAGE_TOO_BIG:    # our refusal of one message, not a carrier protocol error
+                (self.call.log if self.call else self.log).warning(
+                    "media_message_too_big", size=end.refused_bytes,
+                    limit=self.services.settings.max_message_bytes, closed_with=MESSAGE_TOO_BIG)
+                metrics.stream_refused(self.session.carrier, "limit")
+            elif end.problem:
                 self.protocol_error(end.problem)
-            if end.violation is not None:     # we closed it for what the peer sent
-                kind = "limit" if end.violation == MESSAGE_TOO_BIG else "protocol"
-                metrics.stream_refused(self.session.carrier, kind)
+            if end.violation is not None and end.violation != MESSAGE_TOO_BIG:   # we closed it for what it sent
+                metrics.stream_refused(self.session.carrier, "protocol")
         except asyncio.CancelledError:
             if self.call is not None:
                 self.call.hang_up("server shutting down", "failed")

@@ -12,6 +12,12 @@ no reserved bits (no extension is negotiated), known opcodes only, control frame
 ≤ 125 bytes, continuations only inside a fragmented message, text in valid UTF-8, messages no larger
 than ``max_message_bytes`` (1009). Pings are answered; when the peer sends nothing for ``heartbeat_s`` it
 is pinged, and without an answer within half that the connection is dropped.
+
+A message over the limit is refused without holding it: the close frame (1009) goes out as soon as the frame
+header names its size, the rest of that frame is read and thrown away as it arrives, and the connection is
+closed once the peer answers the close (or after ``CLOSE_TIMEOUT_S``). Closing at once would leave the
+peer's unread megabytes in our socket, and the kernel would then reset the connection, discarding the close
+frame before the peer reads it.
 """
 
 from __future__ import annotations
@@ -85,9 +91,11 @@ class ServerWebSocket:
         self.close_code: int | None = None       # the peer's close code, once it sent one
         self.problem: str | None = None
         self.violation: int | None = None        # our close code when the peer broke the protocol or a limit
+        self.refused_bytes: int | None = None    # the size of a message refused as over the limit (1009)
         self.response: web.StreamResponse | None = None   # the 101, for the aiohttp handler to return
         self._max = max_message_bytes
         self._buffer = b""
+        self._skip = 0                           # bytes still to arrive of a refused frame, thrown away
         self._fragments: list[bytes] | None = None
         self._fragment_opcode = 0
         self._fragment_size = 0
@@ -190,6 +198,19 @@ class ServerWebSocket:
             self._send_close(code, problem[:100])
         self.transport.close()
 
+    def _refuse_too_big(self, size: int) -> None:
+        """A message over ``max_message_bytes``: close with 1009 at once, without holding any of it. Unlike
+        other violations the connection stays open until the peer answers the close (see the module's
+        docstring); the peer's data messages after it are dropped."""
+        if self.problem is None:
+            self.problem = f"message of {size} bytes is over the {self._max}-byte limit"
+            self.violation = MESSAGE_TOO_BIG
+            self.refused_bytes = size
+        self._fragments, self._fragment_size = None, 0
+        if not self._close_sent and not self.transport.is_closing():
+            self._send_close(MESSAGE_TOO_BIG, f"message of {size} bytes is over the {self._max}-byte limit")
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self.transport.close)
+
     def _drop(self, problem: str) -> None:
         if self.problem is None:
             self.problem = problem
@@ -223,6 +244,11 @@ class ServerWebSocket:
         if self._input_done:
             return False, b""
         self._heard = True
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return False, b""
+            data, self._skip = data[self._skip:], 0
         if self._buffer:
             data = self._buffer + data
         size, pos = len(data), 0
@@ -248,9 +274,13 @@ class ServerWebSocket:
                     self._fail(PROTOCOL_ERROR, "control frame fragmented or over 125 bytes")
                     break
             elif length + self._fragment_size > self._max:
-                self._fail(MESSAGE_TOO_BIG, f"message of {length + self._fragment_size} bytes is over the "
-                                            f"{self._max}-byte limit")
-                break
+                self._refuse_too_big(length + self._fragment_size)
+                end = head + 4 + length
+                if end > size:                   # the rest of the frame is thrown away as it arrives
+                    self._skip, pos = end - size, size
+                    break
+                pos = end
+                continue
             end = head + 4 + length
             if end > size:
                 break
@@ -263,6 +293,8 @@ class ServerWebSocket:
         return False, b""
 
     def _frame_received(self, fin: int, opcode: int, payload: bytes) -> None:
+        if self.violation == MESSAGE_TOO_BIG and opcode < OP_CLOSE:
+            return      # after our 1009 only the peer's close frame matters
         if opcode == OP_TEXT or opcode == OP_BINARY:
             if self._fragments is not None:
                 self._fail(PROTOCOL_ERROR, "a new message started inside a fragmented one")

@@ -18,12 +18,15 @@ MessageHandler = Callable[[str | bytes], None]
 
 class StreamEnded(Exception):
     """The transport has no more messages; ``problem`` says why when it was not a normal close, ``violation``
-    the close code we ended it with when the peer broke the protocol or a limit (wsserver's codes)."""
+    the close code we ended it with when the peer broke the protocol or a limit (wsserver's codes), and
+    ``refused_bytes`` the size of a message refused as over the size limit."""
 
-    def __init__(self, problem: str | None = None, violation: int | None = None) -> None:
+    def __init__(self, problem: str | None = None, violation: int | None = None,
+                 refused_bytes: int | None = None) -> None:
         super().__init__(problem or "closed")
         self.problem = problem
         self.violation = violation
+        self.refused_bytes = refused_bytes
 
 
 class Transport(ABC):
@@ -64,7 +67,7 @@ class WebSocketTransport(Transport):
         self.ws.listen(on_message)
         await self.ws.wait_closed()
         if self.ws.problem:
-            raise StreamEnded(self.ws.problem, self.ws.violation)
+            raise StreamEnded(self.ws.problem, self.ws.violation, self.ws.refused_bytes)
 
     async def send(self, data: str | bytes) -> None:
         self.send_now(data)
