@@ -41,9 +41,9 @@ WEBSOCKET_CARRIERS = ("twilio", "signalwire", "telnyx", "plivo", "exotel", "vona
                       "freeswitch")
 
 
-def carrier_protocol(carrier: str, base_url: str, *, to: str) -> CarrierProtocol:
+def carrier_protocol(carrier: str, base_url: str, *, to: str, port: int | None = None) -> CarrierProtocol:
     """``carrier``'s side of one call, with the credentials the server was given (ALL_CARRIER_SECRETS in the
-    environment, Twilio's conftest.AUTH_TOKEN)."""
+    environment, Twilio's conftest.AUTH_TOKEN); ``port``: AudioSocket's listener."""
     env = os.environ.get
     if carrier == "twilio":
         return TwilioProtocol(base_url, to=to, auth_token=AUTH_TOKEN)
@@ -56,7 +56,7 @@ def carrier_protocol(carrier: str, base_url: str, *, to: str) -> CarrierProtocol
     if carrier == "exotel":
         return ExotelProtocol(base_url, to=to, password=env("EXOTEL_STREAM_PASSWORD"))
     if carrier == "audiosocket":
-        return AudioSocketProtocol(base_url)
+        return AudioSocketProtocol(base_url, port=port)
     cls = {"vonage": VonageProtocol, "jambonz": JambonzProtocol, "asterisk": AsteriskProtocol,
            "freeswitch": FreeSwitchProtocol}[carrier]
     return cls(base_url, to=to)
@@ -75,9 +75,9 @@ class CarrierConnection:
         self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def open(cls, carrier: str, base_url: str, *, to: str,
+    async def open(cls, carrier: str, base_url: str, *, to: str, port: int | None = None,
                    http: aiohttp.ClientSession | None = None) -> "CarrierConnection":
-        protocol = carrier_protocol(carrier, base_url, to=to)
+        protocol = carrier_protocol(carrier, base_url, to=to, port=port)
         own = http is None
         session = http or aiohttp.ClientSession()
         try:
@@ -145,6 +145,19 @@ class CarrierConnection:
     def send(self, messages: list[str | bytes] | str | bytes) -> None:
         for message in messages if isinstance(messages, list) else [messages]:
             self.connection.send_nowait(message)
+
+    async def send_speech(self, pcm: np.ndarray, *, speed: float = 1.0, tick_s: float = FRAME_MS / 1000) -> int:
+        """Send ``pcm`` as the carrier's media messages, ``speed`` × real time (10: a second of audio every
+        100 ms), on an absolute schedule; returns the 20 ms frames sent."""
+        loop = asyncio.get_running_loop()
+        per_tick = round(speed * tick_s * 1000 / FRAME_MS) * FRAME_SAMPLES
+        t0, sent = loop.time(), 0
+        for tick, start in enumerate(range(0, len(pcm), per_tick)):
+            chunk = pcm[start:start + per_tick]
+            self.send(self.audio_messages(chunk))
+            sent += len(chunk) // FRAME_SAMPLES
+            await asyncio.sleep(max(0.0, t0 + (tick + 1) * tick_s - loop.time()))
+        return sent
 
     async def wait_closed(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(asyncio.shield(self._reader), timeout)

@@ -12,12 +12,17 @@ import pytest
 import structlog
 
 from voicebot.audio import FRAME_SAMPLES
+from voicebot.server import SERVICES
 from voicebot.simulator.caller import Hangup, Say
 from voicebot.simulator.twilio import simulate_twilio_call
+from voicebot.telephony.audiosocket import AudioSocketListener
+from voicebot.telephony.base import CarrierOptions
+from voicebot.telephony.flood import FLOOD_BURST_MS
 
-from carrier_checks import GREETING, rms_dbfs
+from call_buffers import BufferWatch
+from carrier_checks import GREETING
 from carrier_wire import ALL_CARRIER_SECRETS, WEBSOCKET_CARRIERS, CarrierConnection
-from conftest import AUTH_TOKEN, EN
+from conftest import AUTH_TOKEN, EN, until
 from metrics_scrape import delta, scrape
 
 
@@ -91,3 +96,68 @@ async def test_a_message_over_the_limit_is_closed_1009_on_every_carrier_and_the_
     for carrier in WEBSOCKET_CARRIERS:
         assert delta(after, before, "voicebot_stream_refusals_total", carrier=carrier, reason="limit") == 1, carrier
     assert delta(after, before, "voicebot_stream_refusals_total") == len(WEBSOCKET_CARRIERS)
+
+
+@pytest.fixture
+async def audiosocket_port(stack):
+    """An AudioSocket listener (TCP: the other transport) on a free loopback port."""
+    listener = AudioSocketListener(stack.app[SERVICES], "127.0.0.1", 0, CarrierOptions(persona="test-en"))
+    await listener.start()
+    try:
+        yield listener.port
+    finally:
+        await listener.stop()
+
+
+@pytest.mark.parametrize("carrier", ["twilio", "vonage", "audiosocket"])    # JSON, binary, TCP
+async def test_audio_flooding_in_is_dropped_beyond_real_time_counted_and_the_calls_go_on(
+        stack, audiosocket_port, caller_en, carrier):
+    calls, loop = stack.app[SERVICES].calls, asyncio.get_running_loop()
+    before = await scrape(stack.url)
+    conn = await CarrierConnection.open(carrier, stack.url, to=EN, port=audiosocket_port)
+    await until(lambda: calls and stack.emulator.sessions, what="the call and its model session")
+    call, session = next(iter(calls)), stack.emulator.sessions[0]
+    beside = call_beside(stack, caller_en)
+    watch = BufferWatch()
+    model_ahead_ms: list[float] = []          # what the model got of this call, ahead of the clock
+
+    async def measure(t0: float) -> None:
+        while True:
+            watch.sample(call)
+            model_ahead_ms.append(session.input_samples / 24 - (loop.time() - t0) * 1000)
+            await asyncio.sleep(0.05)
+
+    with structlog.testing.capture_logs() as logs:
+        t0 = loop.time()
+        measuring = asyncio.create_task(measure(t0))
+        sent = await conn.send_speech(long_speech(caller_en, 1))                # a second of ordinary speech,
+        sent += await conn.send_speech(long_speech(caller_en, 40), speed=10)   # then 40 s of it in 4 s,
+        sent += await conn.send_speech(long_speech(caller_en, 2))               # then real time again
+        await asyncio.sleep(0.3)
+        elapsed_ms = (loop.time() - t0) * 1000
+        model_ms = session.input_samples / 24
+        measuring.cancel()
+        assert not conn.closed and conn.bot_messages > 0     # the flooding call itself goes on
+        await conn.close()
+        result = await beside
+        await stack.idle()
+    after = await scrape(stack.url)
+
+    assert sent == 43 * 50
+    # The model got the audio that fits real time (plus the one burst allowed), never the flood.
+    assert elapsed_ms - 500 < model_ms < elapsed_ms + FLOOD_BURST_MS + 100, (model_ms, elapsed_ms)
+    assert max(model_ahead_ms) < FLOOD_BURST_MS + 100
+    dropped = delta(after, before, "voicebot_frames_dropped_total", carrier=carrier, reason="flood")
+    assert abs(dropped + model_ms / 20 - sent) <= 3, (dropped, model_ms / 20, sent)     # every frame accounted
+    assert dropped > 30 * 50
+    # Nothing piled up anywhere on the way while it flooded.
+    assert watch.samples > 50
+    assert watch.peaks["caller_frames_held"] == 0 and watch.peaks["outbox_messages"] == 0
+    assert watch.peaks["stepfun_unsent_bytes"] < 64 * 1024
+    assert watch.peaks.get("carrier_unread_bytes", 0) <= stack.settings.max_message_bytes
+    # Logged when it began and, with its totals, when the call ended; never per message.
+    floods = [e for e in logs if e["event"].startswith("caller_audio_flood")]
+    assert [e["event"] for e in floods] == ["caller_audio_flood", "caller_audio_flood_dropped"]
+    assert all(e["carrier"] == carrier and e["log_level"] == "warning" for e in floods)
+    assert abs(floods[1]["dropped_ms"] - dropped * 20) <= 20
+    assert_undisturbed(result)

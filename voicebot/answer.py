@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -18,10 +19,11 @@ import structlog
 from aiohttp import web
 
 from . import metrics
-from .audio import FRAME_SAMPLES
+from .audio import FRAME_SAMPLES, RATE
 from .call import Call, CallServices
 from .telephony.base import (POLICY_VIOLATION, Audio, CarrierEvent, CarrierSession, Dtmf, FatalProtocolError,
                              MarkPlayed, ProtocolError, Started, Stopped)
+from .telephony.flood import FLOOD_BURST_MS, CallerAudioBudget
 from .telephony.transport import Outbox, StreamEnded, TcpTransport, Transport, WebSocketTransport
 from .wsserver import MESSAGE_TOO_BIG, ServerWebSocket
 
@@ -66,6 +68,8 @@ class MediaStream:
         self.call: Call | None = None
         self.errors = 0
         self._assembler = FrameAssembler()
+        self._budget = CallerAudioBudget()           # caller audio beyond real time (+ a burst) is dropped
+        self._flood_frames_counted = 0
         self._ending: asyncio.Future | None = None   # set once the connection is being closed on our side
         self._resolving: asyncio.Task | None = None  # a placed call's attempt being looked up
 
@@ -100,6 +104,9 @@ class MediaStream:
         for event in events:
             if isinstance(event, Audio):
                 if call is not None:
+                    if not self._budget.admit(len(event.pcm)):
+                        self._flooded()
+                        continue
                     for frame in self._assembler.push(event.pcm):
                         call.on_caller_audio(frame)
             elif isinstance(event, MarkPlayed):
@@ -134,6 +141,19 @@ class MediaStream:
                     call.hang_up(f"carrier: {event.reason}")
                 self._end(self.transport.close())
                 return
+
+    def _flooded(self) -> None:
+        """An audio message over the budget was dropped: counted in whole frames; logged when the flood begins
+        and, with its totals, when the stream ends (never per message)."""
+        budget = self._budget
+        if budget.dropped_messages == 1:
+            (self.call.log if self.call else self.log).warning(
+                "caller_audio_flood", burst_ms=FLOOD_BURST_MS,
+                problem="the carrier sends audio faster than real time: what is over it is dropped")
+        frames = budget.dropped_samples // FRAME_SAMPLES - self._flood_frames_counted
+        if frames:
+            self._flood_frames_counted += frames
+            metrics.frames_dropped(self.session.carrier, "flood", frames)
 
     def _start_call(self, meta, persona, outbound=None) -> Call:
         call = self.call = Call(meta=meta, persona=persona, carrier=self.session, services=self.services,
@@ -223,6 +243,12 @@ class MediaStream:
             if self.call is not None:
                 self.call.hang_up("carrier socket closed")
                 await self.call.finished()
+            if self._budget.dropped_messages:
+                budget = self._budget
+                (self.call.log if self.call else self.log).warning(
+                    "caller_audio_flood_dropped", messages=budget.dropped_messages,
+                    dropped_ms=budget.dropped_samples * 1000 // RATE,
+                    since_first_drop_s=round(time.monotonic() - budget.first_drop_t, 2))
             if self.errors > MAX_LOGGED_PROTOCOL_ERRORS:
                 (self.call.log if self.call else self.log).warning("carrier_protocol_errors_total",
                                                                    count=self.errors)
