@@ -13,7 +13,7 @@ def _write_buffer(transport) -> int:
 def call_buffers(call: Call) -> dict[str, int]:
     """Bytes (``*_bytes``) or items held now, by place, carrier side first."""
     stream = call._close_carrier.__self__           # the MediaStream running the call (voicebot/answer.py)
-    sizes = {"outbox_messages": stream.outbox._backlog,
+    sizes = {"outbox_messages": stream.outbox._backlog, "outbox_bytes": stream.outbox._backlog_bytes,
              "caller_frames_held": len(call._held_frames),
              "playout_frames": len(call.playout._frames)}
     ws = getattr(stream.transport, "ws", None)

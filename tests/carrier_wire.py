@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 
 import aiohttp
 import numpy as np
 
 from voicebot.audio import FRAME_MS, FRAME_SAMPLES
 from voicebot.simulator.asterisk import AsteriskProtocol
-from voicebot.simulator.audiosocket import AudioSocketProtocol
+from voicebot.simulator.audiosocket import AudioSocketProtocol, TcpConnection
 from voicebot.simulator.caller import CarrierProtocol, MediaConnection, PlayAudio, ProtocolViolation
 from voicebot.simulator.exotel import ExotelProtocol
 from voicebot.simulator.freeswitch import FreeSwitchProtocol
@@ -41,9 +42,11 @@ WEBSOCKET_CARRIERS = ("twilio", "signalwire", "telnyx", "plivo", "exotel", "vona
                       "freeswitch")
 
 
-def carrier_protocol(carrier: str, base_url: str, *, to: str, port: int | None = None) -> CarrierProtocol:
+def carrier_protocol(carrier: str, base_url: str, *, to: str, port: int | None = None,
+                     **options) -> CarrierProtocol:
     """``carrier``'s side of one call, with the credentials the server was given (ALL_CARRIER_SECRETS in the
-    environment, Twilio's conftest.AUTH_TOKEN); ``port``: AudioSocket's listener."""
+    environment, Twilio's conftest.AUTH_TOKEN); ``port``: AudioSocket's listener; ``options``: the carrier
+    protocol's own (Vonage's ``rate``, …)."""
     env = os.environ.get
     if carrier == "twilio":
         return TwilioProtocol(base_url, to=to, auth_token=AUTH_TOKEN)
@@ -59,16 +62,18 @@ def carrier_protocol(carrier: str, base_url: str, *, to: str, port: int | None =
         return AudioSocketProtocol(base_url, port=port)
     cls = {"vonage": VonageProtocol, "jambonz": JambonzProtocol, "asterisk": AsteriskProtocol,
            "freeswitch": FreeSwitchProtocol}[carrier]
-    return cls(base_url, to=to)
+    return cls(base_url, to=to, **options)
 
 
 class CarrierConnection:
     """One open media connection, its opening messages sent. What the server sends is decoded as the carrier
     would (``bot_samples``: bot audio received) unless reading is paused."""
 
-    def __init__(self, protocol: CarrierProtocol, connection: MediaConnection) -> None:
+    def __init__(self, protocol: CarrierProtocol, connection: MediaConnection,
+                 session: aiohttp.ClientSession | None = None) -> None:
         self.protocol = protocol
         self.connection = connection
+        self._session = session          # ours to close
         self.bot_samples = 0
         self.bot_messages = 0
         self._frames_sent = 0
@@ -76,20 +81,27 @@ class CarrierConnection:
 
     @classmethod
     async def open(cls, carrier: str, base_url: str, *, to: str, port: int | None = None,
-                   http: aiohttp.ClientSession | None = None) -> "CarrierConnection":
-        protocol = carrier_protocol(carrier, base_url, to=to, port=port)
-        own = http is None
-        session = http or aiohttp.ClientSession()
-        try:
-            target = await protocol.setup(session)
-        finally:
-            if own:
-                await session.close()
-        connection = (await protocol.connect(target, 10.0)
-                      or await open_websocket(target, session=None, timeout_s=10.0, max_message_bytes=64 * 2**20))
+                   receive_buffer: int | None = None, **options) -> "CarrierConnection":
+        """``receive_buffer``: this end's socket receive buffer (SO_RCVBUF, set before connecting), small for a
+        carrier that is to stop reading and back the server up soon; ``options``: the carrier protocol's."""
+        protocol = carrier_protocol(carrier, base_url, to=to, port=port, **options)
+        async with aiohttp.ClientSession() as http:
+            target = await protocol.setup(http)
+        session = None
+        if isinstance(protocol, AudioSocketProtocol):
+            sock = _socket(socket.AF_INET, receive_buffer)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (protocol.host, protocol.port))
+            connection: MediaConnection = TcpConnection(*await asyncio.open_connection(sock=sock))
+        else:
+            if receive_buffer is not None:
+                session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                    socket_factory=lambda info: _socket(info[0], receive_buffer)))
+            connection = await open_websocket(target, session=session, timeout_s=10.0,
+                                              max_message_bytes=64 * 2**20)
         for message in protocol.opening_messages():
             connection.send_nowait(message)
-        return cls(protocol, connection)
+        return cls(protocol, connection, session)
 
     @property
     def carrier(self) -> str:
@@ -142,6 +154,14 @@ class CarrierConnection:
                 return max(messages, key=len)
         raise AssertionError(f"{self.carrier}: encode_frame made no message")
 
+    def stop_reading(self) -> None:
+        """Read nothing more from the server, as a carrier that has hung would: what the server sends fills
+        this end's receive window (small with ``open(receive_buffer=…)``), then backs up in the server's
+        socket. (Shrinking the receive buffer now, below the window already advertised, would make the kernel
+        drop the server's segments, and with them the acknowledgements of what this end sends.)"""
+        transport = getattr(self.connection, "_transport", None) or self.connection.writer.transport
+        transport.pause_reading()
+
     def send(self, messages: list[str | bytes] | str | bytes) -> None:
         for message in messages if isinstance(messages, list) else [messages]:
             self.connection.send_nowait(message)
@@ -175,3 +195,12 @@ class CarrierConnection:
             await asyncio.wait_for(self._reader, 5.0)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             self._reader.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+
+def _socket(family: int, receive_buffer: int | None) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    return sock

@@ -218,9 +218,11 @@ class MediaStream:
     async def run(self) -> None:
         """Deliver messages until either side hangs up; the call, if any, is finished on return."""
         no_start = asyncio.get_running_loop().call_later(START_TIMEOUT_S, self._no_start)
+        ended_because: str | None = None
         try:
             await self.transport.deliver(self.receive)
         except StreamEnded as end:
+            ended_because = end.problem
             if end.violation == MESSAGE_TOO_BIG:    # our refusal of one message, not a carrier protocol error
                 (self.call.log if self.call else self.log).warning(
                     "media_message_too_big", size=end.refused_bytes,
@@ -241,7 +243,8 @@ class MediaStream:
             if self._ending is not None:
                 await self._ending
             if self.call is not None:
-                self.call.hang_up("carrier socket closed")
+                self.call.hang_up(f"carrier socket closed: {ended_because}" if ended_because
+                                  else "carrier socket closed")
                 await self.call.finished()
             if self._budget.dropped_messages:
                 budget = self._budget

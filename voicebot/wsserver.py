@@ -18,6 +18,9 @@ header names its size, the rest of that frame is read and thrown away as it arri
 closed once the peer answers the close (or after ``CLOSE_TIMEOUT_S``). Closing at once would leave the
 peer's unread megabytes in our socket, and the kernel would then reset the connection, discarding the close
 frame before the peer reads it.
+
+What a peer cannot make us hold: one message (``max_message_bytes``) plus a frame header; and what it does
+not read of ours beyond ``max_buffered_bytes`` ends the connection.
 """
 
 from __future__ import annotations
@@ -37,7 +40,12 @@ from websockets.frames import apply_mask
 log = structlog.get_logger("voicebot.wsserver")
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-MAX_BUFFERED_BYTES = 1024 * 1024   # unsent bytes: minutes of call audio, so the peer has stopped reading
+# Unsent bytes beyond which the peer counts as not reading and the connection is dropped. A carrier reads our
+# audio as it plays (a few KB/s to 48 KB/s), and the kernel's socket buffers hold the first 16 KB to 4 MB of
+# backlog before anything waits here: 256 KB more is 5 s (L16 24 kHz) to 20 s (μ-law in JSON) of bot audio the
+# carrier has not taken, far beyond any playback buffer it keeps. Servers that send faster than real time
+# (the StepFun emulator, unpaced) pass their own ``max_buffered_bytes``.
+MAX_BUFFERED_BYTES = 256 * 1024
 CLOSE_TIMEOUT_S = 2.0
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -85,7 +93,7 @@ class ServerWebSocket:
     block. ``problem`` says why the connection ended when it was not a clean close."""
 
     def __init__(self, transport: asyncio.Transport, *, protocol: str | None, max_message_bytes: int,
-                 heartbeat_s: float | None) -> None:
+                 heartbeat_s: float | None, max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> None:
         self.transport = transport
         self.protocol = protocol                 # the negotiated subprotocol
         self.close_code: int | None = None       # the peer's close code, once it sent one
@@ -94,6 +102,7 @@ class ServerWebSocket:
         self.refused_bytes: int | None = None    # the size of a message refused as over the limit (1009)
         self.response: web.StreamResponse | None = None   # the 101, for the aiohttp handler to return
         self._max = max_message_bytes
+        self._max_buffered = max_buffered_bytes
         self._buffer = b""
         self._skip = 0                           # bytes still to arrive of a refused frame, thrown away
         self._fragments: list[bytes] | None = None
@@ -113,7 +122,8 @@ class ServerWebSocket:
 
     @classmethod
     async def accept(cls, request: web.Request, *, protocols: tuple[str, ...] = (), max_message_bytes: int,
-                     heartbeat_s: float | None = 30.0) -> "ServerWebSocket":
+                     heartbeat_s: float | None = 30.0,
+                     max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> "ServerWebSocket":
         """Answer the upgrade with 101 and take the connection over. Raises ``web.HTTPBadRequest`` (or 426
         for an unsupported version) naming what is wrong with a request that is no valid upgrade."""
         problem = handshake_problem(request)
@@ -133,7 +143,8 @@ class ServerWebSocket:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("connection lost during the WebSocket handshake")
-        ws = cls(transport, protocol=protocol, max_message_bytes=max_message_bytes, heartbeat_s=heartbeat_s)
+        ws = cls(transport, protocol=protocol, max_message_bytes=max_message_bytes, heartbeat_s=heartbeat_s,
+                 max_buffered_bytes=max_buffered_bytes)
         ws.response = response
         request.protocol.set_parser(ws)   # every later byte of the connection comes to feed_data
         return ws
@@ -164,7 +175,7 @@ class ServerWebSocket:
         if self._close_sent or transport.is_closing():
             return    # closing: the reader side ends the session
         transport.write(_frame(first_byte, payload))
-        if transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
+        if transport.get_write_buffer_size() > self._max_buffered:
             self._drop(f"peer is not reading ({transport.get_write_buffer_size()} bytes unsent)")
 
     async def close(self, code: int = 1000, reason: str = "") -> None:

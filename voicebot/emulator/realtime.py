@@ -841,7 +841,9 @@ async def handle_realtime(request: web.Request, emulator: Emulator) -> web.Strea
         log.warning("emulator_realtime_refused", reason="unknown model", model=model, trace_id=request.get(TRACE_ID))
         return error_response(400, f"model '{model}' is not supported on this endpoint", "request_params_invalid")
     try:
-        ws = await ServerWebSocket.accept(request, max_message_bytes=MAX_WS_MESSAGE, heartbeat_s=None)
+        # Unpaced (load tests), a whole response is written at once: far more than a carrier's backlog limit.
+        ws = await ServerWebSocket.accept(request, max_message_bytes=MAX_WS_MESSAGE, heartbeat_s=None,
+                                          max_buffered_bytes=MAX_WS_MESSAGE)
     except web.HTTPException as exc:   # no valid upgrade: the documented error body, with the same status
         refused = error_response(exc.status, f"this endpoint needs a WebSocket upgrade ({exc.text.strip()})",
                                  "request_params_invalid")
