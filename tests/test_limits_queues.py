@@ -105,3 +105,113 @@ async def test_a_tcp_carrier_that_stops_reading_is_dropped_at_the_outboxs_bound(
     await conn.close()
     assert call.end_reason.startswith("carrier socket closed: peer is not reading ("), call.end_reason
     assert 0 < watches["audiosocket"].peaks["outbox_bytes"] <= 16 * 1024
+
+
+@pytest.fixture
+async def hung_sessions_released(stack):
+    """A hung emulator session reads nothing, so it never sees the client go: its socket is dropped at the end
+    (else the emulator's shutdown would wait for it)."""
+    yield
+    for session in stack.emulator.sessions:
+        if session.close_reason == "fault: stalled":
+            session.ws.transport.abort()
+
+
+def realtime_socket(stack):
+    """The transport of the (only) call's StepFun realtime socket, once it is connected."""
+    calls = stack.app[SERVICES].calls
+    conn = getattr(next(iter(calls)).engine, "_conn", None) if calls else None
+    return getattr(conn, "_transport", None)
+
+
+async def test_a_hung_stepfun_holds_no_more_than_its_bound_and_the_watchdog_fails_the_call_over(
+        stack, hung_sessions_released, caller_en):
+    """StepFun hangs mid-greeting (says nothing more, reads nothing): the reply is due, so after
+    realtime_response_timeout_s (8 s) the engine's watchdog fails the call over to the chain, which greets
+    again and answers. Meanwhile the caller's speech (from 2.5 s, once the greeting's audio has run out: no
+    barge-in) piles up only in the dead socket, under its bound."""
+    stack.emulator.faults.stall_realtime_after_s = 0.6
+    watches: dict = {}
+    watching = asyncio.create_task(watch_call(stack, watches))
+    with structlog.testing.capture_logs() as logs:
+        calling = asyncio.create_task(simulate_twilio_call(
+            stack.url, to=EN, auth_token=AUTH_TOKEN, max_duration_s=40,
+            script=[Say(long_speech(caller_en, 6), at_s=2.5, label="talks to a hung model"),
+                    Say(caller_en, after_bot_done=True, pause_s=0.4, label="asks the chain"),
+                    Hangup(after_bot_done=True, pause_s=0.5)]))
+        await until(lambda: realtime_socket(stack) is not None, what="the call's StepFun socket")
+        shrink_send_buffer(realtime_socket(stack))
+        result = await calling
+        await stack.idle()
+    watching.cancel()
+    peaks = watches["twilio"].peaks
+    assert result.protocol_errors == [] and result.end_reason == "hangup", result.format_timeline()
+    assert result.duration_s > 12
+    switches = [e for e in logs if e["event"] == "engine_switch"]
+    assert len(switches) == 1 and switches[0]["reason"].startswith("no realtime events for 8."), switches
+    assert stack.emulator.sessions[0].close_reason == "fault: stalled"
+    # The chain took over: its greeting, then the answer to the question, were heard.
+    after_switch = [s for s in result.segments if s.start_s > 9]
+    assert len(after_switch) >= 2 and all(s.played_ms > 1000 for s in after_switch[:2]), result.format_timeline()
+    # What the hung socket and the switch could make the call hold.
+    assert 100_000 < peaks["stepfun_unsent_bytes"] <= stepfun_realtime.MAX_BUFFERED_BYTES
+    assert peaks["caller_frames_held"] <= SWITCH_BUFFER_FRAMES
+    assert peaks["outbox_messages"] == 0 and peaks["carrier_unsent_bytes"] < CARRIER_MAX_UNSENT
+
+
+async def test_a_hung_stepfun_that_no_reply_waits_on_is_dropped_at_its_bound_and_the_call_fails_over(
+        stack, hung_sessions_released, caller_en):
+    """The caller talks over the greeting as StepFun hangs: the greeting is cancelled, no reply is due, so the
+    watchdog has nothing to wait for; the caller's speech fills the dead socket until its bound, where the
+    socket is dropped and the call fails over to the chain."""
+    stack.emulator.faults.stall_realtime_after_s = 0.6
+    watches: dict = {}
+    watching = asyncio.create_task(watch_call(stack, watches))
+    with structlog.testing.capture_logs() as logs:
+        calling = asyncio.create_task(simulate_twilio_call(
+            stack.url, to=EN, auth_token=AUTH_TOKEN, max_duration_s=40,
+            script=[Say(long_speech(caller_en, 14), at_s=1.5, label="talks over the greeting, on and on"),
+                    Hangup(at_s=16)]))
+        await until(lambda: realtime_socket(stack) is not None, what="the call's StepFun socket")
+        shrink_send_buffer(realtime_socket(stack))
+        result = await calling
+        await stack.idle()
+    watching.cancel()
+    peaks = watches["twilio"].peaks
+    assert result.protocol_errors == [] and result.end_reason == "hangup", result.format_timeline()
+    assert len(result.clears) == 1                                   # the barge-in: no reply is due
+    dropped = [e for e in logs if e["event"] == "stepfun_not_reading"]
+    assert len(dropped) == 1 and dropped[0]["buffered"] > stepfun_realtime.MAX_BUFFERED_BYTES
+    switches = [e for e in logs if e["event"] == "engine_switch"]
+    assert len(switches) == 1 and switches[0]["reason"].startswith("realtime socket"), switches
+    assert switches[0]["t_ms"] < 14000
+    assert peaks["stepfun_unsent_bytes"] <= stepfun_realtime.MAX_BUFFERED_BYTES + APPEND_BYTES
+    assert peaks["caller_frames_held"] <= SWITCH_BUFFER_FRAMES
+
+
+async def test_behind_a_proxy_the_stepfun_client_bounds_its_queue_too(stack, hung_sessions_released, caller_en):
+    """Where a proxy is configured the client is websockets' own, whose send waits while StepFun does not
+    read: what waits in front of it is bounded the same way, and the connection is dropped at the bound."""
+    stack.emulator.faults.stall_realtime_after_s = 0.3
+    conn = await stepfun_realtime._LibraryConnection.open(
+        f"{stack.emulator.ws_url}/realtime?model=stepaudio-2.5-realtime", {"Authorization": "Bearer key"}, 3.0)
+    assert (await conn.next_event())["type"] == "session.created"
+    await asyncio.sleep(0.6)                                      # hung now
+    shrink_send_buffer(conn._ws.transport)
+    speech24 = np.repeat(long_speech(caller_en, 30), 3)           # 24 kHz, as the engine sends it
+    peak, loop = 0, asyncio.get_running_loop()
+    with structlog.testing.capture_logs() as logs:
+        t0 = loop.time()
+        for i in range(0, len(speech24), 3 * FRAME_SAMPLES):      # appends at twice real time
+            if conn.close_reason is not None:
+                break
+            audio = speech24[i:i + 3 * FRAME_SAMPLES].tobytes()
+            conn.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode()})
+            peak = max(peak, conn._queued_bytes)
+            await asyncio.sleep(0.01)
+        await until(lambda: conn.close_reason is not None, what="the connection to end")
+    await conn.close()
+    assert loop.time() - t0 < 10
+    assert [e["event"] for e in logs if e["event"] == "stepfun_not_reading"] == ["stepfun_not_reading"]
+    assert conn.close_reason == "connection lost"
+    assert stepfun_realtime.MAX_BUFFERED_BYTES - APPEND_BYTES < peak <= stepfun_realtime.MAX_BUFFERED_BYTES

@@ -49,6 +49,9 @@ class Faults:
 
     refuse_realtime_status: int | None = None   # answer the realtime upgrade with this HTTP status
     drop_realtime_after_s: float | None = None  # abort the realtime socket this long after connect
+    # This long after connect the realtime server hangs: it sends nothing more and reads nothing (pings
+    # included), and the socket stays open: the client's writes back up in its socket, as with a hung server.
+    stall_realtime_after_s: float | None = None
     error_event_after_s: float | None = None    # send one `error` (server_error) this long after connect
     response_delay_s: float = 0.0               # wait this long before each response's first delta
     # HTTP endpoints (asr, chat, tts, voices). A "*_once" field applies to the next request, then clears.

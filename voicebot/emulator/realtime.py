@@ -275,6 +275,12 @@ class RealtimeSession:
         if faults.drop_realtime_after_s is not None and elapsed >= faults.drop_realtime_after_s:
             self._drop()
             return False
+        if faults.stall_realtime_after_s is not None and elapsed >= faults.stall_realtime_after_s:
+            # Hung: nothing more said (``closed``: no further events), nothing read; the socket stays open.
+            self.close_reason, self.closed = "fault: stalled", True
+            self.ws.transport.pause_reading()
+            log.warning("emulator_realtime_stalled", session_id=self.id)
+            return False
         if (not self._error_fault_sent and faults.error_event_after_s is not None
                 and elapsed >= faults.error_event_after_s):
             self._error_fault_sent = True

@@ -34,7 +34,11 @@ from .errors import StepFunError, StepFunUnavailable, error_for_status
 log = structlog.get_logger("voicebot.stepfun")
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024   # one append may carry up to 15 MB
-MAX_BUFFERED_BYTES = 4 * 1024 * 1024  # unsent data (~30 s of appends): StepFun is not reading, give up
+# Unsent data beyond which StepFun counts as not reading: the socket is dropped and the call fails over (or
+# ends). A call appends 66.8 KB/s (20 ms at 24 kHz: 1 336 bytes a frame), so this is ~8 s of the caller's voice
+# queued on top of what the kernel's socket buffers hold; the model would hear them seconds late, which is no
+# conversation any more. It is what a hung StepFun can make a call hold here.
+MAX_BUFFERED_BYTES = 512 * 1024
 PING_INTERVAL_S = 20.0                # keepalive: a ping every 20 s, the pong due before the next one
 CLOSE_TIMEOUT_S = 2.0
 
@@ -344,6 +348,7 @@ class _LibraryConnection(RealtimeConnection):
         super().__init__(url)
         self._ws = ws
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._queued_bytes = 0      # in the outbox, not yet handed to websockets: bounded by MAX_BUFFERED_BYTES
         self._writer = asyncio.create_task(self._drain())
         self._reader = asyncio.create_task(self._read())
 
@@ -364,6 +369,17 @@ class _LibraryConnection(RealtimeConnection):
         return cls(ws, url)
 
     def send_raw(self, text: str | bytes, since: float | None = None) -> None:
+        if self._writer.done():
+            return      # closed, or given up on: the reader reports the end
+        if self._queued_bytes + len(text) > MAX_BUFFERED_BYTES:
+            # websockets' send waits while StepFun is not reading: the queue would grow for good.
+            log.warning("stepfun_not_reading", buffered=self._queued_bytes)
+            self._writer.cancel()
+            transport = getattr(self._ws, "transport", None)
+            if transport is not None:
+                transport.abort()     # the reader sees the connection lost and ends the session
+            return
+        self._queued_bytes += len(text)
         self._outbox.put_nowait(text if since is None else (text, since))
 
     async def _drain(self) -> None:
@@ -373,8 +389,10 @@ class _LibraryConnection(RealtimeConnection):
                     await self._ws.send(item[0], text=True)
                     latency.record("in", latency.clock() - item[1])
                     latency.count("appends_sent")
+                    self._queued_bytes -= len(item[0])
                 else:
                     await self._ws.send(item, text=True)
+                    self._queued_bytes -= len(item)
             except ConnectionClosed:
                 return
 
