@@ -215,3 +215,91 @@ async def test_behind_a_proxy_the_stepfun_client_bounds_its_queue_too(stack, hun
     assert [e["event"] for e in logs if e["event"] == "stepfun_not_reading"] == ["stepfun_not_reading"]
     assert conn.close_reason == "connection lost"
     assert stepfun_realtime.MAX_BUFFERED_BYTES - APPEND_BYTES < peak <= stepfun_realtime.MAX_BUFFERED_BYTES
+
+
+# -- the bounds of the other queues, each on its own ------------------------------------------------------
+
+def test_asterisk_xoff_holds_at_most_its_bound_and_sends_what_it_held_at_xon(caller_en):
+    from voicebot.telephony import asterisk
+    sent: list = []
+    session = asterisk.AsteriskSession(sent.append, sent.append)
+    session.handle_text('{"event":"MEDIA_START","format":"ulaw","optimal_frame_size":160}')
+    session.handle_text('{"event":"MEDIA_XOFF"}')
+    speech = long_speech(caller_en, 60)                         # a minute of bot audio, 480 KB of ulaw
+    with structlog.testing.capture_logs() as logs:
+        for i in range(0, len(speech), FRAME_SAMPLES):
+            session.send_audio(speech[i:i + FRAME_SAMPLES])
+            if i % (5 * FRAME_SAMPLES) == 0:
+                session.send_mark(f"vb{i}")
+    assert sent == []
+    assert sum(len(item) for item in session._held) <= asterisk.XOFF_HELD_MAX_BYTES
+    assert session.xoff_dropped > 1000
+    assert [e["event"] for e in logs] == ["asterisk_xoff_overflow"]
+    session.handle_text('{"event":"MEDIA_XON"}')
+    assert 0.99 * asterisk.XOFF_HELD_MAX_BYTES < sum(len(item) for item in sent) <= asterisk.XOFF_HELD_MAX_BYTES
+    assert json.loads(sent[1]) == {"command": "MARK_MEDIA", "correlation_id": "vb0"}      # in order
+    session.send_audio(speech[:FRAME_SAMPLES])
+    assert len(sent[-1]) == 160 and session._held == []
+
+
+def test_the_playout_holds_at_most_its_bound_of_bot_audio_and_says_so_once(caller_en):
+    from test_playout import CarrierModel, Clock
+    from voicebot.audio.playout import MAX_QUEUED_FRAMES, Playout
+    clock = Clock()
+    carrier = CarrierModel(clock)
+    playout = Playout(carrier, lead_ms=100, mark_every_ms=100, clock=clock, log=structlog.get_logger())
+    answer = long_speech(caller_en, 6 * 60)                    # a runaway engine: six minutes at once
+    with structlog.testing.capture_logs() as logs:
+        for i in range(0, len(answer), 8000):                  # in 1 s deltas
+            playout.enqueue("item_1", answer[i:i + 8000])
+        playout.end_item("item_1")
+    assert len(playout._frames) <= MAX_QUEUED_FRAMES + 1        # + the item's padded tail
+    assert playout.frames_overflowed == 6 * 60 * 50 - MAX_QUEUED_FRAMES
+    assert [e["event"] for e in logs] == ["playout_full"]
+
+
+def test_marks_a_carrier_never_echoes_are_forgotten_past_the_bound(caller_en):
+    from test_playout import CarrierModel, Clock
+    from voicebot.audio import playout as playout_module
+    clock = Clock()
+    carrier = CarrierModel(clock)
+    playout = playout_module.Playout(carrier, lead_ms=100, mark_every_ms=100, clock=clock)
+    speech = long_speech(caller_en, 11 * 60)                     # eleven minutes of bot audio: 6 600 marks
+    for second in range(0, len(speech), 8000):
+        playout.enqueue("item_1", speech[second:second + 8000])
+        for _ in range(50):
+            playout.pump()                                       # the carrier plays, and never echoes
+            clock.t += 0.02
+    assert len(carrier.sent_marks) > playout_module.MAX_PENDING_MARKS
+    assert len(playout._marks) == playout_module.MAX_PENDING_MARKS
+
+
+async def test_a_hung_disk_holds_at_most_the_writers_bound_of_recordings_and_the_call_goes_on(
+        tmp_path, monkeypatch, caller_en):
+    import threading
+
+    from voicebot import recording
+    from test_playout import Clock
+    monkeypatch.setattr(recording, "MAX_WRITE_BACKLOG_BYTES", 256 * 1024)
+    disk = threading.Event()                                      # set: the disk answers again
+    write_all = recording._write_all
+    monkeypatch.setattr(recording, "_write_all", lambda fd, data: (disk.wait(30), write_all(fd, data)))
+    writer = recording._shared_writer()
+    clock = Clock()
+    recorder = recording.CallRecorder(tmp_path / "hung.wav", clock=clock, log=structlog.get_logger())
+    speech = long_speech(caller_en, 30)                           # 30 s of a call: 960 KB of stereo audio
+    peak = 0
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for i in range(0, len(speech), FRAME_SAMPLES):
+                clock.t += 0.02
+                recorder.caller(speech[i:i + FRAME_SAMPLES])
+                peak = max(peak, writer.backlog_bytes)
+        assert peak <= 256 * 1024
+        assert recorder.failed.startswith("the disk is not keeping up")
+        assert [e["event"] for e in logs] == ["recording_failed"]
+    finally:
+        disk.set()
+    recorder.close()
+    assert await recorder.finished() is None
+    assert writer.backlog_bytes == 0

@@ -92,7 +92,7 @@ class Call(EngineSink):
         first_kind = "chain" if persona.engine == "chain" else "realtime"
         self.metrics = metrics.CallMetrics(meta.carrier, persona.name, first_kind)
         self.playout = Playout(carrier, lead_ms=lead_ms, mark_every_ms=self.settings.playout.mark_every_ms,
-                               chunk_ms=chunk_ms, lateness=self.metrics.frame_latency)
+                               chunk_ms=chunk_ms, lateness=self.metrics.frame_latency, log=self.log)
         self.recorder = (start_recording(self.settings.recordings_dir, meta, self.playout, log=self.log)
                          if persona.record else None)
         self.vad = EnergyVad(min_speech_ms=persona.barge_in.min_speech_ms)
@@ -237,6 +237,7 @@ class Call(EngineSink):
         self._event("call.ended", record)
         self.services.calls.discard(self)
         self.metrics.ended(self.outcome, None if first is None else first - self.started_t, self.playout.frames_late)
+        metrics.frames_dropped(self.meta.carrier, "playout_full", self.playout.frames_overflowed)
         if self._close_carrier is not None:
             try:
                 await self._close_carrier()
