@@ -303,3 +303,30 @@ async def test_a_hung_disk_holds_at_most_the_writers_bound_of_recordings_and_the
     recorder.close()
     assert await recorder.finished() is None
     assert writer.backlog_bytes == 0
+
+
+async def test_the_chain_keeps_at_most_its_bound_of_caller_turns_waiting_when_stepfun_is_slow(stack, caller_en):
+    """On the chain, StepFun's HTTP endpoints take 20 s to answer (the greeting's synthesis is stuck), and the
+    caller asks seven short questions meanwhile: four wait, the rest are dropped with a log line each."""
+    from voicebot.engines.chain import MAX_WAITING_TURNS
+    from conftest import CHAIN
+    stack.emulator.faults.http_delay_s = 20.0
+    question = caller_en[:8000]                       # one second of speech
+    waiting, peak = [], 0
+    with structlog.testing.capture_logs() as logs:
+        calling = asyncio.create_task(simulate_twilio_call(
+            stack.url, to=CHAIN, auth_token=AUTH_TOKEN, max_duration_s=30,
+            script=[*(Say(question, at_s=1.0 + 2.0 * i, label=f"question {i + 1}") for i in range(7)),
+                    Hangup(at_s=16)]))
+        await until(lambda: stack.app[SERVICES].calls, what="the call")
+        call = next(iter(stack.app[SERVICES].calls))
+        while not calling.done():
+            if call.engine.name == "chain":
+                peak = max(peak, call.engine._turns.qsize())
+            await asyncio.sleep(0.05)
+        result = await calling
+    stack.emulator.faults.http_delay_s = 0.0
+    assert result.end_reason == "hangup" and len(result.utterances) == 7
+    assert peak == MAX_WAITING_TURNS
+    dropped = [e for e in logs if e["event"] == "chain_turn_dropped"]
+    assert len(dropped) == 7 - MAX_WAITING_TURNS and all(e["waiting"] == MAX_WAITING_TURNS for e in dropped)
