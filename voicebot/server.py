@@ -11,7 +11,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from . import api, latency, metrics
+from . import api, http_limits, latency, metrics
 from .campaigns import callbacks as campaign_callbacks, service as campaign_service
 from .answer import Answerer
 from .call import CallServices, EngineFactory
@@ -129,7 +129,7 @@ def install_event_loop() -> str:
 
 
 def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFactory | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_message_bytes)
+    app = web.Application(client_max_size=http_limits.MAX_BODY_BYTES, middlewares=[http_limits.refuse_large_bodies])
     services = CallServices(settings=settings, dialplan=dialplan, make_engine=make_engine or (lambda *a, **k: None))
     if make_engine is None:
         services.make_engine = stepfun_engines(settings, services)
