@@ -15,7 +15,7 @@ import websockets
 from voicebot.simulator.caller import Hangup, Say
 from voicebot.transcript import read_transcript
 
-from conftest import EN
+from conftest import EN, until
 
 GREETING = "Hello, this is the test line of Acme. How can I help you today?"
 
@@ -98,17 +98,27 @@ async def barge_in(stack, simulate, caller_en, caller_interrupt, **options):
 
 
 async def refused_before_audio(stack, simulate, **options) -> str:
-    """A stream that fails authentication is refused -- HTTP 401 or close 1008 -- before any audio flows;
-    returns which of the two happened."""
+    """A stream that fails authentication is refused -- HTTP 401 or close 1008 -- before any audio flows, and
+    logged as our refusal with its reason (never as the carrier's protocol error: the 1008 the carrier echoes is
+    ours); returns which of the two happened."""
     from voicebot.simulator.caller import StreamRefused
 
-    try:
-        result = await simulate(stack.url, to=EN, max_duration_s=4, script=[Hangup(at_s=3)], **options)
-    except StreamRefused as exc:
-        assert exc.status == 401, exc
+    with structlog.testing.capture_logs() as logs:
+        try:
+            result = await simulate(stack.url, to=EN, max_duration_s=4, script=[Hangup(at_s=3)], **options)
+        except StreamRefused as exc:
+            assert exc.status == 401, exc
+            result = None
+        await until(lambda: any(e["event"] == "media_stream_refused" for e in logs), what="the refusal logged")
+        await asyncio.sleep(0.2)                      # the server's end of the connection is finished by then
+    refusals = [e for e in logs if e["event"] == "media_stream_refused"]
+    assert len(refusals) == 1 and refusals[0]["reason"] and refusals[0]["carrier"], logs
+    assert [e for e in logs if e["event"] == "carrier_protocol_error"] == []
+    if result is None:
         return "401"
     assert result.end_reason == "server_closed" and result.close_code == 1008, result.end_reason
     assert result.media_received == []
+    assert refusals[0]["close_code"] == 1008 and refusals[0]["kind"] == "auth"
     return "1008"
 
 

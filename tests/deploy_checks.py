@@ -13,10 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import promql_parser
-import pytest
 import yaml
-
-from voicebot.config import ConfigError, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -109,20 +106,6 @@ def load_yaml_documents(path: Path) -> list:
     return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
 
 
-def config_keys_accepted(tmp_path: Path, **server_keys) -> bool:
-    """Whether this checkout's config loader knows these ``server:`` keys (they arrive with other branches of
-    issue 14: drain_seconds, max_calls)."""
-    probe = tmp_path / "probe-config.yaml"
-    probe.write_text(yaml.safe_dump({"server": server_keys}))
-    try:
-        load_settings(probe, environ={})
-    except ConfigError as exc:
-        if "unknown field" in exc.problem:
-            return False
-        raise
-    return True
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -184,35 +167,3 @@ class DeployedServer:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
-
-
-def _server_keys_rejected() -> list[str]:
-    """deploy/config.yaml's ``server:`` keys that this checkout's config loader does not know yet."""
-    import tempfile
-
-    keys = yaml.safe_load(DEPLOY_CONFIG.read_text(encoding="utf-8"))["server"]
-    rejected = []
-    with tempfile.TemporaryDirectory() as folder:
-        for key in ("drain_seconds", "max_calls"):
-            if key in keys and not config_keys_accepted(Path(folder), **{key: keys[key]}):
-                rejected.append(key)
-    return rejected
-
-
-def _served_paths() -> set[str]:
-    from voicebot.config import Settings
-    from voicebot.dialplan import load_dialplan
-    from voicebot.server import create_app
-
-    app = create_app(Settings(source="probe"), load_dialplan(REPO / "dialplans"))
-    return {resource.canonical for resource in app.router.resources()}
-
-
-# Parts of issue 14 that other branches bring (the drain and limits keys, /readyz). Until they are merged the
-# tests that need them are expected to fail, and strict: once they are in, the markers must go.
-SERVER_KEYS_PENDING = _server_keys_rejected()
-pending_server_keys = pytest.mark.xfail(
-    bool(SERVER_KEYS_PENDING), strict=True,
-    reason=f"config loader does not know server.{', server.'.join(SERVER_KEYS_PENDING)} yet (issue 14 drain/limits)")
-pending_readyz = pytest.mark.xfail(
-    "/readyz" not in _served_paths(), strict=True, reason="the server has no /readyz yet (issue 14 health and drain)")

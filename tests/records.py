@@ -18,7 +18,8 @@ def full_record(n: int, *, started_at: datetime | None = None, **changes) -> Cal
         id=f"{n:016x}",
         carrier=("twilio", "telnyx", "asterisk")[n % 3],
         carrier_call_id=f"CA{n:032x}",
-        persona=PERSONAS[n % len(PERSONAS)],
+        # Shifted once per round of outcomes: every persona meets every outcome, whatever their numbers.
+        persona=PERSONAS[(n + n // len(OUTCOMES)) % len(PERSONAS)],
         from_number=f"+1555010{n % 10000:04d}",
         to_number="+15557650199",
         direction="outbound" if n % 5 == 4 else "inbound",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
 import numpy as np
 import pytest
 import structlog
+import websockets
 
 from voicebot.simulator.caller import SimulatedCall
 from voicebot.simulator.telnyx import TelnyxProtocol, simulate_call
@@ -15,7 +17,7 @@ from voicebot.telephony.base import Audio, CarrierOptions, ProtocolError, Starte
 from voicebot.telephony.telnyx import REORDER_WINDOW, TelnyxSession
 
 from carrier_checks import barge_in, conversation, malformed_input, refused_before_audio, secret_in_env
-from conftest import EN
+from conftest import EN, until
 
 TOKEN = "telnyx-stream-token-7f3a"
 
@@ -46,6 +48,29 @@ async def test_stream_token_is_required_before_any_audio(stack, monkeypatch):
     assert await refused_before_audio(stack, simulate_call, token="wrong", token_header=False) == "1008"
     assert await refused_before_audio(stack, simulate_call, token=None) == "1008"         # no token at all
     assert stack.emulator.sessions == []                                                 # no model session opened
+
+
+async def test_a_refusal_echoed_by_the_carrier_is_logged_as_ours(stack):
+    """A client that answers our 1008 with the same code, as RFC 6455 asks (websockets does; so do carriers):
+    one media_stream_refused line with the reason, no carrier_protocol_error "peer closed with code 1008"."""
+    url = stack.url.replace("http://", "ws://") + "/telnyx/media"
+    start = {"event": "start", "sequence_number": "1", "stream_id": "s-1", "start": {
+        "call_control_id": "v3:no-token", "from": "+15005550006", "to": EN,
+        "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}}
+    with structlog.testing.capture_logs() as logs:
+        async with websockets.connect(url) as ws:           # no token header: the connected frame must carry it
+            await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+            await ws.send(json.dumps(start))
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1008 and ws.close_reason == "unauthorized"
+        await until(lambda: any(e["event"] == "media_stream_refused" for e in logs), what="the refusal logged")
+        await asyncio.sleep(0.2)                             # the server's end of the connection is finished
+    refusals = [e for e in logs if e["event"] == "media_stream_refused"]
+    assert len(refusals) == 1, logs
+    assert refusals[0]["kind"] == "auth" and refusals[0]["close_code"] == 1008
+    assert "stream auth token missing or wrong" in refusals[0]["reason"]
+    assert [e for e in logs if e["event"] == "carrier_protocol_error"] == []
 
 
 async def test_malformed_messages_hurt_only_their_own_call(stack, caller_en):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
+import structlog
+import websockets
 
 from voicebot.simulator.caller import Hangup
 from voicebot.simulator.vonage import simulate_call
@@ -13,6 +16,7 @@ from voicebot.telephony.vonage import VonageSession
 
 from carrier_checks import barge_in, conversation, malformed_input, refused_before_audio, transcript_of
 from conftest import CARRIER_SECRETS, EN, ZH
+from metrics_scrape import delta, scrape
 
 TOKEN = CARRIER_SECRETS["VONAGE_WS_TOKEN"]
 
@@ -62,6 +66,34 @@ async def test_malformed_messages_hurt_only_their_own_call(carrier_stack, caller
                       json.dumps({"event": "dance"}), *[b"\x00\x01" * 160] * 25]],
         expected=["binary audio of 320 bytes before the websocket:connected message", "not JSON",
                   "321 bytes is not a whole number", "'payload' missing", "unknown event 'dance'"])
+
+
+async def test_a_10_mb_binary_frame_gets_a_1009_close_frame(carrier_stack):
+    """A real WebSocket client sends one 10 MB binary message on a live call: it reads the 1009 close frame
+    (the server reads past the message until the client's close instead of closing the socket with the message
+    unread, which resets the connection and loses the close frame), the problem is logged and the refusal
+    counted as a limit."""
+    connected = json.dumps({"event": "websocket:connected", "content-type": "audio/l16;rate=16000", "to": EN})
+    url = carrier_stack.url.replace("http://", "ws://") + "/vonage/media"
+    before = await scrape(carrier_stack.url)
+    with structlog.testing.capture_logs() as logs:
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"},
+                                      max_size=None, max_queue=4) as ws:
+            await ws.send(connected)
+            # Not reading for a while, as a busy client: the greeting's messages fill its queue and it stops
+            # reading the socket, so the close frame waits in its socket buffer while it sends the 10 MB.
+            await asyncio.sleep(0.5)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.send(b"\x00\x01" * 5_000_000)
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+        await carrier_stack.idle()
+    assert closed.value.rcvd is not None, "no close frame reached the client"
+    assert closed.value.rcvd.code == 1009 and "over the 65536-byte limit" in closed.value.rcvd.reason
+    problems = [entry["problem"] for entry in logs if entry["event"] == "carrier_protocol_error"]
+    assert problems == ["message of 10000000 bytes is over the 65536-byte limit"]
+    assert delta(await scrape(carrier_stack.url), before, "voicebot_stream_refusals_total", carrier="vonage",
+                 reason="limit") == 1
 
 
 def test_dtmf_in_either_documented_shape():

@@ -366,3 +366,41 @@ def test_emulator_chat_answers_asr_placeholders_as_the_realtime_emulator_answers
         "You said something for 3.3 seconds."
     assert plan_reply([{"role": "user", "content": "I heard (caller speech 3.34 s) twice"}]) == \
         "You said: I heard (caller speech 3.34 s) twice."
+
+
+async def test_the_persona_chooses_the_chain_models(tmp_path, caller_en):
+    """chain.asr_model, chat_model and tts_model (each a documented StepFun name) are the ones requested."""
+    from voicebot.emulator.app import Emulator, start_emulator
+
+    from conftest import start_voice_server
+
+    plans = tmp_path / "dialplans"
+    plans.mkdir()
+    (plans / "chain.yaml").write_text(f"""name: chain-models
+numbers: ["{CHAIN}"]
+default: true
+engine: chain
+language: en
+voice: lively-girl
+instructions: Test.
+greeting: Hello from the other models.
+chain: {{asr_model: stepaudio-2-asr-pro, tts_model: step-tts-2, tts_transport: ws, silence_ms: 500}}
+""", encoding="utf-8")
+    emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=3.0))
+    runner, settings, _ = await start_voice_server(tmp_path, plans, emulator)
+    try:
+        result = await simulate_twilio_call(
+            settings.public_url, to=CHAIN, auth_token=AUTH_TOKEN, max_duration_s=30,
+            script=[Say(caller_en, after_bot_done=True, pause_s=0.4), Hangup(after_bot_done=True, pause_s=0.5)])
+    finally:
+        await runner.cleanup()
+        await emu_runner.cleanup()
+    assert result.protocol_errors == [] and len(result.utterances) == 1
+    log = http_log(emulator)
+    asr = [r for r in log if r.endpoint == "asr"]
+    tts = [r for r in log if r.endpoint == "tts.ws"]
+    chat = [r for r in log if r.endpoint == "chat"]
+    assert asr and all(r.body["audio"]["input"]["transcription"]["model"] == "stepaudio-2-asr-pro" for r in asr)
+    assert chat and all(r.body["model"] == "stepaudio-2.5-chat" for r in chat)
+    assert tts and all(r.status == 200 and r.error is None for r in tts)
+    assert {r.body.get("model") for r in tts} == {"step-tts-2"}, [r.body for r in tts]

@@ -116,10 +116,38 @@ def test_a_local_emulator_without_a_key_is_not_a_production_server(tmp_path):
 @pytest.mark.parametrize("env, expected", [
     ({}, "stepfun: embedded emulator (no STEP_API_KEY"),
     ({"STEPFUN_BASE_URL": LOCAL}, f"stepfun: configured URL {LOCAL} (from STEPFUN_BASE_URL; no STEP_API_KEY"),
-    ({"STEP_API_KEY": "sk-2"}, "stepfun: official API https://api.stepfun.com/step_plan/v1 (STEP_API_KEY set"),
+    # With a real key serve asks for TWILIO_AUTH_TOKEN too, and so does check (tests/test_check_serve.py).
+    ({"STEP_API_KEY": "sk-2", "TWILIO_AUTH_TOKEN": "tw-2"},
+     "stepfun: official API https://api.stepfun.com/step_plan/v1 (STEP_API_KEY set"),
 ], ids=["embedded", "configured", "official"])
 def test_check_says_which_stepfun_endpoint_is_used_and_why(env, expected):
     proc = check(env)
     assert proc.returncode == 0, proc.stderr
     assert expected in proc.stdout
-    assert "sk-2" not in proc.stdout + proc.stderr
+    assert "sk-2" not in proc.stdout + proc.stderr and "tw-2" not in proc.stdout + proc.stderr
+
+
+def test_drain_seconds_and_max_calls_default_and_are_read(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("server: {port: 8080}\n")
+    defaults = load_settings(config, environ={})
+    assert (defaults.drain_seconds, defaults.max_calls) == (30.0, 400)
+    config.write_text("server: {drain_seconds: 2.5, max_calls: 0}\n")
+    settings = load_settings(config, environ={})
+    assert settings.drain_seconds == 2.5 and settings.max_calls == 0     # 0 calls: no limit
+    config.write_text("server: {drain_seconds: 0}\n")
+    assert load_settings(config, environ={}).drain_seconds == 0.0        # 0 s: calls end at once
+
+
+@pytest.mark.parametrize("line, field, problem", [
+    ("drain_seconds: -1", "server.drain_seconds", "must be ≥ 0"),
+    ("drain_seconds: soon", "server.drain_seconds", "expected a number"),
+    ("max_calls: -5", "server.max_calls", "must be ≥ 0"),
+    ("max_calls: 2.5", "server.max_calls", "expected an integer"),
+])
+def test_bad_drain_seconds_or_max_calls_name_the_field(tmp_path, line, field, problem):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server:\n  {line}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config, environ={})
+    assert raised.value.field_path == field and problem in raised.value.problem

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_checks import DEPLOY, DEPLOY_CONFIG, REPO, DeployedServer, pending_server_keys
+from deploy_checks import DEPLOY, DEPLOY_CONFIG, REPO, DeployedServer
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 HADOLINT = Path(sys.executable).parent / "hadolint"
@@ -166,7 +166,6 @@ def test_dockerignore_sends_what_is_copied_and_nothing_private():
         assert dockerignore_excludes(private, patterns), f"{private} would be sent to the image build"
 
 
-@pending_server_keys
 def test_healthcheck_command_tells_serving_from_stopped(tmp_path):
     """The HEALTHCHECK's own command (its port moved to this test's) against ``voicebot serve`` of
     deploy/config.yaml: exit 0 while the server runs, non-zero once it has stopped."""

@@ -34,9 +34,10 @@ def _free_port() -> int:
 
 
 def _config(tmp_path: Path, port: int) -> Path:
+    """drain_seconds 0: SIGTERM ends the calls in progress at once (the drain itself: test_drain_serve.py)."""
     config = tmp_path / "config.yaml"
     config.write_text(f"""
-server: {{host: 127.0.0.1, port: {port}, public_url: "http://127.0.0.1:{port}"}}
+server: {{host: 127.0.0.1, port: {port}, public_url: "http://127.0.0.1:{port}", drain_seconds: 0}}
 dialplans: {REPO / "dialplans"}
 transcripts_dir: {tmp_path / "transcripts"}
 logging: {{format: json, level: info}}

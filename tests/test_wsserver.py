@@ -42,6 +42,8 @@ def echo_app(received: list, max_message_bytes: int = 1024, heartbeat_s: float |
             received.append(message)
             if message == "bye":
                 asyncio.ensure_future(ws.close(1000, "done"))
+            elif message == "refuse":
+                asyncio.ensure_future(ws.close(1008, "refused"))
             elif isinstance(message, str):
                 ws.send_text(message)
             else:
@@ -169,6 +171,65 @@ async def test_oversized_frame_is_refused_from_its_header(aiohttp_server):
     writer.close()
 
 
+async def ended(received: list) -> tuple:
+    for _ in range(150):
+        if received and isinstance(received[-1], tuple):
+            break
+        await asyncio.sleep(0.02)
+    return received[-1]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "text"])
+async def test_a_large_message_is_answered_with_1009_the_client_reads(aiohttp_client, binary):
+    """10 MB in one message, as a real client sends it: the client gets the 1009 close frame, not a reset (the
+    server reads past the rest of the message instead of closing with it unread), and the close handshake ends."""
+    received: list = []
+    client = await aiohttp_client(echo_app(received, max_message_bytes=64 * 1024))
+    async with client.ws_connect("/ws", max_msg_size=0) as ws:
+        await ws.send_str("before")
+        assert (await ws.receive(timeout=5)).data == "before"
+        if binary:
+            await ws.send_bytes(b"\x00\x01" * 5_000_000)
+        else:
+            await ws.send_str("x" * 10_000_000)
+        msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+        assert msg.data == 1009 and "over the 65536-byte limit" in msg.extra
+    code, problem, _ = (await ended(received))[1:]
+    assert received[:1] == ["before"] and len(received) == 2
+    assert problem == "message of 10000000 bytes is over the 65536-byte limit"
+
+
+async def test_a_large_message_then_more_frames_then_the_close(aiohttp_server):
+    """Frames after the refused message are read past unused; the peer's close ends the handshake at once."""
+    received: list = []
+    server = await aiohttp_server(echo_app(received, max_message_bytes=1024))
+    reader, writer, _ = await raw_connect(server)
+    big = bytes((0x82, 0x80 | 126)) + struct.pack("!H", 50_000) + b"\x00" * 4   # mask key 0: payload as is
+    writer.write(big + b"\x07" * 20_000)       # the header and the first part of the payload
+    first, payload = await read_frame(reader)
+    assert first == 0x88 and struct.unpack("!H", payload[:2])[0] == 1009
+    writer.write(b"\x07" * 30_000 + masked(0x1, b"after") + masked(0x8, struct.pack("!H", 1009)))
+    assert await asyncio.wait_for(reader.read(), 1) == b""     # closed on the peer's close, not on a timeout
+    writer.close()
+    assert received[0] == ("ended", 1009, "message of 50000 bytes is over the 1024-byte limit", None)
+
+
+async def test_our_own_close_echoed_by_the_peer_is_no_problem(aiohttp_server):
+    """A close the server started (a refusal, 1008) and the peer answered with the same code is a clean end,
+    not "peer closed with code 1008"."""
+    received: list = []
+    server = await aiohttp_server(echo_app(received))
+    reader, writer, _ = await raw_connect(server)
+    writer.write(masked(0x1, b"refuse"))
+    first, payload = await read_frame(reader)
+    assert (first, payload) == (0x88, struct.pack("!H", 1008) + b"refused")
+    writer.write(masked(0x8, payload))          # the echo RFC 6455 §5.5.1 asks for
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    assert (await ended(received))[1:3] == (1008, None)
+
+
 async def test_peer_close_code_is_reported(aiohttp_server):
     received: list = []
     server = await aiohttp_server(echo_app(received))
@@ -239,23 +300,3 @@ async def test_invalid_upgrades_are_refused_with_the_reason(aiohttp_client, head
     if status == 426:
         assert response.headers["Sec-WebSocket-Version"] == "13"
     assert received == []
-
-
-async def test_a_message_of_megabytes_over_the_limit_still_gets_its_close_frame(aiohttp_server):
-    """A carrier refused while it is still sending a 10 MB message reads our 1009: what it sends is read and
-    thrown away until it answers the close (closing at once would leave its megabytes unread in our socket,
-    and the kernel would reset the connection, losing the close frame on the way)."""
-    received: list = []
-    server = await aiohttp_server(echo_app(received))
-    async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(server.make_url("/ws"), autoping=True) as ws:
-            sending = asyncio.ensure_future(ws.send_bytes(os.urandom(10 * 2**20)))
-            reply = await asyncio.wait_for(ws.receive(), 10)
-            await asyncio.wait_for(asyncio.gather(sending, return_exceptions=True), 10)
-    assert reply.type == aiohttp.WSMsgType.CLOSE, reply
-    assert reply.data == 1009 and "message of 10485760 bytes is over the 1024-byte limit" in reply.extra
-    for _ in range(100):
-        if received and isinstance(received[-1], tuple):
-            break
-        await asyncio.sleep(0.02)
-    assert received == [("ended", 1000, "message of 10485760 bytes is over the 1024-byte limit", None)]

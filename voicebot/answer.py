@@ -32,6 +32,7 @@ log = structlog.get_logger("voicebot.telephony")
 START_TIMEOUT_S = 10.0
 HEARTBEAT_S = 30.0   # a silent carrier is pinged after this long, dropped without a pong
 MAX_LOGGED_PROTOCOL_ERRORS = 5   # per connection; later ones are counted and summarised at the end
+REFUSALS = {"draining": "the server is shutting down", "limit": "the server has all the calls it takes"}
 _connection_ids = itertools.count(1)
 
 
@@ -95,7 +96,7 @@ class MediaStream:
             if isinstance(exc, FatalProtocolError):
                 if self.call is not None:
                     self.call.hang_up(f"carrier protocol error: {exc}", "failed")
-                self._end(self.refuse("unusable stream", "protocol"))
+                self._end(self.refuse("unusable stream", "protocol", str(exc)))
             return
         self.handle(events)
 
@@ -118,8 +119,7 @@ class MediaStream:
                     continue
                 refusal = self.session.authorize(event.meta)
                 if refusal is not None:
-                    self.log.warning("media_stream_refused", reason=refusal, call_sid=event.meta.call_id)
-                    self._end(self.refuse("unauthorized", "auth"))
+                    self._end(self.refuse("unauthorized", "auth", refusal, call_sid=event.meta.call_id))
                     return
                 meta = event.meta
                 if "attempt" in meta.params:
@@ -128,9 +128,8 @@ class MediaStream:
                 persona, why_not = self.services.dialplan.persona_for(meta.to_number, asked=meta.persona,
                                                                       fallback=self.session.fallback_persona)
                 if persona is None:
-                    self.log.warning("no_persona_for_number", reason=why_not, to=event.meta.to_number,
-                                     call_sid=event.meta.call_id)
-                    self._end(self.refuse("no persona for this call", "no_persona"))
+                    self._end(self.refuse("no persona for this call", "no_persona", why_not,
+                                          to=event.meta.to_number, call_sid=event.meta.call_id))
                     return
                 call = self._start_call(meta, persona)
             elif isinstance(event, Dtmf):
@@ -168,27 +167,25 @@ class MediaStream:
         attempt = meta.params.get("attempt", "")
         resolve = getattr(self.services.campaigns, "resolve", None)
         if resolve is None:
-            self.log.warning("outbound_stream_refused", reason="this server runs no campaigns",
-                             call_sid=meta.call_id)
-            self._end(self.refuse("no campaigns here", "no_persona"))
+            self._end(self.refuse("no campaigns here", "no_persona", "a placed call's stream, and this server runs "
+                                  "no campaigns", call_sid=meta.call_id))
             return
         try:
             context = await asyncio.wait_for(resolve(meta), START_TIMEOUT_S)
         except asyncio.TimeoutError:
-            self.log.error("outbound_stream_refused", reason=f"attempt lookup took over {START_TIMEOUT_S:g} s",
-                           call_sid=meta.call_id)
-            self._end(self.refuse("attempt lookup timed out", "unavailable"))
+            self._end(self.refuse("attempt lookup timed out", "unavailable",
+                                  f"attempt lookup took over {START_TIMEOUT_S:g} s", level="error",
+                                  call_sid=meta.call_id))
             return
         except Exception as exc:
-            self.log.error("outbound_stream_refused", reason=f"attempt lookup failed: {exc}", call_sid=meta.call_id)
-            self._end(self.refuse("attempt lookup failed", "unavailable"))
+            self._end(self.refuse("attempt lookup failed", "unavailable", f"attempt lookup failed: {exc}",
+                                  level="error", call_sid=meta.call_id))
             return
         if self._ending is not None:
             return      # the carrier ended the stream meanwhile
         if context is None:
-            self.log.warning("outbound_stream_refused", reason="the attempt token names no live attempt",
-                             attempt=attempt[:80], call_sid=meta.call_id)
-            self._end(self.refuse("unknown attempt", "auth"))
+            self._end(self.refuse("unknown attempt", "auth", "the attempt token names no live attempt",
+                                  attempt=attempt[:80], call_sid=meta.call_id))
             return
         meta.direction = "outbound"
         self._start_call(meta, context.persona, outbound=context)
@@ -199,14 +196,18 @@ class MediaStream:
 
     def _no_start(self) -> None:
         if self.call is None and self._ending is None and self._resolving is None:
-            self.log.warning("media_stream_no_start", waited_s=START_TIMEOUT_S)
-            self._end(self.refuse("no start message", "protocol"))
+            self._end(self.refuse("no start message", "protocol", f"no start message within {START_TIMEOUT_S:g} s"))
 
-    def refuse(self, reason: str, kind: str) -> Awaitable[None]:
-        """Close the stream as refused (1008, ``reason``), counted in the metrics under ``kind``
-        (one of metrics.REFUSAL_REASONS)."""
+    def refuse(self, told: str, kind: str, why: str | None = None, *, level: str = "warning",
+               **fields) -> Awaitable[None]:
+        """Close the stream as refused (1008 with ``told``, which the carrier sees: never a secret or a detail),
+        log it as our refusal (``media_stream_refused``, with ``why``), and count it in the metrics under
+        ``kind`` (one of metrics.REFUSAL_REASONS). The carrier's echo of the 1008 is no protocol error of its."""
+        logger = self.call.log if self.call is not None else self.log
+        getattr(logger, level)("media_stream_refused", reason=why or told, kind=kind, close_code=POLICY_VIOLATION,
+                               close_reason=told, **fields)
         metrics.stream_refused(self.session.carrier, kind)
-        return self.transport.close(code=POLICY_VIOLATION, reason=reason)
+        return self.transport.close(code=POLICY_VIOLATION, reason=told)
 
     async def hang_up(self) -> None:
         """The call is over on our side: tell the carrier in-band where it can be told, then close."""
@@ -268,25 +269,44 @@ class Answerer:
 
     async def websocket(self, request: web.Request, session_cls: type[CarrierSession], *,
                         protocols: tuple[str, ...] = (), **session_kwargs) -> web.StreamResponse:
-        """Accept one carrier media WebSocket and run its call until either side hangs up."""
+        """Accept one carrier media WebSocket and run its call until either side hangs up. While the server
+        drains or has ``server.max_calls`` calls, the upgrade is answered 503 instead."""
+        admission = self.services.admission
+        refused = admission.refusal(session_cls.carrier, peer=request.remote, path=request.path)
+        if refused is not None:
+            return web.Response(status=503, text=f"not taking calls: {REFUSALS[refused]}\n")
         # No permessage-deflate: carriers don't ask for it, μ-law barely compresses, and uncompressed frames
         # are what lets the outbox write without a task wake-up per message.
+        admission.opened()
         try:
-            ws = await ServerWebSocket.accept(request, protocols=protocols, heartbeat_s=HEARTBEAT_S,
-                                              max_message_bytes=self.services.settings.max_message_bytes)
-        except web.HTTPClientError:       # not a valid WebSocket upgrade: answered 400/426 naming the problem
-            metrics.stream_refused(session_cls.carrier, "protocol")
-            raise
-        stream = MediaStream(WebSocketTransport(ws), session_cls, self.services, peer=request.remote,
-                             **session_kwargs)
-        await stream.run()
-        return ws.response
+            try:
+                ws = await ServerWebSocket.accept(request, protocols=protocols, heartbeat_s=HEARTBEAT_S,
+                                                  max_message_bytes=self.services.settings.max_message_bytes)
+            except web.HTTPClientError:       # not a valid WebSocket upgrade: answered 400/426 naming the problem
+                metrics.stream_refused(session_cls.carrier, "protocol")
+                raise
+            stream = MediaStream(WebSocketTransport(ws), session_cls, self.services, peer=request.remote,
+                                 **session_kwargs)
+            await stream.run()
+            return ws.response
+        finally:
+            admission.closed()
 
     async def tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                   read_message: Callable[[asyncio.StreamReader], Awaitable[bytes | None]],
                   session_cls: type[CarrierSession], **session_kwargs) -> None:
-        """Run one call over a plain TCP connection; ``read_message`` cuts the byte stream into messages."""
-        peer = writer.get_extra_info("peername")
-        stream = MediaStream(TcpTransport(reader, writer, read_message), session_cls, self.services,
-                             peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None, **session_kwargs)
-        await stream.run()
+        """Run one call over a plain TCP connection; ``read_message`` cuts the byte stream into messages. While
+        the server drains or has ``server.max_calls`` calls, the carrier is told to hang up instead."""
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else None
+        stream = MediaStream(TcpTransport(reader, writer, read_message), session_cls, self.services, peer=peer,
+                             **session_kwargs)
+        admission = self.services.admission
+        if admission.refusal(session_cls.carrier, peer=peer) is not None:
+            await stream.hang_up()
+            return
+        admission.opened()
+        try:
+            await stream.run()
+        finally:
+            admission.closed()

@@ -19,6 +19,7 @@ import numpy as np
 import structlog
 
 from . import metrics
+from .admission import Admission
 from .audio import FRAME_MS
 from .audio.pacer import PacedJob, Pacer, shared_pacer
 from .audio.playout import Playout
@@ -65,6 +66,7 @@ class CallServices:
     events: object = None    # the call-event sender (voicebot/webhooks.py), set on app startup
     controls: dict = field(default_factory=dict)   # carrier name -> its call-control API client (telephony/rest)
     campaigns: object = None  # the campaign service (campaigns/outbound.py CampaignHooks), set on app startup
+    admission: Admission = field(default_factory=lambda: Admission(max_calls=0))   # the server sets its own
 
     def call_control(self, carrier: str):
         return self.controls.get(carrier)

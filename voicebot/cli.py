@@ -11,49 +11,53 @@ import sys
 
 import structlog
 
-from .config import ConfigError, Settings, check_serving, load_settings
+from .config import ConfigError, Settings, load_settings
 from .dialplan import Dialplan, load_dialplan
 from .logs import configure_logging
+from .stepfun.models import STRICT_MODELS_HINT, log_unknown_models
 
 log = structlog.get_logger("voicebot.cli")
 
 
-def _load(config: str | None) -> tuple[Settings, Dialplan]:
-    settings = load_settings(config)
+
+
+def _load(args) -> tuple[Settings, Dialplan]:
+    settings = load_settings(args.config)
+    if getattr(args, "strict_models", False):
+        settings = dataclasses.replace(settings, stepfun=dataclasses.replace(settings.stepfun, strict_models=True))
     return settings, load_dialplan(settings.dialplans_dir)
 
 
-async def _serve(settings: Settings, dialplan: Dialplan) -> None:
-    from .server import start_server
+def _check_startup(settings: Settings, dialplan: Dialplan):
+    """server.check_startup: imports the server, hence the metrics (with --workers N, only once their shared
+    directory is set)."""
+    from .server import check_startup
+    return check_startup(settings, dialplan)
+
+
+async def _serve(settings: Settings, dialplan: Dialplan,
+                 stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """Serve until a stop signal (SIGTERM, SIGINT; a worker only SIGTERM, from its supervisor) has drained the
+    calls; SIGHUP reloads the dialplans."""
+    from .server import run_until_stopped, start_server
 
     runners, settings, url = await start_server(settings, dialplan)
     log.info("voicebot_listening", url=url, public_url=settings.public_url,
              personas=[p.name for p in dialplan.personas],
              default_persona=dialplan.default.name if dialplan.default else None,
              twilio_signatures=settings.twilio.validate_signatures,
-             twilio_auth_token_set=bool(settings.twilio.auth_token))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("voicebot_stopping")
-    for runner in runners:
-        await runner.cleanup()
+             twilio_auth_token_set=bool(settings.twilio.auth_token),
+             drain_seconds=settings.drain_seconds, max_calls=settings.max_calls or None)
+    await run_until_stopped(runners, stop_signals=stop_signals)
 
 
 def cmd_serve(args) -> int:
-    settings, dialplan = _load(args.config)
+    settings, dialplan = _load(args)
     if args.workers is not None:
         settings = dataclasses.replace(settings, workers=args.workers)
-    check_serving(settings)
-    from .telephony.twilio_auth import STREAM_SECRET_ENV, stream_token_secret
-    try:
-        stream_token_secret()   # made once, before any worker forks: every worker signs and checks with it
-    except ValueError as exc:
-        raise ConfigError("environment", STREAM_SECRET_ENV, str(exc)) from None
     configure_logging(settings.log_format, settings.log_level)
     if settings.workers == 1:
+        log_unknown_models(_check_startup(settings, dialplan))
         from .server import install_event_loop
         log.info("event_loop", loop=install_event_loop())
         asyncio.run(_serve(settings, dialplan))
@@ -65,18 +69,24 @@ def cmd_serve(args) -> int:
                     message="no STEP_API_KEY: each worker answers with its own embedded emulator")
 
     with shared_metrics_dir():
-        from .server import install_event_loop   # imports the metrics: after their shared directory is set
+        log_unknown_models(_check_startup(settings, dialplan))   # before the workers fork: one check, one log
+        from .server import install_event_loop, longest_stop_s   # imports the metrics: after their directory is set
 
         def serve(index: int) -> None:
             log.info("event_loop", loop=install_event_loop())
-            asyncio.run(_serve(settings, dialplan))
+            asyncio.run(_serve(settings, dialplan, stop_signals=(signal.SIGTERM,)))
 
-        return Supervisor(settings.workers, serve).run()
+        return Supervisor(settings.workers, serve, stop_timeout_s=longest_stop_s(settings.drain_seconds)).run()
 
 
 def cmd_check(args) -> int:
-    settings, dialplan = _load(args.config)
+    settings, dialplan = _load(args)
+    unknown_models = _check_startup(settings, dialplan)     # every check serve makes before it listens
     print(f"config {settings.source}: ok")
+    for model in unknown_models:
+        print(f"warning: {model}", file=sys.stderr)
+    if unknown_models:
+        print(f"  ({STRICT_MODELS_HINT})", file=sys.stderr)
     print(f"stepfun: {settings.stepfun.endpoint()}")
     for persona in dialplan.personas:
         numbers = ", ".join(persona.numbers) or "-"
@@ -192,6 +202,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+STRICT_MODELS_HELP = ("refuse a model name StepFun does not document (default: a warning; stepfun.strict_models "
+                      "in the config)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description="Telephony voice-bot server for StepFun speech models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,10 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config file (default: $VOICEBOT_CONFIG or ./config.yaml)")
     p.add_argument("--workers", type=_positive_int, help="server processes sharing the port, one per core to use "
                    "(default: server.workers in the config, 1)")
+    p.add_argument("--strict-models", action="store_true", help=STRICT_MODELS_HELP)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("check", help="validate config.yaml and the dialplans, list personas")
+    p = sub.add_parser("check", help="validate config.yaml and the dialplans as serve does, list personas")
     p.add_argument("--config")
+    p.add_argument("--strict-models", action="store_true", help=STRICT_MODELS_HELP)
     p.set_defaults(func=cmd_check)
 
     from .emulator.app import build_arg_parser as emulator_options

@@ -135,6 +135,7 @@ class StepFunSettings:
     # With a fallback (engine: auto) a slow realtime connect costs the caller silence: give up sooner.
     failover_connect_timeout_s: float = 1.5
     base_url_from: str = "the default"   # where base_url was set: STEPFUN_BASE_URL or "<file>: stepfun.base_url"
+    strict_models: bool = False          # a model name StepFun does not document stops check and serve (else: warned)
     embedded: bool = False               # base_url is the embedded emulator serve started (no key, official URL)
 
     @property
@@ -179,6 +180,8 @@ class Settings:
     twilio: TwilioSettings = TwilioSettings()
     playout: PlayoutSettings = PlayoutSettings()
     max_message_bytes: int = 64 * 1024
+    drain_seconds: float = 30.0   # after SIGTERM, how long calls in progress may go on before their goodbye
+    max_calls: int = 400          # calls this process takes at once (0: no limit); more are refused
     carriers: dict = field(default_factory=dict)   # raw `carriers:` sections, read by each carrier module
 
     def carrier_fields(self, name: str) -> Fields:
@@ -198,6 +201,11 @@ def _url(fields: Fields, key: str, default: str, schemes: tuple[str, ...]) -> st
         raise fields.error(key, f"expected an absolute {'/'.join(schemes)} URL, got {value!r}")
     return value
 
+
+# The carriers with a ``carriers.<name>`` section, one module each in voicebot/telephony (Twilio's settings are
+# the top-level ``twilio:`` section).
+CARRIER_SECTIONS = ("telnyx", "signalwire", "plivo", "exotel", "vonage", "jambonz", "asterisk", "audiosocket",
+                    "freeswitch")
 
 DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg")
 DATABASE_URL_ENV = "VOICEBOT_DATABASE_URL"     # overrides database.url: where a password belongs
@@ -245,6 +253,8 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     public_url = _url(server, "public_url", f"http://127.0.0.1:{port}", ("http", "https"))
     max_message_bytes = server.get("max_message_bytes", int, 64 * 1024, minimum=1024)
     workers = server.get("workers", int, 1, minimum=1, maximum=256)
+    drain_seconds = server.get("drain_seconds", float, 30.0, minimum=0.0, maximum=24 * 3600.0)
+    max_calls = server.get("max_calls", int, 400, minimum=0)
     server.reject_unknown()
 
     step = top.section("stepfun")
@@ -263,6 +273,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         connect_timeout_s=step.get("connect_timeout_s", float, 5.0, minimum=0.1),
         failover_connect_timeout_s=step.get("failover_connect_timeout_s", float, 1.5, minimum=0.1),
         base_url_from=base_url_from,
+        strict_models=step.get("strict_models", bool, False),
     )
     step.reject_unknown()
 
@@ -301,9 +312,13 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     spool = database.get("spool", str, None)
     database.reject_unknown()
 
-    carriers = top.get("carriers", dict, {})
+    carriers = top.section("carriers")
+    for name in carriers.data:
+        if name not in CARRIER_SECTIONS:
+            twilio = "; Twilio's settings are the top-level twilio: section" if name == "twilio" else ""
+            raise carriers.error(str(name), f"unknown carrier (known: {', '.join(CARRIER_SECTIONS)}){twilio}")
     settings = Settings(
-        carriers=carriers,
+        carriers=dict(carriers.data),
         source=str(config_path),
         host=host,
         port=port,
@@ -320,6 +335,8 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         twilio=twilio,
         playout=playout,
         max_message_bytes=max_message_bytes,
+        drain_seconds=drain_seconds,
+        max_calls=max_calls,
     )
     top.reject_unknown()
     return settings

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 PLAYED_OUT_TIMEOUT_S = 60.0     # the most a goodbye may take to play before the call ends anyway
 LINE_TIMEOUT_S = 20.0           # the most a spoken line (goodbye, re-prompt) may take to be produced
 BOT_GRACE_S = 10.0              # at the time limit, the bot may finish its sentence this long
+DRAIN_BOT_GRACE_S = 2.0         # at the drain deadline, the bot may finish its sentence this long
 CARRIER_END_TIMEOUT_S = 5.0     # after a transfer, the carrier ends the stream itself; then we close it
 TICK_S = 0.25                   # silence and keypad-entry timers
 
@@ -184,6 +185,23 @@ class CallController:
         await self.say_line(self.call.persona.goodbye)
         await self.played_out()
         await self._hang_up("max_duration", "max_call_seconds reached")
+
+    def drain_deadline(self, drain_seconds: float) -> None:
+        """The server is stopping and ``drain_seconds`` are over: the bot finishes its sentence (briefly), says
+        the persona's goodbye, and hangs up once it was heard. A call already ending carries on as it was."""
+        if self.ending is not None or self.call.ended:
+            return
+        self.ending = "drained"
+        self.log.info("drain_deadline_reached", drain_seconds=drain_seconds)
+        self._task = asyncio.create_task(self._drain_goodbye(drain_seconds), name=f"drain-{self.call.call_id}")
+
+    async def _drain_goodbye(self, drain_seconds: float) -> None:
+        call = self.call
+        if call.engine_ready and not call.waiting_for_callee and call.persona.goodbye:
+            await self._bot_quiet(DRAIN_BOT_GRACE_S)
+            await self.say_line(call.persona.goodbye)
+            await self.played_out()
+        await self._hang_up("drained", f"server stopping: drain_seconds ({drain_seconds:g} s) over")
 
     async def _silent_too_long(self) -> None:
         self.ending = "silence"

@@ -10,6 +10,7 @@ from .audio.vad import BACKENDS as VAD_BACKENDS
 from .audio.vad import DEFAULT_BACKEND as DEFAULT_VAD
 from .audio.vad import VadUnavailable, check_backend
 from .config import ConfigError, Fields, load_yaml
+from .stepfun.models import ASR_MODELS, CHAT_MODELS, REALTIME_MODELS, TTS_MODELS, UnknownModel, unknown_model
 from .tools import ToolSettings, read_tools
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
@@ -25,7 +26,7 @@ class TurnDetection:
 
 @dataclass(frozen=True)
 class RealtimeSettings:
-    model: str = "stepaudio-2.5-realtime"
+    model: str = REALTIME_MODELS[0]
     turn_detection: TurnDetection = TurnDetection()
 
 
@@ -49,8 +50,10 @@ class ChainSettings:
     """The ASR → chat → TTS engine's settings (used for engine: chain, and as the fallback of auto)."""
 
     asr_language: str = "en"
-    chat_model: str = "stepaudio-2.5-chat"
+    asr_model: str = ASR_MODELS[0]
+    chat_model: str = CHAT_MODELS[0]
     temperature: float = 0.5
+    tts_model: str = TTS_MODELS[0]
     tts_voice: str = ""
     tts_instruction: str | None = None
     tts_speed: float = 1.0
@@ -120,6 +123,7 @@ class Persona:
     goodbye: str = ""        # said before the bot ends the call itself (max_call_seconds, silence)
     record: bool = False     # a stereo recording of the call as the caller heard it (recordings_dir)
     events_webhook: EventsWebhook | None = None
+    unknown_models: tuple[UnknownModel, ...] = ()   # model names StepFun does not document (stepfun/models.py)
 
 
 @dataclass
@@ -127,6 +131,12 @@ class Dialplan:
     personas: list[Persona]
     by_number: dict[str, Persona] = field(default_factory=dict)
     default: Persona | None = None
+
+    @property
+    def unknown_models(self) -> list[UnknownModel]:
+        """Every model name a persona sets that StepFun does not document: a warning, or an error with
+        stepfun.strict_models (``voicebot check`` and ``serve`` decide, server.check_startup)."""
+        return [unknown for persona in self.personas for unknown in persona.unknown_models]
 
     def lookup(self, number: str | None) -> Persona | None:
         """The persona answering ``number``; the default persona for numbers no file names."""
@@ -136,6 +146,20 @@ class Dialplan:
 
     def named(self, name: str) -> Persona | None:
         return next((p for p in self.personas if p.name == name), None)
+
+    def replace_with(self, other: "Dialplan") -> None:
+        """Take ``other``'s personas in place (a reload): whoever holds this Dialplan answers new calls with them,
+        while calls in progress keep the Persona they started with. One step of the event loop: no call sees
+        half of each."""
+        self.personas, self.by_number, self.default = other.personas, other.by_number, other.default
+
+    def changes_to(self, other: "Dialplan") -> dict[str, list[str]]:
+        """Persona names ``added``, ``removed`` and ``changed`` (any field, numbers included) from here to
+        ``other``."""
+        old = {p.name: p for p in self.personas}
+        new = {p.name: p for p in other.personas}
+        return {"added": sorted(new.keys() - old.keys()), "removed": sorted(old.keys() - new.keys()),
+                "changed": sorted(name for name in old.keys() & new.keys() if old[name] != new[name])}
 
     def persona_for(self, number: str | None, *, asked: str | None = None,
                     fallback: str | None = None) -> tuple[Persona | None, str]:
@@ -175,7 +199,7 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
         energy_awakeness_threshold=td.get("energy_awakeness_threshold", int, 2500, minimum=0, maximum=5000),
     )
     td.reject_unknown()
-    realtime = RealtimeSettings(model=rt.get("model", str, "stepaudio-2.5-realtime"), turn_detection=turn_detection)
+    realtime = RealtimeSettings(model=rt.get("model", str, REALTIME_MODELS[0]), turn_detection=turn_detection)
     rt.reject_unknown()
 
     bi = f.section("barge_in")
@@ -187,7 +211,9 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
     ch = f.section("chain")
     chain = ChainSettings(
         asr_language=ch.get("asr_language", str, language, choices=LANGUAGES),
-        chat_model=ch.get("chat_model", str, "stepaudio-2.5-chat"),
+        asr_model=ch.get("asr_model", str, ASR_MODELS[0]),
+        chat_model=ch.get("chat_model", str, CHAT_MODELS[0]),
+        tts_model=ch.get("tts_model", str, TTS_MODELS[0]),
         temperature=ch.get("temperature", float, 0.5, minimum=0.0, maximum=2.0),
         tts_voice=ch.get("tts_voice", str, voice),
         tts_instruction=ch.get("tts_instruction", str, None),
@@ -204,6 +230,14 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
     )
     if chain.tts_instruction is not None and len(chain.tts_instruction) > 200:
         raise ch.error("tts_instruction", f"must be at most 200 characters, has {len(chain.tts_instruction)}")
+    if chain.tts_instruction is not None and chain.tts_model != TTS_MODELS[0]:
+        raise ch.error("tts_instruction", f"only {TTS_MODELS[0]} takes an instruction, not chain.tts_model "
+                                          f"{chain.tts_model!r}")
+    unknown_models = tuple(found for found in (
+        unknown_model(source, rt.path("model"), "realtime", realtime.model),
+        unknown_model(source, ch.path("asr_model"), "asr", chain.asr_model),
+        unknown_model(source, ch.path("chat_model"), "chat", chain.chat_model),
+        unknown_model(source, ch.path("tts_model"), "tts", chain.tts_model)) if found is not None)
     if engine != "realtime":        # the chain may run: its VAD must be usable now, not at call time
         try:
             check_backend(chain.vad)
@@ -256,9 +290,28 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
         goodbye=goodbye,
         record=f.get("record", bool, False),
         events_webhook=events_webhook,
+        unknown_models=unknown_models,
     )
     f.reject_unknown()
     return persona
+
+
+def dialplan_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+
+
+def dialplan_version(folder: str | Path) -> dict[str, tuple[int, int]]:
+    """What changes when a dialplan file is added, removed or written: each file's modification time and size
+    (through symlinks, as a Kubernetes ConfigMap mounts them)."""
+    version = {}
+    for path in dialplan_files(folder):
+        try:
+            stat = path.stat()
+        except OSError:          # removed between the listing and now, or a dangling link
+            continue
+        version[path.name] = (stat.st_mtime_ns, stat.st_size)
+    return version
 
 
 def load_dialplan(folder: str | Path) -> Dialplan:
@@ -267,7 +320,7 @@ def load_dialplan(folder: str | Path) -> Dialplan:
     if not folder.is_dir():
         raise ConfigError(folder, "", "dialplan folder does not exist")
     personas: list[Persona] = []
-    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    files = dialplan_files(folder)
     if not files:
         raise ConfigError(folder, "", "no *.yaml dialplan files found")
     for path in files:

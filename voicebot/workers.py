@@ -12,10 +12,13 @@ lifetime (prometheus-client's multiprocess mode, :func:`shared_metrics_dir`), so
 answered by any worker sees them all; a worker that dies is marked dead there, so its calls stop counting
 as active while its counters stay in the totals.
 
-The supervisor restarts a worker that dies and stops everything on SIGINT/SIGTERM: each worker then
-ends its calls cleanly (as a single server does) and is killed only if it has not exited within
-``STOP_GRACE_S``. A worker that dies within ``FAST_FAILURE_S`` of its start twice in a row (a bad port,
-a broken install) stops the server instead of restarting forever.
+The supervisor restarts a worker that dies and stops everything on SIGINT/SIGTERM: it sends each worker
+SIGTERM, and each drains its calls as a single server does (voicebot/server.py), then exits; the supervisor
+exits 0 once they all have. A worker still running after ``stop_timeout_s`` (the longest a drain can take) is
+killed. A second SIGINT/SIGTERM is passed on too: the workers end their calls at once. SIGHUP is passed on to
+the workers: each reloads its dialplans. Workers ignore SIGINT themselves (Ctrl-C in a terminal reaches every
+process of the group; only the supervisor acts on it). A worker that dies within ``FAST_FAILURE_S`` of its start
+twice in a row (a bad port, a broken install) stops the server instead of restarting forever.
 """
 
 from __future__ import annotations
@@ -72,18 +75,22 @@ def forget_worker_metrics(pid: int) -> None:
 
 
 class Supervisor:
-    def __init__(self, count: int, serve: Callable[[int], None]) -> None:
+    def __init__(self, count: int, serve: Callable[[int], None], *, stop_timeout_s: float = STOP_GRACE_S) -> None:
         self.count = count
         self.serve = serve                 # runs worker i until it is told to stop
+        self.stop_timeout_s = stop_timeout_s
         self._context = multiprocessing.get_context("fork")   # workers inherit settings, dialplan, token key
         self._workers: dict[int, multiprocessing.Process] = {}
         self._started: dict[int, float] = {}
         self._fast_failures: dict[int, int] = {}
         self._stopping = False
+        self._stop_signals = 0             # SIGINT/SIGTERM received
+        self._workers_told = False         # the workers were sent SIGTERM: a later stop signal is passed on
 
     def run(self) -> int:
         """Start the workers and keep them running until a signal; the exit status of the server."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         status = 0
         try:
             for index in range(self.count):
@@ -104,9 +111,26 @@ class Supervisor:
         return status
 
     def _on_signal(self, signum, _frame) -> None:
+        self._stop_signals += 1
         if not self._stopping:
-            log.info("workers_stopping", signal=signal.Signals(signum).name)
+            log.info("workers_stopping", signal=signal.Signals(signum).name,
+                     message="the workers drain their calls")
+        elif self._workers_told:
+            log.warning("workers_ending_calls_now", signal=signal.Signals(signum).name)
+            self._signal_workers(signal.SIGTERM)
         self._stopping = True
+
+    def _on_hangup(self, _signum, _frame) -> None:
+        log.info("workers_reloading_dialplans")
+        self._signal_workers(signal.SIGHUP)
+
+    def _signal_workers(self, sig: signal.Signals) -> None:
+        for process in self._workers.values():
+            if process.is_alive():
+                try:
+                    os.kill(process.pid, sig)
+                except ProcessLookupError:
+                    pass
 
     def _start(self, index: int) -> None:
         process = self._context.Process(target=self._worker_main, args=(index,), name=f"voicebot-worker-{index}")
@@ -115,9 +139,11 @@ class Supervisor:
         self._started[index] = time.monotonic()
 
     def _worker_main(self, index: int) -> None:
-        # The supervisor's handlers are not the worker's: its server installs its own on its event loop.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # The supervisor's handlers are not the worker's: its server installs its own (SIGTERM, SIGHUP) on its
+        # event loop. SIGINT is the supervisor's alone; a SIGHUP before the loop is up must not end the worker.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         structlog.contextvars.bind_contextvars(worker=index)
         self.serve(index)
 
@@ -141,13 +167,15 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         alive = [p for p in self._workers.values() if p.is_alive()]
-        for process in alive:
-            os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+        self._signal_workers(signal.SIGTERM)
+        self._workers_told = True
+        if self._stop_signals > 1:        # a second stop signal came before the workers were told: pass it on
+            self._signal_workers(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
         for process in alive:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
-                log.error("worker_killed", pid=process.pid, after_s=STOP_GRACE_S)
+                log.error("worker_killed", pid=process.pid, after_s=self.stop_timeout_s)
                 process.kill()
                 process.join()
         log.info("workers_stopped", workers=len(self._workers))

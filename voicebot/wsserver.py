@@ -10,14 +10,9 @@ step; sends are written to the socket at once.
 Server-side rules enforced (closing with the RFC's code and a reason): client frames must be masked,
 no reserved bits (no extension is negotiated), known opcodes only, control frames unfragmented and
 ≤ 125 bytes, continuations only inside a fragmented message, text in valid UTF-8, messages no larger
-than ``max_message_bytes`` (1009). Pings are answered; when the peer sends nothing for ``heartbeat_s`` it
-is pinged, and without an answer within half that the connection is dropped.
-
-A message over the limit is refused without holding it: the close frame (1009) goes out as soon as the frame
-header names its size, the rest of that frame is read and thrown away as it arrives, and the connection is
-closed once the peer answers the close (or after ``CLOSE_TIMEOUT_S``). Closing at once would leave the
-peer's unread megabytes in our socket, and the kernel would then reset the connection, discarding the close
-frame before the peer reads it.
+than ``max_message_bytes`` (1009; the rest of such a message is read past, unused, until the peer's close
+frame, so our close frame is not lost to a connection reset). Pings are answered; when the peer sends
+nothing for ``heartbeat_s`` it is pinged, and without an answer within half that the connection is dropped.
 
 What a peer cannot make us hold: one message (``max_message_bytes``) plus a frame header; and what it does
 not read of ours beyond ``max_buffered_bytes`` ends the connection.
@@ -104,13 +99,14 @@ class ServerWebSocket:
         self._max = max_message_bytes
         self._max_buffered = max_buffered_bytes
         self._buffer = b""
-        self._skip = 0                           # bytes still to arrive of a refused frame, thrown away
         self._fragments: list[bytes] | None = None
         self._fragment_opcode = 0
         self._fragment_size = 0
         self._listener: Listener | None = None
         self._pending: deque[str | bytes] = deque()
         self._input_done = False                 # a close frame or a violation: further bytes are ignored
+        self._discarding = False                 # a message refused for its size: frames are read past, unused
+        self._skip = 0                           # bytes of a discarded frame still to come
         self._close_sent = False
         loop = asyncio.get_running_loop()
         self._lost: asyncio.Future[None] = loop.create_future()
@@ -210,17 +206,23 @@ class ServerWebSocket:
         self.transport.close()
 
     def _refuse_too_big(self, size: int) -> None:
-        """A message over ``max_message_bytes``: close with 1009 at once, without holding any of it. Unlike
-        other violations the connection stays open until the peer answers the close (see the module's
-        docstring); the peer's data messages after it are dropped."""
+        """Close with 1009 and read on, discarding, until the peer's close frame (or CLOSE_TIMEOUT_S): closing
+        the socket with the rest of a large message unread makes the kernel answer with a reset, which destroys
+        our close frame before the peer reads it."""
+        problem = f"message of {size} bytes is over the {self._max}-byte limit"
         if self.problem is None:
-            self.problem = f"message of {size} bytes is over the {self._max}-byte limit"
+            self.problem = problem
+        if self.violation is None:
             self.violation = MESSAGE_TOO_BIG
             self.refused_bytes = size
-        self._fragments, self._fragment_size = None, 0
+        self._discarding, self._fragments, self._fragment_size = True, None, 0
         if not self._close_sent and not self.transport.is_closing():
-            self._send_close(MESSAGE_TOO_BIG, f"message of {size} bytes is over the {self._max}-byte limit")
-            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self.transport.close)
+            self._send_close(MESSAGE_TOO_BIG, problem[:100])
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._close_handshake_expired)
+
+    def _close_handshake_expired(self) -> None:
+        if not self._lost.done():
+            self.transport.close()
 
     def _drop(self, problem: str) -> None:
         if self.problem is None:
@@ -255,11 +257,10 @@ class ServerWebSocket:
         if self._input_done:
             return False, b""
         self._heard = True
-        if self._skip:
-            if len(data) <= self._skip:
-                self._skip -= len(data)
-                return False, b""
-            data, self._skip = data[self._skip:], 0
+        if self._skip:       # the rest of a discarded frame (the buffer is empty meanwhile)
+            skipped = min(self._skip, len(data))
+            self._skip -= skipped
+            data = data[skipped:]
         if self._buffer:
             data = self._buffer + data
         size, pos = len(data), 0
@@ -284,10 +285,11 @@ class ServerWebSocket:
                 if length > 125 or not first & 0x80:
                     self._fail(PROTOCOL_ERROR, "control frame fragmented or over 125 bytes")
                     break
-            elif length + self._fragment_size > self._max:
-                self._refuse_too_big(length + self._fragment_size)
+            elif self._discarding or length + self._fragment_size > self._max:
+                if not self._discarding:
+                    self._refuse_too_big(length + self._fragment_size)
                 end = head + 4 + length
-                if end > size:                   # the rest of the frame is thrown away as it arrives
+                if end > size:
                     self._skip, pos = end - size, size
                     break
                 pos = end
@@ -304,8 +306,6 @@ class ServerWebSocket:
         return False, b""
 
     def _frame_received(self, fin: int, opcode: int, payload: bytes) -> None:
-        if self.violation == MESSAGE_TOO_BIG and opcode < OP_CLOSE:
-            return      # after our 1009 only the peer's close frame matters
         if opcode == OP_TEXT or opcode == OP_BINARY:
             if self._fragments is not None:
                 self._fail(PROTOCOL_ERROR, "a new message started inside a fragmented one")
@@ -348,7 +348,7 @@ class ServerWebSocket:
                 self._fail(PROTOCOL_ERROR, f"invalid close code {code}")
                 return
         self.close_code = code
-        if code not in (1000, 1001, 1005) and self.problem is None:
+        if code not in (1000, 1001, 1005) and self.problem is None and not self._close_sent:   # not our close's echo
             self.problem = f"peer closed with code {code}" + (f" ({reason})" if reason else "")
         self._input_done = True
         self._close_received.set_result(None)

@@ -86,6 +86,10 @@ class CampaignService:
             self.dialer.start()
             self.reconciler.start()
 
+    async def stop_dialing(self) -> None:
+        """No new dials from now on (the server drains); callbacks and calls in progress go on."""
+        await self.dialer.stop()
+
     async def stop(self) -> None:
         await self.dialer.stop()
         await self.reconciler.stop()

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
+from ..stepfun import models
+
 if TYPE_CHECKING:
     from .realtime import RealtimeSession
 
@@ -37,7 +39,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "voicebot.emulator.tts",
     "voicebot.emulator.voices",
 )
-REALTIME_MODELS: tuple[str, ...] = ("stepaudio-2.5-realtime",)
+REALTIME_MODELS: tuple[str, ...] = models.REALTIME_MODELS   # as StepFun documents them
 SESSION_LIMIT_S = 30 * 60.0
 
 TRACE_ID = web.RequestKey("trace_id", str) if hasattr(web, "RequestKey") else "voicebot.trace_id"

@@ -28,11 +28,12 @@ import numpy as np
 from aiohttp import web
 
 from . import speech
+from ..stepfun import models
 from .app import Emulator
 from .http_common import (BadRequest, HttpRecord, b64decode, check_keys, elide_audio, endpoint, get,
                           open_event_stream, read_json, sse, take_fault)
 
-ASR_MODELS = frozenset({"stepaudio-2.5-asr", "stepaudio-2-asr-pro", "step-asr-1.1-stream"})
+ASR_MODELS = frozenset(models.ASR_MODELS)      # the names StepFun documents, as the client knows them
 LANGUAGES = frozenset({"zh", "en"})
 FORMAT_TYPES = frozenset({"ogg", "mp3", "wav", "pcm"})
 MIN_RATE, MAX_RATE = 8000, 48000

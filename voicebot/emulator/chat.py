@@ -62,12 +62,13 @@ from .app import Emulator
 from .asr import speech_span_s
 from .http_common import (BadRequest, HttpRecord, elide_audio, endpoint, fault, get, open_event_stream, read_json,
                           sse, take_fault)
+from ..stepfun import models
 from .realtime import DEFAULT_REPLY
 from .realtime_events import MARKER_RE, spoken_text
 from .tool_calls import (FUNCTION_NAME_RE, ToolCall, allowed, fragments, inline_call, new_call_id, offered_functions,
                          parameters_problem, turn_directives)
 
-CHAT_MODELS = frozenset({"stepaudio-2.5-chat"})
+CHAT_MODELS = frozenset(models.CHAT_MODELS)    # the names StepFun documents, as the client knows them
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
 _CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef"

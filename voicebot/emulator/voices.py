@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
+from ..stepfun import models
 from .app import Emulator
 from .http_common import BadRequest, HttpRecord, check_keys, endpoint, get, read_json
 
@@ -46,7 +47,7 @@ OFFICIAL_VOICES: tuple[str, ...] = (
     "magnetic-voiced-male", "energeticconfident-female",
 )
 OFFICIAL_VOICE_SET = frozenset(OFFICIAL_VOICES)
-TTS_MODELS = frozenset({"stepaudio-2.5-tts", "step-tts-2", "step-tts-mini"})
+TTS_MODELS = frozenset(models.TTS_MODELS)      # the names StepFun documents, as the client knows them
 FILE_PURPOSES = frozenset({"storage", "file-extract", "retrieval-text", "retrieval-image"})
 MAX_FILE_BYTES = 128 * 1024 * 1024
 MAX_FILES = 1000

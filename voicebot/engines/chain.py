@@ -111,9 +111,9 @@ class ChainEngine:
         self.log = log or structlog.get_logger("voicebot.engine")
         key = stepfun.api_key or "emulator"
         timeout = stepfun.connect_timeout_s
-        self.asr = AsrClient(http, stepfun.base_url, key, connect_timeout=timeout)
+        self.asr = AsrClient(http, stepfun.base_url, key, model=self.settings.asr_model, connect_timeout=timeout)
         self.chat = ChatClient(http, stepfun.base_url, key, model=self.settings.chat_model, connect_timeout=timeout)
-        self.tts = TtsClient(http, stepfun.base_url, key, connect_timeout=timeout)
+        self.tts = TtsClient(http, stepfun.base_url, key, model=self.settings.tts_model, connect_timeout=timeout)
         self.conversation = conversation if conversation is not None else []
         self.tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                         "parameters": t.parameters}} for t in tools or ()]

@@ -25,10 +25,11 @@ import structlog
 
 from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status
 from .http import SseStream, StepFunClient, StepFunHttp, Timeouts
+from .models import ASR_MODELS
 
 log = structlog.get_logger("voicebot.stepfun")
 
-ASR_MODEL = "stepaudio-2.5-asr"
+ASR_MODEL = ASR_MODELS[0]
 ASR_RATE = 16000
 ASR_PATH = "audio/asr/sse"
 

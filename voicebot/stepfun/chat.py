@@ -23,10 +23,11 @@ import structlog
 
 from .errors import StepFunError, StepFunUnavailable, error_for_status
 from .http import SseStream, StepFunClient, StepFunHttp, Timeouts
+from .models import CHAT_MODELS
 
 log = structlog.get_logger("voicebot.stepfun")
 
-CHAT_MODEL = "stepaudio-2.5-chat"
+CHAT_MODEL = CHAT_MODELS[0]
 CHAT_PATH = "chat/completions"
 CUT_REASONS = ("length", "content_filter")
 

@@ -43,10 +43,11 @@ from .. import latency
 from .errors import StepFunError, StepFunRequestError, StepFunUnavailable, error_for_status
 from .http import (SseStream, StepFunClient, StepFunHttp, TRACE_HEADER, Timeouts, trace_id_of,
                    transport_error)
+from .models import TTS_MODELS
 
 log = structlog.get_logger("voicebot.stepfun")
 
-TTS_MODEL = "stepaudio-2.5-tts"
+TTS_MODEL = TTS_MODELS[0]
 SPEECH_PATH = "audio/speech"
 WS_PATH = "realtime/audio"
 MAX_INPUT_CHARS = 1000

@@ -23,10 +23,11 @@ import structlog
 
 from .errors import StepFunRequestError, StepFunUnavailable
 from .http import DEFAULT_BASE_URL, StepFunClient, StepFunHttp
+from .models import TTS_MODELS
 
 log = structlog.get_logger("voicebot.stepfun")
 
-VOICE_MODEL = "stepaudio-2.5-tts"
+VOICE_MODEL = TTS_MODELS[0]
 
 
 @dataclass

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .schema import calls
 
 OUTCOMES = ("completed", "caller_hung_up", "bot_hung_up", "transferred", "max_duration", "silence", "failed",
-            "voicemail")      # a campaign call a machine answered
+            "voicemail",      # a campaign call a machine answered
+            "drained")        # the server stopped (SIGTERM) and ended the call after server.drain_seconds
 DIRECTIONS = ("inbound", "outbound")
 MAX_PAGE = 500
 DATETIME_FIELDS = ("started_at", "answered_at", "ended_at")

@@ -134,6 +134,11 @@ class Store:
         log.info("database_open", url=store.safe_url, backend=engine.dialect.name)
         return store
 
+    async def ping(self) -> None:
+        """One round trip to the database (the server's readiness); raises what connecting or asking raised."""
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
     async def close(self) -> None:
         await self.engine.dispose()
         if self._sqlite_sync is not None:

@@ -48,6 +48,8 @@ class SignalWireSession(TwilioSession):
 
 
 class SignalWireRoutes(TwilioRoutes):
+    carrier = "signalwire"
+
     def __init__(self, services, *, options, signing_key: str | None, codec: str, token_ttl_s: float) -> None:
         super().__init__(services)
         self.options = options

@@ -124,8 +124,9 @@ def twiml_stream(stream_url: str, params: dict[str, str]) -> str:
             f'    <Stream url={quoteattr(stream_url)}>{parameters}\n    </Stream>\n  </Connect>\n</Response>\n')
 
 
-def twiml_reject() -> str:
-    return '<?xml version="1.0" encoding="UTF-8"?>\n<Response>\n  <Reject reason="rejected"/>\n</Response>\n'
+def twiml_reject(reason: str = "rejected") -> str:
+    """Refuse an incoming call before it is answered: ``rejected`` (no such line) or ``busy`` (try again later)."""
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<Response>\n  <Reject reason="{reason}"/>\n</Response>\n'
 
 
 def twiml_hangup() -> str:
@@ -133,6 +134,8 @@ def twiml_hangup() -> str:
 
 
 class TwilioRoutes:
+    carrier = "twilio"
+
     def __init__(self, services) -> None:
         self.services = services
         settings = services.settings
@@ -158,16 +161,21 @@ class TwilioRoutes:
         problem = self._signature_ok(url, params, request.headers.get("X-Twilio-Signature"))
         if problem is not None:
             log.warning("twilio_webhook_refused", reason=problem, url=url, call_sid=form.get("CallSid"))
-            metrics.stream_refused("twilio", "auth")
+            metrics.stream_refused(self.carrier, "auth")
             return web.Response(status=403, text=problem + "\n")
         call_sid, to, from_ = str(form.get("CallSid", "")), str(form.get("To", "")), str(form.get("From", ""))
         attempt = request.query.get("attempt")
+        if self.services.admission.refusal(self.carrier, call_sid=call_sid, to=to) is not None:
+            # Draining or full: the caller hears busy (and may call again, reaching another server); a call we
+            # placed (a campaign's) is answered already, so it can only be hung up.
+            return web.Response(text=twiml_hangup() if attempt is not None else twiml_reject("busy"),
+                                content_type="text/xml")
         if attempt is not None:
             return await self._campaign_call(attempt, call_sid, to, from_)
         persona = self.services.dialplan.lookup(to)
         if persona is None:
             log.warning("no_persona_for_number", to=to, call_sid=call_sid)
-            metrics.stream_refused("twilio", "no_persona")
+            metrics.stream_refused(self.carrier, "no_persona")
             return web.Response(text=twiml_reject(), content_type="text/xml")
         log.info("twilio_call_incoming", call_sid=call_sid, to=to, persona=persona.name)
         params = {"From": from_, "To": to, "CallSid": call_sid, "token": self.tokens.issue(call_sid, to, from_)}
@@ -180,7 +188,7 @@ class TwilioRoutes:
         if campaigns is None or campaigns.attempt_of(attempt) is None:
             log.warning("twilio_campaign_call_refused", call_sid=call_sid, to=to,
                         reason="no campaigns here" if campaigns is None else "attempt token is not genuine")
-            metrics.stream_refused("twilio", "no_persona" if campaigns is None else "auth")
+            metrics.stream_refused(self.carrier, "no_persona" if campaigns is None else "auth")
             return web.Response(text=twiml_hangup(), content_type="text/xml")
         log.info("twilio_campaign_call_answered", call_sid=call_sid, to=to, attempt_id=campaigns.attempt_of(attempt))
         params = {"From": from_, "To": to, "CallSid": call_sid, "token": self.tokens.issue(call_sid, to, from_),
