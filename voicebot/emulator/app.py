@@ -236,6 +236,8 @@ def create_app(emulator: Emulator | None = None) -> web.Application:
 
 # ---------------------------------------------------------------------------------------------- running
 
+SHUTDOWN_TIMEOUT_S = 2.0   # what open connections get to finish when the emulator stops
+
 async def start_emulator(host: str = "127.0.0.1", port: int = 0,
                          emulator: Emulator | None = None) -> tuple[web.AppRunner, Emulator]:
     """Serve the emulator in the running loop; ``emulator.host``/``.port`` get the bound address.
@@ -243,7 +245,9 @@ async def start_emulator(host: str = "127.0.0.1", port: int = 0,
     Stop it with ``await runner.cleanup()``.
     """
     emulator = emulator if emulator is not None else Emulator()
-    runner = web.AppRunner(create_app(emulator), access_log=None)
+    # Stopping does not wait on the clients: a realtime session stays open as long as its client keeps it (aiohttp
+    # would wait 60 s for it, longer than any process supervisor gives a Ctrl-C).
+    runner = web.AppRunner(create_app(emulator), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
