@@ -43,6 +43,9 @@ SESSION_LIMIT_S = 30 * 60.0
 TRACE_ID = web.RequestKey("trace_id", str) if hasattr(web, "RequestKey") else "voicebot.trace_id"
 
 
+MID_RESPONSE_FAULTS: tuple[str, ...] = ("reset", "stall", "garbage", "bad_frame")
+
+
 @dataclass
 class Faults:
     """Fault injection; tests may change any field at any time (read when the fault can apply)."""
@@ -51,6 +54,12 @@ class Faults:
     drop_realtime_after_s: float | None = None  # abort the realtime socket this long after connect
     error_event_after_s: float | None = None    # send one `error` (server_error) this long after connect
     response_delay_s: float = 0.0               # wait this long before each response's first delta
+    # The next response to stream audio (any session) fails this way after `realtime_fault_after_deltas` of
+    # its audio deltas, once (the field is cleared when taken): "reset" (TCP reset), "stall" (the server
+    # says and reads nothing more, the socket stays open), "garbage" (malformed messages, then the response
+    # goes on) or "bad_frame" (an invalid WebSocket frame, then the server stalls). See realtime.py.
+    realtime_fault_once: str | None = None
+    realtime_fault_after_deltas: int = 3
     # HTTP endpoints (asr, chat, tts, voices). A "*_once" field applies to the next request, then clears.
     http_delay_s: float = 0.0                   # wait this long before answering any of them
     asr_fail_once: int | None = None            # answer the next ASR request with this HTTP status
