@@ -55,3 +55,17 @@ async def test_reset_mid_answer_fails_over_to_the_chain_and_leaks_nothing(stack,
     assert record.outcome == "completed" and record.engines == ["realtime", "chain"]
     await settled(stack, before)
 
+
+async def test_stall_mid_answer_fails_over_after_the_response_timeout_and_leaks_nothing(stack, caller_en):
+    """The emulator stops talking and reading (close frames and pings included): the response watchdog
+    (1 s on this persona) switches to the chain, and the dead socket is not kept."""
+    before = await warm_up(stack, IMPATIENT)
+    result, records = await call_with_fault(stack, caller_en, IMPATIENT, "stall")
+    session = stack.emulator.sessions[-1]
+    assert session.fault == "stall" and session.closed
+    answered_on_the_chain(result, records, ("no realtime events",))
+    # The dead session is dropped, not closed politely: the chain does not wait for a close handshake.
+    assert of_type(records, "engine_switch")[0]["switch_ms"] < 1000
+    assert records[-1]["type"] == "call_end" and records[-1]["outcome"] == "completed"
+    await settled(stack, before)
+

@@ -82,6 +82,7 @@ class RealtimeEngine:
         self.log = log or structlog.get_logger("voicebot.engine")
         self._conn: RealtimeConnection | None = None
         self._reader_failed = False
+        self._given_up = False           # we reported the session unusable: closing it needs no handshake
         self._upsampler = Resampler(8000, MODEL_RATE)
         self._downsamplers: dict[str, Resampler] = {}
         self._item_model_ms: dict[str, float] = {}    # audio the model generated per item
@@ -180,7 +181,7 @@ class RealtimeEngine:
             await asyncio.sleep(timeout / WATCHDOG_CHECKS_PER_TIMEOUT)
             silent = loop.time() - self._last_event_t
             if self._awaiting_reply and silent > timeout:
-                self.sink.engine_failed(f"no realtime events for {silent:.1f} s while a reply was due")
+                self._give_up(f"no realtime events for {silent:.1f} s while a reply was due")
                 return
 
     def feed(self, frame: np.ndarray) -> None:
@@ -226,11 +227,11 @@ class RealtimeEngine:
         except Exception as exc:   # a bug here must end the call cleanly, not hang it
             self._reader_failed = True
             self.log.exception("realtime_reader_crashed")
-            self.sink.engine_failed(f"realtime reader crashed: {type(exc).__name__}")
+            self._give_up(f"realtime reader crashed: {type(exc).__name__}")
 
     def _on_socket_closed(self) -> None:
         if not self._closing and not self._reader_failed:
-            self.sink.engine_failed(f"realtime socket {self._conn.close_reason if self._conn else 'closed'}")
+            self._give_up(f"realtime socket {self._conn.close_reason if self._conn else 'closed'}")
 
     def _dispatch(self, event: dict) -> None:
         kind = event.get("type")
@@ -353,6 +354,11 @@ class RealtimeEngine:
         if result.follow_up:
             self._request_response(None)
 
+    def _give_up(self, reason: str) -> None:
+        """The session cannot go on: the call switches engines (or ends)."""
+        self._given_up = True
+        self.sink.engine_failed(reason)
+
     def _release_replies(self) -> None:
         self._untranscribed.clear()    # a transcript that has not come by now is not coming
         held, self._held_replies = self._held_replies, []
@@ -369,7 +375,7 @@ class RealtimeEngine:
         self.log.warning("realtime_error", code=code, type=error.get("type"), message=message,
                          param=error.get("param"), event_id=error.get("event_id"))
         if code in _FATAL_ERROR_CODES or error.get("type") == "server_error":
-            self.sink.engine_failed(f"realtime error {code or error.get('type')}: {message}")
+            self._give_up(f"realtime error {code or error.get('type')}: {message}")
 
     async def close(self) -> None:
         self._closing = True
@@ -379,5 +385,10 @@ class RealtimeEngine:
                 task.cancel()
         if self._watchdog is not None and self._watchdog is not asyncio.current_task():
             self._watchdog.cancel()
-        if self._conn is not None:
+        if self._conn is None:
+            return
+        if self._given_up:
+            # A stalled or broken session would only make the caller wait for a close handshake.
+            self._conn.abort()
+        else:
             await self._conn.close()

@@ -117,7 +117,12 @@ class RealtimeConnection(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Close the session's socket."""
+        """Close the session's socket: a close handshake of at most ``CLOSE_TIMEOUT_S``, then the connection
+        is dropped; dropped too when the wait is cancelled (the socket never outlives the session)."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the connection now, without a close handshake (a session given up on)."""
 
     # -- receiving ------------------------------------------------------------------------------------
     def _deliver(self, data: bytes | str) -> None:
@@ -323,6 +328,11 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def abort(self) -> None:
+        if self._ping is not None:
+            self._ping.cancel()
+        self._abort()
+
     async def close(self) -> None:
         if self._ping is not None:
             self._ping.cancel()
@@ -334,7 +344,10 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
         try:
             await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_TIMEOUT_S)
         except asyncio.TimeoutError:
-            self._abort()
+            pass
+        finally:
+            if not self._lost.done():    # no answer in time, or whoever waited gave up
+                self._abort()
 
 
 class _LibraryConnection(RealtimeConnection):
@@ -388,17 +401,27 @@ class _LibraryConnection(RealtimeConnection):
             log.exception("stepfun_listener_failed")
         self._ended_with(_close_reason(self._ws.close_code, self._ws.close_reason or ""))
 
+    def abort(self) -> None:
+        self._writer.cancel()
+        transport = getattr(self._ws, "transport", None)
+        if transport is not None:
+            transport.abort()
+
     async def close(self) -> None:
         self._outbox.put_nowait(None)
         try:
-            await asyncio.wait_for(self._writer, 1.0)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._writer.cancel()
-        await self._ws.close()
-        try:
-            await asyncio.wait_for(self._reader, 1.0)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._reader.cancel()
+            try:
+                await asyncio.wait_for(self._writer, 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._writer.cancel()
+            await self._ws.close()
+            try:
+                await asyncio.wait_for(self._reader, 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._reader.cancel()
+        finally:
+            if not self._reader.done():   # whoever waited gave up: the socket must not outlive the session
+                self.abort()
 
 
 __all__ = ["RealtimeConnection", "StepFunError", "websockets"]
