@@ -69,3 +69,17 @@ async def test_stall_mid_answer_fails_over_after_the_response_timeout_and_leaks_
     assert records[-1]["type"] == "call_end" and records[-1]["outcome"] == "completed"
     await settled(stack, before)
 
+
+async def test_invalid_frame_mid_answer_fails_over_at_once_and_leaks_nothing(stack, caller_en):
+    """A frame no WebSocket client may accept, then a server that ignores everything (our close frame
+    too): the connection is failed at once — not when the response watchdog would notice (8 s here) — and
+    the socket is dropped."""
+    before = await warm_up(stack, EN)
+    result, records = await call_with_fault(stack, caller_en, EN, "bad_frame")
+    assert stack.emulator.sessions[-1].fault == "bad_frame"
+    answered_on_the_chain(result, records, ("invalid", "protocol", "frame"))
+    question = result.utterances[0]
+    answer = [s for s in result.segments if s.start_s > question.end_s]
+    # Realtime's first 500 ms, then the chain's answer after a short switch (not the 8 s watchdog).
+    assert len(answer) >= 2 and answer[1].start_s - answer[0].end_s < 3.0, answer
+    await settled(stack, before)

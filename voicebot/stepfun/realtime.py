@@ -259,6 +259,8 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
                 self._pong_due = False
         if ws.state is State.CLOSED and self._transport is not None:
             self._transport.close()
+        elif ws.state is State.CLOSING and not self._ended and (ws.close_rcvd or ws.parser_exc):
+            self._closing_by_server()
 
     def eof_received(self) -> None:
         self._ws.receive_eof()
@@ -274,6 +276,21 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         self._ended_with(_close_reason(rcvd.code if rcvd else None, rcvd.reason if rcvd else ""))
+
+    def _closing_by_server(self) -> None:
+        """StepFun closed the session or sent what no WebSocket may carry (then we failed the connection,
+        RFC 6455 §7.1.7): the session is over now, whatever the TCP connection does. Closing that is the
+        server's part; one that does not within ``CLOSE_TIMEOUT_S`` is dropped."""
+        ws = self._ws
+        if ws.parser_exc is not None:
+            reason = f"invalid data from StepFun ({type(ws.parser_exc).__name__}: {ws.parser_exc})"
+            log.warning("stepfun_invalid_frame", problem=str(ws.parser_exc))
+        else:
+            reason = _close_reason(ws.close_rcvd.code, ws.close_rcvd.reason)
+        if self._ping is not None:
+            self._ping.cancel()
+        self._ping = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._abort)
+        self._ended_with(reason)
 
     def _handshake_done(self, exc: BaseException | None = None) -> None:
         future = self._handshake
