@@ -70,6 +70,27 @@ async def test_stall_mid_answer_fails_over_after_the_response_timeout_and_leaks_
     await settled(stack, before)
 
 
+async def test_garbage_mid_answer_is_dropped_and_the_answer_plays_to_its_end(stack, caller_en):
+    """Malformed messages in the middle of an answer (an HTML error page, cut-off JSON, mistyped fields, a
+    binary frame, …): each is dropped and logged, the session goes on, and the caller hears the whole answer."""
+    before = await warm_up(stack, EN)
+    result, records = await call_with_fault(stack, caller_en, EN, "garbage")
+    session = stack.emulator.sessions[-1]
+    assert session.fault == "garbage" and session.close_reason == "client closed (1000)"
+    assert of_type(records, "engine_switch") == []
+    said = turns(records)
+    assert [(t["role"], t["engine"]) for t in said] == [("assistant", "realtime"), ("user", "realtime"),
+                                                        ("assistant", "realtime")]
+    assert said[-1]["text"] == reply_to(said[1]["text"])
+    question = result.utterances[0]
+    answer = [s for s in result.segments if s.start_s > question.end_s]
+    assert len(answer) == 1 and answer[0].ended_by == "drained"
+    assert answer[0].played_ms >= session.responses[-1].planned_ms - 60, (answer, session.responses[-1].planned_ms)
+    assert result.protocol_errors == []
+    assert records[-1]["type"] == "call_end" and records[-1]["outcome"] == "completed"
+    await settled(stack, before)
+
+
 async def test_invalid_frame_mid_answer_fails_over_at_once_and_leaks_nothing(stack, caller_en):
     """A frame no WebSocket client may accept, then a server that ignores everything (our close frame
     too): the connection is failed at once — not when the response watchdog would notice (8 s here) — and

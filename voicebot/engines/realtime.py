@@ -32,6 +32,30 @@ USER_TRANSCRIPT_WAIT_S = 3.0
 SILENT_TAIL = 64      # peak below which the resampler's tail at the end of an item is not worth a frame
 
 
+# What the event reader relies on (stepfun-api.md §1.4): these fields, where an event has them and they are not
+# null, are of these types, at the top level and inside ``response`` and ``item``. An event that breaks this
+# is dropped with a log line before anything acts on it: one garbled event must not end the session.
+_EVENT_FIELDS = {"type": str, "response_id": str, "item_id": str, "call_id": str, "name": str, "delta": str,
+                 "transcript": str, "arguments": str, "response": dict, "item": dict, "error": dict}
+_NESTED_FIELDS = {"response": {"id": str, "status": str, "output": list},
+                  "item": {"id": str, "type": str, "call_id": str, "name": str, "arguments": str}}
+
+
+def malformed(event: dict) -> str | None:
+    """What is wrong with the shape of a server event (None: the reader can act on it)."""
+    for key, kind in _EVENT_FIELDS.items():
+        value = event.get(key)
+        if value is not None and not isinstance(value, kind):
+            return f"'{key}' is {type(value).__name__}, not {kind.__name__}"
+    for outer, fields in _NESTED_FIELDS.items():
+        inner = event.get(outer)
+        for key, kind in fields.items() if inner else ():
+            value = inner.get(key)
+            if value is not None and not isinstance(value, kind):
+                return f"'{outer}.{key}' is {type(value).__name__}, not {kind.__name__}"
+    return None
+
+
 def greeting_instructions(persona: Persona) -> str:
     return (f"{persona.instructions.strip()}\n\nThe phone call has just been connected. "
             f"Greet the caller by saying exactly, verbatim: {persona.greeting}")
@@ -221,6 +245,10 @@ class RealtimeEngine:
 
     def _on_event(self, event: dict) -> None:
         if self._reader_failed:
+            return
+        problem = malformed(event)
+        if problem is not None:
+            self.log.warning("realtime_bad_event", problem=problem, event_type=str(event.get("type"))[:60])
             return
         try:
             self._dispatch(event)

@@ -131,12 +131,15 @@ class RealtimeConnection(abc.ABC):
         try:
             event = jsoncodec.loads(data)
         except (ValueError, TypeError):
-            log.warning("stepfun_bad_event", problem="not JSON", sample=str(data[:80]))
+            sample = data[:80] if type(data) is str else bytes(data[:80]).decode("utf-8", "replace")
+            log.warning("stepfun_bad_event", problem="not JSON", sample=sample)
             return
         if not isinstance(event, dict):
+            log.warning("stepfun_bad_event", problem=f"JSON {type(event).__name__}, not an event object")
             return
         if self.session_id is None and event.get("type") == "session.created":
-            self.session_id = (event.get("session") or {}).get("id")
+            session = event.get("session")
+            self.session_id = session.get("id") if isinstance(session, dict) else None
         if self._listener is not None:
             self._listener(event)
         else:
