@@ -6,12 +6,58 @@ from __future__ import annotations
 import asyncio
 import re
 
+import pytest
+
 from voicebot.simulator.caller import CallResult, Hangup
 from voicebot.simulator.twilio import simulate_twilio_call
 from voicebot.transcript import read_transcript
 
-from conftest import AUTH_TOKEN, until
+from conftest import AUTH_TOKEN, PERSONAS, Stack, start_voice_server, until
 from leaks import quiet
+
+RECORDED = "+15550000090"          # engine auto, every call recorded
+RECORDED_CHAIN = "+15550000091"    # engine chain, every call recorded
+
+FAULT_PERSONAS = f"""\
+personas:
+  - name: fault-recorded
+    numbers: ["{RECORDED}"]
+    language: en
+    voice: lively-girl
+    instructions: You are a test assistant whose calls are recorded.
+    greeting: Hello, this call is recorded. How can I help you today?
+    realtime:
+      turn_detection: {{silence_duration_ms: 500, prefix_padding_ms: 300, energy_awakeness_threshold: 2500}}
+    record: true
+  - name: fault-recorded-chain
+    numbers: ["{RECORDED_CHAIN}"]
+    engine: chain
+    language: en
+    voice: lively-girl
+    instructions: You are a test assistant on the chain engine whose calls are recorded.
+    greeting: Hello, this chain call is recorded. How can I help you today?
+    chain: {{silence_ms: 500}}
+    record: true
+"""
+
+
+@pytest.fixture
+async def fault_stack(tmp_path):
+    """conftest's ``stack`` (the real server and the emulator on loopback) with the personas above too."""
+    from voicebot.emulator.app import Emulator, start_emulator
+
+    emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=3.0))
+    plans = tmp_path / "dialplans"
+    plans.mkdir()
+    (plans / "test.yaml").write_text(PERSONAS, encoding="utf-8")
+    (plans / "faults.yaml").write_text(FAULT_PERSONAS, encoding="utf-8")
+    runner, settings, app = await start_voice_server(tmp_path, plans, emulator)
+    try:
+        yield Stack(url=settings.public_url, settings=settings, emulator=emulator,
+                    transcripts=settings.transcripts_dir, app=app)
+    finally:
+        await runner.cleanup()
+        await emu_runner.cleanup()
 
 
 def reply_to(transcript: str) -> str:
