@@ -70,3 +70,17 @@ async def test_drop_mid_sentence_on_the_realtime_engine(fault_stack, caller_en):
     assert heard_ms >= 400 and abs(recorded_ms - heard_ms) <= 100, (heard_ms, recorded_ms)
     await settled(stack, before)
 
+
+async def test_drop_mid_sentence_on_the_chain_while_tts_streams(fault_stack, caller_en):
+    """The chain's TTS is slower than real time here, so the drop comes while a synthesis is still being
+    streamed: that request is aborted, and its connection not kept."""
+    stack = fault_stack
+    before = await warm_up(stack, RECORDED_CHAIN)
+    stack.emulator.faults.tts_chunk_delay_s = 0.3        # 200 ms of audio every 300 ms
+    result, records, record = await dropped_mid_answer(stack, caller_en, RECORDED_CHAIN)
+    tts = [r for r in http_log(stack.emulator) if r.endpoint.startswith("tts")]
+    assert tts[-1].aborted or not tts[-1].done, tts[-1]
+    assert of_type(records, "turn")[-1]["role"] in ("user", "assistant")
+    assert record.recording_path is not None
+    stack.emulator.faults.tts_chunk_delay_s = 0.0
+    await settled(stack, before)
