@@ -44,6 +44,7 @@ TRACE_ID = web.RequestKey("trace_id", str) if hasattr(web, "RequestKey") else "v
 
 
 MID_RESPONSE_FAULTS: tuple[str, ...] = ("reset", "stall", "garbage", "bad_frame")
+MID_SPEECH_FAULTS: tuple[str, ...] = ("reset", "stall", "garbage")     # TTS, over SSE and WebSocket
 
 
 @dataclass
@@ -71,6 +72,11 @@ class Faults:
     tts_ws_fail_once: int | None = None         # refuse the next TTS WebSocket upgrade with this HTTP status
     tts_ws_error_once: int | None = None        # next TTS WebSocket job: tts.response.error with this code
     tts_chunk_delay_s: float = 0.0              # pause before each TTS audio chunk (WebSocket and SSE)
+    # The next TTS synthesis (SSE or WebSocket) fails this way after `tts_fault_after_chunks` of its audio
+    # chunks, once (cleared when taken): "reset" (TCP reset), "stall" (nothing more is sent; the connection
+    # stays open until the client leaves) or "garbage" (malformed events, then the audio goes on). See tts.py.
+    tts_fault_once: str | None = None
+    tts_fault_after_chunks: int = 2
 
 
 class Emulator:

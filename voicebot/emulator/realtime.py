@@ -72,8 +72,6 @@ import asyncio
 import base64
 import copy
 import math
-import socket
-import struct
 import time
 import weakref
 from http import HTTPStatus
@@ -87,6 +85,7 @@ from .. import jsoncodec
 from ..wsserver import ServerWebSocket
 from . import speech
 from .app import MID_RESPONSE_FAULTS, TRACE_ID, Emulator, check_bearer, error_response
+from .http_common import reset_connection
 from .realtime_events import (BYTES_PER_MS, DEFAULT_TURN_DETECTION, DEFAULT_VOICE, MARKER_RE,
                               MAX_APPEND_BASE64, RESPONSE_FIELDS, SESSION_FIELDS, InputAudio, Item,
                               ProtocolError, Response, bad_type, bad_value, check_keys, decode_audio, int_field,
@@ -319,10 +318,7 @@ class RealtimeSession:
             return
         if kind == "reset":
             self.close_reason = "fault: reset"
-            sock = self.ws.transport.get_extra_info("socket")
-            if sock is not None:     # linger 0: close() sends RST instead of FIN
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.ws.transport.abort()
+            reset_connection(self.ws.transport)
         else:
             if kind == "bad_frame":
                 self.ws.transport.write(BAD_FRAME)
