@@ -17,6 +17,9 @@ from leaks import quiet
 
 RECORDED = "+15550000090"          # engine auto, every call recorded
 RECORDED_CHAIN = "+15550000091"    # engine chain, every call recorded
+TTS_HTTP = "+15550000092"          # engine chain, TTS over HTTP (SSE), a stalled synthesis given up after 1.5 s
+TTS_WS = "+15550000093"            # the same with TTS over the WebSocket
+TTS_STALL_S = 1.5
 
 FAULT_PERSONAS = f"""\
 personas:
@@ -38,6 +41,22 @@ personas:
     greeting: Hello, this chain call is recorded. How can I help you today?
     chain: {{silence_ms: 500}}
     record: true
+  - name: fault-tts-http
+    numbers: ["{TTS_HTTP}"]
+    engine: chain
+    language: en
+    voice: lively-girl
+    instructions: You are a test assistant on the chain engine.
+    greeting: Hello, this is the chain line. How can I help?
+    chain: {{silence_ms: 500, tts_stall_s: {TTS_STALL_S}}}
+  - name: fault-tts-ws
+    numbers: ["{TTS_WS}"]
+    engine: chain
+    language: en
+    voice: lively-girl
+    instructions: You are a test assistant on the chain engine.
+    greeting: Hello, this is the streaming line. How can I help?
+    chain: {{silence_ms: 500, tts_transport: ws, tts_stall_s: {TTS_STALL_S}}}
 """
 
 
