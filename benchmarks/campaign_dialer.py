@@ -293,7 +293,9 @@ async def run_campaign(options: Options, database_url: str, workdir: Path, *, da
             db_cpu = process_cpu_s(postgres_pids(postmaster)) if postmaster else None
             cpu0, loop_cpu0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
             service.dialer.wake()
-            while not ((runner_ := service.dialer.runners.get(campaign_id)) and runner_.finished):
+            # Done is the campaign's state in the database: the runner that set it is dropped by the dialer's
+            # next look at the running campaigns, so waiting on the runner object could wait forever.
+            while (await store.get_campaign(campaign_id)).state != "done":
                 await asyncio.sleep(0.5)
                 if progress is not None:
                     await progress(store, campaign_id, time.perf_counter() - t0)

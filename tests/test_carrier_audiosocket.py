@@ -121,3 +121,27 @@ async def test_config_names_the_field_at_fault(stack):
         assert caught.value.field_path == where
     # No port: no listener (AudioSocket has no authentication, so it listens only when asked to).
     assert AUDIOSOCKET not in create_app(stack.settings, load_dialplan(stack.settings.dialplans_dir))
+
+
+async def test_odd_length_slin_is_a_protocol_error_and_both_calls_go_on(stack, audiosocket, caller_en, caplog):
+    """An L16 payload that is not whole samples drops that message and is logged as a protocol error, as on
+    every other carrier: no exception out of handle_bytes, no traceback, and the call beside it hears its bot."""
+    good = asyncio.create_task(audiosocket(stack.url, max_duration_s=30, script=[
+        Say(caller_en, after_bot_done=True, pause_s=0.3), Hangup(after_bot_done=True, pause_s=0.3)]))
+    with structlog.testing.capture_logs() as logs:
+        reader, writer = await asyncio.open_connection("127.0.0.1", audiosocket.keywords["port"])
+        writer.write(tlv(0x01, uuid.uuid4().bytes))
+        writer.write(b"\x10\x00\x03abc")                                         # 3 bytes: not whole samples
+        for index in range(50):                                                 # then real speech, paced
+            writer.write(tlv(0x10, caller_en[index * 160:(index + 1) * 160].tobytes()))
+            await asyncio.sleep(0.02)
+        greeting = await asyncio.wait_for(reader.readexactly(323), 3)           # its call still answers
+        writer.write(tlv(0x00))
+        writer.close()
+        result = await good
+    problems = [e["problem"] for e in logs if e["event"] == "carrier_protocol_error"]
+    assert problems == ["slin audio (kind 0x10): L16 payload of 3 bytes is not a whole number of samples"]
+    assert greeting[:3] == b"\x10\x01\x40"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
+    assert result.protocol_errors == [] and result.end_reason == "hangup"
+    assert len(result.utterances) == 1 and len([s for s in result.segments if s.played_ms > 500]) >= 2

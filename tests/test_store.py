@@ -68,7 +68,7 @@ def rows_in_sqlite(url: str) -> dict[str, str]:
 async def test_sqlite_file_is_created_in_wal_mode_with_the_schema_at_head(sqlite_url):
     store = await Store.open(sqlite_url)
     try:
-        assert await current_revision(store.engine) == head_revision() == "0002"
+        assert await current_revision(store.engine) == head_revision() == "0003"
         async with store.engine.connect() as conn:
             assert await conn.run_sync(schema_differences) == []     # the migrations build exactly schema.py
             assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
@@ -86,7 +86,7 @@ async def test_sqlite_file_is_created_in_wal_mode_with_the_schema_at_head(sqlite
 async def test_postgresql_migrations_create_jsonb_and_timestamptz_columns(pg_url):
     store = await Store.open(pg_url)
     try:
-        assert await current_revision(store.engine) == head_revision() == "0002"
+        assert await current_revision(store.engine) == head_revision() == "0003"
         async with store.engine.connect() as conn:
             assert await conn.run_sync(schema_differences) == []
             types = dict((await conn.execute(sa.text(
@@ -266,7 +266,7 @@ async def test_a_server_waits_for_another_ones_schema_upgrade_on_postgresql(post
         await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
         stores = await asyncio.wait_for(asyncio.gather(*opening), 10)
         for store in stores:
-            assert await current_revision(store.engine) == head_revision() == "0002"
+            assert await current_revision(store.engine) == head_revision() == "0003"
             await store.close()
     finally:
         await holder.close()
@@ -284,7 +284,7 @@ async def test_two_servers_starting_together_on_one_sqlite_file_both_come_up(sql
     finally:
         os.close(lock)
     for store in stores:
-        assert await current_revision(store.engine) == head_revision() == "0002"
+        assert await current_revision(store.engine) == head_revision() == "0003"
     await stores[0].save_call(full_record(1))
     assert (await stores[1].get_call(full_record(1).id)) == full_record(1)
     for store in stores:

@@ -291,6 +291,43 @@ async def test_the_answering_machine_verdict_is_kept_whenever_it_comes(store):
     assert await store.attempt(claimed.attempt_id) == amd
 
 
+async def test_a_final_status_ends_the_attempt_in_the_same_transaction_once(store):
+    spec = Spec()
+    campaign_id = await running(store, spec, people(2))
+    busy, machine = await claim(store, campaign_id)
+    for claimed in (busy, machine):
+        await dial(store, claimed)
+    await store.set_answered_by(machine.attempt_id, "machine_end_beep", now=T0)
+    verdicts = []
+
+    def outcome_of(status: str, answered_by: str | None) -> tuple[str, str | None]:
+        verdicts.append((status, answered_by))
+        return ("voicemail", None) if answered_by else (status, None)
+
+    later = T0 + timedelta(seconds=30)
+    ended = await store.final_progress(busy.attempt_id, carrier_call_id=f"CA{busy.attempt_id}", status="busy",
+                                       now=later, sequence=3, duration_s=0.0, detail="line busy",
+                                       outcome_of=outcome_of, retry_after=spec.retry_after, due=always)
+    assert (ended.state, ended.outcome, ended.detail, ended.ended_at) == ("ended", "busy", "line busy", later)
+    contact = await contact_of(store, busy)
+    assert (contact.state, contact.last_outcome, contact.next_due_at) == (
+        "pending", "busy", later + timedelta(minutes=20))
+    voicemail = await store.final_progress(machine.attempt_id, carrier_call_id=None, status="completed", now=later,
+                                           duration_s=21.5, outcome_of=outcome_of, retry_after=spec.retry_after,
+                                           due=always)
+    assert (voicemail.outcome, voicemail.duration_s) == ("voicemail", 21.5)
+    assert verdicts == [("busy", None), ("completed", "machine_end_beep")]
+    # Repeated (same sequence) or late: nothing changes, and the outcome is not asked again.
+    assert await store.final_progress(busy.attempt_id, carrier_call_id=None, status="busy", now=later, sequence=3,
+                                      outcome_of=outcome_of, retry_after=spec.retry_after, due=always) is None
+    assert await store.final_progress(machine.attempt_id, carrier_call_id=None, status="no-answer", now=later,
+                                      outcome_of=outcome_of, retry_after=spec.retry_after, due=always) is None
+    assert len(verdicts) == 2
+    with pytest.raises(ValueError, match="final status"):
+        await store.final_progress(busy.attempt_id, carrier_call_id=None, status="ringing", now=later,
+                                   outcome_of=outcome_of, retry_after=spec.retry_after, due=always)
+
+
 async def test_retries_follow_the_policy_by_outcome_then_the_contact_is_done(store):
     spec = Spec()       # no-answer: 2 retries after 1 h; busy: 1 after 20 min
     campaign_id = await running(store, spec, people(1))
@@ -582,3 +619,29 @@ async def test_campaigns_sharing_numbers_claimed_side_by_side_never_ring_one_num
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_claim_reads_the_first_due_contacts_off_the_index_without_sorting_them_all(sqlite_url):
+    """At a large campaign's start every contact is due at once: a claim must not sort all of them to take a few."""
+    import sqlalchemy as sa
+    from voicebot.store import campaigns as store_campaigns
+
+    store = await Store.open(sqlite_url)
+    campaign_id = await running(store, Spec(), people(300))
+    await store.close()
+    engine = sa.create_engine(sqlite_url)
+    seen: list[tuple[str, tuple]] = []
+
+    def remember(_conn, _cursor, statement, parameters, _context, _executemany):
+        if statement.lstrip().upper().startswith("SELECT") and "FROM contacts" in statement:
+            seen.append((statement, parameters))
+    sa.event.listen(engine, "before_cursor_execute", remember)
+    try:
+        with engine.begin() as conn:
+            due = store_campaigns._due_contacts(conn, campaign_id, T0, [], 64)
+            assert [row["phone"] for row in due] == [c.phone for c in people(64)]
+            ((statement, parameters),) = seen
+            plan = " | ".join(row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
+    finally:
+        engine.dispose()
+    assert "ix_contacts_campaign_state_due_row" in plan and "TEMP B-TREE" not in plan, plan

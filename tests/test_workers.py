@@ -20,6 +20,9 @@ from voicebot.simulator.caller import Hangup, Say
 from voicebot.simulator.twilio import simulate_twilio_call
 from voicebot.telephony import twilio_auth
 
+from conftest import until
+from metrics_scrape import scrape
+
 REPO = Path(__file__).resolve().parent.parent
 AUTH_TOKEN = "workers-test-auth-token"
 
@@ -169,3 +172,68 @@ def test_a_configured_stream_secret_is_used_and_a_short_one_refused(monkeypatch)
         twilio_auth.stream_token_secret()
     monkeypatch.delenv(twilio_auth.STREAM_SECRET_ENV)
     assert twilio_auth.stream_token_secret() == twilio_auth.stream_token_secret()   # one key per server
+
+
+async def _calls_by_worker(url: str, attempts: int = 30) -> dict[int, int]:
+    """Each worker's running calls, as its /healthz says (new connections land on any worker)."""
+    found: dict[int, int] = {}
+    for _ in range(attempts):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            async with session.get(url + "/healthz") as response:
+                body = await response.json()
+                found[body["pid"]] = body["calls"]
+    return found
+
+
+async def test_one_scrape_sees_every_worker_and_a_dead_worker_stops_counting_as_active(tmp_path, caller_en):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(_config(tmp_path, port), "--workers", "2")
+    held: list[asyncio.Task] = []
+    try:
+        pids = await _wait_up(url, proc, workers=2)
+        # Ten calls at once: each lands on whichever worker the kernel picks (all on one: 1 chance in 512).
+        calls = [asyncio.create_task(simulate_twilio_call(
+            url, to="+15557650199", auth_token=AUTH_TOKEN, max_duration_s=30,
+            script=[Say(caller_en, after_bot_done=True, pause_s=0.3), Hangup(after_bot_done=True, pause_s=0.3)]))
+            for _ in range(10)]
+        await until(lambda: _active(url, 10), timeout=20, what="one scrape showing the 10 calls active")
+        by_worker = await _calls_by_worker(url)
+        assert by_worker.keys() == pids and sum(by_worker.values()) == 10
+        assert all(by_worker.values()), f"every call landed on one worker: {by_worker}"
+        results = await asyncio.gather(*calls)
+        assert all(r.protocol_errors == [] and r.end_reason == "hangup" for r in results)
+        await until(lambda: _active(url, 0), timeout=10, what="no call active")
+        done = await scrape(url)       # one worker answers it, for both
+        assert done.value("voicebot_calls_total") == 10
+        assert done.value("voicebot_calls_total", carrier="twilio", outcome="completed") == 10
+        assert done.value("voicebot_first_audio_seconds_count") == 10
+        assert done.value("voicebot_turn_latency_seconds_count") >= 10
+
+        # A worker killed with calls on it: its calls stop counting as active, its counters stay in the totals.
+        held = [asyncio.create_task(simulate_twilio_call(url, to="+15557650199", auth_token=AUTH_TOKEN,
+                                                         max_duration_s=40, script=[Hangup(at_s=30)]))
+                for _ in range(4)]
+        await until(lambda: _active(url, 4), timeout=20, what="the 4 held calls active")
+        by_worker = await _calls_by_worker(url)
+        victim = max(by_worker, key=by_worker.get)
+        survivors = 4 - by_worker[victim]
+        os.kill(victim, signal.SIGKILL)
+        await until(lambda: _active(url, survivors), timeout=15,
+                    what=f"active calls down to the surviving worker's {survivors}")
+        after = await scrape(url)
+        assert after.value("voicebot_calls_total") == 10
+        assert after.value("voicebot_first_audio_seconds_count") == 10
+    finally:
+        code, logs = _stop(proc)
+        await asyncio.gather(*held, return_exceptions=True)
+    assert code == 0
+    summaries = [e for e in logs if e.get("event") == "call_summary"]
+    assert len({e["worker"] for e in summaries}) == 2
+    assert any(e.get("event") == "worker_exited" and e["pid"] == victim for e in logs)
+    metrics_dir = next(e["path"] for e in logs if e.get("event") == "metrics_multiprocess_dir")
+    assert not Path(metrics_dir).exists()       # removed when the server stopped
+
+
+async def _active(url: str, expected: int) -> bool:
+    return (await scrape(url)).value("voicebot_active_calls") == expected

@@ -17,12 +17,13 @@ import numpy as np
 import structlog
 from aiohttp import web
 
+from . import metrics
 from .audio import FRAME_SAMPLES
 from .call import Call, CallServices
 from .telephony.base import (POLICY_VIOLATION, Audio, CarrierEvent, CarrierSession, Dtmf, FatalProtocolError,
                              MarkPlayed, ProtocolError, Started, Stopped)
 from .telephony.transport import Outbox, StreamEnded, TcpTransport, Transport, WebSocketTransport
-from .wsserver import ServerWebSocket
+from .wsserver import MESSAGE_TOO_BIG, ServerWebSocket
 
 log = structlog.get_logger("voicebot.telephony")
 
@@ -85,11 +86,12 @@ class MediaStream:
             else:
                 events = self.session.handle_bytes(message)
         except ProtocolError as exc:
+            metrics.frames_dropped(self.session.carrier, "protocol")     # the message is dropped
             self.protocol_error(str(exc))
             if isinstance(exc, FatalProtocolError):
                 if self.call is not None:
                     self.call.hang_up(f"carrier protocol error: {exc}", "failed")
-                self._end(self.refuse("unusable stream"))
+                self._end(self.refuse("unusable stream", "protocol"))
             return
         self.handle(events)
 
@@ -110,7 +112,7 @@ class MediaStream:
                 refusal = self.session.authorize(event.meta)
                 if refusal is not None:
                     self.log.warning("media_stream_refused", reason=refusal, call_sid=event.meta.call_id)
-                    self._end(self.refuse("unauthorized"))
+                    self._end(self.refuse("unauthorized", "auth"))
                     return
                 meta = event.meta
                 if "attempt" in meta.params:
@@ -121,7 +123,7 @@ class MediaStream:
                 if persona is None:
                     self.log.warning("no_persona_for_number", reason=why_not, to=event.meta.to_number,
                                      call_sid=event.meta.call_id)
-                    self._end(self.refuse("no persona for this call"))
+                    self._end(self.refuse("no persona for this call", "no_persona"))
                     return
                 call = self._start_call(meta, persona)
             elif isinstance(event, Dtmf):
@@ -148,25 +150,25 @@ class MediaStream:
         if resolve is None:
             self.log.warning("outbound_stream_refused", reason="this server runs no campaigns",
                              call_sid=meta.call_id)
-            self._end(self.refuse("no campaigns here"))
+            self._end(self.refuse("no campaigns here", "no_persona"))
             return
         try:
             context = await asyncio.wait_for(resolve(meta), START_TIMEOUT_S)
         except asyncio.TimeoutError:
             self.log.error("outbound_stream_refused", reason=f"attempt lookup took over {START_TIMEOUT_S:g} s",
                            call_sid=meta.call_id)
-            self._end(self.refuse("attempt lookup timed out"))
+            self._end(self.refuse("attempt lookup timed out", "unavailable"))
             return
         except Exception as exc:
             self.log.error("outbound_stream_refused", reason=f"attempt lookup failed: {exc}", call_sid=meta.call_id)
-            self._end(self.refuse("attempt lookup failed"))
+            self._end(self.refuse("attempt lookup failed", "unavailable"))
             return
         if self._ending is not None:
             return      # the carrier ended the stream meanwhile
         if context is None:
             self.log.warning("outbound_stream_refused", reason="the attempt token names no live attempt",
                              attempt=attempt[:80], call_sid=meta.call_id)
-            self._end(self.refuse("unknown attempt"))
+            self._end(self.refuse("unknown attempt", "auth"))
             return
         meta.direction = "outbound"
         self._start_call(meta, context.persona, outbound=context)
@@ -178,10 +180,13 @@ class MediaStream:
     def _no_start(self) -> None:
         if self.call is None and self._ending is None and self._resolving is None:
             self.log.warning("media_stream_no_start", waited_s=START_TIMEOUT_S)
-            self._end(self.refuse("no start message"))
+            self._end(self.refuse("no start message", "protocol"))
 
-    async def refuse(self, reason: str) -> None:
-        await self.transport.close(code=POLICY_VIOLATION, reason=reason)
+    def refuse(self, reason: str, kind: str) -> Awaitable[None]:
+        """Close the stream as refused (1008, ``reason``), counted in the metrics under ``kind``
+        (one of metrics.REFUSAL_REASONS)."""
+        metrics.stream_refused(self.session.carrier, kind)
+        return self.transport.close(code=POLICY_VIOLATION, reason=reason)
 
     async def hang_up(self) -> None:
         """The call is over on our side: tell the carrier in-band where it can be told, then close."""
@@ -198,6 +203,9 @@ class MediaStream:
         except StreamEnded as end:
             if end.problem:
                 self.protocol_error(end.problem)
+            if end.violation is not None:     # we closed it for what the peer sent
+                kind = "limit" if end.violation == MESSAGE_TOO_BIG else "protocol"
+                metrics.stream_refused(self.session.carrier, kind)
         except asyncio.CancelledError:
             if self.call is not None:
                 self.call.hang_up("server shutting down", "failed")
@@ -230,8 +238,12 @@ class Answerer:
         """Accept one carrier media WebSocket and run its call until either side hangs up."""
         # No permessage-deflate: carriers don't ask for it, μ-law barely compresses, and uncompressed frames
         # are what lets the outbox write without a task wake-up per message.
-        ws = await ServerWebSocket.accept(request, protocols=protocols, heartbeat_s=HEARTBEAT_S,
-                                          max_message_bytes=self.services.settings.max_message_bytes)
+        try:
+            ws = await ServerWebSocket.accept(request, protocols=protocols, heartbeat_s=HEARTBEAT_S,
+                                              max_message_bytes=self.services.settings.max_message_bytes)
+        except web.HTTPClientError:       # not a valid WebSocket upgrade: answered 400/426 naming the problem
+            metrics.stream_refused(session_cls.carrier, "protocol")
+            raise
         stream = MediaStream(WebSocketTransport(ws), session_cls, self.services, peer=request.remote,
                              **session_kwargs)
         await stream.run()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import structlog
 
+from . import metrics
 from .audio import FRAME_MS
 from .audio.pacer import PacedJob, Pacer, shared_pacer
 from .audio.playout import Playout
@@ -88,8 +89,10 @@ class Call(EngineSink):
         chunk_ms = self.settings.playout.chunk_ms
         if carrier.max_chunk_ms is not None:
             chunk_ms = min(chunk_ms, carrier.max_chunk_ms)
+        first_kind = "chain" if persona.engine == "chain" else "realtime"
+        self.metrics = metrics.CallMetrics(meta.carrier, persona.name, first_kind)
         self.playout = Playout(carrier, lead_ms=lead_ms, mark_every_ms=self.settings.playout.mark_every_ms,
-                               chunk_ms=chunk_ms)
+                               chunk_ms=chunk_ms, lateness=self.metrics.frame_latency)
         self.recorder = (start_recording(self.settings.recordings_dir, meta, self.playout, log=self.log)
                          if persona.record else None)
         self.vad = EnergyVad(min_speech_ms=persona.barge_in.min_speech_ms)
@@ -111,7 +114,6 @@ class Call(EngineSink):
                                call_id=self.call_id, persona=persona.name, log=self.log,
                                on_done=self._tool_done)
         self._tool_tasks: set[asyncio.Task] = set()
-        first_kind = "chain" if persona.engine == "chain" else "realtime"
         self.engines_used = [first_kind]
         self.engine: Engine = services.make_engine(persona, self, self.log, kind=first_kind,
                                                    conversation=self.conversation,
@@ -148,6 +150,7 @@ class Call(EngineSink):
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         self.services.calls.add(self)
+        self.metrics.started()
         self.transcript_file.write("call_start", call_id=self.call_id, carrier=self.meta.carrier,
                               call_sid=self.meta.call_id, stream_id=self.meta.stream_id,
                               from_number=self.meta.from_number, to_number=self.meta.to_number,
@@ -234,6 +237,7 @@ class Call(EngineSink):
             self.campaign.report()
         self._event("call.ended", record)
         self.services.calls.discard(self)
+        self.metrics.ended(self.outcome, None if first is None else first - self.started_t, self.playout.frames_late)
         if self._close_carrier is not None:
             try:
                 await self._close_carrier()
@@ -322,6 +326,7 @@ class Call(EngineSink):
             if not self._held_dropped:
                 self.log.warning("caller_audio_dropped_while_connecting", held_ms=SWITCH_BUFFER_FRAMES * FRAME_MS)
             self._held_dropped += 1
+            metrics.frames_dropped(self.meta.carrier, "engine_connecting")
 
     def on_mark(self, name: str) -> None:
         self.playout.on_mark(name)
@@ -378,7 +383,9 @@ class Call(EngineSink):
             self.transcript_file.write("engine_switch_audio", engine=self.engine.name, silence_ms=silence_ms)
             self.log.info("engine_switch_audio", engine=self.engine.name, silence_ms=silence_ms)
         if self._turn_end_t is not None:
-            self.turn_latencies_ms.append(round((time.monotonic() - self._turn_end_t) * 1000))
+            latency_s = time.monotonic() - self._turn_end_t
+            self.turn_latencies_ms.append(round(latency_s * 1000))
+            metrics.turn_latency(latency_s)
             self._turn_end_t = None
         self.control.bot_audio(item_id)
         self.playout.enqueue(item_id, pcm)
@@ -503,6 +510,7 @@ class Call(EngineSink):
                                         conversation=self.conversation, opening=opening, tools=self.tool_specs)
         self.engine = new
         self.engines_used.append(new.name)
+        self.metrics.engine_switched(old.name, new.name)
         try:
             await asyncio.wait_for(new.start(), ENGINE_START_TIMEOUT_S)
         except (EngineUnavailable, asyncio.TimeoutError) as exc:
@@ -541,7 +549,9 @@ class Call(EngineSink):
         """Within this one loop turn: carrier clear, local queue dropped, engine told what was heard."""
         t0 = time.perf_counter()
         heard = self.cut_bot()
-        reaction_us = round((time.perf_counter() - t0) * 1e6)
+        reaction_s = time.perf_counter() - t0
+        reaction_us = round(reaction_s * 1e6)
+        metrics.barge_in(reaction_s)
         record = {"trigger": trigger, "t_ms": round((time.monotonic() - self.started_t) * 1000),
                   "heard": [{"item_id": h.item_id, "heard_ms": h.heard_ms, "generated_ms": h.generated_ms}
                             for h in heard], "reaction_us": reaction_us}

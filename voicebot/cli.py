@@ -53,28 +53,31 @@ def cmd_serve(args) -> int:
     except ValueError as exc:
         raise ConfigError("environment", STREAM_SECRET_ENV, str(exc)) from None
     configure_logging(settings.log_format, settings.log_level)
-    from .server import install_event_loop
     if settings.workers == 1:
+        from .server import install_event_loop
         log.info("event_loop", loop=install_event_loop())
         asyncio.run(_serve(settings, dialplan))
         return 0
-    from .workers import Supervisor
+    from .workers import Supervisor, shared_metrics_dir
 
     if settings.stepfun.emulated:
         log.warning("stepfun_emulator_per_worker", workers=settings.workers,
                     message="no STEP_API_KEY: each worker answers with its own embedded emulator")
 
-    def serve(index: int) -> None:
-        log.info("event_loop", loop=install_event_loop())
-        asyncio.run(_serve(settings, dialplan))
+    with shared_metrics_dir():
+        from .server import install_event_loop   # imports the metrics: after their shared directory is set
 
-    return Supervisor(settings.workers, serve).run()
+        def serve(index: int) -> None:
+            log.info("event_loop", loop=install_event_loop())
+            asyncio.run(_serve(settings, dialplan))
+
+        return Supervisor(settings.workers, serve).run()
 
 
 def cmd_check(args) -> int:
     settings, dialplan = _load(args.config)
     print(f"config {settings.source}: ok")
-    print(f"stepfun: {'EMULATOR (no STEP_API_KEY)' if settings.stepfun.emulated else settings.stepfun.base_url}")
+    print(f"stepfun: {settings.stepfun.endpoint()}")
     for persona in dialplan.personas:
         numbers = ", ".join(persona.numbers) or "-"
         flag = " (default)" if persona.default else ""

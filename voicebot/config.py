@@ -113,12 +113,29 @@ class TwilioSettings:
 
 
 @dataclass(frozen=True)
+class StepFunEndpoint:
+    """Which StepFun server calls use and why, as `check` prints it and `serve` logs it."""
+    kind: str            # embedded_emulator, configured_url or official_api
+    url: str | None      # None: the embedded emulator, on a loopback port chosen when it starts
+    reason: str
+
+    _NAMES = {"embedded_emulator": "embedded emulator", "configured_url": "configured URL",
+              "official_api": "official API"}
+
+    def __str__(self) -> str:
+        where = f" {self.url}" if self.url else ""
+        return f"{self._NAMES[self.kind]}{where} ({self.reason})"
+
+
+@dataclass(frozen=True)
 class StepFunSettings:
     base_url: str = DEFAULT_STEPFUN_BASE_URL
     api_key: str | None = field(default=None, repr=False)
     connect_timeout_s: float = 5.0
     # With a fallback (engine: auto) a slow realtime connect costs the caller silence: give up sooner.
     failover_connect_timeout_s: float = 1.5
+    base_url_from: str = "the default"   # where base_url was set: STEPFUN_BASE_URL or "<file>: stepfun.base_url"
+    embedded: bool = False               # base_url is the embedded emulator serve started (no key, official URL)
 
     @property
     def ws_base_url(self) -> str:
@@ -127,8 +144,21 @@ class StepFunSettings:
 
     @property
     def emulated(self) -> bool:
-        """No key: the embedded emulator stands in for StepFun."""
-        return not self.api_key
+        """The embedded emulator stands in for StepFun: no key, and no server of our own named. A base URL other
+        than the official one means "use that server" (a `voicebot emulator` needs no key)."""
+        return self.embedded or (not self.api_key and self.base_url == DEFAULT_STEPFUN_BASE_URL)
+
+    def endpoint(self) -> StepFunEndpoint:
+        if self.emulated:
+            return StepFunEndpoint("embedded_emulator", self.base_url if self.embedded else None,
+                                   "no STEP_API_KEY and the official base URL: set STEP_API_KEY for StepFun, or "
+                                   "STEPFUN_BASE_URL (or stepfun.base_url) for another server such as a "
+                                   "`voicebot emulator`")
+        if self.base_url != DEFAULT_STEPFUN_BASE_URL:
+            key = ("with STEP_API_KEY" if self.api_key else
+                   "no STEP_API_KEY: right for a `voicebot emulator`, a real StepFun server refuses the calls")
+            return StepFunEndpoint("configured_url", self.base_url, f"from {self.base_url_from}; {key}")
+        return StepFunEndpoint("official_api", self.base_url, "STEP_API_KEY set")
 
 
 @dataclass(frozen=True)
@@ -171,6 +201,10 @@ def _url(fields: Fields, key: str, default: str, schemes: tuple[str, ...]) -> st
 
 DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg")
 DATABASE_URL_ENV = "VOICEBOT_DATABASE_URL"     # overrides database.url: where a password belongs
+STEPFUN_BASE_URL_ENV = "STEPFUN_BASE_URL"
+# Environment variables that override a file key. The file is still read and checked in full: an override
+# replaces a value, it never makes a valid file invalid (nor hides a broken line in it).
+ENV_OVERRIDES = {STEPFUN_BASE_URL_ENV: "stepfun.base_url", DATABASE_URL_ENV: "database.url"}
 
 
 def _database_url(value: str, base_dir: Path, error: Callable[[str], ConfigError]) -> str:
@@ -214,16 +248,21 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     server.reject_unknown()
 
     step = top.section("stepfun")
-    base_url = env.get("STEPFUN_BASE_URL") or step.get("base_url", str, DEFAULT_STEPFUN_BASE_URL)
-    if "STEPFUN_BASE_URL" in env and not urlsplit(base_url).netloc:
-        raise ConfigError("environment", "STEPFUN_BASE_URL", f"expected an absolute http(s) URL, got {base_url!r}")
-    if "STEPFUN_BASE_URL" not in env:
-        base_url = _url(step, "base_url", DEFAULT_STEPFUN_BASE_URL, ("http", "https"))
+    base_url = _url(step, "base_url", DEFAULT_STEPFUN_BASE_URL, ("http", "https"))
+    base_url_from = f"{config_path}: stepfun.base_url" if step.data.get("base_url") is not None else "the default"
+    if env.get(STEPFUN_BASE_URL_ENV):
+        base_url_from = STEPFUN_BASE_URL_ENV
+        base_url = env[STEPFUN_BASE_URL_ENV].strip().rstrip("/")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError("environment", STEPFUN_BASE_URL_ENV,
+                              f"expected an absolute http/https URL, got {base_url!r}")
     stepfun = StepFunSettings(
         base_url=base_url.rstrip("/"),
         api_key=env.get("STEP_API_KEY") or None,
         connect_timeout_s=step.get("connect_timeout_s", float, 5.0, minimum=0.1),
         failover_connect_timeout_s=step.get("failover_connect_timeout_s", float, 1.5, minimum=0.1),
+        base_url_from=base_url_from,
     )
     step.reject_unknown()
 
@@ -254,12 +293,11 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     logging_.reject_unknown()
 
     database = top.section("database")
-    database_url = database.get("url", str, "sqlite:///voicebot.db")
+    database_url = _database_url(database.get("url", str, "sqlite:///voicebot.db"), base_dir,
+                                 lambda problem: database.error("url", problem))
     if env.get(DATABASE_URL_ENV):
         database_url = _database_url(env[DATABASE_URL_ENV], base_dir,
                                      lambda problem: ConfigError("environment", DATABASE_URL_ENV, problem))
-    else:
-        database_url = _database_url(database_url, base_dir, lambda problem: database.error("url", problem))
     spool = database.get("spool", str, None)
     database.reject_unknown()
 
@@ -293,7 +331,7 @@ def check_serving(settings: Settings) -> None:
     if settings.workers > 1 and settings.port == 0:
         raise ConfigError(settings.source, "server.port",
                           "must be a fixed port when several workers share it (workers > 1), not 0")
-    if settings.twilio.validate_signatures and not settings.twilio.auth_token and not settings.stepfun.emulated:
+    if settings.twilio.validate_signatures and not settings.twilio.auth_token and settings.stepfun.api_key:
         raise ConfigError("environment", "TWILIO_AUTH_TOKEN",
                           "is required while twilio.validate_signatures is on (set it, or turn the check off "
                           "for local testing)")

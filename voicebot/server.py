@@ -11,7 +11,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from . import api, latency
+from . import api, latency, metrics
 from .campaigns import callbacks as campaign_callbacks, service as campaign_service
 from .answer import Answerer
 from .call import CallServices, EngineFactory
@@ -75,6 +75,18 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "calls": len(services.calls), "pid": os.getpid()})
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus text format: this process's metrics, or every worker's with ``--workers N``. Open by default
+    like most exporters (no label carries a phone number, call id or free text); VOICEBOT_METRICS_TOKEN
+    makes it ask for ``Authorization: Bearer <token>``."""
+    refusal = metrics.scrape_refusal(request.headers.get("Authorization"))
+    if refusal is not None:
+        log.warning("metrics_scrape_refused", reason=refusal, peer=request.remote)
+        return web.Response(status=401, text=refusal + "\n", headers={"WWW-Authenticate": 'Bearer realm="voicebot"'})
+    body = await asyncio.to_thread(metrics.exposition)    # multiprocess mode reads every worker's file
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 async def _debug_latency(request: web.Request) -> web.Response:
     """The latency histograms (VOICEBOT_LATENCY=1 only); ``?reset=1`` starts a new window after reading."""
     body = latency.snapshot()
@@ -130,6 +142,8 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
         rest.capabilities_of(name, settings)     # a wrong call_control section stops the server here
     rest.add_routes(app, settings)
     app.router.add_get("/healthz", _healthz)
+    if metrics.ENABLED:
+        app.router.add_get("/metrics", _metrics)
     api.setup(app, services)
     if latency.ENABLED:
         app.router.add_get("/debug/latency", _debug_latency)
@@ -141,13 +155,15 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     return app
 
 
-def with_stepfun_base_url(settings: Settings, base_url: str) -> Settings:
-    return dataclasses.replace(settings, stepfun=dataclasses.replace(settings.stepfun, base_url=base_url))
+def with_embedded_emulator(settings: Settings, base_url: str) -> Settings:
+    return dataclasses.replace(settings, stepfun=dataclasses.replace(settings.stepfun, base_url=base_url,
+                                                                     embedded=True))
 
 
 async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | None = None,
                        port: int | None = None):
-    """Start the voice server (and the embedded emulator when no key is set). Returns (runners, settings, url)."""
+    """Start the voice server (and the embedded emulator when neither a key nor a base URL of our own is set:
+    StepFunSettings.endpoint). Returns (runners, settings, url)."""
     from .emulator.app import start_emulator
 
     runners = []
@@ -155,12 +171,13 @@ async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | No
         emu_runner, emulator = await start_emulator("127.0.0.1", 0)
         runners.append(emu_runner)
         base = f"http://127.0.0.1:{emulator.port}/step_plan/v1"
-        settings = with_stepfun_base_url(settings, base)
+        settings = with_embedded_emulator(settings, base)
         log.warning("stepfun_emulator_in_use",
                     message="NO STEP_API_KEY SET: calls are answered by the embedded StepFun EMULATOR, "
                             "not the real StepFun API", emulator_url=base)
-    else:
-        log.info("stepfun_api", base_url=settings.stepfun.base_url, key_present=True)
+    endpoint = settings.stepfun.endpoint()
+    log.info("stepfun_endpoint", kind=endpoint.kind, url=endpoint.url, reason=endpoint.reason,
+             key_present=bool(settings.stepfun.api_key))
     app = create_app(settings, dialplan)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()

@@ -7,6 +7,11 @@ from another connection is the stream token that the voice webhook (served by an
 and the token key is shared (:func:`voicebot.telephony.twilio_auth.stream_token_secret`, made before
 the workers fork).
 
+Metrics: every worker writes its values into one directory that the supervisor makes for the server's
+lifetime (prometheus-client's multiprocess mode, :func:`shared_metrics_dir`), so a scrape of ``/metrics``
+answered by any worker sees them all; a worker that dies is marked dead there, so its calls stop counting
+as active while its counters stay in the totals.
+
 The supervisor restarts a worker that dies and stops everything on SIGINT/SIGTERM: each worker then
 ends its calls cleanly (as a single server does) and is killed only if it has not exited within
 ``STOP_GRACE_S``. A worker that dies within ``FAST_FAILURE_S`` of its start twice in a row (a bad port,
@@ -15,11 +20,15 @@ a broken install) stops the server instead of restarting forever.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait
 
 import structlog
@@ -28,6 +37,38 @@ log = structlog.get_logger("voicebot.workers")
 
 STOP_GRACE_S = 15.0
 FAST_FAILURE_S = 5.0
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"   # read by prometheus-client when it is imported
+
+
+@contextlib.contextmanager
+def shared_metrics_dir() -> Iterator[str]:
+    """A new directory for the workers' metrics, set as ``PROMETHEUS_MULTIPROC_DIR`` while the server runs and
+    removed after. Enter it before anything imports voicebot.metrics: prometheus-client chooses where values
+    live when a metric is created."""
+    if "voicebot.metrics" in sys.modules:
+        raise RuntimeError("voicebot.metrics was imported before the workers' metrics directory was set up")
+    inherited = os.environ.get(MULTIPROC_DIR_ENV)
+    path = tempfile.mkdtemp(prefix="voicebot-metrics-")
+    os.environ[MULTIPROC_DIR_ENV] = path
+    if "prometheus_client" in sys.modules:      # imported without the directory: choose again
+        from prometheus_client import values
+        values.ValueClass = values.get_value_class()
+    log.info("metrics_multiprocess_dir", path=path)
+    try:
+        yield path
+    finally:
+        if inherited is None:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
+        else:
+            os.environ[MULTIPROC_DIR_ENV] = inherited
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def forget_worker_metrics(pid: int) -> None:
+    """A worker is gone: its live gauges (active calls) no longer count; its counters stay in the totals."""
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(pid)
 
 
 class Supervisor:
@@ -82,6 +123,7 @@ class Supervisor:
 
     def _restart(self, index: int, process: multiprocessing.Process) -> bool:
         process.join()
+        forget_worker_metrics(process.pid)
         lived_s = time.monotonic() - self._started[index]
         log.error("worker_exited", worker=index, pid=process.pid, exitcode=process.exitcode, lived_s=round(lived_s, 1))
         if lived_s < FAST_FAILURE_S:

@@ -84,6 +84,7 @@ class ServerWebSocket:
         self.protocol = protocol                 # the negotiated subprotocol
         self.close_code: int | None = None       # the peer's close code, once it sent one
         self.problem: str | None = None
+        self.violation: int | None = None        # our close code when the peer broke the protocol or a limit
         self.response: web.StreamResponse | None = None   # the 101, for the aiohttp handler to return
         self._max = max_message_bytes
         self._buffer = b""
@@ -188,6 +189,8 @@ class ServerWebSocket:
         """A protocol violation by the peer: close with ``code`` and stop reading (§7.1.7)."""
         if self.problem is None:
             self.problem = problem
+        if self.violation is None and code != INTERNAL_ERROR:     # INTERNAL_ERROR: our bug, not the peer's
+            self.violation = code
         self._input_done = True
         if not self._close_sent and not self.transport.is_closing():
             self._send_close(code, problem[:100])

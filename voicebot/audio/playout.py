@@ -26,6 +26,8 @@ import numpy as np
 from .. import latency
 from . import FRAME_MS, FRAME_SAMPLES, RATE
 
+_FRAME_S = FRAME_MS / 1000
+
 if TYPE_CHECKING:
     from ..recording import CallRecorder
 
@@ -62,16 +64,24 @@ class _Item:
     complete: bool = False      # the engine has finished producing this item
 
 
+class LatencyTally(Protocol):
+    """Where the playout adds each bot frame's server-added latency (voicebot/metrics.py's ``Tally``)."""
+
+    def add(self, seconds: float) -> None: ...
+
+
 class Playout:
     def __init__(self, out: CarrierOutput, *, lead_ms: int = 100, mark_every_ms: int = 100, chunk_ms: int = FRAME_MS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, lateness: LatencyTally | None = None) -> None:
+        """``lateness``: gets the "out" latency of every frame sent (as voicebot/latency.py's histogram does
+        with VOICEBOT_LATENCY=1), and ``frames_late`` counts the frames that missed their playback slot."""
         self.out = out
         self.lead_s = lead_ms / 1000
         self.mark_every_ms = mark_every_ms
         self.chunk_frames = max(1, chunk_ms // FRAME_MS)
         self._chunk: list[np.ndarray] = []      # frames of the audio message being filled
         self.clock = clock
-        # (item, frame, when its audio reached us — latency.clock(), only with latency.ENABLED)
+        # (item, frame, when its audio reached us: latency.arrival with latency.ENABLED, else when it was queued)
         self._frames: deque[tuple[_Item, np.ndarray, float]] = deque()
         self._partial: dict[str, np.ndarray] = {}
         self._items: dict[str, _Item] = {}
@@ -79,9 +89,11 @@ class Playout:
         self._virtual_echoes: deque[tuple[float, str]] = deque()
         self._mark_seq = 0
         self._playhead_t = 0.0      # when everything sent so far will have played (pacing clock)
-        self._ideal_t = 0.0         # the same for an infinitely fast server (latency.ENABLED only)
+        self._ideal_t = 0.0         # the same for an infinitely fast server (while lateness is measured)
         self.first_audio_sent_t: float | None = None
         self.frames_sent = 0
+        self.lateness = lateness
+        self.frames_late = 0        # frames that waited here past their playback slot
         self.recorder: CallRecorder | None = None     # told what plays when, and what a barge-in cut
 
     # -- producing side -------------------------------------------------------------------------
@@ -95,7 +107,7 @@ class Playout:
         if pending is not None:
             pcm = np.concatenate((pending, pcm))
         whole = len(pcm) - len(pcm) % FRAME_SAMPLES
-        arrived = latency.arrival if latency.ENABLED else 0.0
+        arrived = latency.arrival if latency.ENABLED else self.clock()
         for start in range(0, whole, FRAME_SAMPLES):
             self._frames.append((item, pcm[start:start + FRAME_SAMPLES], arrived))
         if whole < len(pcm):
@@ -111,14 +123,19 @@ class Playout:
         if tail is not None:
             frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
             frame[:len(tail)] = tail
-            self._frames.append((item, frame, latency.arrival if latency.ENABLED else 0.0))
+            self._frames.append((item, frame, latency.arrival if latency.ENABLED else self.clock()))
 
     # -- pacing ---------------------------------------------------------------------------------
     def pump(self) -> float:
         """Send what is due now; returns seconds until the next call is useful (0 < delay)."""
         now = self.clock()
         self._fire_virtual_echoes(now)
+        measure = latency.ENABLED or self.lateness is not None
         if self._playhead_t < now:
+            if self._frames and self._frames[0][2] < self._playhead_t:
+                # The carrier ran dry while audio waited here (not for the model): frames missed their slots.
+                missed = int((now - self._playhead_t) * 1000) // FRAME_MS + 1
+                self.frames_late += min(missed, len(self._frames))
             self._playhead_t = now
         sent_any = False
         previous: _Item | None = None
@@ -135,7 +152,7 @@ class Playout:
                 recorder.bot(frame, self._playhead_t)
             if len(self._chunk) >= self.chunk_frames:
                 self._send_chunk()
-            if latency.ENABLED:
+            if measure:
                 self._record_lateness(arrived)
             if self.first_audio_sent_t is None:
                 self.first_audio_sent_t = now
@@ -156,9 +173,17 @@ class Playout:
     def _record_lateness(self, arrived: float) -> None:
         """latency "out": how long after it was due this frame went to the carrier. Due: its audio has
         arrived and a server that took no time would have sent it (lead_ms before its playback slot)."""
-        due = max(arrived, self._ideal_t - self.lead_s)
-        self._ideal_t = max(self._ideal_t, due) + FRAME_MS / 1000
-        latency.record("out", latency.clock() - due)
+        ideal = self._ideal_t
+        due = ideal - self.lead_s
+        if arrived > due:
+            due = arrived
+        self._ideal_t = (ideal if ideal > due else due) + _FRAME_S
+        late = self.clock() - due
+        if latency.ENABLED:
+            latency.record("out", late)
+        if self.lateness is not None:
+            # Frames that ride in a message with an earlier one leave before they are due: no delay added.
+            self.lateness.add(late if late > 0.0 else 0.0)
 
     def _carrier_idle(self, now: float) -> bool:
         return not self._marks

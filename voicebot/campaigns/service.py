@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from .. import metrics
 from ..telephony.rest import CallControlError
 from ..telephony.rest.base import CallProgress, DialRequest
 from ..telephony.twilio_auth import STREAM_SECRET_ENV, stream_token_secret
@@ -63,7 +64,7 @@ class CampaignService:
         self.dialer = Dialer(self, self.clock)
         self.reconciler = Reconciler(self, self.clock)
         self._specs: dict[str, CampaignSpec] = {}
-        self._contexts: dict[str, dict] = {}     # attempt id -> what this process dialed (a stream's start reads it)
+        self._contexts: dict[str, dict] = {}     # attempt id -> the spec and claim of an attempt this process dialed
         self._background: set[asyncio.Task] = set()
         self._secret = b""      # set by load_key() before the service starts
 
@@ -143,6 +144,7 @@ class CampaignService:
             return
         self._contexts[claim.attempt_id] = {"spec": spec, "claim": claim}
         await self.store.mark_dialing(claim.attempt_id, now=now)
+        metrics.campaign_dialed(spec.name)
         try:
             carrier_call_id = await client.dial(self.dial_request(spec, claim))
         except CallControlError as exc:
@@ -167,10 +169,12 @@ class CampaignService:
                 return
             campaign = await self.store.get_campaign(row.campaign_id)
             spec = self.spec_of(campaign)
-        await self.store.finish_attempt(attempt_id, outcome=outcome, now=self.clock.now(), detail=detail,
-                                        retry_after=self.retry_function(spec), due=self.due_function(spec))
+        ended = await self.store.finish_attempt(attempt_id, outcome=outcome, now=self.clock.now(), detail=detail,
+                                                retry_after=self.retry_function(spec), due=self.due_function(spec))
         self._contexts.pop(attempt_id, None)
         log.info("attempt_ended", attempt_id=attempt_id, outcome=outcome, detail=detail)
+        if ended is not None:       # None: it had ended already (a repeated or late report)
+            metrics.campaign_attempt_ended(spec.name, outcome)
 
     async def apply_progress(self, attempt_id: str, progress: CallProgress) -> bool:
         """A carrier's news about an attempt (callback or lookup). False when it changed nothing (old or repeated)."""
@@ -181,6 +185,21 @@ class CampaignService:
             self._tell_call(attempt_id, progress.answered_by)
         if progress.status == "dialed":       # the carrier has it and it does not ring yet: nothing new
             return changed
+        known = self._contexts.get(attempt_id)
+        if progress.status in TERMINAL and known is not None:
+            # An attempt this process dialed: its campaign is known, so the final status and the attempt's end
+            # are one transaction (a callback per attempt that a campaign's rate makes count).
+            spec = known["spec"]
+            ended = await self.store.final_progress(
+                attempt_id, carrier_call_id=progress.carrier_call_id, status=progress.status, now=self.clock.now(),
+                sequence=progress.sequence, duration_s=progress.duration_s, detail=progress.detail,
+                outcome_of=attempt_outcome, retry_after=self.retry_function(spec), due=self.due_function(spec))
+            if ended is None:
+                return changed
+            self._contexts.pop(attempt_id, None)
+            log.info("attempt_ended", attempt_id=attempt_id, outcome=ended.outcome, detail=ended.detail)
+            metrics.campaign_attempt_ended(spec.name, ended.outcome)
+            return True
         row = await self.store.attempt_progress(
             attempt_id, carrier_call_id=progress.carrier_call_id, status=progress.status, now=self.clock.now(),
             sequence=progress.sequence, duration_s=progress.duration_s, detail=progress.detail)

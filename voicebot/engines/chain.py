@@ -17,7 +17,7 @@ import aiohttp
 import numpy as np
 import structlog
 
-from .. import latency
+from .. import latency, metrics
 from ..audio import FRAME_SAMPLES, RATE
 from ..audio.playout import HeardItem
 from ..audio.resample import Resampler
@@ -225,6 +225,7 @@ class ChainEngine:
             text = result.text.strip()
             problem = None if text else "empty transcript"
         except StepFunError as exc:
+            metrics.stepfun_error(exc)
             text, problem = "", str(exc)
         timing["asr_ms"] = round((loop.time() - started) * 1000)
         if problem is not None:
@@ -265,6 +266,7 @@ class ChainEngine:
             try:
                 return await self._answer_once(item_id, since, timing)
             except StepFunError as exc:
+                metrics.stepfun_error(exc)
                 self.log.warning("chain_chat_failed", attempt=attempt, reason=str(exc))
                 if item_id in self._spoken:   # part of the answer was spoken: keep that, do not repeat
                     self._record_assistant(item_id)
@@ -334,6 +336,7 @@ class ChainEngine:
                     await self._play(item_id, sentence, stream.audio(), delivered)
                 return bool(delivered[0])
             except StepFunError as exc:
+                metrics.stepfun_error(exc)
                 self.log.warning("chain_tts_ws_failed", reason=str(exc), delivered_samples=delivered[0],
                                  fallback="http" if not delivered[0] else None)
                 if delivered[0]:      # the caller heard the start of it: do not say it twice
@@ -344,6 +347,7 @@ class ChainEngine:
             async with self.tts.stream_http(sentence, **options, read_timeout=s.tts_stall_s) as stream:
                 await self._play(item_id, sentence, stream, delivered)
         except StepFunError as exc:
+            metrics.stepfun_error(exc)
             self.log.warning("chain_tts_failed", reason=str(exc), sentence_chars=len(sentence),
                              delivered_samples=delivered[0])
             self.sink.note("tts_failed", reason=str(exc), text=sentence)

@@ -8,7 +8,7 @@ import binascii
 import numpy as np
 import structlog
 
-from .. import latency
+from .. import latency, metrics
 from ..audio.playout import HeardItem
 from ..audio.resample import Resampler
 from ..config import StepFunSettings
@@ -138,15 +138,18 @@ class RealtimeEngine:
                 self.stepfun.ws_base_url, self.stepfun.api_key or "emulator", self.persona.realtime.model,
                 timeout_s=timeout)
         except StepFunError as exc:
+            metrics.stepfun_error(exc)
             raise EngineUnavailable(str(exc)) from exc
         try:
             first = await asyncio.wait_for(self._conn.next_event(), timeout)
         except asyncio.TimeoutError:
             first = None
         if first is None:
+            metrics.stepfun_error("realtime_start")
             await self._conn.close()
             raise EngineUnavailable("realtime session did not start (no session.created)")
         if first.get("type") != "session.created":
+            metrics.stepfun_error("realtime_start")
             await self._conn.close()
             raise EngineUnavailable(f"realtime session started with {first.get('type')!r}, not session.created")
         self.log.info("realtime_session_started", session_id=self._conn.session_id, model=self.persona.realtime.model)
@@ -205,6 +208,7 @@ class RealtimeEngine:
             await asyncio.sleep(timeout / WATCHDOG_CHECKS_PER_TIMEOUT)
             silent = loop.time() - self._last_event_t
             if self._awaiting_reply and silent > timeout:
+                metrics.stepfun_error("realtime_stalled")
                 self._give_up(f"no realtime events for {silent:.1f} s while a reply was due")
                 return
 
@@ -259,6 +263,7 @@ class RealtimeEngine:
 
     def _on_socket_closed(self) -> None:
         if not self._closing and not self._reader_failed:
+            metrics.stepfun_error("realtime_dropped")
             self._give_up(f"realtime socket {self._conn.close_reason if self._conn else 'closed'}")
 
     def _dispatch(self, event: dict) -> None:
@@ -402,6 +407,7 @@ class RealtimeEngine:
             return
         self.log.warning("realtime_error", code=code, type=error.get("type"), message=message,
                          param=error.get("param"), event_id=error.get("event_id"))
+        metrics.stepfun_error("realtime_error")
         if code in _FATAL_ERROR_CODES or error.get("type") == "server_error":
             self._give_up(f"realtime error {code or error.get('type')}: {message}")
 

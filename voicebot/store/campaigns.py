@@ -334,14 +334,20 @@ def release_claim(conn: sa.Connection, attempt_id: str) -> bool:
 
 # -- an attempt's progress -------------------------------------------------------------------------------------
 
+# Built once: an attempt's callbacks run these several times per attempt, and building the statement cost more
+# than running it (the SET clause of the update is the columns given with each execution).
+_GET_ATTEMPT = sa.select(attempts).where(attempts.c.id == sa.bindparam("attempt_key"))
+_UPDATE_ATTEMPT = attempts.update().where(attempts.c.id == sa.bindparam("attempt_key"))
+
+
 def get_attempt(conn: sa.Connection, attempt_id: str) -> AttemptRow | None:
-    row = conn.execute(sa.select(attempts).where(attempts.c.id == attempt_id)).mappings().first()
+    row = conn.execute(_GET_ATTEMPT, {"attempt_key": attempt_id}).mappings().first()
     return None if row is None else AttemptRow.from_row(row)
 
 
 def _update_attempt(conn: sa.Connection, attempt: AttemptRow, **values) -> AttemptRow:
     if values:
-        conn.execute(attempts.update().where(attempts.c.id == attempt.id).values(**values))
+        conn.execute(_UPDATE_ATTEMPT, {"attempt_key": attempt.id, **values})
     return dataclasses.replace(attempt, **values)
 
 
@@ -402,6 +408,24 @@ def attempt_progress(conn: sa.Connection, attempt_id: str, *, carrier_call_id: s
     if answered_by is not None:
         values["answered_by"] = answered_by
     return _update_attempt(conn, attempt, **values)
+
+
+def final_progress(conn: sa.Connection, attempt_id: str, *, carrier_call_id: str | None, status: str,
+                   now: datetime, sequence: int | None, duration_s: float | None, detail: str | None,
+                   outcome_of: Callable[[str, "str | None"], "tuple[str, str | None]"], retry_after: RetryAfter,
+                   due: Due) -> AttemptRow | None:
+    """A final status callback and the attempt's end, in one transaction: ``attempt_progress``, then
+    ``finish_attempt`` with the outcome ``outcome_of(status, answered_by)`` gives. None when the callback changed
+    nothing (old, repeated, or the attempt had ended)."""
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"a final status is one of {', '.join(FINAL_STATUSES)}, got {status!r}")
+    row = attempt_progress(conn, attempt_id, carrier_call_id=carrier_call_id, status=status, now=now,
+                           sequence=sequence, duration_s=duration_s, detail=detail)
+    if row is None:
+        return None
+    outcome, why = outcome_of(status, row.answered_by)
+    return finish_attempt(conn, attempt_id, outcome=outcome, now=now, detail=why or row.detail,
+                          retry_after=retry_after, due=due)
 
 
 def set_answered_by(conn: sa.Connection, attempt_id: str, answered_by: str, *,

@@ -117,7 +117,7 @@ contacts = sa.Table(
     sa.Column("note", sa.Text),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("campaign_id", "phone", name="uq_contacts_campaign_phone"),
-    sa.Index("ix_contacts_campaign_state_due", "campaign_id", "state", "next_due_at"),
+    sa.Index("ix_contacts_campaign_state_due_row", "campaign_id", "state", "next_due_at", "row"),
 )
 
 attempts = sa.Table(

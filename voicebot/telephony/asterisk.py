@@ -21,7 +21,8 @@ import numpy as np
 
 from ..audio.codecs import UnsupportedCodec, WireCodec
 from .base import (Audio, BasicAuthRoute, CallMeta, CarrierEvent, CarrierOptions, CarrierSession,
-                   FatalProtocolError, MarkPlayed, ProtocolError, Started, dtmf, parse_json_object)
+                   FatalProtocolError, MarkPlayed, ProtocolError, Started, decode_audio, dtmf,
+                   parse_json_object)
 
 MEDIA_PATH = "/asterisk/media"
 SUBPROTOCOL = "media"
@@ -116,10 +117,7 @@ class AsteriskSession(CarrierSession):
     def handle_bytes(self, data: bytes) -> list[CarrierEvent]:
         if self.codec is None:
             raise ProtocolError(f"binary media of {len(data)} bytes before MEDIA_START")
-        try:
-            return [Audio(self.codec.decode(data))]
-        except ValueError as exc:
-            raise ProtocolError(f"binary media: {exc}") from None
+        return [Audio(decode_audio(self.codec, data, "binary media"))]
 
     # -- us → Asterisk ----------------------------------------------------------------------------
     def _command(self, command: str, correlation_id: str | None = None) -> str:

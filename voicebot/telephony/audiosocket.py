@@ -25,7 +25,7 @@ from aiohttp import web
 
 from ..audio.codecs import UnsupportedCodec, WireCodec
 from .base import (Audio, CallMeta, CarrierEvent, CarrierOptions, CarrierSession, Dtmf, FatalProtocolError,
-                   ProtocolError, Started, Stopped, read_carrier_options)
+                   ProtocolError, Started, Stopped, decode_audio, read_carrier_options)
 
 log = structlog.get_logger("voicebot.audiosocket")
 
@@ -77,7 +77,7 @@ class AudioSocketSession(CarrierSession):
             self.call_uuid = str(uuid.UUID(bytes=payload))
             return [Started(CallMeta(carrier="audiosocket", call_id=self.call_uuid, stream_id=self.call_uuid))]
         if kind in SLIN_RATES:
-            return [Audio(self._decoder(kind).decode(payload))]
+            return [Audio(decode_audio(self._decoder(kind), payload, f"slin audio (kind 0x{kind:02x})"))]
         if kind == KIND_DTMF:
             if len(payload) != 1:
                 raise ProtocolError(f"DTMF message of {len(payload)} bytes, expected 1")

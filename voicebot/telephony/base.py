@@ -22,9 +22,11 @@ import numpy as np
 import structlog
 from aiohttp import web
 
+from .. import metrics
 from ..config import Fields
 
 if TYPE_CHECKING:
+    from ..audio.codecs import WireCodec
     from ..call import CallServices
     from ..dialplan import Dialplan
 
@@ -159,6 +161,15 @@ def require(msg: dict, key: str, kind: type | tuple[type, ...], where: str):
     return value
 
 
+def decode_audio(codec: "WireCodec", payload: bytes, where: str) -> np.ndarray:
+    """A carrier's audio payload as 8 kHz PCM. One the codec cannot take (an L16 payload that is not whole
+    samples) is a ProtocolError naming where it came from: the message is dropped, the call goes on."""
+    try:
+        return codec.decode(payload)
+    except ValueError as exc:
+        raise ProtocolError(f"{where}: {exc}") from None
+
+
 def dtmf(value: object, where: str) -> Dtmf:
     """A DTMF event from a digit field, which carriers write as a string or a number."""
     if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
@@ -191,6 +202,7 @@ def basic_auth_problem(request: web.Request, username: str, password: str | None
 def refuse_upgrade(request: web.Request, carrier: str, reason: str, *, basic_realm: str | None = None) -> web.Response:
     """Answer an unauthenticated media-stream upgrade with 401 before any audio flows."""
     log.warning("media_stream_refused", carrier=carrier, reason=reason, peer=request.remote, path=request.path)
+    metrics.stream_refused(carrier, "auth")
     headers = {"WWW-Authenticate": f'Basic realm="{basic_realm}"'} if basic_realm else None
     return web.Response(status=401, text="unauthorized\n", headers=headers)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..audio.codecs import UnsupportedCodec, WireCodec
 from .base import (Audio, CallMeta, CarrierEvent, CarrierOptions, CarrierSession, Dtmf, MarkPlayed, ProtocolError,
-                   Started, Stopped, parse_json_object, require)
+                   Started, Stopped, decode_audio, parse_json_object, require)
 
 
 def codec_for(encoding: object, rate: object, where: str, *, byteorder: str = "little") -> WireCodec:
@@ -94,10 +94,7 @@ class JsonStreamSession(CarrierSession):
     def decoded(self, raw: bytes, where: str) -> list[CarrierEvent]:
         if self.codec is None:
             raise ProtocolError(f"{where}: media before start")
-        try:
-            pcm = self.codec.decode(raw)
-        except ValueError as exc:
-            raise ProtocolError(f"{where}: {exc}") from None
+        pcm = decode_audio(self.codec, raw, where)
         return [Audio(pcm)] if len(pcm) else []
 
     def encoded(self, frame: np.ndarray) -> str:

@@ -20,7 +20,7 @@ from xml.sax.saxutils import quoteattr
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .base import ProtocolError, Started, read_carrier_options
+from .base import Started, read_carrier_options
 from .twilio import TwilioRoutes, TwilioSession
 from .twilio_auth import StreamTokens, stream_token_secret, validate_signature
 
@@ -40,10 +40,7 @@ class SignalWireSession(TwilioSession):
         self.fallback_persona = options.persona
 
     def handle_text(self, text: str):
-        try:
-            events = super().handle_text(text)
-        except ValueError as exc:        # an L16 payload that is not whole samples (Twilio's μ-law always is)
-            raise ProtocolError(f"media: {exc}") from None
+        events = super().handle_text(text)
         for event in events:
             if isinstance(event, Started):    # Twilio's start names its own carrier
                 event.meta.carrier = self.carrier

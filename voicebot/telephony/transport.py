@@ -17,11 +17,13 @@ MessageHandler = Callable[[str | bytes], None]
 
 
 class StreamEnded(Exception):
-    """The transport has no more messages; ``problem`` says why when it was not a normal close."""
+    """The transport has no more messages; ``problem`` says why when it was not a normal close, ``violation``
+    the close code we ended it with when the peer broke the protocol or a limit (wsserver's codes)."""
 
-    def __init__(self, problem: str | None = None) -> None:
+    def __init__(self, problem: str | None = None, violation: int | None = None) -> None:
         super().__init__(problem or "closed")
         self.problem = problem
+        self.violation = violation
 
 
 class Transport(ABC):
@@ -62,7 +64,7 @@ class WebSocketTransport(Transport):
         self.ws.listen(on_message)
         await self.ws.wait_closed()
         if self.ws.problem:
-            raise StreamEnded(self.ws.problem)
+            raise StreamEnded(self.ws.problem, self.ws.violation)
 
     async def send(self, data: str | bytes) -> None:
         self.send_now(data)

@@ -11,9 +11,9 @@ import numpy as np
 import structlog
 from aiohttp import web
 
-from .. import jsoncodec, latency
+from .. import jsoncodec, latency, metrics
 from ..audio.codecs import UnsupportedCodec, WireCodec
-from .base import Audio, CallMeta, CarrierSession, Dtmf, MarkPlayed, ProtocolError, Started, Stopped
+from .base import Audio, CallMeta, CarrierSession, Dtmf, MarkPlayed, ProtocolError, Started, Stopped, decode_audio
 from .twilio_auth import StreamTokens, stream_token_secret, validate_signature
 
 log = structlog.get_logger("voicebot.twilio")
@@ -67,7 +67,7 @@ class TwilioSession(CarrierSession):
                 audio = binascii.a2b_base64(payload, strict_mode=True)   # b64decode(validate=True), cheaper
             except (binascii.Error, ValueError):
                 raise ProtocolError(f"media chunk {media.get('chunk')!r}: payload is not valid base64") from None
-            return [Audio(self.codec.decode(audio))]
+            return [Audio(decode_audio(self.codec, audio, "media"))]
         if event == "mark":
             return [MarkPlayed(_field(_field(msg, "mark", dict, "mark"), "name", str, "mark.mark"))]
         if event == "start":
@@ -158,6 +158,7 @@ class TwilioRoutes:
         problem = self._signature_ok(url, params, request.headers.get("X-Twilio-Signature"))
         if problem is not None:
             log.warning("twilio_webhook_refused", reason=problem, url=url, call_sid=form.get("CallSid"))
+            metrics.stream_refused("twilio", "auth")
             return web.Response(status=403, text=problem + "\n")
         call_sid, to, from_ = str(form.get("CallSid", "")), str(form.get("To", "")), str(form.get("From", ""))
         attempt = request.query.get("attempt")
@@ -166,6 +167,7 @@ class TwilioRoutes:
         persona = self.services.dialplan.lookup(to)
         if persona is None:
             log.warning("no_persona_for_number", to=to, call_sid=call_sid)
+            metrics.stream_refused("twilio", "no_persona")
             return web.Response(text=twiml_reject(), content_type="text/xml")
         log.info("twilio_call_incoming", call_sid=call_sid, to=to, persona=persona.name)
         params = {"From": from_, "To": to, "CallSid": call_sid, "token": self.tokens.issue(call_sid, to, from_)}
@@ -178,6 +180,7 @@ class TwilioRoutes:
         if campaigns is None or campaigns.attempt_of(attempt) is None:
             log.warning("twilio_campaign_call_refused", call_sid=call_sid, to=to,
                         reason="no campaigns here" if campaigns is None else "attempt token is not genuine")
+            metrics.stream_refused("twilio", "no_persona" if campaigns is None else "auth")
             return web.Response(text=twiml_hangup(), content_type="text/xml")
         log.info("twilio_campaign_call_answered", call_sid=call_sid, to=to, attempt_id=campaigns.attempt_of(attempt))
         params = {"From": from_, "To": to, "CallSid": call_sid, "token": self.tokens.issue(call_sid, to, from_),
