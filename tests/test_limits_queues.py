@@ -6,6 +6,7 @@ the call fails over or ends with a clear reason. Measured on the live buffers of
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import base64
 import json
 import socket
@@ -305,12 +306,19 @@ async def test_a_hung_disk_holds_at_most_the_writers_bound_of_recordings_and_the
     assert writer.backlog_bytes == 0
 
 
-async def test_the_chain_keeps_at_most_its_bound_of_caller_turns_waiting_when_stepfun_is_slow(stack, caller_en):
+async def test_the_chain_keeps_at_most_its_bound_of_caller_turns_waiting_when_stepfun_is_slow(stack, caller_en,
+                                                                                            monkeypatch):
     """On the chain, StepFun's HTTP endpoints take 20 s to answer (the greeting's synthesis is stuck), and the
     caller asks seven short questions meanwhile: four wait, the rest are dropped with a log line each."""
     from voicebot.engines.chain import MAX_WAITING_TURNS
     from conftest import CHAIN
     stack.emulator.faults.http_delay_s = 20.0
+    # Slow, not stalled: the persona waits out the 20 s (by default a synthesis silent for 5 s is given up, which
+    # would let one waiting turn through mid-test).
+    dialplan = stack.app[SERVICES].dialplan
+    persona = dialplan.lookup(CHAIN)
+    monkeypatch.setitem(dialplan.by_number, CHAIN,
+                        dataclasses.replace(persona, chain=dataclasses.replace(persona.chain, tts_stall_s=30.0)))
     question = caller_en[:8000]                       # one second of speech
     waiting, peak = [], 0
     with structlog.testing.capture_logs() as logs:

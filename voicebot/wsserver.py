@@ -159,6 +159,12 @@ class ServerWebSocket:
     async def wait_closed(self) -> None:
         await asyncio.shield(self._lost)
 
+    def ignore_input(self) -> None:
+        """Read nothing more from the peer, close frames and pings included: a peer gone deaf (the StepFun
+        emulator's fault injection). The connection's end is still noticed."""
+        self._input_done = True
+        self._buffer = b""
+
     # -- sending --------------------------------------------------------------------------------------
     def send_text(self, text: str) -> None:
         self._send(0x81, text.encode())

@@ -338,7 +338,7 @@ class ChainEngine:
         if s.tts_transport == "ws":
             delivered = [0]
             try:
-                async with await self.tts.open_stream(**options) as stream:
+                async with await self.tts.open_stream(**options, read_timeout=s.tts_stall_s) as stream:
                     await stream.send_text(sentence)
                     await stream.finish()
                     await self._play(item_id, sentence, stream.audio(), delivered)
@@ -348,10 +348,11 @@ class ChainEngine:
                 self.log.warning("chain_tts_ws_failed", reason=str(exc), delivered_samples=delivered[0],
                                  fallback="http" if not delivered[0] else None)
                 if delivered[0]:      # the caller heard the start of it: do not say it twice
+                    self.sink.note("tts_failed", reason=str(exc), text=sentence)
                     return True
         delivered = [0]
         try:
-            async with self.tts.stream_http(sentence, **options) as stream:
+            async with self.tts.stream_http(sentence, **options, read_timeout=s.tts_stall_s) as stream:
                 await self._play(item_id, sentence, stream, delivered)
         except StepFunError as exc:
             metrics.stepfun_error(exc)

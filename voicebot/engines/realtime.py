@@ -32,6 +32,30 @@ USER_TRANSCRIPT_WAIT_S = 3.0
 SILENT_TAIL = 64      # peak below which the resampler's tail at the end of an item is not worth a frame
 
 
+# What the event reader relies on (stepfun-api.md §1.4): these fields, where an event has them and they are not
+# null, are of these types, at the top level and inside ``response`` and ``item``. An event that breaks this
+# is dropped with a log line before anything acts on it: one garbled event must not end the session.
+_EVENT_FIELDS = {"type": str, "response_id": str, "item_id": str, "call_id": str, "name": str, "delta": str,
+                 "transcript": str, "arguments": str, "response": dict, "item": dict, "error": dict}
+_NESTED_FIELDS = {"response": {"id": str, "status": str, "output": list},
+                  "item": {"id": str, "type": str, "call_id": str, "name": str, "arguments": str}}
+
+
+def malformed(event: dict) -> str | None:
+    """What is wrong with the shape of a server event (None: the reader can act on it)."""
+    for key, kind in _EVENT_FIELDS.items():
+        value = event.get(key)
+        if value is not None and not isinstance(value, kind):
+            return f"'{key}' is {type(value).__name__}, not {kind.__name__}"
+    for outer, fields in _NESTED_FIELDS.items():
+        inner = event.get(outer)
+        for key, kind in fields.items() if inner else ():
+            value = inner.get(key)
+            if value is not None and not isinstance(value, kind):
+                return f"'{outer}.{key}' is {type(value).__name__}, not {kind.__name__}"
+    return None
+
+
 def greeting_instructions(persona: Persona) -> str:
     return (f"{persona.instructions.strip()}\n\nThe phone call has just been connected. "
             f"Greet the caller by saying exactly, verbatim: {persona.greeting}")
@@ -82,6 +106,7 @@ class RealtimeEngine:
         self.log = log or structlog.get_logger("voicebot.engine")
         self._conn: RealtimeConnection | None = None
         self._reader_failed = False
+        self._given_up = False           # we reported the session unusable: closing it needs no handshake
         self._upsampler = Resampler(8000, MODEL_RATE)
         self._downsamplers: dict[str, Resampler] = {}
         self._item_model_ms: dict[str, float] = {}    # audio the model generated per item
@@ -184,7 +209,7 @@ class RealtimeEngine:
             silent = loop.time() - self._last_event_t
             if self._awaiting_reply and silent > timeout:
                 metrics.stepfun_error("realtime_stalled")
-                self.sink.engine_failed(f"no realtime events for {silent:.1f} s while a reply was due")
+                self._give_up(f"no realtime events for {silent:.1f} s while a reply was due")
                 return
 
     def feed(self, frame: np.ndarray) -> None:
@@ -225,17 +250,21 @@ class RealtimeEngine:
     def _on_event(self, event: dict) -> None:
         if self._reader_failed:
             return
+        problem = malformed(event)
+        if problem is not None:
+            self.log.warning("realtime_bad_event", problem=problem, event_type=str(event.get("type"))[:60])
+            return
         try:
             self._dispatch(event)
         except Exception as exc:   # a bug here must end the call cleanly, not hang it
             self._reader_failed = True
             self.log.exception("realtime_reader_crashed")
-            self.sink.engine_failed(f"realtime reader crashed: {type(exc).__name__}")
+            self._give_up(f"realtime reader crashed: {type(exc).__name__}")
 
     def _on_socket_closed(self) -> None:
         if not self._closing and not self._reader_failed:
             metrics.stepfun_error("realtime_dropped")
-            self.sink.engine_failed(f"realtime socket {self._conn.close_reason if self._conn else 'closed'}")
+            self._give_up(f"realtime socket {self._conn.close_reason if self._conn else 'closed'}")
 
     def _dispatch(self, event: dict) -> None:
         kind = event.get("type")
@@ -358,6 +387,11 @@ class RealtimeEngine:
         if result.follow_up:
             self._request_response(None)
 
+    def _give_up(self, reason: str) -> None:
+        """The session cannot go on: the call switches engines (or ends)."""
+        self._given_up = True
+        self.sink.engine_failed(reason)
+
     def _release_replies(self) -> None:
         self._untranscribed.clear()    # a transcript that has not come by now is not coming
         held, self._held_replies = self._held_replies, []
@@ -375,7 +409,7 @@ class RealtimeEngine:
                          param=error.get("param"), event_id=error.get("event_id"))
         metrics.stepfun_error("realtime_error")
         if code in _FATAL_ERROR_CODES or error.get("type") == "server_error":
-            self.sink.engine_failed(f"realtime error {code or error.get('type')}: {message}")
+            self._give_up(f"realtime error {code or error.get('type')}: {message}")
 
     async def close(self) -> None:
         self._closing = True
@@ -385,5 +419,10 @@ class RealtimeEngine:
                 task.cancel()
         if self._watchdog is not None and self._watchdog is not asyncio.current_task():
             self._watchdog.cancel()
-        if self._conn is not None:
+        if self._conn is None:
+            return
+        if self._given_up:
+            # A stalled or broken session would only make the caller wait for a close handshake.
+            self._conn.abort()
+        else:
             await self._conn.close()

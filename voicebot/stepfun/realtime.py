@@ -121,7 +121,12 @@ class RealtimeConnection(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Close the session's socket."""
+        """Close the session's socket: a close handshake of at most ``CLOSE_TIMEOUT_S``, then the connection
+        is dropped; dropped too when the wait is cancelled (the socket never outlives the session)."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the connection now, without a close handshake (a session given up on)."""
 
     # -- receiving ------------------------------------------------------------------------------------
     def _deliver(self, data: bytes | str) -> None:
@@ -130,12 +135,15 @@ class RealtimeConnection(abc.ABC):
         try:
             event = jsoncodec.loads(data)
         except (ValueError, TypeError):
-            log.warning("stepfun_bad_event", problem="not JSON", sample=str(data[:80]))
+            sample = data[:80] if type(data) is str else bytes(data[:80]).decode("utf-8", "replace")
+            log.warning("stepfun_bad_event", problem="not JSON", sample=sample)
             return
         if not isinstance(event, dict):
+            log.warning("stepfun_bad_event", problem=f"JSON {type(event).__name__}, not an event object")
             return
         if self.session_id is None and event.get("type") == "session.created":
-            self.session_id = (event.get("session") or {}).get("id")
+            session = event.get("session")
+            self.session_id = session.get("id") if isinstance(session, dict) else None
         if self._listener is not None:
             self._listener(event)
         else:
@@ -258,6 +266,8 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
                 self._pong_due = False
         if ws.state is State.CLOSED and self._transport is not None:
             self._transport.close()
+        elif ws.state is State.CLOSING and not self._ended and (ws.close_rcvd or ws.parser_exc):
+            self._closing_by_server()
 
     def eof_received(self) -> None:
         self._ws.receive_eof()
@@ -273,6 +283,21 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         self._ended_with(_close_reason(rcvd.code if rcvd else None, rcvd.reason if rcvd else ""))
+
+    def _closing_by_server(self) -> None:
+        """StepFun closed the session or sent what no WebSocket may carry (then we failed the connection,
+        RFC 6455 §7.1.7): the session is over now, whatever the TCP connection does. Closing that is the
+        server's part; one that does not within ``CLOSE_TIMEOUT_S`` is dropped."""
+        ws = self._ws
+        if ws.parser_exc is not None:
+            reason = f"invalid data from StepFun ({type(ws.parser_exc).__name__}: {ws.parser_exc})"
+            log.warning("stepfun_invalid_frame", problem=str(ws.parser_exc))
+        else:
+            reason = _close_reason(ws.close_rcvd.code, ws.close_rcvd.reason)
+        if self._ping is not None:
+            self._ping.cancel()
+        self._ping = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._abort)
+        self._ended_with(reason)
 
     def _handshake_done(self, exc: BaseException | None = None) -> None:
         future = self._handshake
@@ -327,6 +352,11 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def abort(self) -> None:
+        if self._ping is not None:
+            self._ping.cancel()
+        self._abort()
+
     async def close(self) -> None:
         if self._ping is not None:
             self._ping.cancel()
@@ -338,7 +368,10 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
         try:
             await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_TIMEOUT_S)
         except asyncio.TimeoutError:
-            self._abort()
+            pass
+        finally:
+            if not self._lost.done():    # no answer in time, or whoever waited gave up
+                self._abort()
 
 
 class _LibraryConnection(RealtimeConnection):
@@ -406,17 +439,27 @@ class _LibraryConnection(RealtimeConnection):
             log.exception("stepfun_listener_failed")
         self._ended_with(_close_reason(self._ws.close_code, self._ws.close_reason or ""))
 
+    def abort(self) -> None:
+        self._writer.cancel()
+        transport = getattr(self._ws, "transport", None)
+        if transport is not None:
+            transport.abort()
+
     async def close(self) -> None:
         self._outbox.put_nowait(None)
         try:
-            await asyncio.wait_for(self._writer, 1.0)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._writer.cancel()
-        await self._ws.close()
-        try:
-            await asyncio.wait_for(self._reader, 1.0)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._reader.cancel()
+            try:
+                await asyncio.wait_for(self._writer, 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._writer.cancel()
+            await self._ws.close()
+            try:
+                await asyncio.wait_for(self._reader, 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._reader.cancel()
+        finally:
+            if not self._reader.done():   # whoever waited gave up: the socket must not outlive the session
+                self.abort()
 
 
 __all__ = ["RealtimeConnection", "StepFunError", "websockets"]
