@@ -3,9 +3,9 @@ posts, Telnyx's JSON call events), genuine -- signed the carrier's way, so the f
 signature check -- but with fields broken.
 
 Properties: ``read_callback`` gives nothing, a ``CallProgress`` of well-typed fields (a carrier call id that is
-text, a status the store knows, a verdict as text, a finite duration of zero or more, an aware time), or a ``CallbackRefused`` saying
-why (answered 403) -- never another exception, which the aiohttp handler would answer 500 with a traceback for
-each retry the carrier makes."""
+text, a status the store knows, a verdict as text, a finite duration of zero or more, an aware time), or a
+``CallbackRefused`` saying why (answered 403) -- never another exception, which the aiohttp handler would answer
+500 with a traceback for each retry the carrier makes."""
 
 from __future__ import annotations
 

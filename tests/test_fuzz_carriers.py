@@ -322,7 +322,8 @@ REGRESSIONS = {
     "telnyx, sequence_number Infinity": ("telnyx", False, [_start_of("telnyx", sequence_number=float("inf"))]),
     "telnyx, sample_rate Infinity": ("telnyx", False, [_start_of("telnyx", **{"start.media_format.sample_rate":
                                                                               float("inf")})]),
-    "asterisk, optimal_frame_size Infinity": ("asterisk", False, [_start_of("asterisk", optimal_frame_size=float("inf"))]),
+    "asterisk, optimal_frame_size Infinity": ("asterisk", False,
+                                              [_start_of("asterisk", optimal_frame_size=float("inf"))]),
     "vonage, rate infk": ("vonage", False, [_start_of("vonage", **{"content-type": "audio/l16;rate=infk"})]),
     # a format that is a list: "unhashable type"
     "asterisk, format list": ("asterisk", False, [_start_of("asterisk", format=["ulaw"])]),

@@ -162,6 +162,7 @@ class TtsSocket:
 
     def __init__(self, texts: list[str]) -> None:
         self._messages = [aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, text, None) for text in texts]
+        self.closed = False
 
     async def receive(self) -> aiohttp.WSMessage:
         await asyncio.sleep(0)
@@ -170,7 +171,7 @@ class TtsSocket:
         return aiohttp.WSMessage(aiohttp.WSMsgType.CLOSE, 1000, "")
 
     async def close(self) -> None:
-        pass
+        self.closed = True
 
 
 @given(st.lists(json_messages(TTS_WS_EVENTS), max_size=8))
@@ -214,6 +215,9 @@ class Reader(RealtimeConnection):
         pass
 
     async def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
         pass
 
 
@@ -383,6 +387,9 @@ class SentEvents:
     async def close(self) -> None:
         pass
 
+    def abort(self) -> None:
+        pass
+
 
 @given(st.lists(json_messages(ENGINE_EVENTS), max_size=10))
 @example(['{"type":"response.created","response":["resp_1"]}'])                    # list.get: AttributeError
@@ -390,6 +397,10 @@ class SentEvents:
 @example(['{"type":"response.function_call_arguments.delta","call_id":"c","delta":7}'])
 @example(['{"type":"conversation.item.input_audio_transcription.completed","item_id":["i"],"transcript":"hi"}'])
 @example(['{"type":"error","error":"boom"}'])
+@example(['{"type":"response.done","response":{"id":"r","status":"completed","output":'
+          '[{"type":"function_call","call_id":["c"],"name":7}]}}'])              # a call id that is a list
+@example(['{"type":"response.done","response":{"id":"r","status":"completed","output":'
+          '[{"type":"function_call","call_id":"c","name":{"n":1},"arguments":"{}"}]}}'])
 def test_the_realtime_engine_drops_a_bad_event_and_goes_on(texts) -> None:
     """Whatever StepFun sends, the engine hands the call well-typed audio, transcripts and tool calls, fails over
     only on an error event that says the session is gone -- never because an event was malformed -- and after

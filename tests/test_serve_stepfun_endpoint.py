@@ -93,3 +93,33 @@ async def test_serve_uses_a_separate_emulator_named_by_the_base_url_alone(tmp_pa
     assert len(endpoint) == 1, server_logs
     assert endpoint[0]["kind"] == "configured_url" and endpoint[0]["url"] == emulator_url
     assert "STEPFUN_BASE_URL" in endpoint[0]["reason"]
+
+
+async def test_a_separate_emulator_stops_on_ctrl_c_while_a_realtime_session_is_open(tmp_path):
+    """A client that keeps its realtime session open (mid-response, not reading) does not hold the emulator up:
+    Ctrl-C stops it within seconds (aiohttp alone waits 60 s on open connections)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("STEP_API_KEY", "STEPFUN_BASE_URL")}
+    port = _free_port()
+    log_path = tmp_path / "emulator.log"
+    emulator = _start(["emulator", "--port", str(port)], env, log_path)
+    try:
+        await _wait_http(f"http://127.0.0.1:{port}/", emulator, log_path)
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(f"ws://127.0.0.1:{port}/step_plan/v1/realtime?model=stepaudio-2.5-realtime",
+                                       headers={"Authorization": "Bearer any-key"})
+            assert json.loads((await ws.receive(timeout=5)).data)["type"] == "session.created"
+            await ws.send_str(json.dumps({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "Tell me a long story about the sea."}]}}))
+            await ws.send_str(json.dumps({"type": "response.create"}))
+            await asyncio.sleep(0.5)                              # the reply streams; this client reads no more
+            stopped_at = time.monotonic()
+            emulator.send_signal(signal.SIGINT)
+            while emulator.poll() is None and time.monotonic() - stopped_at < 20:
+                await asyncio.sleep(0.1)
+            took = time.monotonic() - stopped_at
+    finally:
+        if emulator.poll() is None:
+            emulator.kill()
+    assert emulator.returncode == 0 and took < 10, (emulator.returncode, took)
+    assert "emulator_stopped" in log_path.read_text()

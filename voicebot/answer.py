@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -18,10 +19,11 @@ import structlog
 from aiohttp import web
 
 from . import metrics
-from .audio import FRAME_SAMPLES
+from .audio import FRAME_SAMPLES, RATE
 from .call import Call, CallServices
 from .telephony.base import (POLICY_VIOLATION, Audio, CarrierEvent, CarrierSession, Dtmf, FatalProtocolError,
                              MarkPlayed, ProtocolError, Started, Stopped)
+from .telephony.flood import FLOOD_BURST_MS, CallerAudioBudget
 from .telephony.transport import Outbox, StreamEnded, TcpTransport, Transport, WebSocketTransport
 from .wsserver import MESSAGE_TOO_BIG, ServerWebSocket
 
@@ -67,6 +69,8 @@ class MediaStream:
         self.call: Call | None = None
         self.errors = 0
         self._assembler = FrameAssembler()
+        self._budget = CallerAudioBudget()           # caller audio beyond real time (+ a burst) is dropped
+        self._flood_frames_counted = 0
         self._ending: asyncio.Future | None = None   # set once the connection is being closed on our side
         self._resolving: asyncio.Task | None = None  # a placed call's attempt being looked up
 
@@ -101,6 +105,9 @@ class MediaStream:
         for event in events:
             if isinstance(event, Audio):
                 if call is not None:
+                    if not self._budget.admit(len(event.pcm)):
+                        self._flooded()
+                        continue
                     for frame in self._assembler.push(event.pcm):
                         call.on_caller_audio(frame)
             elif isinstance(event, MarkPlayed):
@@ -133,6 +140,19 @@ class MediaStream:
                     call.hang_up(f"carrier: {event.reason}")
                 self._end(self.transport.close())
                 return
+
+    def _flooded(self) -> None:
+        """An audio message over the budget was dropped: counted in whole frames; logged when the flood begins
+        and, with its totals, when the stream ends (never per message)."""
+        budget = self._budget
+        if budget.dropped_messages == 1:
+            (self.call.log if self.call else self.log).warning(
+                "caller_audio_flood", burst_ms=FLOOD_BURST_MS,
+                problem="the carrier sends audio faster than real time: what is over it is dropped")
+        frames = budget.dropped_samples // FRAME_SAMPLES - self._flood_frames_counted
+        if frames:
+            self._flood_frames_counted += frames
+            metrics.frames_dropped(self.session.carrier, "flood", frames)
 
     def _start_call(self, meta, persona, outbound=None) -> Call:
         call = self.call = Call(meta=meta, persona=persona, carrier=self.session, services=self.services,
@@ -199,14 +219,20 @@ class MediaStream:
     async def run(self) -> None:
         """Deliver messages until either side hangs up; the call, if any, is finished on return."""
         no_start = asyncio.get_running_loop().call_later(START_TIMEOUT_S, self._no_start)
+        ended_because: str | None = None
         try:
             await self.transport.deliver(self.receive)
         except StreamEnded as end:
-            if end.problem:
+            ended_because = end.problem
+            if end.violation == MESSAGE_TOO_BIG:    # our refusal of one message, not a carrier protocol error
+                (self.call.log if self.call else self.log).warning(
+                    "media_message_too_big", size=end.refused_bytes,
+                    limit=self.services.settings.max_message_bytes, closed_with=MESSAGE_TOO_BIG)
+                metrics.stream_refused(self.session.carrier, "limit")
+            elif end.problem:
                 self.protocol_error(end.problem)
-            if end.violation is not None:     # we closed it for what the peer sent
-                kind = "limit" if end.violation == MESSAGE_TOO_BIG else "protocol"
-                metrics.stream_refused(self.session.carrier, kind)
+            if end.violation is not None and end.violation != MESSAGE_TOO_BIG:   # we closed it for what it sent
+                metrics.stream_refused(self.session.carrier, "protocol")
         except asyncio.CancelledError:
             if self.call is not None:
                 self.call.hang_up("server shutting down", "failed")
@@ -218,8 +244,15 @@ class MediaStream:
             if self._ending is not None:
                 await self._ending
             if self.call is not None:
-                self.call.hang_up("carrier socket closed")
+                self.call.hang_up(f"carrier socket closed: {ended_because}" if ended_because
+                                  else "carrier socket closed")
                 await self.call.finished()
+            if self._budget.dropped_messages:
+                budget = self._budget
+                (self.call.log if self.call else self.log).warning(
+                    "caller_audio_flood_dropped", messages=budget.dropped_messages,
+                    dropped_ms=budget.dropped_samples * 1000 // RATE,
+                    since_first_drop_s=round(time.monotonic() - budget.first_drop_t, 2))
             if self.errors > MAX_LOGGED_PROTOCOL_ERRORS:
                 (self.call.log if self.call else self.log).warning("carrier_protocol_errors_total",
                                                                    count=self.errors)

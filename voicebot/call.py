@@ -94,7 +94,7 @@ class Call(EngineSink):
         first_kind = "chain" if persona.engine == "chain" else "realtime"
         self.metrics = metrics.CallMetrics(meta.carrier, persona.name, first_kind)
         self.playout = Playout(carrier, lead_ms=lead_ms, mark_every_ms=self.settings.playout.mark_every_ms,
-                               chunk_ms=chunk_ms, lateness=self.metrics.frame_latency)
+                               chunk_ms=chunk_ms, lateness=self.metrics.frame_latency, log=self.log)
         self.recorder = (start_recording(self.settings.recordings_dir, meta, self.playout, log=self.log)
                          if persona.record else None)
         self.vad = EnergyVad(min_speech_ms=persona.barge_in.min_speech_ms)
@@ -127,7 +127,7 @@ class Call(EngineSink):
         self._held_frames: list[np.ndarray] = []
         self._held_texts: list[str] = []
         self._held_dropped = 0
-        self.transcript_file = TranscriptFile(self.settings.transcripts_dir, self.call_id)
+        self.transcript_file = TranscriptFile(self.settings.transcripts_dir, self.call_id, log=self.log)
         self.ended = False
         self.end_reason: str | None = None
         self.outcome: str | None = None          # set by whoever ends the call; else the caller hung up
@@ -202,16 +202,17 @@ class Call(EngineSink):
     async def _finish(self) -> None:
         if self.recorder is not None:
             self.recorder.close()    # first: audio sent after the end was not heard
+        if self.outcome is None:
+            # The carrier ended it: the caller hung up, after the bot had answered (completed) or while it
+            # was still talking or a reply was due (abandoned). Judged before the engine closes: a closed
+            # engine has no reply in progress any more.
+            busy = self.playout.speaking or self.engine.responding
+            self.outcome = "caller_hung_up" if busy else "completed"
         try:
             await asyncio.wait_for(self.engine.close(), 3.0)
         except Exception:   # closing a dead socket must not stop the transcript being written
             self.log.warning("engine_close_failed", exc_info=True)
         self.ended_at = datetime.now(timezone.utc)
-        if self.outcome is None:
-            # The carrier ended it: the caller hung up, after the bot had answered (completed) or while it
-            # was still talking or a reply was due (abandoned).
-            busy = self.playout.speaking or self.engine.responding
-            self.outcome = "caller_hung_up" if busy else "completed"
         first = self.playout.first_audio_sent_t
         summary = {
             "duration_s": round(time.monotonic() - self.started_t, 2),
@@ -239,6 +240,7 @@ class Call(EngineSink):
         self._event("call.ended", record)
         self.services.calls.discard(self)
         self.metrics.ended(self.outcome, None if first is None else first - self.started_t, self.playout.frames_late)
+        metrics.frames_dropped(self.meta.carrier, "playout_full", self.playout.frames_overflowed)
         if self._close_carrier is not None:
             try:
                 await self._close_carrier()

@@ -59,6 +59,7 @@ class ChainSettings:
     tts_speed: float = 1.0
     tts_volume: float = 1.0
     tts_transport: str = "http"
+    tts_stall_s: float = 5.0       # a TTS answer silent this long mid-sentence is given up (the sentence skipped)
     vad: str = DEFAULT_VAD         # the endpointing VAD backend (audio/vad.py)
     silence_ms: int = 600          # caller silence that ends a turn
     min_speech_ms: int = 200       # shorter noises are not a turn
@@ -220,6 +221,7 @@ def _persona(source: Path, data: object, prefix: str) -> Persona:
         tts_speed=ch.get("tts_speed", float, 1.0, minimum=0.5, maximum=2.0),
         tts_volume=ch.get("tts_volume", float, 1.0, minimum=0.1, maximum=2.0),
         tts_transport=ch.get("tts_transport", str, "http", choices=TTS_TRANSPORTS),
+        tts_stall_s=ch.get("tts_stall_s", float, 5.0, minimum=0.5, maximum=60.0),
         vad=ch.get("vad", str, DEFAULT_VAD, choices=VADS),
         silence_ms=ch.get("silence_ms", int, turn_detection.silence_duration_ms, minimum=100, maximum=5000),
         min_speech_ms=ch.get("min_speech_ms", int, 200, minimum=20, maximum=3000),

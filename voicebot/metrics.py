@@ -66,6 +66,8 @@ FRAME_DROP_REASONS = (
     "late",               # bot audio handed to the carrier after its playback slot (server-added delay > lead)
     "engine_connecting",  # caller audio beyond what is held while an engine connects
     "protocol",           # a carrier message that could not be used
+    "flood",              # caller audio a carrier sent faster than real time, beyond a burst (telephony/flood.py)
+    "playout_full",       # bot audio past the most a call holds ahead of the caller's ear (audio/playout.py)
 )
 
 # Buckets (seconds): around what each span is expected to be, with room for the bad cases.

@@ -60,6 +60,11 @@ logger = structlog.get_logger("voicebot.recording")
 
 FLUSH_S = 0.5            # caller audio gathered before it goes to the writer
 REBASE_S = 0.5           # a caller frame this late after its slot starts again at its arrival
+# Audio handed to the writer thread and not yet written, for all the recordings of the process. A disk that hangs
+# (a stalled network mount) would otherwise make it grow with every recorded call's every frame: at 100 recorded
+# calls (32 KB/s each) this is a 20 s stall. Past it the recording whose audio does not fit is given up (logged;
+# the call goes on): memory stays bounded and no call ever waits for the disk.
+MAX_WRITE_BACKLOG_BYTES = 64 * 1024 * 1024
 DRIFT_WINDOW_S = 30.0    # how often the origin follows a caller clock slower than ours
 SNAP_SAMPLES = 8         # bot audio within 1 ms of the previous audio's end follows it exactly (no click)
 SNAP_S = SNAP_SAMPLES / RATE
@@ -212,7 +217,9 @@ class CallRecorder:
         if self._bot:
             self._place_bot(seg[:, 1], start, end)
         self._flushed = end
-        self._writer.put(self._file, seg.tobytes())
+        if not self._writer.put(self._file, seg.tobytes()):
+            self._file.give_up(f"the disk is not keeping up: {self._writer.backlog_bytes} bytes of recordings "
+                               "wait to be written")
 
     def _place_bot(self, right: np.ndarray, start: int, end: int) -> None:
         bot = self._bot
@@ -352,6 +359,12 @@ class _WavFile:
                           duration_s=round(self._data_bytes / (4 * self.rate), 2))
             self.done.set_result(self.path)
 
+    def give_up(self, why: str) -> None:
+        """Stop recording (from the event loop): nothing more is written; the file keeps what was."""
+        if self.failed is None:
+            self.failed = why
+            self.log.error("recording_failed", path=str(self.path), error=why)
+
     def _fail(self, exc: OSError) -> None:
         self.failed = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
         self.log.error("recording_failed", path=str(self.path), error=self.failed,
@@ -370,13 +383,24 @@ class _Writer:
     file's header once."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()    # bounded by MAX_WRITE_BACKLOG_BYTES in put()
+        self.queued_bytes = 0      # audio put, by the event loop
+        self.written_bytes = 0     # of it written (or given up), by the writer thread
         self._thread = threading.Thread(target=self._run, name="recording-writer", daemon=True)
         self._thread.start()
 
-    def put(self, file: _WavFile, data: bytes | None) -> None:
-        """Append ``data`` to ``file``; None closes it."""
+    @property
+    def backlog_bytes(self) -> int:
+        return self.queued_bytes - self.written_bytes
+
+    def put(self, file: _WavFile, data: bytes | None) -> bool:
+        """Append ``data`` to ``file``; None closes it. False (nothing queued): the backlog is full."""
+        if data:
+            if self.queued_bytes - self.written_bytes + len(data) > MAX_WRITE_BACKLOG_BYTES:
+                return False
+            self.queued_bytes += len(data)
         self._queue.put((file, data))
+        return True
 
     def sync(self, timeout: float | None = None) -> bool:
         """Wait until everything queued before this call is written (in the OS: no fsync)."""
@@ -413,6 +437,9 @@ class _Writer:
                         touched[file] = None
                 except Exception:   # a bug here must not stop every other call's recording
                     logger.exception("recording_writer_error", path=str(getattr(file, "path", None)))
+                finally:
+                    if file is not None and data:
+                        self.written_bytes += len(data)
             for file in touched:
                 file.write_sizes()
             for event in waiting:

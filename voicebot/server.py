@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import importlib
 import os
 import signal
+import time
+import tracemalloc
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from . import api, latency, metrics
+from . import api, http_limits, latency, metrics, resources
 from .admission import Admission
 from .api.common import DATABASE
 from .campaigns import callbacks as campaign_callbacks, service as campaign_service
@@ -44,6 +47,9 @@ log = structlog.get_logger("voicebot.server")
 
 SERVICES = web.AppKey("services", CallServices)
 LATENCY_PROBE = web.AppKey("latency_probe", asyncio.Task)
+MEMORY_BASELINE = web.AppKey("memory_baseline", dict)
+# GET /debug/runtime and /debug/memory (loopback peers only): what the process holds, for the soak benchmark.
+DEBUG_RUNTIME = os.environ.get("VOICEBOT_DEBUG_RUNTIME", "").strip().lower() in ("1", "true", "yes")
 
 READY_DATABASE_TIMEOUT_S = 2.0   # /readyz: a database slower than this to answer SELECT 1 counts as unreachable
 DRAIN_POLL_S = 0.1               # while draining, how often "are the calls over?" is asked (not per frame)
@@ -152,6 +158,58 @@ async def _debug_latency(request: web.Request) -> web.Response:
     body["calls"] = len(request.app[SERVICES].calls)
     if request.query.get("reset") in ("1", "true"):
         latency.reset()
+    return web.json_response(body)
+
+
+def _from_loopback(request: web.Request) -> bool:
+    return request.remote in ("127.0.0.1", "::1")
+
+
+async def _debug_runtime(request: web.Request) -> web.Response:
+    """What this process holds (:mod:`voicebot.resources`: asyncio tasks by coroutine, descriptors, sockets,
+    threads, RSS) and the calls in progress with their age; ``?gc=1`` collects garbage first, for an idle
+    figure without what the collector has not reached yet; ``?detail=1`` adds what each descriptor is."""
+    if not _from_loopback(request):
+        return web.json_response({"error": "loopback only"}, status=403)
+    if request.query.get("gc") in ("1", "true"):
+        gc.collect()
+    snapshot = resources.snapshot(exclude=asyncio.current_task())
+    body = snapshot.summary()
+    if request.query.get("detail") in ("1", "true"):
+        body["fd_list"] = {str(fd): what for fd, what in sorted(snapshot.fds.items())}
+    services = request.app[SERVICES]
+    now = time.monotonic()
+    body["calls"] = [{"call_id": call.call_id, "carrier_call_id": call.meta.call_id,
+                      "age_s": round(now - call.started_t, 1), "engine": call.engine.name,
+                      "closing": call.closing, "ended": call.ended} for call in list(services.calls)]
+    body["stepfun_base_url"] = services.settings.stepfun.base_url
+    body["stepfun_embedded"] = services.settings.stepfun.embedded
+    return web.json_response(body)
+
+
+async def _debug_memory(request: web.Request) -> web.Response:
+    """Where Python memory grew since the previous call, by allocation site (tracemalloc: start the server
+    with ``PYTHONTRACEMALLOC=<frames>``): the ``?top=`` (20) sites that grew most. The first call, and any
+    with ``?reset=1``, only takes the baseline."""
+    if not _from_loopback(request):
+        return web.json_response({"error": "loopback only"}, status=403)
+    if not tracemalloc.is_tracing():
+        return web.json_response({"error": "tracemalloc is off: start the server with PYTHONTRACEMALLOC=5"},
+                                 status=409)
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot().filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),))
+    state = request.app[MEMORY_BASELINE]
+    previous, state["snapshot"] = state.get("snapshot"), snapshot
+    traced, peak = tracemalloc.get_traced_memory()
+    body: dict = {"traced_bytes": traced, "peak_bytes": peak, "rss_bytes": resources.rss_bytes()}
+    if previous is None or request.query.get("reset") in ("1", "true"):
+        body["baseline"] = True
+        return web.json_response(body)
+    top = int(request.query.get("top", "20"))
+    stats = snapshot.compare_to(previous, "traceback")
+    body["growth_bytes"] = sum(stat.size_diff for stat in stats)
+    body["top"] = [{"size_diff": stat.size_diff, "count_diff": stat.count_diff, "size": stat.size,
+                    "traceback": stat.traceback.format()} for stat in stats[:top]]
     return web.json_response(body)
 
 
@@ -337,7 +395,7 @@ DIALPLAN_WATCH = web.AppKey("dialplan_watch", DialplanWatch)
 
 
 def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFactory | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_message_bytes)
+    app = web.Application(client_max_size=http_limits.MAX_BODY_BYTES, middlewares=[http_limits.refuse_large_bodies])
     services = CallServices(settings=settings, dialplan=dialplan, make_engine=make_engine or (lambda *a, **k: None))
     if make_engine is None:
         services.make_engine = stepfun_engines(settings, services)
@@ -359,6 +417,10 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     if metrics.ENABLED:
         app.router.add_get("/metrics", _metrics)
     api.setup(app, services)
+    if DEBUG_RUNTIME:
+        app[MEMORY_BASELINE] = {}
+        app.router.add_get("/debug/runtime", _debug_runtime)
+        app.router.add_get("/debug/memory", _debug_memory)
     if latency.ENABLED:
         app.router.add_get("/debug/latency", _debug_latency)
         app.on_startup.append(_start_latency_probe)
@@ -403,11 +465,13 @@ async def start_server(settings: Settings, dialplan: Dialplan, *, host: str | No
                        port: int | None = None):
     """Start the voice server (and the embedded emulator when neither a key nor a base URL of our own is set:
     StepFunSettings.endpoint). Returns (runners, settings, url)."""
-    from .emulator.app import start_emulator
+    from .emulator.app import Emulator, start_emulator
 
     runners = []
     if settings.stepfun.emulated:
-        emu_runner, emulator = await start_emulator("127.0.0.1", 0)
+        # Nobody reads the embedded emulator's event logs: counters only, few closed sessions kept, so that
+        # its memory stays flat however long the server runs.
+        emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(record=False, retain_sessions=20))
         runners.append(emu_runner)
         base = f"http://127.0.0.1:{emulator.port}/step_plan/v1"
         settings = with_embedded_emulator(settings, base)

@@ -1,4 +1,8 @@
-"""A call's transcript file: one JSON line per event, written and flushed as it happens, so nothing is lost."""
+"""A call's transcript file: one JSON line per event, written and flushed as it happens, so nothing is lost.
+
+A disk that fills up (or a folder that cannot be written) never touches the call: the first failure is logged
+once (``transcript_write_failed``, with the file and the error), the file is closed and later lines are
+dropped. The call's record in the database still holds every turn."""
 
 from __future__ import annotations
 
@@ -6,23 +10,53 @@ import json
 import time
 from pathlib import Path
 
+import structlog
+
+_log = structlog.get_logger("voicebot.transcript")
+
 
 class TranscriptFile:
-    def __init__(self, folder: Path, call_id: str) -> None:
+    def __init__(self, folder: Path, call_id: str, *, log=None) -> None:
         day = time.strftime("%Y-%m-%d", time.gmtime())
         self.path = Path(folder) / day / f"{call_id}.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self.failed: str | None = None     # why lines are no longer written
+        self._log = log if log is not None else _log
+        self._file = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            self._fail(exc)
 
     def write(self, kind: str, **fields) -> None:
-        if self._file.closed:
+        if self._file is None:
             return
         record = {"type": kind, "ts": round(time.time(), 3), **fields}
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            self._fail(exc)
 
     def close(self) -> None:
-        self._file.close()
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()      # the descriptor is released even when the last flush fails again
+            except OSError:
+                pass
+        if self.failed is None:
+            self.failed = exc.strerror or str(exc)
+            self._log.error("transcript_write_failed", path=str(self.path), error=self.failed,
+                            errno=exc.errno)
 
 
 def read_transcript(path: Path) -> list[dict]:

@@ -13,6 +13,9 @@ no reserved bits (no extension is negotiated), known opcodes only, control frame
 than ``max_message_bytes`` (1009; the rest of such a message is read past, unused, until the peer's close
 frame, so our close frame is not lost to a connection reset). Pings are answered; when the peer sends
 nothing for ``heartbeat_s`` it is pinged, and without an answer within half that the connection is dropped.
+
+What a peer cannot make us hold: one message (``max_message_bytes``) plus a frame header; and what it does
+not read of ours beyond ``max_buffered_bytes`` ends the connection.
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ from websockets.frames import apply_mask
 log = structlog.get_logger("voicebot.wsserver")
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-MAX_BUFFERED_BYTES = 1024 * 1024   # unsent bytes: minutes of call audio, so the peer has stopped reading
+# Unsent bytes beyond which the peer counts as not reading and the connection is dropped. A carrier reads our
+# audio as it plays (a few KB/s to 48 KB/s), and the kernel's socket buffers hold the first 16 KB to 4 MB of
+# backlog before anything waits here: 256 KB more is 5 s (L16 24 kHz) to 20 s (μ-law in JSON) of bot audio the
+# carrier has not taken, far beyond any playback buffer it keeps. Servers that send faster than real time
+# (the StepFun emulator, unpaced) pass their own ``max_buffered_bytes``.
+MAX_BUFFERED_BYTES = 256 * 1024
 CLOSE_TIMEOUT_S = 2.0
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -80,14 +88,16 @@ class ServerWebSocket:
     block. ``problem`` says why the connection ended when it was not a clean close."""
 
     def __init__(self, transport: asyncio.Transport, *, protocol: str | None, max_message_bytes: int,
-                 heartbeat_s: float | None) -> None:
+                 heartbeat_s: float | None, max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> None:
         self.transport = transport
         self.protocol = protocol                 # the negotiated subprotocol
         self.close_code: int | None = None       # the peer's close code, once it sent one
         self.problem: str | None = None
         self.violation: int | None = None        # our close code when the peer broke the protocol or a limit
+        self.refused_bytes: int | None = None    # the size of a message refused as over the limit (1009)
         self.response: web.StreamResponse | None = None   # the 101, for the aiohttp handler to return
         self._max = max_message_bytes
+        self._max_buffered = max_buffered_bytes
         self._buffer = b""
         self._fragments: list[bytes] | None = None
         self._fragment_opcode = 0
@@ -108,7 +118,8 @@ class ServerWebSocket:
 
     @classmethod
     async def accept(cls, request: web.Request, *, protocols: tuple[str, ...] = (), max_message_bytes: int,
-                     heartbeat_s: float | None = 30.0) -> "ServerWebSocket":
+                     heartbeat_s: float | None = 30.0,
+                     max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> "ServerWebSocket":
         """Answer the upgrade with 101 and take the connection over. Raises ``web.HTTPBadRequest`` (or 426
         for an unsupported version) naming what is wrong with a request that is no valid upgrade."""
         problem = handshake_problem(request)
@@ -128,7 +139,8 @@ class ServerWebSocket:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("connection lost during the WebSocket handshake")
-        ws = cls(transport, protocol=protocol, max_message_bytes=max_message_bytes, heartbeat_s=heartbeat_s)
+        ws = cls(transport, protocol=protocol, max_message_bytes=max_message_bytes, heartbeat_s=heartbeat_s,
+                 max_buffered_bytes=max_buffered_bytes)
         ws.response = response
         request.protocol.set_parser(ws)   # every later byte of the connection comes to feed_data
         return ws
@@ -147,6 +159,12 @@ class ServerWebSocket:
     async def wait_closed(self) -> None:
         await asyncio.shield(self._lost)
 
+    def ignore_input(self) -> None:
+        """Read nothing more from the peer, close frames and pings included: a peer gone deaf (the StepFun
+        emulator's fault injection). The connection's end is still noticed."""
+        self._input_done = True
+        self._buffer = b""
+
     # -- sending --------------------------------------------------------------------------------------
     def send_text(self, text: str) -> None:
         self._send(0x81, text.encode())
@@ -159,7 +177,7 @@ class ServerWebSocket:
         if self._close_sent or transport.is_closing():
             return    # closing: the reader side ends the session
         transport.write(_frame(first_byte, payload))
-        if transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
+        if transport.get_write_buffer_size() > self._max_buffered:
             self._drop(f"peer is not reading ({transport.get_write_buffer_size()} bytes unsent)")
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -202,6 +220,7 @@ class ServerWebSocket:
             self.problem = problem
         if self.violation is None:
             self.violation = MESSAGE_TOO_BIG
+            self.refused_bytes = size
         self._discarding, self._fragments, self._fragment_size = True, None, 0
         if not self._close_sent and not self.transport.is_closing():
             self._send_close(MESSAGE_TOO_BIG, problem[:100])

@@ -26,7 +26,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
 async def create_campaign(request: web.Request) -> web.Response:
     """Body: ``{"definition": "<the YAML text>", "contacts": "<the CSV text>"}``."""
     try:
-        body = await read_json(request, required=("definition", "contacts"))
+        body = await read_json(request, required=("definition", "contacts"), upload=True)   # the contacts: a file
     except BadParameter as exc:
         return json_error(400, str(exc))
     try:

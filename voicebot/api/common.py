@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .. import jsoncodec
 from ..dialplan import Dialplan
+from ..http_limits import MAX_BODY_BYTES, MAX_UPLOAD_BYTES, read_body
 from ..store import RecordWriter, Store, parse_time
 
 
@@ -27,7 +28,6 @@ class Database:
 
 DATABASE = web.AppKey("database", Database)
 DIALPLAN = web.AppKey("dialplan", Dialplan)     # what a campaign's persona is checked against
-UPLOAD_LIMIT_BYTES = 64 * 1024 * 1024      # a contact list of a million rows
 
 
 def database(request: web.Request) -> Database:
@@ -57,15 +57,16 @@ def operation_error(exc: Exception) -> web.Response:
 
 async def read_upload(request: web.Request) -> bytes:
     """The body of a request that carries a file (a contact list, numbers to import): it may be far larger than
-    the server's limit for other requests, up to UPLOAD_LIMIT_BYTES (413 beyond)."""
-    return await request.clone(client_max_size=UPLOAD_LIMIT_BYTES).read()
+    the server's limit for other requests, up to http_limits.MAX_UPLOAD_BYTES (413 beyond)."""
+    return await read_body(request, MAX_UPLOAD_BYTES)
 
 
-async def read_json(request: web.Request, *, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+async def read_json(request: web.Request, *, required: tuple[str, ...], optional: tuple[str, ...] = (),
+                    upload: bool = False) -> dict:
     """The request's JSON object with these string fields (BadParameter naming the first one wrong, or an
-    unknown one). It may carry a file, so it may be as large as an upload."""
+    unknown one), as large as any request may be, or as an upload when it carries a file (``upload``)."""
     try:
-        body = jsoncodec.loads(await read_upload(request))
+        body = jsoncodec.loads(await read_body(request, MAX_UPLOAD_BYTES if upload else MAX_BODY_BYTES))
     except ValueError as exc:
         raise BadParameter("body", f"expected a JSON object: {exc}") from None
     if not isinstance(body, dict):

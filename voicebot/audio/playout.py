@@ -27,6 +27,15 @@ from .. import latency
 from . import FRAME_MS, FRAME_SAMPLES, RATE
 
 _FRAME_S = FRAME_MS / 1000
+# The most bot audio held here ahead of the caller's ear. Engines produce speech faster than it plays (StepFun
+# realtime several times real time, the chain a sentence at a time), so a long answer waits here; five minutes
+# is longer than any answer a phone bot gives, and bounds what a runaway engine can make a call hold to ~8 MB.
+# Audio past it is dropped and counted (``frames_overflowed``).
+MAX_QUEUED_FRAMES = 5 * 60 * 1000 // FRAME_MS
+# Marks not echoed yet: normally the lead's worth (a few). A carrier that stops echoing them would make the
+# bookkeeping grow with every 100 ms of bot audio: past this many (ten minutes of audio) the oldest is forgotten,
+# which only lets "heard" run ahead to the next one.
+MAX_PENDING_MARKS = 6000
 
 if TYPE_CHECKING:
     from ..recording import CallRecorder
@@ -72,9 +81,11 @@ class LatencyTally(Protocol):
 
 class Playout:
     def __init__(self, out: CarrierOutput, *, lead_ms: int = 100, mark_every_ms: int = 100, chunk_ms: int = FRAME_MS,
-                 clock: Callable[[], float] = time.monotonic, lateness: LatencyTally | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, lateness: LatencyTally | None = None,
+                 log=None) -> None:
         """``lateness``: gets the "out" latency of every frame sent (as voicebot/latency.py's histogram does
-        with VOICEBOT_LATENCY=1), and ``frames_late`` counts the frames that missed their playback slot."""
+        with VOICEBOT_LATENCY=1), and ``frames_late`` counts the frames that missed their playback slot.
+        ``log``: where overflowing MAX_QUEUED_FRAMES is said (once)."""
         self.out = out
         self.lead_s = lead_ms / 1000
         self.mark_every_ms = mark_every_ms
@@ -94,6 +105,8 @@ class Playout:
         self.frames_sent = 0
         self.lateness = lateness
         self.frames_late = 0        # frames that waited here past their playback slot
+        self.frames_overflowed = 0  # bot frames dropped: MAX_QUEUED_FRAMES were waiting already
+        self.log = log
         self.recorder: CallRecorder | None = None     # told what plays when, and what a barge-in cut
 
     # -- producing side -------------------------------------------------------------------------
@@ -107,11 +120,21 @@ class Playout:
         if pending is not None:
             pcm = np.concatenate((pending, pcm))
         whole = len(pcm) - len(pcm) % FRAME_SAMPLES
-        arrived = latency.arrival if latency.ENABLED else self.clock()
-        for start in range(0, whole, FRAME_SAMPLES):
-            self._frames.append((item, pcm[start:start + FRAME_SAMPLES], arrived))
         if whole < len(pcm):
             self._partial[item_id] = pcm[whole:]
+        arrived = latency.arrival if latency.ENABLED else self.clock()
+        room = MAX_QUEUED_FRAMES - len(self._frames)
+        if whole > room * FRAME_SAMPLES:
+            self._overflow(item, whole // FRAME_SAMPLES - max(room, 0))
+            whole = max(room, 0) * FRAME_SAMPLES
+        for start in range(0, whole, FRAME_SAMPLES):
+            self._frames.append((item, pcm[start:start + FRAME_SAMPLES], arrived))
+
+    def _overflow(self, item: _Item, frames: int) -> None:
+        if not self.frames_overflowed and self.log is not None:
+            self.log.warning("playout_full", item_id=item.item_id, queued_s=len(self._frames) * FRAME_MS / 1000,
+                             problem="the engine is minutes ahead of the caller: its audio past that is dropped")
+        self.frames_overflowed += frames
 
     def end_item(self, item_id: str) -> None:
         """The engine produced all of ``item_id``: pad its last partial frame and let it play out."""
@@ -206,6 +229,8 @@ class Playout:
         self._mark_seq += 1
         name = f"vb{self._mark_seq}"
         self._marks[name] = (item, position_ms)
+        if len(self._marks) > MAX_PENDING_MARKS:
+            del self._marks[next(iter(self._marks))]
         if self.out.supports_marks:
             self.out.send_mark(name)
         else:

@@ -16,8 +16,6 @@ from .service import CALLBACK_PATHS
 
 log = structlog.get_logger("voicebot.campaigns")
 
-MAX_CALLBACK_BYTES = 64 * 1024
-
 
 def add_routes(app: web.Application, services) -> None:
     for carrier, path in CALLBACK_PATHS.items():
@@ -33,9 +31,7 @@ def _handler(services, carrier: str):
                         reason="campaigns are not running here" if campaigns is None
                         else f"no {carrier} call-control client is configured")
             return web.Response(status=503, text="campaigns are not available on this server\n")
-        if request.content_length is not None and request.content_length > MAX_CALLBACK_BYTES:
-            return web.Response(status=413, text="callback body too large\n")
-        body = await request.read()
+        body = await request.read()     # at most http_limits.MAX_BODY_BYTES (413 past it)
         url = services.settings.public_url.rstrip("/") + request.path_qs
         try:
             progress = client.read_callback(url, request.headers, body)

@@ -3,7 +3,8 @@
 Endpoint modules are listed in :data:`ROUTE_MODULES`; each exposes
 ``add_routes(app: web.Application, emulator: Emulator, prefix: str) -> None`` and is called once per
 prefix in :data:`PREFIXES` (``/step_plan/v1`` like the real Step Plan API, and ``/v1``). Adding an
-endpoint is one line in that tuple.
+endpoint is one line in that tuple. ``GET/POST /debug/faults`` reads and sets :class:`Faults` from outside the
+process (same bearer check as the API).
 
 Every HTTP response (WebSocket upgrades and errors included) carries an ``X-Trace-Id`` header. Error
 bodies follow the documented shape ``{"error": {"message": ..., "type": ...}}``.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hmac
 import importlib
 import time
@@ -45,14 +47,27 @@ SESSION_LIMIT_S = 30 * 60.0
 TRACE_ID = web.RequestKey("trace_id", str) if hasattr(web, "RequestKey") else "voicebot.trace_id"
 
 
+MID_RESPONSE_FAULTS: tuple[str, ...] = ("reset", "stall", "garbage", "bad_frame")
+MID_SPEECH_FAULTS: tuple[str, ...] = ("reset", "stall", "garbage")     # TTS, over SSE and WebSocket
+
+
 @dataclass
 class Faults:
     """Fault injection; tests may change any field at any time (read when the fault can apply)."""
 
     refuse_realtime_status: int | None = None   # answer the realtime upgrade with this HTTP status
     drop_realtime_after_s: float | None = None  # abort the realtime socket this long after connect
+    # This long after connect the realtime server hangs: it sends nothing more and reads nothing (pings
+    # included), and the socket stays open: the client's writes back up in its socket, as with a hung server.
+    stall_realtime_after_s: float | None = None
     error_event_after_s: float | None = None    # send one `error` (server_error) this long after connect
     response_delay_s: float = 0.0               # wait this long before each response's first delta
+    # The next response to stream audio (any session) fails this way after `realtime_fault_after_deltas` of
+    # its audio deltas, once (the field is cleared when taken): "reset" (TCP reset), "stall" (the server
+    # says and reads nothing more, the socket stays open), "garbage" (malformed messages, then the response
+    # goes on) or "bad_frame" (an invalid WebSocket frame, then the server stalls). See realtime.py.
+    realtime_fault_once: str | None = None
+    realtime_fault_after_deltas: int = 3
     # HTTP endpoints (asr, chat, tts, voices). A "*_once" field applies to the next request, then clears.
     http_delay_s: float = 0.0                   # wait this long before answering any of them
     asr_fail_once: int | None = None            # answer the next ASR request with this HTTP status
@@ -64,6 +79,11 @@ class Faults:
     tts_ws_fail_once: int | None = None         # refuse the next TTS WebSocket upgrade with this HTTP status
     tts_ws_error_once: int | None = None        # next TTS WebSocket job: tts.response.error with this code
     tts_chunk_delay_s: float = 0.0              # pause before each TTS audio chunk (WebSocket and SSE)
+    # The next TTS synthesis (SSE or WebSocket) fails this way after `tts_fault_after_chunks` of its audio
+    # chunks, once (cleared when taken): "reset" (TCP reset), "stall" (nothing more is sent; the connection
+    # stays open until the client leaves) or "garbage" (malformed events, then the audio goes on). See tts.py.
+    tts_fault_once: str | None = None
+    tts_fault_after_chunks: int = 2
 
 
 class Emulator:
@@ -218,12 +238,54 @@ async def _add_trace_header(request: web.Request, response: web.StreamResponse) 
     response.headers.setdefault("X-Trace-Id", request.get(TRACE_ID) or new_trace_id())
 
 
+_FAULT_TYPES = {"float": (int, float), "int": (int,), "str": (str,)}
+
+
+def set_faults(faults: Faults, changes: dict) -> None:
+    """Apply ``{field: value}`` to ``faults``, all or nothing; a ValueError names the first bad field."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(Faults)}
+    for name, value in changes.items():
+        if name not in kinds:
+            raise ValueError(f"unknown fault '{name}'; known: {', '.join(sorted(kinds))}")
+        annotation = kinds[name]
+        if value is None:
+            if "None" not in annotation:
+                raise ValueError(f"fault '{name}' cannot be null")
+            continue
+        wanted = _FAULT_TYPES[annotation.split("|")[0].strip()]
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            raise ValueError(f"fault '{name}' is {annotation}, got {type(value).__name__}")
+    for name, value in changes.items():
+        setattr(faults, name, value)
+
+
+async def _faults(request: web.Request) -> web.Response:
+    """``GET /debug/faults``: the fault fields now; ``POST`` a JSON object of fields to change them (a soak
+    test driving an emulator in another process, e.g. the one ``voicebot serve`` embeds)."""
+    denied = check_bearer(request)
+    if denied is not None:
+        return denied
+    emulator = request.app[EMULATOR]
+    if request.method == "POST":
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise ValueError("the body must be a JSON object of fault fields")
+            set_faults(emulator.faults, changes)
+        except ValueError as exc:        # json.JSONDecodeError is one
+            return error_response(400, str(exc), "request_params_invalid")
+        log.info("emulator_faults_set", **changes)
+    return web.json_response(dataclasses.asdict(emulator.faults))
+
+
 def create_app(emulator: Emulator | None = None) -> web.Application:
     """The emulator's aiohttp application (a fresh :class:`Emulator` unless one is given)."""
     emulator = emulator if emulator is not None else Emulator()
     app = web.Application(middlewares=[_trace_and_errors], client_max_size=64 * 1024 * 1024)
     app[EMULATOR] = emulator
     app.on_response_prepare.append(_add_trace_header)
+    app.router.add_route("GET", "/debug/faults", _faults)
+    app.router.add_route("POST", "/debug/faults", _faults)
     for name in ROUTE_MODULES:
         module = importlib.import_module(name)
         for prefix in PREFIXES:
@@ -233,6 +295,8 @@ def create_app(emulator: Emulator | None = None) -> web.Application:
 
 # ---------------------------------------------------------------------------------------------- running
 
+SHUTDOWN_TIMEOUT_S = 2.0   # what open connections get to finish when the emulator stops
+
 async def start_emulator(host: str = "127.0.0.1", port: int = 0,
                          emulator: Emulator | None = None) -> tuple[web.AppRunner, Emulator]:
     """Serve the emulator in the running loop; ``emulator.host``/``.port`` get the bound address.
@@ -240,7 +304,9 @@ async def start_emulator(host: str = "127.0.0.1", port: int = 0,
     Stop it with ``await runner.cleanup()``.
     """
     emulator = emulator if emulator is not None else Emulator()
-    runner = web.AppRunner(create_app(emulator), access_log=None)
+    # Stopping does not wait on the clients: a realtime session stays open as long as its client keeps it (aiohttp
+    # would wait 60 s for it, longer than any process supervisor gives a Ctrl-C).
+    runner = web.AppRunner(create_app(emulator), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

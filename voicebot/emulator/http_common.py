@@ -17,6 +17,8 @@ import base64
 import binascii
 import functools
 import json
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -86,6 +88,24 @@ def take_fault(emulator: Emulator, name: str) -> Any:
 
 def fault(emulator: Emulator, name: str, default: Any = None) -> Any:
     return getattr(emulator.faults, name, default)
+
+
+def reset_connection(transport: asyncio.BaseTransport | None) -> None:
+    """Drop the connection with a TCP reset (RST, no FIN, no close frame), like a network failure."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:     # linger 0: close() sends RST instead of FIN
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def until_client_gone(transport: asyncio.BaseTransport | None, *, also: Callable[[], bool] = lambda: False,
+                            poll_s: float = 0.05) -> None:
+    """Return once the client's connection is gone (or ``also()`` holds): a stalled answer must not outlive
+    its client (aiohttp does not cancel a handler whose client left)."""
+    while transport is not None and not transport.is_closing() and not also():
+        await asyncio.sleep(poll_s)
 
 
 async def http_delay(emulator: Emulator) -> None:

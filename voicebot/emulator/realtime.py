@@ -54,6 +54,16 @@ What the emulator says, and the conventions a client can rely on:
   anything but a user item, so the reply to a tool's output never calls again by itself.
 * **Limits.** ``Emulator.session_limit_s`` (30 min) → ``error`` ``session_expired`` then close 1000. An
   ``append`` may carry at most 15 MB of base64.
+* **Faults** (``Emulator.faults``, any time): ``refuse_realtime_status`` (the upgrade), ``drop_realtime_after_s``
+  (the connection aborted that long after connect), ``error_event_after_s`` (one ``server_error``; a response
+  in progress ends ``failed``), ``response_delay_s`` (before each response's first delta), and, once, mid-way
+  through the next response that streams audio (after ``realtime_fault_after_deltas`` of its deltas),
+  ``realtime_fault_once`` = :data:`MID_RESPONSE_FAULTS`: ``reset`` — the TCP connection reset (RST, no close
+  frame); ``stall`` — nothing more is sent and nothing read (client close frames and pings included), the
+  socket stays open until the client drops it; ``garbage`` — :func:`garbage_messages` (a proxy's HTML error
+  page, cut-off JSON, JSON that is no event, events with missing or mistyped fields, an unknown event type,
+  undecodable audio, a binary frame), then the response goes on as if nothing happened; ``bad_frame`` — a
+  frame with a reserved opcode (RFC 6455 §5.2: the client must fail the connection), then the server stalls.
 """
 
 from __future__ import annotations
@@ -74,7 +84,8 @@ from aiohttp import hdrs, web
 from .. import jsoncodec
 from ..wsserver import ServerWebSocket
 from . import speech
-from .app import TRACE_ID, Emulator, check_bearer, error_response
+from .app import MID_RESPONSE_FAULTS, TRACE_ID, Emulator, check_bearer, error_response
+from .http_common import reset_connection
 from .realtime_events import (BYTES_PER_MS, DEFAULT_TURN_DETECTION, DEFAULT_VOICE, MARKER_RE,
                               MAX_APPEND_BASE64, RESPONSE_FIELDS, SESSION_FIELDS, InputAudio, Item,
                               ProtocolError, Response, bad_type, bad_value, check_keys, decode_audio, int_field,
@@ -92,6 +103,31 @@ KEEP_INPUT_SAMPLES = 5 * speech.SAMPLE_RATE  # input audio kept between turns wh
 CHUNK_MS = 100
 APPEND_KEYS = frozenset({"type", "event_id", "audio"})
 DEFAULT_REPLY = "Hello, how can I help you?"
+# FIN + reserved opcode 0x3, two bytes of payload: a frame no WebSocket client may accept (RFC 6455 §5.2).
+BAD_FRAME = b"\x83\x02??"
+
+
+def garbage_messages(response_id: str, item_id: str) -> list[str | bytes]:
+    """What a broken server or a proxy in the way may put in the middle of a response: none of it is a
+    valid StepFun event, and a client must drop each one and carry on."""
+    ids = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
+    return [
+        "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>",
+        '{"type":"response.audio.delta","response_id":"' + response_id + '","delta":"AAAA',   # cut off
+        "[1, 2, 3]",
+        "null",
+        jsoncodec.dumps({"event_id": new_id("evt")}),                                           # no type
+        jsoncodec.dumps({"type": "response.audio.delta", "event_id": new_id("evt"), **ids,
+                         "delta": "@@ not base64 @@"}),
+        jsoncodec.dumps({"type": "response.audio.delta", "event_id": new_id("evt"), "response_id": response_id,
+                         "item_id": 7, "delta": 12345}),                                        # mistyped
+        jsoncodec.dumps({"type": "response.output_item.added", "event_id": new_id("evt"),
+                         "response_id": response_id, "output_index": 0, "item": "garbled"}),
+        jsoncodec.dumps({"type": "response.audio_transcript.delta", "event_id": new_id("evt"), **ids,
+                         "delta": None}),
+        jsoncodec.dumps({"type": "response.imaginary.event", "event_id": new_id("evt"), **ids}),
+        b"\x00\xff\x13\x37 binary junk",
+    ]
 
 
 class Plan(NamedTuple):
@@ -143,6 +179,8 @@ class RealtimeSession:
         self.closed = False
         self.close_reason: str | None = None
         self.errors_sent = 0
+        self.fault: str | None = None             # the mid-response fault this session got, if any
+        self.stalled = False                      # it says and reads nothing any more (a fault)
         self._error_fault_sent = False
         self._closing: asyncio.Task | None = None
         self._buffer_start = 0                    # sample where the uncommitted input buffer starts
@@ -208,7 +246,7 @@ class RealtimeSession:
     # -- sending --
     def send(self, event: dict) -> None:
         """Write a server event to the socket at once (recorded in ``sent`` when recording)."""
-        if self.closed:
+        if self.closed or self.stalled:
             return
         if "event_id" not in event:
             event["event_id"] = new_id("evt")
@@ -266,6 +304,31 @@ class RealtimeSession:
         self.close_reason = "fault: dropped"
         self.ws.transport.abort()
 
+    async def _mid_response_fault(self, kind: str, resp: Response, item: Item) -> None:
+        """Apply a :data:`MID_RESPONSE_FAULTS` fault to ``resp``; returns only for ``garbage`` (the response
+        then goes on), else waits until the session ends."""
+        self.fault = kind
+        log.warning("emulator_realtime_fault", session_id=self.id, response_id=resp.id, fault=kind)
+        if kind == "garbage":
+            for message in garbage_messages(resp.id, item.id):
+                if type(message) is bytes:
+                    self.ws.send_bytes(message)
+                else:
+                    self.ws.send_text(message)
+            return
+        if kind == "reset":
+            self.close_reason = "fault: reset"
+            reset_connection(self.ws.transport)
+        else:
+            if kind == "bad_frame":
+                self.ws.transport.write(BAD_FRAME)
+            elif kind != "stall":
+                log.error("emulator_realtime_fault_unknown", fault=kind, known=MID_RESPONSE_FAULTS)
+            self.close_reason = f"fault: {kind}"
+            self.stalled = True
+            self.ws.ignore_input()
+        await asyncio.Event().wait()   # cancelled when the session ends
+
     def _watch(self, now: float) -> bool:
         """Apply the faults and the session limit due by ``now``; False once there is nothing left to watch."""
         if self.closed:
@@ -274,6 +337,12 @@ class RealtimeSession:
         faults = self.emulator.faults
         if faults.drop_realtime_after_s is not None and elapsed >= faults.drop_realtime_after_s:
             self._drop()
+            return False
+        if faults.stall_realtime_after_s is not None and elapsed >= faults.stall_realtime_after_s:
+            # Hung: nothing more said (``closed``: no further events), nothing read; the socket stays open.
+            self.close_reason, self.closed = "fault: stalled", True
+            self.ws.transport.pause_reading()
+            log.warning("emulator_realtime_stalled", session_id=self.id)
             return False
         if (not self._error_fault_sent and faults.error_event_after_s is not None
                 and elapsed >= faults.error_event_after_s):
@@ -295,6 +364,8 @@ class RealtimeSession:
     # -- dispatch --
     def receive(self, message: str | bytes) -> None:
         """One client message (the socket's listener)."""
+        if self.stalled:
+            return
         if type(message) is str:
             self.handle_text(message)
             return
@@ -716,6 +787,10 @@ class RealtimeSession:
                 self.send({"type": "response.audio.delta", "response_id": resp.id, "item_id": item.id,
                            "output_index": 0, "content_index": 0,
                            "delta": base64.b64encode(chunk).decode("ascii")})
+                faults = self.emulator.faults
+                if faults.realtime_fault_once is not None and i + 1 >= faults.realtime_fault_after_deltas:
+                    kind, faults.realtime_fault_once = faults.realtime_fault_once, None
+                    await self._mid_response_fault(kind, resp, item)
             speed = self.emulator.speed
             if speed > 0 and math.isfinite(speed):
                 due += len(chunk) / BYTES_PER_MS / 1000.0 / speed
@@ -841,7 +916,9 @@ async def handle_realtime(request: web.Request, emulator: Emulator) -> web.Strea
         log.warning("emulator_realtime_refused", reason="unknown model", model=model, trace_id=request.get(TRACE_ID))
         return error_response(400, f"model '{model}' is not supported on this endpoint", "request_params_invalid")
     try:
-        ws = await ServerWebSocket.accept(request, max_message_bytes=MAX_WS_MESSAGE, heartbeat_s=None)
+        # Unpaced (load tests), a whole response is written at once: far more than a carrier's backlog limit.
+        ws = await ServerWebSocket.accept(request, max_message_bytes=MAX_WS_MESSAGE, heartbeat_s=None,
+                                          max_buffered_bytes=MAX_WS_MESSAGE)
     except web.HTTPException as exc:   # no valid upgrade: the documented error body, with the same status
         refused = error_response(exc.status, f"this endpoint needs a WebSocket upgrade ({exc.text.strip()})",
                                  "request_params_invalid")

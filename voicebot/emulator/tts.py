@@ -35,7 +35,13 @@ resampling (pitch moves with it), ``volume`` as gain, then resampled to the requ
 Faults: ``tts_http_fail_once`` (HTTP status of the next ``/audio/speech``), ``tts_ws_fail_once`` (HTTP status
 refusing the next WebSocket upgrade), ``tts_ws_error_once`` (the next WebSocket job answers its first
 sentence with ``tts.response.error`` carrying this code — 503 says "engine overloaded" — and closes),
-``tts_chunk_delay_s`` (pause before each audio chunk, WS and SSE), ``http_delay_s``.
+``tts_chunk_delay_s`` (pause before each audio chunk, WS and SSE), ``http_delay_s``, and, once, mid-way
+through the next synthesis that streams audio (SSE or WebSocket, after ``tts_fault_after_chunks`` of its
+chunks), ``tts_fault_once`` = :data:`~.app.MID_SPEECH_FAULTS`: ``reset`` — the TCP connection reset (RST, no
+close frame, no end of body); ``stall`` — nothing more is sent (the connection and the WebSocket's close
+handshake still work, as behind a live gateway) until the client leaves; ``garbage`` — :func:`sse_garbage` / :func:`ws_garbage` (a proxy's HTML error page,
+cut-off JSON, JSON that is no event, events with missing or mistyped fields, undecodable audio, an unknown
+event type, a binary frame), then the audio goes on as if nothing happened.
 """
 
 from __future__ import annotations
@@ -55,9 +61,10 @@ from aiohttp import WSMsgType, web
 
 from ..audio.resample import Resampler
 from . import speech
-from .app import TRACE_ID, Emulator, check_bearer, error_response
+from .app import MID_SPEECH_FAULTS, TRACE_ID, Emulator, check_bearer, error_response
 from .http_common import (BadRequest, HttpRecord, check_keys, endpoint, fault, fault_response, get,
-                          new_record, open_event_stream, read_json, sse, take_fault)
+                          new_record, open_event_stream, read_json, reset_connection, sse, take_fault,
+                          until_client_gone)
 from .voices import TTS_MODELS, registry
 
 log = structlog.get_logger("voicebot.emulator")
@@ -161,6 +168,56 @@ async def chunk_pause(emulator: Emulator) -> None:
     await asyncio.sleep(fault(emulator, "tts_chunk_delay_s", 0.0) or 0.0)
 
 
+def take_speech_fault(emulator: Emulator, chunks_sent: int) -> str | None:
+    """The mid-speech fault due once ``chunks_sent`` audio chunks of a synthesis have gone out (taken: the
+    next synthesis does not get it), or None."""
+    faults = emulator.faults
+    kind = getattr(faults, "tts_fault_once", None)
+    if kind is None or chunks_sent < getattr(faults, "tts_fault_after_chunks", 0):
+        return None
+    faults.tts_fault_once = None
+    if kind not in MID_SPEECH_FAULTS:
+        log.error("emulator_tts_fault_unknown", fault=kind, known=MID_SPEECH_FAULTS)
+        return None
+    return kind
+
+
+def sse_garbage() -> list[bytes]:
+    """What a broken server or a proxy in the way may put in the middle of a speech event stream: none of it
+    is a valid event, and a client must drop each one and carry on."""
+    return [
+        b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>\n\n",
+        b'data: {"type":"speech.audio.delta","audio":"AAAA\n\n',                       # cut off
+        b"data: [1, 2, 3]\n\n",
+        b"data: null\n\n",
+        sse({"no_type": True}),
+        sse({"type": "speech.audio.delta", "audio": "@@ not base64 @@"}),
+        sse({"type": "speech.audio.delta", "audio": 12345}),                              # mistyped
+        sse({"type": "speech.audio.delta", "audio": ["AAAA"]}),
+        sse({"type": "speech.audio.imaginary"}),
+    ]
+
+
+def ws_garbage(session_id: str) -> list[str | bytes]:
+    """The same for the TTS WebSocket: text and binary frames that are no valid server event."""
+    def event(kind: str, data: Any) -> str:
+        return json.dumps({"event_id": uuid.uuid4().hex, "type": kind, "data": data})
+
+    return [
+        "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>",
+        '{"type":"tts.response.audio.delta","data":{"session_id":"' + session_id + '","audio":"AAAA',  # cut off
+        "[1, 2, 3]",
+        "null",
+        json.dumps({"event_id": uuid.uuid4().hex}),                                                   # no type
+        event("tts.response.audio.delta", "garbled"),
+        event("tts.response.audio.delta", {"session_id": session_id, "audio": "@@ not base64 @@"}),
+        event("tts.response.audio.delta", {"session_id": session_id, "audio": 12345, "status": 7}),
+        event("tts.response.sentence.start", {"session_id": session_id, "text": None, "sentence_id": []}),
+        event("tts.response.imaginary", {"session_id": session_id}),
+        b"\x00\xff\x13\x37 binary junk",
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- checks
 
 def _check_common(obj: dict, path: str, model: str, emulator: Emulator, *, voice_key: str, speed_key: str,
@@ -236,8 +293,22 @@ async def _speech(request: web.Request, record: HttpRecord, emulator: Emulator) 
         return web.Response(body=encode(pcm, opts["rate"], opts["format"]), content_type=ctype)
     resp = await open_event_stream(request)
     try:
-        for part in chunks(pcm, opts["rate"]):
+        for sent, part in enumerate(chunks(pcm, opts["rate"])):
             await chunk_pause(emulator)
+            kind = take_speech_fault(emulator, sent)
+            if kind is not None:
+                log.warning("emulator_tts_fault", fault=kind, transport="sse", trace_id=request.get(TRACE_ID))
+                record.error = f"fault: {kind}"
+                if kind == "reset":
+                    reset_connection(request.transport)
+                    record.aborted = True
+                    return resp
+                if kind == "stall":
+                    await until_client_gone(request.transport)
+                    record.aborted = True
+                    return resp
+                for line in sse_garbage():
+                    await resp.write(line)
             await resp.write(sse({"type": "speech.audio.delta",
                                   "audio": base64.b64encode(encode(part, opts["rate"], opts["format"])).decode()}))
         await resp.write(sse({"type": "speech.audio.done", "audio": ""}))
@@ -258,9 +329,13 @@ class _Closed(Exception):
 class TtsSocket:
     """One ``/realtime/audio`` connection = one synthesis job."""
 
-    def __init__(self, emulator: Emulator, ws: web.WebSocketResponse, record: HttpRecord) -> None:
+    def __init__(self, emulator: Emulator, ws: web.WebSocketResponse, record: HttpRecord,
+                 transport: asyncio.Transport | None = None) -> None:
         self.emulator = emulator
         self.ws = ws
+        self.transport = transport
+        self.chunks_sent = 0
+        self.fault: str | None = None       # the mid-speech fault this job got, if any
         self.record = record
         self.session_id = uuid.uuid4().hex
         self.options: dict | None = None
@@ -449,12 +524,39 @@ class TtsSocket:
         parts = chunks(pcm, rate)
         for i, part in enumerate(parts):
             await chunk_pause(self.emulator)
+            kind = take_speech_fault(self.emulator, self.chunks_sent)
+            if kind is not None:
+                await self.apply_fault(kind)
+            self.chunks_sent += 1
             await self.send("tts.response.audio.delta", status="finished" if i == len(parts) - 1 else "unfinished",
                             audio=base64.b64encode(encode(part, rate, opts["format"])).decode("ascii"),
                             duration=round(len(part) / rate, 3))
             self.samples_sent += len(part)
         await self.send("tts.response.sentence.end", text=text, ended_at=self.samples_sent * 1000 // rate,
                         sentence_id=self.sentence_no)
+
+
+    async def apply_fault(self, kind: str) -> None:
+        """A :data:`~.app.MID_SPEECH_FAULTS` fault; returns only for ``garbage`` (the audio then goes on)."""
+        self.fault = kind
+        self.record.error = f"fault: {kind}"
+        log.warning("emulator_tts_fault", fault=kind, transport="ws", session_id=self.session_id)
+        if kind == "garbage":
+            for message in ws_garbage(self.session_id):
+                try:
+                    if isinstance(message, bytes):
+                        await self.ws.send_bytes(message)
+                    else:
+                        await self.ws.send_str(message)
+                except ConnectionError:
+                    raise _Closed() from None
+            return
+        self.failed = True
+        if kind == "reset":
+            reset_connection(self.transport)
+        else:   # stall: no more audio (a synthesis stuck behind a live gateway) until the client leaves
+            await until_client_gone(self.transport, also=lambda: self.ws.closed)
+        raise _Closed()
 
 
 async def _websocket(request: web.Request, emulator: Emulator) -> web.StreamResponse:
@@ -480,7 +582,7 @@ async def _websocket(request: web.Request, emulator: Emulator) -> web.StreamResp
         record.status = 400
         return error_response(400, "this endpoint needs a WebSocket upgrade", "request_params_invalid")
     await ws.prepare(request)
-    session = TtsSocket(emulator, ws, record)
+    session = TtsSocket(emulator, ws, record, request.transport)
     log.info("emulator_tts_ws_open", session_id=session.session_id, trace_id=request.get(TRACE_ID))
     await session.run()
     return ws

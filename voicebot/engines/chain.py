@@ -38,6 +38,10 @@ _CLAUSE_END = re.compile(r"[，、,：:]")
 LONG_CLAUSE_CHARS = 80
 KEEP_SPOKEN_ITEMS = 8      # recent items whose sentence timing is kept for barge-in
 MAX_TOOL_ROUNDS = 4        # chat → tools → chat … at most this many times for one caller turn
+# Caller turns waiting while one is answered (each holds its utterance: up to chain.max_turn_s of audio, 480 KB
+# at 30 s). Turns are answered one at a time, so more than a few waiting means StepFun is far slower than the
+# caller speaks; answering stale questions in a row would not help: past this many, a new one is dropped.
+MAX_WAITING_TURNS = 4
 
 
 def split_sentences(buffer: str) -> tuple[list[str], str]:
@@ -116,7 +120,7 @@ class ChainEngine:
         self.opening = opening      # "greeting" | "reanswer" (the caller's last turn) | "reprompt" | None
         self.endpointer = Endpointer(silence_ms=self.settings.silence_ms, min_speech_ms=self.settings.min_speech_ms,
                                      max_turn_s=self.settings.max_turn_s, vad=self.settings.vad)
-        self._turns: asyncio.Queue[Callable] = asyncio.Queue()
+        self._turns: asyncio.Queue[Callable] = asyncio.Queue()   # caller turns in it: MAX_WAITING_TURNS
         self._worker: asyncio.Task | None = None
         self._current: asyncio.Task | None = None
         self._items = itertools.count(1)
@@ -146,7 +150,11 @@ class ChainEngine:
         started, utterance = self.endpointer.push(frame)
         if started:
             self.sink.caller_speech_started()
-        if utterance is not None:
+        if utterance is not None and self._turns.qsize() >= MAX_WAITING_TURNS:
+            self.log.warning("chain_turn_dropped", waiting=self._turns.qsize(),
+                             utterance_ms=len(utterance) * 1000 // RATE,
+                             problem="caller turns wait faster than StepFun answers them")
+        elif utterance is not None:
             ended_at = asyncio.get_running_loop().time()
             self._turns.put_nowait(lambda: self._turn(utterance, ended_at))
             if latency.ENABLED:
@@ -281,7 +289,7 @@ class ChainEngine:
         started = loop.time()
         messages = [{"role": "system", "content": self.persona.instructions},
                     *(_chat_message(e) for e in self.conversation)]
-        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()   # one chat reply's sentences: bounded by it
         speaker = asyncio.create_task(self._speak_sentences(item_id, sentences, timing, since))
         text, buffer = "", ""
         try:
@@ -330,7 +338,7 @@ class ChainEngine:
         if s.tts_transport == "ws":
             delivered = [0]
             try:
-                async with await self.tts.open_stream(**options) as stream:
+                async with await self.tts.open_stream(**options, read_timeout=s.tts_stall_s) as stream:
                     await stream.send_text(sentence)
                     await stream.finish()
                     await self._play(item_id, sentence, stream.audio(), delivered)
@@ -340,10 +348,11 @@ class ChainEngine:
                 self.log.warning("chain_tts_ws_failed", reason=str(exc), delivered_samples=delivered[0],
                                  fallback="http" if not delivered[0] else None)
                 if delivered[0]:      # the caller heard the start of it: do not say it twice
+                    self.sink.note("tts_failed", reason=str(exc), text=sentence)
                     return True
         delivered = [0]
         try:
-            async with self.tts.stream_http(sentence, **options) as stream:
+            async with self.tts.stream_http(sentence, **options, read_timeout=s.tts_stall_s) as stream:
                 await self._play(item_id, sentence, stream, delivered)
         except StepFunError as exc:
             metrics.stepfun_error(exc)

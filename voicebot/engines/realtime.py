@@ -32,15 +32,28 @@ USER_TRANSCRIPT_WAIT_S = 3.0
 SILENT_TAIL = 64      # peak below which the resampler's tail at the end of an item is not worth a frame
 
 
-def _object(value: object) -> dict:
-    """An event field that should hold a JSON object; {} when StepFun sent something else (then the event is
-    handled as if the field were absent: a malformed event must not crash the reader and fail the call over)."""
-    return value if isinstance(value, dict) else {}
+# What the event reader relies on (stepfun-api.md §1.4): these fields, where an event has them and they are not
+# null, are of these types, at the top level and inside ``response`` and ``item``. An event that breaks this
+# is dropped with a log line before anything acts on it: one garbled event must not end the session.
+_EVENT_FIELDS = {"type": str, "response_id": str, "item_id": str, "call_id": str, "name": str, "delta": str,
+                 "transcript": str, "arguments": str, "response": dict, "item": dict, "error": dict}
+_NESTED_FIELDS = {"response": {"id": str, "status": str, "output": list},
+                  "item": {"id": str, "type": str, "call_id": str, "name": str, "arguments": str}}
 
 
-def _text(value: object) -> str | None:
-    """An event field that should hold text (an id, a transcript, arguments); None when it holds something else."""
-    return value if isinstance(value, str) else None
+def malformed(event: dict) -> str | None:
+    """What is wrong with the shape of a server event (None: the reader can act on it)."""
+    for key, kind in _EVENT_FIELDS.items():
+        value = event.get(key)
+        if value is not None and not isinstance(value, kind):
+            return f"'{key}' is {type(value).__name__}, not {kind.__name__}"
+    for outer, fields in _NESTED_FIELDS.items():
+        inner = event.get(outer)
+        for key, kind in fields.items() if inner else ():
+            value = inner.get(key)
+            if value is not None and not isinstance(value, kind):
+                return f"'{outer}.{key}' is {type(value).__name__}, not {kind.__name__}"
+    return None
 
 
 def greeting_instructions(persona: Persona) -> str:
@@ -93,6 +106,7 @@ class RealtimeEngine:
         self.log = log or structlog.get_logger("voicebot.engine")
         self._conn: RealtimeConnection | None = None
         self._reader_failed = False
+        self._given_up = False           # we reported the session unusable: closing it needs no handshake
         self._upsampler = Resampler(8000, MODEL_RATE)
         self._downsamplers: dict[str, Resampler] = {}
         self._item_model_ms: dict[str, float] = {}    # audio the model generated per item
@@ -195,7 +209,7 @@ class RealtimeEngine:
             silent = loop.time() - self._last_event_t
             if self._awaiting_reply and silent > timeout:
                 metrics.stepfun_error("realtime_stalled")
-                self.sink.engine_failed(f"no realtime events for {silent:.1f} s while a reply was due")
+                self._give_up(f"no realtime events for {silent:.1f} s while a reply was due")
                 return
 
     def feed(self, frame: np.ndarray) -> None:
@@ -236,25 +250,29 @@ class RealtimeEngine:
     def _on_event(self, event: dict) -> None:
         if self._reader_failed:
             return
+        problem = malformed(event)
+        if problem is not None:
+            self.log.warning("realtime_bad_event", problem=problem, event_type=str(event.get("type"))[:60])
+            return
         try:
             self._dispatch(event)
         except Exception as exc:   # a bug here must end the call cleanly, not hang it
             self._reader_failed = True
             self.log.exception("realtime_reader_crashed")
-            self.sink.engine_failed(f"realtime reader crashed: {type(exc).__name__}")
+            self._give_up(f"realtime reader crashed: {type(exc).__name__}")
 
     def _on_socket_closed(self) -> None:
         if not self._closing and not self._reader_failed:
             metrics.stepfun_error("realtime_dropped")
-            self.sink.engine_failed(f"realtime socket {self._conn.close_reason if self._conn else 'closed'}")
+            self._give_up(f"realtime socket {self._conn.close_reason if self._conn else 'closed'}")
 
     def _dispatch(self, event: dict) -> None:
         kind = event.get("type")
         self._last_event_t = asyncio.get_running_loop().time()
         if kind == "response.audio.delta":
-            if _text(event.get("response_id")) in self._cancelled:
+            if event.get("response_id") in self._cancelled:
                 return
-            item_id = _text(event.get("item_id")) or "unknown"
+            item_id = event.get("item_id") or "unknown"
             try:
                 # a2b_base64 strict: b64decode(validate=True) without its regex pass over the whole delta
                 pcm24 = np.frombuffer(binascii.a2b_base64(event.get("delta") or "", strict_mode=True), dtype="<i2")
@@ -267,13 +285,13 @@ class RealtimeEngine:
                 resampler = self._downsamplers[item_id] = Resampler(MODEL_RATE, 8000)
             self.sink.bot_audio(item_id, resampler.process(pcm24))
         elif kind == "response.created":
-            self._active_response = _text(_object(event.get("response")).get("id"))
+            self._active_response = (event.get("response") or {}).get("id")
             self._create_sent = None
             self._idle_sent.clear()
         elif kind == "response.audio.done":
-            item_id = _text(event.get("item_id")) or "unknown"
+            item_id = event.get("item_id") or "unknown"
             resampler = self._downsamplers.pop(item_id, None)
-            if _text(event.get("response_id")) in self._cancelled:
+            if event.get("response_id") in self._cancelled:
                 return
             if resampler is not None:
                 # Push the filter's tail out so the last syllable is not cut; a silent tail (speech that
@@ -283,7 +301,7 @@ class RealtimeEngine:
                     self.sink.bot_audio(item_id, tail)
             self.sink.bot_audio_done(item_id)
         elif kind == "response.done":
-            response = _object(event.get("response"))
+            response = event.get("response") or {}
             if response.get("id") == self._active_response:
                 self._active_response = None
                 self._awaiting_reply = False
@@ -293,19 +311,17 @@ class RealtimeEngine:
             self._run_function_calls(response)
             self._flush_when_idle()
         elif kind in ("conversation.item.created", "response.output_item.added"):
-            item = _object(event.get("item"))
-            if item.get("type") == "function_call" and _text(item.get("call_id")):
-                self._calls.setdefault(item["call_id"], [_text(item.get("name")) or "", "", False])
+            item = event.get("item") or {}
+            if item.get("type") == "function_call" and item.get("call_id"):
+                self._calls.setdefault(item["call_id"], [item.get("name") or "", "", False])
         elif kind == "response.function_call_arguments.delta":
-            call = self._calls.setdefault(_text(event.get("call_id")) or "",
-                                          [_text(event.get("name")) or "", "", False])
+            call = self._calls.setdefault(event.get("call_id") or "", [event.get("name") or "", "", False])
             # The StepFun guide puts the fragment under "arguments", OpenAI under "delta": read both.
             piece = event.get("arguments")
-            call[1] += piece if isinstance(piece, str) else (_text(event.get("delta")) or "")
+            call[1] += piece if isinstance(piece, str) else (event.get("delta") or "")
         elif kind == "response.function_call_arguments.done":
-            call = self._calls.setdefault(_text(event.get("call_id")) or "",
-                                          [_text(event.get("name")) or "", "", False])
-            call[0] = _text(event.get("name")) or call[0]
+            call = self._calls.setdefault(event.get("call_id") or "", [event.get("name") or "", "", False])
+            call[0] = event.get("name") or call[0]
             if isinstance(event.get("arguments"), str):
                 call[1] = event["arguments"]
             call[2] = True
@@ -314,7 +330,7 @@ class RealtimeEngine:
         elif kind == "input_audio_buffer.speech_stopped":
             self._awaiting_reply = True
         elif kind == "response.audio_transcript.done":
-            reply = (_text(event.get("item_id")), _text(event.get("transcript")) or "")
+            reply = (event.get("item_id"), event.get("transcript") or "")
             if self._untranscribed:
                 if not self._held_replies:
                     asyncio.get_running_loop().call_later(USER_TRANSCRIPT_WAIT_S, self._release_replies)
@@ -322,17 +338,16 @@ class RealtimeEngine:
             else:
                 self.sink.transcript("assistant", reply[1], reply[0])
         elif kind == "input_audio_buffer.committed":
-            if _text(event.get("item_id")):
+            if event.get("item_id"):
                 self._untranscribed.add(event["item_id"])
         elif kind == "conversation.item.input_audio_transcription.completed":
-            item_id = _text(event.get("item_id"))
-            self._untranscribed.discard(item_id)
-            self.sink.transcript("user", _text(event.get("transcript")) or "", item_id)
+            self._untranscribed.discard(event.get("item_id"))
+            self.sink.transcript("user", event.get("transcript") or "", event.get("item_id"))
             if not self._untranscribed:
                 self._release_replies()
         elif kind == "error":
-            error = _object(event.get("error"))
-            self._on_error(error)
+            self._on_error(event.get("error") or {})
+            error = event.get("error") or {}
             refused = self._idle_sent.pop(str(error.get("event_id")), None)
             if refused is not None and "ongoing response" in str(error.get("message")):
                 # It met a response the server started itself (caller speech): send it again after that one.
@@ -346,11 +361,12 @@ class RealtimeEngine:
     def _run_function_calls(self, response: dict) -> None:
         """After ``response.done``: each function call it completed runs; its output goes back to the model,
         and the model speaks again when the tool says it should."""
-        output = response.get("output")
-        for item in output if isinstance(output, list) else ():
-            if isinstance(item, dict) and item.get("type") == "function_call" and _text(item.get("call_id")):
-                call = self._calls.setdefault(item["call_id"], [_text(item.get("name")) or "", "", False])
-                call[0] = _text(item.get("name")) or call[0]
+        for item in response.get("output") or ():
+            # malformed() checks the event's own fields; the output's items are checked here, one by one
+            if isinstance(item, dict) and item.get("type") == "function_call" and isinstance(item.get("call_id"), str):
+                name = item.get("name") if isinstance(item.get("name"), str) else ""
+                call = self._calls.setdefault(item["call_id"], [name, "", False])
+                call[0] = name or call[0]
                 if not call[2] and response.get("status") != "cancelled":
                     # Listed as done: its arguments are the output's, else the fragments that came.
                     if isinstance(item.get("arguments"), str):
@@ -373,6 +389,11 @@ class RealtimeEngine:
         if result.follow_up:
             self._request_response(None)
 
+    def _give_up(self, reason: str) -> None:
+        """The session cannot go on: the call switches engines (or ends)."""
+        self._given_up = True
+        self.sink.engine_failed(reason)
+
     def _release_replies(self) -> None:
         self._untranscribed.clear()    # a transcript that has not come by now is not coming
         held, self._held_replies = self._held_replies, []
@@ -390,7 +411,7 @@ class RealtimeEngine:
                          param=error.get("param"), event_id=error.get("event_id"))
         metrics.stepfun_error("realtime_error")
         if code in _FATAL_ERROR_CODES or error.get("type") == "server_error":
-            self.sink.engine_failed(f"realtime error {code or error.get('type')}: {message}")
+            self._give_up(f"realtime error {code or error.get('type')}: {message}")
 
     async def close(self) -> None:
         self._closing = True
@@ -400,5 +421,10 @@ class RealtimeEngine:
                 task.cancel()
         if self._watchdog is not None and self._watchdog is not asyncio.current_task():
             self._watchdog.cancel()
-        if self._conn is not None:
+        if self._conn is None:
+            return
+        if self._given_up:
+            # A stalled or broken session would only make the caller wait for a close handshake.
+            self._conn.abort()
+        else:
             await self._conn.close()

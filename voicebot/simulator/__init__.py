@@ -6,6 +6,7 @@ from voicebot.simulator.caller import (
     CallSetupError,
     CarrierProtocol,
     ClearPlayback,
+    Drop,
     Hangup,
     MarkRecord,
     PlayAudio,
@@ -22,7 +23,7 @@ from voicebot.simulator.caller import (
 from voicebot.simulator.twilio import AUTO, TwilioProtocol, parse_twiml_stream, simulate_twilio_call
 
 __all__ = [
-    "AUTO", "CallResult", "CallSetupError", "CallerUtterance", "CarrierProtocol", "ClearPlayback", "Hangup",
+    "AUTO", "CallResult", "CallSetupError", "CallerUtterance", "CarrierProtocol", "ClearPlayback", "Drop", "Hangup",
     "MarkRecord", "PlayAudio", "PlaybackSegment", "Press", "ProtocolViolation", "QueueMark", "Say", "SimulatedCall",
     "StreamRefused", "StreamTarget", "TimelineEvent", "TwilioProtocol", "parse_twiml_stream",
     "simulate_twilio_call",

@@ -19,7 +19,7 @@ import numpy as np
 
 from voicebot.audio.codecs import WireCodec
 from voicebot.simulator.caller import (CallResult, CallSetupError, MediaConnection, Message, PlayAudio,
-                                       ProtocolViolation, ServerEvent, Step, StreamTarget)
+                                       ProtocolViolation, ServerEvent, Step, StreamTarget, reset_transport)
 from voicebot.simulator.l16 import DirectProtocol, simulate
 
 KIND_HANGUP, KIND_UUID, KIND_DTMF, KIND_SLIN = 0x00, 0x01, 0x03, 0x10
@@ -62,6 +62,9 @@ class TcpConnection(MediaConnection):
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
+
+    async def abort(self) -> None:
+        reset_transport(self.writer.transport)
 
 
 class AudioSocketProtocol(DirectProtocol):

@@ -12,7 +12,8 @@ heard so far (a keypress goes out as the carrier's DTMF message right then) and 
 audio for ``[n*20, n*20+20)`` ms), and the carrier takes the next 20 ms from its buffer: what the caller
 hears during that interval. Timing resolution is one frame. The call ends when the caller hangs up, the
 server closes the stream, the carrier ends it (:meth:`SimulatedCall.end_by_carrier`, e.g. from a fake
-REST API) or ``max_duration_s`` is reached.
+REST API), the connection drops (a :class:`Drop` step, or :meth:`SimulatedCall.drop`: a TCP reset, no closing
+messages) or ``max_duration_s`` is reached.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import math
+import socket
+import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -127,7 +130,22 @@ class Hangup:
         _check_trigger(self, self.at_s, self.after_bot_done, None, self.pause_s)
 
 
-Step = Union[Say, Press, Hangup]
+@dataclass
+class Drop:
+    """The carrier's connection to the server is lost, as in a network failure: no closing messages, no close
+    frame, a TCP reset. Triggers as for :class:`Hangup`, or ``after_bot_ms``: once this much of the bot's
+    current utterance has played (the connection dropping mid-sentence)."""
+
+    at_s: float | None = None
+    after_bot_done: bool = False
+    pause_s: float = 0.0
+    after_bot_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_trigger(self, self.at_s, self.after_bot_done, self.after_bot_ms, self.pause_s)
+
+
+Step = Union[Say, Press, Hangup, Drop]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,6 +281,21 @@ class MediaConnection(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Drop the connection as a network failure would: a TCP reset, nothing more sent."""
+
+
+def reset_transport(transport: asyncio.BaseTransport) -> None:
+    """Close ``transport`` with a TCP reset (linger 0): the peer gets no FIN and no last bytes."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
+
 
 # --------------------------------------------------------------------------------------------------
 # The result
@@ -314,7 +347,7 @@ class CallResult:
     media_received: list[tuple[float, int]]
     utterances: list[CallerUtterance]
     first_bot_audio_s: float | None
-    end_reason: Literal["hangup", "server_closed", "max_duration", "carrier_ended"]
+    end_reason: Literal["hangup", "server_closed", "max_duration", "carrier_ended", "dropped"]
     close_code: int | None
     close_reason: str | None
     duration_s: float
@@ -431,6 +464,7 @@ class _PlaybackBuffer:
 
 
 _HANGUP = object()
+_DROP = object()
 
 
 class SimulatedCall:
@@ -443,8 +477,8 @@ class SimulatedCall:
                  max_message_bytes: int = 64 * 2**20, max_protocol_errors: int = 1000,
                  carrier_api=None) -> None:
         for step in script:
-            if not isinstance(step, (Say, Press, Hangup)):
-                raise TypeError(f"script steps are Say, Press or Hangup, got {step!r}")
+            if not isinstance(step, (Say, Press, Hangup, Drop)):
+                raise TypeError(f"script steps are Say, Press, Hangup or Drop, got {step!r}")
             if isinstance(step, Press) and not protocol.carries_dtmf:
                 raise ValueError(f"the script presses {step.digits!r}, but the {protocol.name} media stream "
                                  "carries no DTMF to the server")
@@ -487,6 +521,7 @@ class SimulatedCall:
         self._ended = False
         self._server_closed = False
         self._carrier_ended = False
+        self._dropping = False
         self._end_reason = "server_closed"
         self._ticks = 0
         self._max_lag_s = 0.0
@@ -658,8 +693,9 @@ class SimulatedCall:
         if step.after_bot_done:
             return (self._bot_heard_since_armed and self._buffer.buffered == 0
                     and t - self._last_played_end >= step.pause_s - 1e-9)
-        if not isinstance(step, Hangup) and step.barge_after_bot_ms is not None:
-            return self._utterance_ms is not None and self._utterance_ms >= step.barge_after_bot_ms
+        after_bot_ms = step.after_bot_ms if isinstance(step, Drop) else getattr(step, "barge_after_bot_ms", None)
+        if after_bot_ms is not None:
+            return self._utterance_ms is not None and self._utterance_ms >= after_bot_ms
         return t >= self._armed_at + step.pause_s - 1e-9
 
     def _next_step(self, t: float) -> None:
@@ -668,12 +704,14 @@ class SimulatedCall:
         self._armed_at, self._bot_heard_since_armed = t, False
 
     def _caller_tick(self, t: float):
-        """The caller's frame for this tick, or _HANGUP."""
+        """The caller's frame for this tick, or _HANGUP, or _DROP."""
         if self._speaking is None and self._pressing is None and self._step < len(self.script):
             step = self.script[self._step]
             if self._triggered(step, t):
                 if isinstance(step, Hangup):
                     return _HANGUP
+                if isinstance(step, Drop):
+                    return _DROP
                 if isinstance(step, Press):
                     self._pressing, self._press_pos, self._next_press_at = step, 0, t
                 else:
@@ -737,6 +775,9 @@ class SimulatedCall:
         frame = self._caller_tick(t)
         if frame is _HANGUP:
             return self._stop("hangup")
+        if frame is _DROP or self._dropping:
+            self._event(t, "connection_dropped")
+            return self._stop("dropped")
         heard = self._play_tick(t)
         self._report_level(t)
         if self.record:
@@ -759,6 +800,21 @@ class SimulatedCall:
         self._carrier_ended = True
         started = self._loop is not None and self._t0 > 0     # _t0: when the stream started
         self._event(self._now() if started else 0.0, "carrier_ended", reason)
+
+    def drop(self) -> None:
+        """The connection is lost at the next tick, whatever the script says (see :class:`Drop`). For any
+        task on the call's event loop; after the call's end it changes nothing."""
+        self._dropping = True
+
+    @property
+    def bot_speaking(self) -> bool:
+        """Bot audio is playing to the caller right now."""
+        return self._segment is not None
+
+    @property
+    def last_bot_audio_t(self) -> float | None:
+        """Loop time of the last bot audio the server sent (None: none yet)."""
+        return self._t0 + self._media[-1][0] if self._media else None
 
     def _stop(self, reason: str) -> object:
         self._end_reason = reason
@@ -813,10 +869,10 @@ class SimulatedCall:
                 self._utterances.append(self._utterance)
                 self._event(t_end, "caller_speech_end", (self._utterance.label or "") + " (cut off)")
             self._close_segment("hangup" if self._buffer.buffered else "drained")
-            if end_reason != "server_closed":
+            if end_reason not in ("server_closed", "dropped"):
                 self._send(self.protocol.closing_messages())
             try:
-                await self._ws.close()
+                await (self._ws.abort() if end_reason == "dropped" else self._ws.close())
             except Exception:  # noqa: BLE001 - the socket may already be gone
                 pass
             if receiver is not None:

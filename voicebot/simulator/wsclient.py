@@ -19,7 +19,8 @@ import weakref
 
 import aiohttp
 
-from voicebot.simulator.caller import CallSetupError, MediaConnection, Message, StreamRefused, StreamTarget
+from voicebot.simulator.caller import (CallSetupError, MediaConnection, Message, StreamRefused, StreamTarget,
+                                      reset_transport)
 
 _TEXT, _BINARY = aiohttp.WSMsgType.TEXT.value, aiohttp.WSMsgType.BINARY.value
 _END = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
@@ -98,6 +99,11 @@ class WebSocketConnection(MediaConnection):
                 if kind is aiohttp.WSMsgType.CLOSE and msg.extra:
                     self.close_reason = msg.extra
                 return
+
+    async def abort(self) -> None:
+        reset_transport(self._transport)
+        if self._session is not None:
+            await self._session.close()
 
     async def close(self) -> None:
         self._writes.flush()  # what was sent goes out before the close frame

@@ -64,17 +64,21 @@ def ws_base_url(base_url: str) -> str:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Per-call limits in seconds. ``total=None`` means no overall limit (``connect`` still applies)."""
+    """Per-call limits in seconds. ``total=None`` means no overall limit (``connect`` still applies);
+    ``read`` bounds each wait for more of the answer (None: only ``total`` does)."""
 
     connect: float = 5.0
     total: float | None = 30.0
+    read: float | None = None
 
-    def override(self, connect: float | None = None, total: float | None = None) -> "Timeouts":
+    def override(self, connect: float | None = None, total: float | None = None,
+                 read: float | None = None) -> "Timeouts":
         return replace(self, connect=self.connect if connect is None else connect,
-                       total=self.total if total is None else total)
+                       total=self.total if total is None else total, read=self.read if read is None else read)
 
     def client_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=self.total, connect=self.connect, sock_connect=self.connect)
+        return aiohttp.ClientTimeout(total=self.total, connect=self.connect, sock_connect=self.connect,
+                                     sock_read=self.read)
 
 
 def trace_id_of(resp: aiohttp.ClientResponse) -> str | None:

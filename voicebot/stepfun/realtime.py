@@ -34,7 +34,11 @@ from .errors import StepFunError, StepFunUnavailable, error_for_status
 log = structlog.get_logger("voicebot.stepfun")
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024   # one append may carry up to 15 MB
-MAX_BUFFERED_BYTES = 4 * 1024 * 1024  # unsent data (~30 s of appends): StepFun is not reading, give up
+# Unsent data beyond which StepFun counts as not reading: the socket is dropped and the call fails over (or
+# ends). A call appends 66.8 KB/s (20 ms at 24 kHz: 1 336 bytes a frame), so this is ~8 s of the caller's voice
+# queued on top of what the kernel's socket buffers hold; the model would hear them seconds late, which is no
+# conversation any more. It is what a hung StepFun can make a call hold here.
+MAX_BUFFERED_BYTES = 512 * 1024
 PING_INTERVAL_S = 20.0                # keepalive: a ping every 20 s, the pong due before the next one
 CLOSE_TIMEOUT_S = 2.0
 
@@ -117,7 +121,12 @@ class RealtimeConnection(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Close the session's socket."""
+        """Close the session's socket: a close handshake of at most ``CLOSE_TIMEOUT_S``, then the connection
+        is dropped; dropped too when the wait is cancelled (the socket never outlives the session)."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the connection now, without a close handshake (a session given up on)."""
 
     # -- receiving ------------------------------------------------------------------------------------
     def _deliver(self, data: bytes | str) -> None:
@@ -126,9 +135,11 @@ class RealtimeConnection(abc.ABC):
         try:
             event = jsoncodec.loads(data)
         except (ValueError, TypeError):
-            log.warning("stepfun_bad_event", problem="not JSON", sample=str(data[:80]))
+            sample = data[:80] if type(data) is str else bytes(data[:80]).decode("utf-8", "replace")
+            log.warning("stepfun_bad_event", problem="not JSON", sample=sample)
             return
         if not isinstance(event, dict):
+            log.warning("stepfun_bad_event", problem=f"JSON {type(event).__name__}, not an event object")
             return
         if self.session_id is None and event.get("type") == "session.created":
             session = event.get("session")
@@ -256,6 +267,8 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
                 self._pong_due = False
         if ws.state is State.CLOSED and self._transport is not None:
             self._transport.close()
+        elif ws.state is State.CLOSING and not self._ended and (ws.close_rcvd or ws.parser_exc):
+            self._closing_by_server()
 
     def eof_received(self) -> None:
         self._ws.receive_eof()
@@ -271,6 +284,21 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         self._ended_with(_close_reason(rcvd.code if rcvd else None, rcvd.reason if rcvd else ""))
+
+    def _closing_by_server(self) -> None:
+        """StepFun closed the session or sent what no WebSocket may carry (then we failed the connection,
+        RFC 6455 §7.1.7): the session is over now, whatever the TCP connection does. Closing that is the
+        server's part; one that does not within ``CLOSE_TIMEOUT_S`` is dropped."""
+        ws = self._ws
+        if ws.parser_exc is not None:
+            reason = f"invalid data from StepFun ({type(ws.parser_exc).__name__}: {ws.parser_exc})"
+            log.warning("stepfun_invalid_frame", problem=str(ws.parser_exc))
+        else:
+            reason = _close_reason(ws.close_rcvd.code, ws.close_rcvd.reason)
+        if self._ping is not None:
+            self._ping.cancel()
+        self._ping = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._abort)
+        self._ended_with(reason)
 
     def _handshake_done(self, exc: BaseException | None = None) -> None:
         future = self._handshake
@@ -325,6 +353,11 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def abort(self) -> None:
+        if self._ping is not None:
+            self._ping.cancel()
+        self._abort()
+
     async def close(self) -> None:
         if self._ping is not None:
             self._ping.cancel()
@@ -336,7 +369,10 @@ class _SansIoConnection(RealtimeConnection, asyncio.Protocol):
         try:
             await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_TIMEOUT_S)
         except asyncio.TimeoutError:
-            self._abort()
+            pass
+        finally:
+            if not self._lost.done():    # no answer in time, or whoever waited gave up
+                self._abort()
 
 
 class _LibraryConnection(RealtimeConnection):
@@ -346,6 +382,7 @@ class _LibraryConnection(RealtimeConnection):
         super().__init__(url)
         self._ws = ws
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._queued_bytes = 0      # in the outbox, not yet handed to websockets: bounded by MAX_BUFFERED_BYTES
         self._writer = asyncio.create_task(self._drain())
         self._reader = asyncio.create_task(self._read())
 
@@ -366,6 +403,17 @@ class _LibraryConnection(RealtimeConnection):
         return cls(ws, url)
 
     def send_raw(self, text: str | bytes, since: float | None = None) -> None:
+        if self._writer.done():
+            return      # closed, or given up on: the reader reports the end
+        if self._queued_bytes + len(text) > MAX_BUFFERED_BYTES:
+            # websockets' send waits while StepFun is not reading: the queue would grow for good.
+            log.warning("stepfun_not_reading", buffered=self._queued_bytes)
+            self._writer.cancel()
+            transport = getattr(self._ws, "transport", None)
+            if transport is not None:
+                transport.abort()     # the reader sees the connection lost and ends the session
+            return
+        self._queued_bytes += len(text)
         self._outbox.put_nowait(text if since is None else (text, since))
 
     async def _drain(self) -> None:
@@ -375,8 +423,10 @@ class _LibraryConnection(RealtimeConnection):
                     await self._ws.send(item[0], text=True)
                     latency.record("in", latency.clock() - item[1])
                     latency.count("appends_sent")
+                    self._queued_bytes -= len(item[0])
                 else:
                     await self._ws.send(item, text=True)
+                    self._queued_bytes -= len(item)
             except ConnectionClosed:
                 return
 
@@ -390,17 +440,27 @@ class _LibraryConnection(RealtimeConnection):
             log.exception("stepfun_listener_failed")
         self._ended_with(_close_reason(self._ws.close_code, self._ws.close_reason or ""))
 
+    def abort(self) -> None:
+        self._writer.cancel()
+        transport = getattr(self._ws, "transport", None)
+        if transport is not None:
+            transport.abort()
+
     async def close(self) -> None:
         self._outbox.put_nowait(None)
         try:
-            await asyncio.wait_for(self._writer, 1.0)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._writer.cancel()
-        await self._ws.close()
-        try:
-            await asyncio.wait_for(self._reader, 1.0)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._reader.cancel()
+            try:
+                await asyncio.wait_for(self._writer, 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._writer.cancel()
+            await self._ws.close()
+            try:
+                await asyncio.wait_for(self._reader, 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._reader.cancel()
+        finally:
+            if not self._reader.done():   # whoever waited gave up: the socket must not outlive the session
+                self.abort()
 
 
 __all__ = ["RealtimeConnection", "StepFunError", "websockets"]

@@ -105,17 +105,16 @@ def split_text(text: str, limit: int = MAX_INPUT_CHARS) -> list[str]:
     return pieces
 
 
-def audio_bytes(value: object, trace_id: str | None) -> bytes:
-    """The base64 ``audio`` of a TTS event (absent: none); StepFunUnavailable when it is something else."""
-    if value is None or value == "":
+def _audio_bytes(value: Any) -> bytes | None:
+    """The bytes of a base64 ``audio`` field (missing or empty: none); None when it is no base64 string."""
+    if value is None:
         return b""
-    if isinstance(value, str):
-        try:
-            return base64.b64decode(value)
-        except ValueError:      # binascii.Error: bad padding; non-ASCII text
-            pass
-    raise StepFunUnavailable(f"tts: event audio is not base64 ({type(value).__name__}, {len(str(value))} chars)",
-                             trace_id=trace_id)
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:      # binascii.Error
+        return None
 
 
 class _Pcm16:
@@ -160,14 +159,20 @@ class TtsHttpStream(SseStream[np.ndarray]):
 
     def _on_event(self, event: dict) -> np.ndarray | None:
         kind = event.get("type")
+        if kind in ("speech.audio.delta", "speech.audio.done"):
+            data = _audio_bytes(event.get("audio"))
+            if data is None:     # one broken event is dropped; the stream goes on
+                log.warning(self._log_bad_event, trace_id=self.trace_id, type=kind,
+                            problem="'audio' is not a base64 string")
+                return None
         if kind == "speech.audio.delta":
-            pcm = self._pcm.feed(audio_bytes(event.get("audio"), self.trace_id))
+            pcm = self._pcm.feed(data)
             if len(pcm):
                 self.samples += len(pcm)
                 return pcm
         elif kind == "speech.audio.done":
             self.completed = True
-            tail = self._pcm.feed(audio_bytes(event.get("audio"), self.trace_id))
+            tail = self._pcm.feed(data)
             if len(tail) and self.samples == 0:
                 self.samples += len(tail)
                 return tail
@@ -199,6 +204,7 @@ class TtsSentence:
 
 
 _END = object()
+_AUDIO_EVENTS = ("tts.response.audio.delta", "tts.response.audio.done")
 
 
 class TtsStream:
@@ -336,8 +342,15 @@ class TtsStream:
                     except ValueError:
                         log.warning("stepfun.tts_ws_bad_event", session_id=self.session_id, data=msg.data[:120])
                         continue
-                    if isinstance(event, dict) and self._handle(event):
+                    if not isinstance(event, dict):
+                        log.warning("stepfun.tts_ws_bad_event", session_id=self.session_id,
+                                    problem=f"JSON {type(event).__name__}, not an event object")
+                        continue
+                    if self._handle(event):
                         return
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    log.warning("stepfun.tts_ws_bad_event", session_id=self.session_id,
+                                problem="binary frame", sample=bytes(msg.data[:40]).decode("utf-8", "replace"))
                 elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
                                   aiohttp.WSMsgType.ERROR):
                     break
@@ -352,9 +365,23 @@ class TtsStream:
     def _handle(self, event: dict) -> bool:
         """Apply one server event; True when the job is over."""
         kind = event.get("type")
-        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        data = event.get("data")
+        if not isinstance(data, dict):
+            data = {}
+            if kind in _AUDIO_EVENTS or kind == "tts.response.error":
+                log.warning("stepfun.tts_ws_bad_event", session_id=self.session_id, type=kind,
+                            problem="'data' is not an object")
+                if kind != "tts.response.error":
+                    return False
+        audio = b""
+        if kind in _AUDIO_EVENTS:
+            audio = _audio_bytes(data.get("audio"))
+            if audio is None:       # one broken event is dropped; the job goes on
+                log.warning("stepfun.tts_ws_bad_event", session_id=self.session_id, type=kind,
+                            problem="'audio' is not a base64 string")
+                return False
         if kind == "tts.response.audio.delta":
-            self._emit(self._pcm.feed(audio_bytes(data.get("audio"), self.session_id)))
+            self._emit(self._pcm.feed(audio))
         elif kind == "tts.response.sentence.start":
             self.sentences.append(TtsSentence(str(data.get("text") or ""), self.samples_received,
                                               sentence_id=data.get("sentence_id")))
@@ -365,7 +392,7 @@ class TtsStream:
                     break
         elif kind == "tts.response.audio.done":
             if self.samples_received == 0:  # "audio" may carry the whole job instead of deltas
-                self._emit(self._pcm.feed(audio_bytes(data.get("audio"), self.session_id)))
+                self._emit(self._pcm.feed(audio))
             self.audio_done = True
             log.debug("stepfun.tts_ws_done", session_id=self.session_id, samples=self.samples_received)
             self._queue.put_nowait(_END)
@@ -378,7 +405,9 @@ class TtsStream:
         return False
 
     async def close(self) -> None:
-        """Abort or tidy up: stop reading and close the socket (idempotent)."""
+        """Abort or tidy up: stop reading and close the socket (idempotent). A job that failed (a server
+        gone silent, a broken connection) is dropped at once: no close handshake to wait for; a close
+        cancelled mid-wait drops the socket too, so it never outlives the job."""
         if self._closed:
             return
         self._closed = True
@@ -388,10 +417,22 @@ class TtsStream:
         except (asyncio.CancelledError, Exception):  # noqa: BLE001
             pass
         self._queue.put_nowait(_END)
+        if self._error is not None:
+            self._abort()
+            return
         try:
             await self._ws.close()
         except Exception:  # noqa: BLE001 - the socket may already be gone
             pass
+        finally:
+            if not self._ws.closed:
+                self._abort()
+
+    def _abort(self) -> None:
+        # aiohttp has no public abort for a client WebSocket: closing its HTTP response drops the connection.
+        response = getattr(self._ws, "_response", None)
+        if response is not None:
+            response.close()
 
 
 def ws_error(data: Mapping[str, Any], session_id: str | None) -> StepFunError:
@@ -466,12 +507,15 @@ class TtsClient(StepFunClient):
     def stream_http(self, text: str, *, voice: str, speed: float = 1.0, volume: float = 1.0,
                     instruction: str | None = None, sample_rate: int = 8000,
                     pronunciation_map: Mapping[str, Any] | None = None, markdown_filter: bool | None = None,
-                    connect_timeout: float | None = None, total_timeout: float | None = None) -> TtsHttpStream:
-        """``text`` over HTTP with ``stream_format: "sse"``: int16 chunks as they are produced."""
+                    connect_timeout: float | None = None, total_timeout: float | None = None,
+                    read_timeout: float | None = None) -> TtsHttpStream:
+        """``text`` over HTTP with ``stream_format: "sse"``: int16 chunks as they are produced.
+        ``read_timeout`` bounds each wait for more of the stream (a server gone silent mid-speech)."""
         body = self.speech_body(text, voice=voice, speed=speed, volume=volume, instruction=instruction,
                                 sample_rate=sample_rate, pronunciation_map=pronunciation_map,
                                 markdown_filter=markdown_filter, stream=True)
-        return TtsHttpStream(self._http, body, self._http.timeouts.override(connect_timeout, total_timeout))
+        return TtsHttpStream(self._http, body,
+                             self._http.timeouts.override(connect_timeout, total_timeout, read_timeout))
 
     async def open_stream(self, *, voice: str, speed: float = 1.0, volume: float = 1.0, mode: str = "default",
                           instruction: str | None = None, sample_rate: int = 8000,

@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import structlog
 
 from ..audio.codecs import UnsupportedCodec, WireCodec
+from ..wsserver import MAX_BUFFERED_BYTES
 from .base import (Audio, BasicAuthRoute, CallMeta, CarrierEvent, CarrierOptions, CarrierSession,
                    FatalProtocolError, MarkPlayed, ProtocolError, Started, decode_audio, dtmf,
                    parse_json_object)
@@ -32,6 +34,12 @@ PASSWORD_ENV = "ASTERISK_WS_PASSWORD"
 FORMATS = {"ulaw": ("pcmu", 8000), "alaw": ("pcma", 8000), "slin": ("l16", 8000), "slin16": ("l16", 16000),
            "slin24": ("l16", 24000)}
 IGNORED_EVENTS = {"STATUS", "MEDIA_BUFFERING_COMPLETED", "QUEUE_DRAINED"}
+# What MEDIA_XOFF may make us hold: as much as an unread WebSocket may (wsserver), 32 s of ulaw or 5 s of slin24
+# beyond Asterisk's own full queue. Past it Asterisk is not playing any more: later media and marks are dropped
+# (counted, logged once) until MEDIA_XON.
+XOFF_HELD_MAX_BYTES = MAX_BUFFERED_BYTES
+
+log = structlog.get_logger("voicebot.telephony")
 
 
 def parse_plain(text: str) -> tuple[str, dict[str, str], list[str]]:
@@ -54,6 +62,8 @@ class AsteriskSession(CarrierSession):
         self.json = False
         self.xoff = False
         self._held: list[str | bytes] = []   # what MEDIA_XOFF keeps from Asterisk, in order
+        self._held_bytes = 0
+        self.xoff_dropped = 0                # media and marks dropped past XOFF_HELD_MAX_BYTES
         self._partial = b""                  # media not yet a whole optimal frame
 
     # -- Asterisk → us ----------------------------------------------------------------------------
@@ -83,7 +93,7 @@ class AsteriskSession(CarrierSession):
             return []
         if name == "MEDIA_XON":
             self.xoff = False
-            held, self._held = self._held, []
+            held, self._held, self._held_bytes = self._held, [], 0
             for item in held:
                 self._send_now(item)
             return []
@@ -135,7 +145,14 @@ class AsteriskSession(CarrierSession):
     def _send_in_order(self, item: str | bytes) -> None:
         """Media and marks wait while Asterisk said XOFF, so marks stay behind the media they follow."""
         if self.xoff:
+            if self._held_bytes + len(item) > XOFF_HELD_MAX_BYTES:
+                if not self.xoff_dropped:
+                    log.warning("asterisk_xoff_overflow", carrier=self.carrier, held_bytes=self._held_bytes,
+                                problem="MEDIA_XOFF for too long: bot audio past this is dropped until MEDIA_XON")
+                self.xoff_dropped += 1
+                return
             self._held.append(item)
+            self._held_bytes += len(item)
         else:
             self._send_now(item)
 
@@ -151,6 +168,7 @@ class AsteriskSession(CarrierSession):
 
     def send_clear(self) -> None:
         self._held.clear()
+        self._held_bytes = 0
         self._partial = b""
         self.xoff = False     # the flush empties Asterisk's queue: whatever comes next fits
         self.send_text(self._command("FLUSH_MEDIA"))

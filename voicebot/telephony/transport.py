@@ -11,23 +11,30 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from ..wsserver import ServerWebSocket
+from ..wsserver import MAX_BUFFERED_BYTES, ServerWebSocket
 
 log = structlog.get_logger("voicebot.telephony")
 
 SEND_NOW_MAX_BUFFERED = 16 * 1024   # above this many unsent bytes, sends wait for the socket to drain
+# What the outbox may hold for a transport that cannot take it (a TCP carrier whose socket is backed up; a
+# WebSocket write never waits, and wsserver bounds its own backlog to the same size, for the same reason): a
+# carrier that has not read this much of our audio has stopped reading, and the connection is dropped.
+MAX_BACKLOG_BYTES = MAX_BUFFERED_BYTES
 
 MessageHandler = Callable[[str | bytes], None]
 
 
 class StreamEnded(Exception):
     """The transport has no more messages; ``problem`` says why when it was not a normal close, ``violation``
-    the close code we ended it with when the peer broke the protocol or a limit (wsserver's codes)."""
+    the close code we ended it with when the peer broke the protocol or a limit (wsserver's codes), and
+    ``refused_bytes`` the size of a message refused as over the size limit."""
 
-    def __init__(self, problem: str | None = None, violation: int | None = None) -> None:
+    def __init__(self, problem: str | None = None, violation: int | None = None,
+                 refused_bytes: int | None = None) -> None:
         super().__init__(problem or "closed")
         self.problem = problem
         self.violation = violation
+        self.refused_bytes = refused_bytes
 
 
 class Transport(ABC):
@@ -53,6 +60,9 @@ class Transport(ABC):
     @abstractmethod
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
+    def drop(self, problem: str) -> None:
+        """End the connection now, without a goodbye (the peer has stopped reading); ``problem`` is why."""
+
 
 class WebSocketTransport(Transport):
     """A carrier WebSocket: messages reach ``on_message`` in the socket's own data callback."""
@@ -68,7 +78,7 @@ class WebSocketTransport(Transport):
         self.ws.listen(on_message)
         await self.ws.wait_closed()
         if self.ws.problem:
-            raise StreamEnded(self.ws.problem, self.ws.violation)
+            raise StreamEnded(self.ws.problem, self.ws.violation, self.ws.refused_bytes)
 
     async def send(self, data: str | bytes) -> None:
         self.send_now(data)
@@ -91,6 +101,7 @@ class TcpTransport(Transport):
                  read_message: Callable[[asyncio.StreamReader], Awaitable[bytes | None]]) -> None:
         self.reader, self.writer = reader, writer
         self._read_message = read_message
+        self._dropped: str | None = None     # why we dropped the connection, if we did
 
     @property
     def closed(self) -> bool:
@@ -101,11 +112,13 @@ class TcpTransport(Transport):
             try:
                 message = await self._read_message(self.reader)
             except asyncio.IncompleteReadError as exc:
-                raise StreamEnded(f"connection closed inside a message ({len(exc.partial)} of {exc.expected} "
-                                  "bytes read)" if exc.partial else None) from None
+                raise StreamEnded(self._dropped or (f"connection closed inside a message ({len(exc.partial)} of "
+                                  f"{exc.expected} bytes read)" if exc.partial else None)) from None
             except ConnectionError as exc:
-                raise StreamEnded(f"connection lost: {exc}") from None
+                raise StreamEnded(self._dropped or f"connection lost: {exc}") from None
             if message is None:
+                if self._dropped:
+                    raise StreamEnded(self._dropped)
                 return
             try:
                 on_message(message)
@@ -126,6 +139,11 @@ class TcpTransport(Transport):
         self.writer.write(data)
         return True
 
+    def drop(self, problem: str) -> None:
+        if self._dropped is None:
+            self._dropped = problem
+            self.writer.transport.abort()
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if not self.writer.is_closing():
             self.writer.close()
@@ -142,8 +160,10 @@ class Outbox:
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
+        # Bounded by MAX_BACKLOG_BYTES in _send (a maxsize would count messages, not what they hold).
         self._queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self._backlog = 0     # messages queued and not yet sent: while any are, new ones queue behind them
+        self._backlog_bytes = 0
         self._task = asyncio.create_task(self._drain())
 
     def send_text(self, text: str) -> None:
@@ -155,7 +175,11 @@ class Outbox:
     def _send(self, data: str | bytes) -> None:
         if self._backlog == 0 and self._transport.send_now(data):
             return
+        if self._backlog_bytes + len(data) > MAX_BACKLOG_BYTES:
+            self._transport.drop(f"peer is not reading ({self._backlog_bytes} bytes unsent)")
+            return
         self._backlog += 1
+        self._backlog_bytes += len(data)
         self._queue.put_nowait(data)
 
     async def _drain(self) -> None:
@@ -167,6 +191,7 @@ class Outbox:
                 pass   # the reader sees the close and ends the call
             finally:
                 self._backlog -= 1
+                self._backlog_bytes -= len(item)
 
     async def close(self) -> None:
         """Send what is queued (for at most 2 s), then stop. Safe to call twice."""
