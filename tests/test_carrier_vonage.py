@@ -90,8 +90,10 @@ async def test_a_10_mb_binary_frame_gets_a_1009_close_frame(carrier_stack):
         await carrier_stack.idle()
     assert closed.value.rcvd is not None, "no close frame reached the client"
     assert closed.value.rcvd.code == 1009 and "over the 65536-byte limit" in closed.value.rcvd.reason
-    problems = [entry["problem"] for entry in logs if entry["event"] == "carrier_protocol_error"]
-    assert problems == ["message of 10000000 bytes is over the 65536-byte limit"]
+    # Our refusal, logged as such with the size refused (not as the carrier's protocol error).
+    assert [entry for entry in logs if entry["event"] == "carrier_protocol_error"] == []
+    (refused,) = [entry for entry in logs if entry["event"] == "media_message_too_big"]
+    assert refused["size"] >= 65536 and refused["limit"] == 65536 and refused["closed_with"] == 1009
     assert delta(await scrape(carrier_stack.url), before, "voicebot_stream_refusals_total", carrier="vonage",
                  reason="limit") == 1
 
