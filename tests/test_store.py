@@ -370,8 +370,8 @@ def test_the_environment_gives_the_database_url_with_its_password(tmp_path):
     ("voicebot.db", "got a value without a scheme URL"),
     ("sqlite://", "expected sqlite:///<file>"),
     ("sqlite:///:memory:", "expected sqlite:///<file>"),
-    ("postgresql://bot:hunter2@/voicebot", "needs a host and a database"),
-    ("postgresql://bot:hunter2@db.example.com", "needs a host and a database"),
+    ("postgresql://bot:hunter2@/voicebot", "needs a host, a port up to 65535 if any, and a database"),
+    ("postgresql://bot:hunter2@db.example.com", "needs a host, a port up to 65535 if any, and a database"),
 ])
 def test_config_refuses_other_database_urls_naming_the_field_not_the_password(tmp_path, url, problem):
     config = tmp_path / "config.yaml"
