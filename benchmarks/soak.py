@@ -213,18 +213,18 @@ class TranscriptDisk:
             return
         assert self._mounted is not None
         self._ballast = self._mounted / "ballast"
-        with open(self._ballast, "wb") as f:
+        fd = os.open(self._ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
             stat = os.statvfs(self._mounted)
             with contextlib.suppress(OSError):
-                os.posix_fallocate(f.fileno(), 0, stat.f_bavail * stat.f_frsize)
-            block = bytes(65536)
-            with contextlib.suppress(OSError):     # whatever fallocate left, up to the last byte
-                while True:
-                    f.write(block)
-                    f.flush()
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(f.fileno(), b"\0")
+                os.posix_fallocate(fd, 0, stat.f_bavail * stat.f_frsize)
+            for size in (65536, 1):                # whatever fallocate left, up to the last byte
+                block = bytes(size)
+                with contextlib.suppress(OSError):
+                    while os.write(fd, block):
+                        pass
+        finally:
+            os.close(fd)
 
     def free(self) -> None:
         if self.mode == "symlink":
@@ -462,8 +462,8 @@ class Soak:
                     return
                 await asyncio.sleep(0.05)
         elif kind == "disk_full":
-            await asyncio.to_thread(self.disk.fill)
             try:
+                await asyncio.to_thread(self.disk.fill)
                 await asyncio.sleep(self.opts.window_s)
             finally:
                 self.disk.free()

@@ -138,7 +138,10 @@ async def _debug_memory(request: web.Request) -> web.Response:
         return web.json_response({"error": "tracemalloc is off: start the server with PYTHONTRACEMALLOC=5"},
                                  status=409)
     gc.collect()
-    snapshot = tracemalloc.take_snapshot().filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),))
+    # Seconds of work with a large heap: in a thread, so that calls are served meanwhile (taking the snapshot
+    # itself still holds the interpreter).
+    snapshot = await asyncio.to_thread(
+        lambda: tracemalloc.take_snapshot().filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),)))
     state = request.app[MEMORY_BASELINE]
     previous, state["snapshot"] = state.get("snapshot"), snapshot
     traced, peak = tracemalloc.get_traced_memory()
@@ -147,7 +150,7 @@ async def _debug_memory(request: web.Request) -> web.Response:
         body["baseline"] = True
         return web.json_response(body)
     top = int(request.query.get("top", "20"))
-    stats = snapshot.compare_to(previous, "traceback")
+    stats = await asyncio.to_thread(snapshot.compare_to, previous, "traceback")
     body["growth_bytes"] = sum(stat.size_diff for stat in stats)
     body["top"] = [{"size_diff": stat.size_diff, "count_diff": stat.count_diff, "size": stat.size,
                     "traceback": stat.traceback.format()} for stat in stats[:top]]
