@@ -144,6 +144,8 @@ class Options:
     barge_share: float = 0.3
     disk: str = "auto"               # auto | tmpfs | symlink (see TranscriptDisk)
     tracemalloc: bool = False
+    server_env: dict = field(default_factory=dict)    # extra environment of the server (allocator settings ...)
+    trim_every_s: float = 0.0        # > 0: ask the server to malloc_trim this often (an experiment, see --trim-every)
     seed: int = 1
     workdir: str | None = None
     out: str | None = None
@@ -213,18 +215,18 @@ class TranscriptDisk:
             return
         assert self._mounted is not None
         self._ballast = self._mounted / "ballast"
-        with open(self._ballast, "wb") as f:
+        fd = os.open(self._ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
             stat = os.statvfs(self._mounted)
             with contextlib.suppress(OSError):
-                os.posix_fallocate(f.fileno(), 0, stat.f_bavail * stat.f_frsize)
-            block = bytes(65536)
-            with contextlib.suppress(OSError):     # whatever fallocate left, up to the last byte
-                while True:
-                    f.write(block)
-                    f.flush()
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(f.fileno(), b"\0")
+                os.posix_fallocate(fd, 0, stat.f_bavail * stat.f_frsize)
+            for size in (65536, 1):                # whatever fallocate left, up to the last byte
+                block = bytes(size)
+                with contextlib.suppress(OSError):
+                    while os.write(fd, block):
+                        pass
+        finally:
+            os.close(fd)
 
     def free(self) -> None:
         if self.mode == "symlink":
@@ -262,7 +264,8 @@ def write_config(root: Path, port: int, transcripts: Path) -> Path:
 class Server:
     """The server process and the few requests the soak makes to it and to its embedded emulator."""
 
-    def __init__(self, root: Path, port: int, transcripts: Path, auth_token: str, *, tracemalloc: bool) -> None:
+    def __init__(self, root: Path, port: int, transcripts: Path, auth_token: str, *, tracemalloc: bool,
+                 extra_env: dict | None = None) -> None:
         config = write_config(root, port, transcripts)
         env = {k: v for k, v in os.environ.items()
                if k not in ("STEP_API_KEY", "STEPFUN_BASE_URL", "VOICEBOT_CONFIG", "VOICEBOT_DATABASE_URL")}
@@ -270,6 +273,7 @@ class Server:
         env.update({"TWILIO_AUTH_TOKEN": auth_token, "VOICEBOT_DEBUG_RUNTIME": "1", "VOICEBOT_LATENCY": "1"})
         if tracemalloc:
             env["PYTHONTRACEMALLOC"] = "5"
+        env.update(extra_env or {})
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = root / "server.log"
         self.child = Child("server", [sys.executable, "-m", "voicebot.cli", "serve", "--config", str(config)],
@@ -290,12 +294,14 @@ class Server:
             raise RuntimeError(f"the server is not on its embedded emulator: {runtime.get('stepfun_base_url')}")
         self.emulator_url = runtime["stepfun_base_url"].rsplit("/step_plan/v1", 1)[0]
 
-    async def runtime(self, gc: bool = False) -> dict:
+    async def runtime(self, gc: bool = False, trim: bool = False) -> dict:
         """``/debug/runtime``; a request not answered within 10 s is counted in ``unanswered`` and tried again
         (three times in all): a server that stops answering is a finding of the soak, not the end of it."""
         import aiohttp
 
-        params = {"gc": "1", "detail": "1"} if gc else None
+        params = {"gc": "1", "detail": "1"} if gc else {}
+        if trim:
+            params.update(gc="1", trim="1")
         for attempt in range(3):
             try:
                 async with self._http.get(f"{self.url}/debug/runtime", params=params,
@@ -372,6 +378,7 @@ class Soak:
         self.pending: dict[str, str] = {}           # one-shot emulator field -> the kind armed on it
         self.samples: list[dict] = []
         self.stuck_server_calls: set[str] = set()
+        self.trims: list[tuple[int, float]] = []    # (bytes returned, ms) of each malloc_trim asked for
         self.call_seed = opts.seed * 1_000_003
         self._http = None
 
@@ -462,8 +469,8 @@ class Soak:
                     return
                 await asyncio.sleep(0.05)
         elif kind == "disk_full":
-            await asyncio.to_thread(self.disk.fill)
             try:
+                await asyncio.to_thread(self.disk.fill)
                 await asyncio.sleep(self.opts.window_s)
             finally:
                 self.disk.free()
@@ -507,7 +514,12 @@ class Soak:
 
     async def sample_loop(self, t0: float, until: float) -> None:
         loop = asyncio.get_running_loop()
+        last_trim = loop.time()
         while loop.time() < until:
+            if self.opts.trim_every_s > 0 and loop.time() - last_trim >= self.opts.trim_every_s:
+                last_trim = loop.time()
+                trimmed = await self.server.runtime(trim=True)
+                self.trims.append((trimmed["rss_before_trim_bytes"] - trimmed["rss_bytes"], trimmed["trim_ms"]))
             row = await self.sample(t0)
             if not self.opts.quiet:
                 self.log(f"t={row['t_s']:7.1f}s  calls={row['calls']:3d}  rss={row['rss_mb']:7.1f} MB  "
@@ -615,6 +627,10 @@ class Soak:
         left_over = [c["call_id"] for c in runtime["calls"]]
         self.log("calls over; the server at rest ...")
         after = await self.at_rest()
+        # What of the RSS at rest is memory the C allocator keeps free rather than live data.
+        trimmed = await self.server.runtime(trim=True)
+        after["rss_trimmed_bytes"] = trimmed["rss_bytes"]
+        after["trim_ms"] = trimmed.get("trim_ms")
         metrics = parse_metrics(await self.server.metrics_text())
         metrics["server_loop"] = server_loop
         return self.report(before, after, left_over, phase_s, warm, metrics, memory_start, memory_end)
@@ -649,6 +665,11 @@ class Soak:
                 "peak": max(r["rss_mb"] for r in rows) if rows else None,
                 "end": rows[-1]["rss_mb"] if rows else None,
                 "idle_after": round(after["rss_bytes"] / 2**20, 1),
+                "idle_after_malloc_trim": round(after["rss_trimmed_bytes"] / 2**20, 1),
+                "malloc_trim_ms": after["trim_ms"],
+                "periodic_trims": len(self.trims),
+                "periodic_trim_mb_mean": round(float(np.mean([b for b, _ in self.trims])) / 2**20, 1) if self.trims else None,
+                "periodic_trim_ms_max": max((ms for _, ms in self.trims), default=None),
                 "slope_mb_per_hour": slope_per_hour(second_half),
                 "slope_samples": len(second_half),
             },
@@ -758,7 +779,7 @@ def print_report(report: dict, log) -> None:
     log(f"server event loop lag p99 {loop_lag['p99_ms']} ms, max {loop_lag['max_ms']} ms; gc pause max "
         f"{gc_pause['max_ms']} ms; /debug/runtime unanswered within 10 s: {report['server_unanswered_requests']}")
     log(f"RSS MB: idle {rss['idle_before']} → start {rss['start']} → peak {rss['peak']} → end {rss['end']} → "
-        f"idle {rss['idle_after']}; slope over the second half {rss['slope_mb_per_hour']} MB/hour "
+        f"idle {rss['idle_after']} ({rss['idle_after_malloc_trim']} after malloc_trim); slope over the second half {rss['slope_mb_per_hour']} MB/hour "
         f"({rss['slope_samples']} samples)")
     b, a, leaked = report["at_rest_before"], report["at_rest_after"], report["leaked"]
     log(f"at rest before: tasks {b['tasks']}, fds {b['fds']}, sockets {b['sockets']}, threads {b['threads']}; "
@@ -775,7 +796,8 @@ async def run_soak(opts: Options, log=print) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     disk = TranscriptDisk(root, opts.disk)
     auth_token = secrets.token_hex(16)
-    server = Server(root, free_port(), disk.path, auth_token, tracemalloc=opts.tracemalloc)
+    server = Server(root, free_port(), disk.path, auth_token, tracemalloc=opts.tracemalloc,
+                    extra_env=opts.server_env)
     try:
         await server.start()
         log(f"server pid {server.child.pid} at {server.url}, emulator {server.emulator_url}, work in {root}")
@@ -803,6 +825,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="how the transcripts' disk is made to fail (default: tmpfs when root, else symlink)")
     p.add_argument("--tracemalloc", action="store_true",
                    help="trace the server's allocations and report the sites that grew over the second half")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="add to the server's environment (e.g. MALLOC_MMAP_THRESHOLD_=131072); repeatable")
+    p.add_argument("--trim-every", type=float, default=0.0, metavar="S",
+                   help="experiment: have the server malloc_trim every S seconds during the soak (0: never)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", default=None, help="keep the run's files here (default: a new temporary folder)")
     p.add_argument("--out", default=None, help="also write the JSON report here")
@@ -811,7 +837,10 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: v for k, v in {"minutes": a.minutes, "calls": a.calls, "min_call_s": a.min_call_s,
                                "max_call_s": a.max_call_s, "fault_every_s": a.fault_every,
                                "sample_every_s": a.sample_every}.items() if v is not None}
-    common = dict(disk=a.disk, tracemalloc=a.tracemalloc, seed=a.seed, workdir=a.workdir, out=a.out, quiet=a.quiet)
+    server_env = dict(item.split("=", 1) for item in a.server_env)
+    common = dict(disk=a.disk, tracemalloc=a.tracemalloc, server_env=server_env, trim_every_s=a.trim_every,
+                  seed=a.seed, workdir=a.workdir,
+                  out=a.out, quiet=a.quiet)
     opts = Options.quick(**given, **common) if a.quick else Options(**given, **common)
     try:
         import uvloop
@@ -821,6 +850,8 @@ def main(argv: list[str] | None = None) -> int:
     from voicebot.logs import configure_logging
     configure_logging("console", "error")
     report = asyncio.run(run_soak(opts, log=lambda line: print(line, flush=True)))
+    report["command"] = " ".join([Path(sys.executable).name, "benchmarks/soak.py", *(argv or sys.argv[1:])])
+    Path(report["workdir"], "report.json").write_text(json.dumps(report, indent=2))
     print_report(report, lambda line: print(line, flush=True))
     print(f"report: {report['workdir']}/report.json", flush=True)
     clean = (report["leaked"]["tasks"] == 0 and report["leaked"]["fds"] == 0 and report["stuck_calls"] == 0)

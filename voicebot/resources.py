@@ -1,4 +1,5 @@
-"""What this process holds right now: asyncio tasks, file descriptors, sockets, threads and resident memory.
+"""What this process holds right now: asyncio tasks, file descriptors, sockets, threads and resident memory; and
+handing the heap memory it keeps free back to the system (:func:`trim_heap_every`, run by the server).
 
 Read from the running event loop and from ``/proc/self`` (Linux; elsewhere the descriptor and socket parts are
 empty). Used to prove that nothing leaks: the fault tests compare a snapshot before and after a faulted call,
@@ -83,6 +84,57 @@ def snapshot(loop: asyncio.AbstractEventLoop | None = None, *, exclude: asyncio.
     if loop is not None:
         tasks.update(task_name(t) for t in asyncio.all_tasks(loop) if t is not exclude and not t.done())
     return Snapshot(tasks=tasks, fds=open_fds(), threads=threading.active_count(), rss_bytes=rss_bytes())
+
+
+TRIM_INTERVAL_ENV = "VOICEBOT_MALLOC_TRIM_S"
+DEFAULT_TRIM_INTERVAL_S = 60.0
+
+
+def trim_interval_s(environ: dict | None = None) -> tuple[float, str | None]:
+    """How often the server hands freed heap memory back (``VOICEBOT_MALLOC_TRIM_S``, seconds; 0 = never), and
+    the problem with the variable's value if it has one (the default is used then)."""
+    raw = (os.environ if environ is None else environ).get(TRIM_INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TRIM_INTERVAL_S, None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        return DEFAULT_TRIM_INTERVAL_S, f"{TRIM_INTERVAL_ENV}={raw!r} is not a number of seconds >= 0"
+    return value, None
+
+
+async def trim_heap_every(interval_s: float) -> None:
+    """Runs until cancelled: every ``interval_s`` the C allocator gives back the memory it keeps free (returns at
+    once where there is no ``malloc_trim``).
+
+    Why: glibc keeps what a process frees for reuse, and with many calls' buffers of every size coming and going
+    its heap fragments; the soak benchmark saw the server's RSS climb to 540 MB at 50 calls with about 200 MB in
+    use (``malloc_trim`` then returned the rest), and stay at 190-270 MB with a trim every minute, each taking
+    about 12 ms. In a thread: the event loop runs on meanwhile (only its own calls to malloc wait for the trim)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.to_thread(trim, 0)
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (another C library, or no ctypes)."""
+    try:
+        import ctypes
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def trim_heap() -> bool:
+    """Have the C allocator give the memory it keeps free back to the system now (False where it cannot). What
+    RSS drops by then was freed memory the allocator kept, not live data."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
 
 
 def rss_bytes(pid: int | str = "self") -> int:

@@ -168,13 +168,27 @@ def _from_loopback(request: web.Request) -> bool:
 async def _debug_runtime(request: web.Request) -> web.Response:
     """What this process holds (:mod:`voicebot.resources`: asyncio tasks by coroutine, descriptors, sockets,
     threads, RSS) and the calls in progress with their age; ``?gc=1`` collects garbage first, for an idle
-    figure without what the collector has not reached yet; ``?detail=1`` adds what each descriptor is."""
+    figure without what the collector has not reached yet; ``?trim=1`` then has the C allocator return the memory
+    it keeps free (RSS before and after: how much of it was not live data); ``?detail=1`` adds what each
+    descriptor is."""
     if not _from_loopback(request):
         return web.json_response({"error": "loopback only"}, status=403)
     if request.query.get("gc") in ("1", "true"):
         gc.collect()
+    trimmed_from = None
+    if request.query.get("trim") in ("1", "true"):
+        trimmed_from = resources.rss_bytes()
+        started = time.perf_counter()
+        resources.trim_heap()
+        trim_ms = round((time.perf_counter() - started) * 1000, 1)
     snapshot = resources.snapshot(exclude=asyncio.current_task())
+    asking = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if asking is not None:
+        snapshot.fds.pop(asking.fileno(), None)      # the connection asking is not what the process holds
     body = snapshot.summary()
+    if trimmed_from is not None:
+        body["rss_before_trim_bytes"] = trimmed_from
+        body["trim_ms"] = trim_ms
     if request.query.get("detail") in ("1", "true"):
         body["fd_list"] = {str(fd): what for fd, what in sorted(snapshot.fds.items())}
     services = request.app[SERVICES]
@@ -197,7 +211,10 @@ async def _debug_memory(request: web.Request) -> web.Response:
         return web.json_response({"error": "tracemalloc is off: start the server with PYTHONTRACEMALLOC=5"},
                                  status=409)
     gc.collect()
-    snapshot = tracemalloc.take_snapshot().filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),))
+    # Seconds of work with a large heap: in a thread, so that calls are served meanwhile (taking the snapshot
+    # itself still holds the interpreter).
+    snapshot = await asyncio.to_thread(
+        lambda: tracemalloc.take_snapshot().filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),)))
     state = request.app[MEMORY_BASELINE]
     previous, state["snapshot"] = state.get("snapshot"), snapshot
     traced, peak = tracemalloc.get_traced_memory()
@@ -206,11 +223,24 @@ async def _debug_memory(request: web.Request) -> web.Response:
         body["baseline"] = True
         return web.json_response(body)
     top = int(request.query.get("top", "20"))
-    stats = snapshot.compare_to(previous, "traceback")
+    stats = await asyncio.to_thread(snapshot.compare_to, previous, "traceback")
     body["growth_bytes"] = sum(stat.size_diff for stat in stats)
     body["top"] = [{"size_diff": stat.size_diff, "count_diff": stat.count_diff, "size": stat.size,
                     "traceback": stat.traceback.format()} for stat in stats[:top]]
     return web.json_response(body)
+
+
+async def _heap_trim(app: web.Application):
+    """The heap's free memory handed back every ``VOICEBOT_MALLOC_TRIM_S`` (60 s; 0: never), see
+    :func:`voicebot.resources.trim_heap_every`."""
+    interval, problem = resources.trim_interval_s()
+    if problem:
+        log.error("heap_trim_setting_invalid", problem=problem, using_s=interval)
+    task = asyncio.create_task(resources.trim_heap_every(interval), name="heap-trim") if interval > 0 else None
+    yield
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _start_latency_probe(app: web.Application) -> None:
@@ -408,6 +438,7 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     app.on_cleanup.append(watch.stop)
     app.on_startup.append(_open_http)
     app.on_cleanup.append(_close_http)
+    app.cleanup_ctx.append(_heap_trim)
     for name in CARRIER_MODULES:
         importlib.import_module(f"voicebot.telephony.{name}").add_routes(app, services)
         rest.capabilities_of(name, settings)     # a wrong call_control section stops the server here

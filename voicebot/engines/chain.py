@@ -193,20 +193,22 @@ class ChainEngine:
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._current, self._worker):
-            if task is not None:
-                task.cancel()
-        for task in (self._current, self._worker):
-            if task is not None:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+        tasks = [task for task in (self._current, self._worker) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Their ends (cancelled, or an error _work has logged) are not raised here; a cancellation of close()
+            # itself is (Call gives an engine a few seconds to close, then moves on).
+            await asyncio.wait(tasks)
 
     # -- turns -------------------------------------------------------------------------------------
     async def _work(self) -> None:
-        while True:
+        # Until closed, even when a turn outlived its cancellation (a tool call finishing its work does, and
+        # then the cancellation of this task that reached the turn is spent): close() must not wait forever.
+        while not self._closed:
             make_turn = await self._turns.get()
+            if self._closed:
+                return
             self._current = asyncio.create_task(make_turn())
             try:
                 await self._current
@@ -217,6 +219,7 @@ class ChainEngine:
                 self.log.exception("chain_turn_crashed")
             finally:
                 self._current = None
+
 
     def _new_item(self) -> str:
         return f"chain_{next(self._items)}"

@@ -449,14 +449,11 @@ class _LibraryConnection(RealtimeConnection):
     async def close(self) -> None:
         self._outbox.put_nowait(None)
         try:
-            try:
-                await asyncio.wait_for(self._writer, 1.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            # asyncio.wait: the writer's and reader's own ends are not raised here, a cancellation of close() is.
+            if (await asyncio.wait([self._writer], timeout=1.0))[1]:
                 self._writer.cancel()
             await self._ws.close()
-            try:
-                await asyncio.wait_for(self._reader, 1.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            if (await asyncio.wait([self._reader], timeout=1.0))[1]:
                 self._reader.cancel()
         finally:
             if not self._reader.done():   # whoever waited gave up: the socket must not outlive the session

@@ -412,20 +412,18 @@ class TtsStream:
             return
         self._closed = True
         self._reader.cancel()
-        try:
-            await self._reader
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001
-            pass
         self._queue.put_nowait(_END)
-        if self._error is not None:
-            self._abort()
-            return
         try:
-            await self._ws.close()
-        except Exception:  # noqa: BLE001 - the socket may already be gone
-            pass
+            # asyncio.wait: the reader's end, whatever it was, is not ours to raise; a cancellation of the task
+            # closing the stream is (swallowing it here once left a chain turn running after its call ended).
+            await asyncio.wait([self._reader])
+            if self._error is None:
+                try:
+                    await self._ws.close()
+                except Exception:  # noqa: BLE001 - the socket may already be gone
+                    pass
         finally:
-            if not self._ws.closed:
+            if self._error is not None or not self._ws.closed:
                 self._abort()
 
     def _abort(self) -> None:

@@ -200,5 +200,9 @@ class Outbox:
         self._queue.put_nowait(None)
         try:
             await asyncio.wait_for(asyncio.shield(self._task), 2.0)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except asyncio.TimeoutError:
             self._task.cancel()
+        except asyncio.CancelledError:
+            self._task.cancel()
+            if asyncio.current_task().cancelling():     # we were cancelled (not the drain): say so
+                raise
