@@ -28,10 +28,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def _start(args: list[str], env: dict[str, str], log_path: Path, *, sigint_ignored: bool = False) -> subprocess.Popen:
+    """``sigint_ignored``: start it as a shell starts a background job (SIGINT ignored, and inherited so)."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     with open(log_path, "w") as log_file:     # a file: a pipe nobody reads could fill up and stall the process
         return subprocess.Popen([sys.executable, "-m", "voicebot.cli", *args], cwd=REPO, env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT, text=True)
+                                stdout=log_file, stderr=subprocess.STDOUT, text=True, preexec_fn=ignore)
 
 
 def _stop(proc: subprocess.Popen, log_path: Path) -> list[dict]:
@@ -97,11 +99,13 @@ async def test_serve_uses_a_separate_emulator_named_by_the_base_url_alone(tmp_pa
 
 async def test_a_separate_emulator_stops_on_ctrl_c_while_a_realtime_session_is_open(tmp_path):
     """A client that keeps its realtime session open (mid-response, not reading) does not hold the emulator up:
-    Ctrl-C stops it within seconds (aiohttp alone waits 60 s on open connections)."""
+    Ctrl-C stops it within seconds (aiohttp alone waits 60 s on open connections), also when the emulator was
+    started with SIGINT ignored."""
     env = {k: v for k, v in os.environ.items() if k not in ("STEP_API_KEY", "STEPFUN_BASE_URL")}
     port = _free_port()
     log_path = tmp_path / "emulator.log"
-    emulator = _start(["emulator", "--port", str(port)], env, log_path)
+    # Started with SIGINT ignored, as CI runners and shells start background jobs: Ctrl-C must still stop it.
+    emulator = _start(["emulator", "--port", str(port)], env, log_path, sigint_ignored=True)
     try:
         await _wait_http(f"http://127.0.0.1:{port}/", emulator, log_path)
         async with aiohttp.ClientSession() as http:

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import hmac
 import importlib
+import signal
 import time
 import uuid
 from collections.abc import Iterable
@@ -317,10 +318,16 @@ async def start_emulator(host: str = "127.0.0.1", port: int = 0,
 
 
 async def _serve_forever(host: str, port: int, emulator: Emulator | None) -> None:
+    """Serve until SIGINT or SIGTERM. The handlers are our own: a process started with SIGINT ignored (what a
+    shell does to background jobs, and so what CI runners and supervisors may pass on) would otherwise never
+    stop on Ctrl-C, and SIGTERM (docker stop, systemd) would kill it without closing its sessions."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     runner, _ = await start_emulator(host, port, emulator)
     try:
-        while True:
-            await asyncio.sleep(3600)
+        await stop.wait()
     finally:
         await runner.cleanup()
 
