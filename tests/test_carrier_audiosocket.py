@@ -177,3 +177,19 @@ async def test_a_bug_handling_one_message_ends_only_its_call_with_a_clear_log_li
     assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
     assert result.protocol_errors == [] and result.end_reason == "hangup"
     assert len(result.utterances) == 1 and len([s for s in result.segments if s.played_ms > 500]) >= 2
+
+
+async def test_stopping_the_listener_mid_call_ends_the_call_without_an_asyncio_error(stack, caller_en, caplog):
+    """The server stopping under a live AudioSocket call: the connection's task ends as a finished one, so
+    asyncio's stream callback logs no "Exception in callback" for it (it read the cancelled task's exception)."""
+    listener = AudioSocketListener(stack.app[SERVICES], "127.0.0.1", 0, CarrierOptions(persona="test-en"))
+    await listener.start()
+    calling = asyncio.create_task(simulate_call(stack.url, port=listener.port, max_duration_s=20,
+                                                script=[Say(caller_en, at_s=1.0), Hangup(at_s=15)]))
+    services = stack.app[SERVICES]
+    await until(lambda: services.calls, what="the call to start")
+    await listener.stop()
+    await asyncio.wait_for(calling, 10)
+    await asyncio.sleep(0)                               # the stream's done-callback runs on the next loop turn
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
+    assert not listener._connections

@@ -123,8 +123,10 @@ class AudioSocketListener:
         self.services, self.host, self.port, self.options = services, host, port, options
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task] = set()
+        self._stopping = False
 
     async def start(self, app: web.Application | None = None) -> None:
+        self._stopping = False
         self._server = await asyncio.start_server(self._connected, self.host, self.port,
                                                   reuse_port=self.services.settings.workers > 1)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -135,6 +137,7 @@ class AudioSocketListener:
         if self._server is None:
             return
         self._server.close()
+        self._stopping = True
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
@@ -147,6 +150,11 @@ class AudioSocketListener:
         try:
             await self.services.answer.tcp(reader, writer, read_message, AudioSocketSession,
                                            options=self.options)
+        except asyncio.CancelledError:
+            # Cancelled by stop(): end as a finished connection. asyncio's stream callback (Python 3.11) reads
+            # task.exception() of a cancelled task and logs the CancelledError as an error.
+            if not self._stopping:
+                raise
         finally:
             self._connections.discard(task)
 
