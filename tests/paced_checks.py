@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from voicebot.simulator.caller import CallResult, Hangup, Say
 
-from carrier_checks import GREETING, rms_dbfs, transcript_of
+from carrier_checks import GREETING, assert_no_underrun_of_the_servers_making, rms_dbfs, transcript_of
 from conftest import EN
 
 
@@ -34,7 +34,8 @@ async def paced_conversation(stack, simulate, caller_en, *, bytes_per_ms: float,
     assert result.protocol_errors == []
     assert worst_lead_ms(result, bytes_per_ms) <= max_lead_ms
     greeting = result.segments[0]
-    assert greeting.played_ms >= 0.9 * len(GREETING) * 65 and greeting.ended_by == "drained"   # one run: no gaps
+    assert greeting.played_ms >= 0.9 * len(GREETING) * 65 and greeting.ended_by == "drained"   # one run
+    assert_no_underrun_of_the_servers_making(result)
     assert rms_dbfs(result.heard[result.heard != 0]) > -30
     utterance = result.utterances[0]
     reply = [s for s in result.segments if s.start_s > utterance.end_s]

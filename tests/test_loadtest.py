@@ -27,16 +27,18 @@ def test_histogram_percentiles_are_within_its_resolution():
     assert latency.Histogram().summary()["p99_ms"] == 0.0
 
 
-def test_underruns_are_short_gaps_after_a_drained_segment():
+def test_underruns_and_their_missed_frames_are_counted():
     seg = lambda a, b, how="drained": SimpleNamespace(start_s=a, end_s=b, ended_by=how)   # noqa: E731
     result = SimpleNamespace(
-        segments=[seg(0.5, 2.0), seg(2.04, 3.0), seg(5.0, 6.0, "clear"), seg(6.1, 7.0), seg(9.0, 9.5)],
+        segments=[seg(0.5, 3.0), seg(5.0, 6.0, "clear"), seg(6.1, 7.0), seg(9.0, 9.5)],
+        underruns=[SimpleNamespace(start_s=2.0, gap_ms=40.0, loop_lag_ms=0.0),
+                   SimpleNamespace(start_s=6.5, gap_ms=5.0, loop_lag_ms=0.0)],
         duration_s=10.0, media_received=[], first_bot_audio_s=0.52, barge_in_reaction_s=[0.03],
         utterances=[], clears=[6.0], marks_echoed=3, protocol_errors=[], end_reason="max_duration",
         setup_s=0.01, max_tick_lag_ms=1.0, late_ticks=0)
     summary = summarize_call(result)
-    # 2.0 → 2.04 is a 40 ms underrun (2 frames); 6.0 → 6.1 follows a clear; 7.0 → 9.0 is a pause.
-    assert summary["underruns"] == 1 and summary["late_frames"] == 2
+    # 40 ms dry is two frames missed; a shorter gap still costs the frame it fell in
+    assert summary["underruns"] == 2 and summary["late_frames"] == 3
     assert summary["frames_sent"] == 500
 
 

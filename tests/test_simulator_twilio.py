@@ -210,6 +210,30 @@ async def test_mark_echoed_only_after_the_audio_before_it_has_played(serve):
     assert kinds.count("bot_audio_start") == kinds.count("bot_audio_stop") == 1
 
 
+async def test_a_short_gap_is_an_underrun_inside_one_segment_a_long_one_a_pause(serve):
+    async def behaviour(server: FakeServer, ws) -> None:
+        loop = asyncio.get_running_loop()
+        await server.send_media(ws, tone(0.5))
+        await asyncio.sleep(0.6 - (loop.time() - server.t_start))       # 100 ms dry, then the rest
+        await server.send_media(ws, tone(0.5))
+        await asyncio.sleep(1.7 - (loop.time() - server.t_start))       # 600 ms dry: a pause
+        await server.send_media(ws, tone(0.3))
+
+    server = await serve(FakeServer(behaviour))
+    result = await simulate_twilio_call(server.base_url, to="+15550001111", auth_token=TOKEN,
+                                        script=[Hangup(at_s=2.4)])
+    assert result.protocol_errors == []
+    first, second = result.segments
+    assert first.played_ms == pytest.approx(1000) and first.ended_by == "drained"
+    assert first.end_s - first.start_s == pytest.approx(1.1, abs=0.045)
+    assert second.played_ms == pytest.approx(300) and second.start_s - first.end_s > 0.5
+    (underrun,) = result.underruns
+    assert underrun.start_s == pytest.approx(first.start_s + 0.5, abs=0.001)
+    assert underrun.gap_ms == pytest.approx(100, abs=45)
+    assert underrun.loop_lag_ms < 50                                     # the server's gap, not a loop stall
+    assert [e.kind for e in result.timeline].count("bot_audio_underrun") == 1
+
+
 async def test_clear_empties_the_buffer_and_echoes_pending_marks_at_once(serve):
     cleared_at: list[float] = []
 

@@ -19,7 +19,6 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 NUMBER = "+15550100000"
 FRAME_S = 0.020
-UNDERRUN_GAP_S = 0.300       # bot audio stopping for less than this and resuming = an underrun, not a pause
 
 
 # ------------------------------------------------------------------------------------------------ the emulator
@@ -86,9 +85,7 @@ def caller_script(rng: np.random.Generator, fixtures: dict[str, np.ndarray], bar
 
 def summarize_call(result) -> dict:
     """The per-call figures the report needs (the full CallResult stays in the worker)."""
-    segments = result.segments
-    gaps = [b.start_s - a.end_s for a, b in zip(segments, segments[1:])
-            if a.ended_by == "drained" and b.start_s - a.end_s < UNDERRUN_GAP_S]
+    gaps = [u.gap_ms / 1000 for u in result.underruns]
     return {
         "frames_sent": int(round(result.duration_s / FRAME_S)),
         "media_received": len(result.media_received),

@@ -39,6 +39,9 @@ from voicebot.simulator.voice import Microphone, speech_frames
 log = structlog.get_logger(__name__)
 
 FRAME_S = FRAME_MS / 1000
+# Bot audio stopping for less than this and resuming is an underrun inside one segment, not a pause between two:
+# a listener hears a glitch in one utterance (and the bot's own pauses between sentences are longer).
+UNDERRUN_GAP_S = 0.300
 Message = Union[str, bytes]
 
 
@@ -316,6 +319,16 @@ class PlaybackSegment:
     ended_by: Literal["drained", "clear", "hangup"]
 
 
+@dataclass(frozen=True)
+class Underrun:
+    """Bot audio stopped and resumed within ``SimulatedCall.underrun_gap_s``: the carrier's buffer ran dry
+    mid-utterance (a glitch, heard inside one segment, not a pause between two)."""
+    start_s: float
+    gap_ms: float
+    loop_lag_ms: float  # the caller loop's worst lateness in the ``underrun_gap_s`` before the gap ended:
+                        # a stall of the shared event loop (a busy machine) rather than of the server's pacing
+
+
 @dataclass
 class CallerUtterance:
     start_s: float
@@ -354,6 +367,7 @@ class CallResult:
     setup_s: float  # from the first setup request to the WebSocket being open
     max_tick_lag_ms: float  # worst lateness of the 20 ms loop (load indicator)
     late_ticks: int  # ticks more than 10 ms late
+    underruns: list[Underrun] = field(default_factory=list)
     t0: float = 0.0  # the event loop's time at stream start: caller time 0 (to compare with other clocks)
 
     @property
@@ -473,6 +487,7 @@ class SimulatedCall:
     def __init__(self, protocol: CarrierProtocol, script: list[Step], *, max_duration_s: float = 30.0,
                  noise_dbfs: float | None = -60.0, seed: int = 0, record: bool = True,
                  audible_dbfs: float = -50.0, utterance_gap_s: float = 0.5,
+                 underrun_gap_s: float = UNDERRUN_GAP_S,
                  http_session: aiohttp.ClientSession | None = None, connect_timeout_s: float = 10.0,
                  max_message_bytes: int = 64 * 2**20, max_protocol_errors: int = 1000,
                  carrier_api=None) -> None:
@@ -491,6 +506,7 @@ class SimulatedCall:
         self.record = record
         self.audible_rms = 32768.0 * 10 ** (audible_dbfs / 20)
         self.utterance_gap_s = utterance_gap_s
+        self.underrun_gap_s = underrun_gap_s
         self.http_session = http_session
         self.connect_timeout_s = connect_timeout_s
         self.max_message_bytes = max_message_bytes
@@ -510,6 +526,9 @@ class SimulatedCall:
         self._sent: list[np.ndarray] = []
         self._segments: list[PlaybackSegment] = []
         self._segment: PlaybackSegment | None = None  # open playback segment
+        self._dry = False              # the open segment's last tick found nothing to play
+        self._underruns: list[Underrun] = []
+        self._late_tick_lags: deque[tuple[float, float]] = deque(maxlen=64)   # (t, lag) of late ticks
         self._clears: list[float] = []
         self._errors: list[str] = []
         self._marks: list[MarkRecord] = []
@@ -590,6 +609,7 @@ class SimulatedCall:
         seg.ended_by = ended_by
         self._segments.append(seg)
         self._segment = None
+        self._dry = False
         self._event(seg.end_s, "bot_audio_stop", f"{seg.played_ms:.0f} ms played, {ended_by}")
 
     # -- server → caller -----------------------------------------------------------------------------
@@ -663,6 +683,8 @@ class SimulatedCall:
             if self._segment is None:
                 self._segment = PlaybackSegment(t, t, 0.0, "drained")
                 self._event(t, "bot_audio_start")
+            elif self._dry:
+                self._underrun_ended(t)
             self._segment.played_ms += n * 1000 / RATE
             self._last_played_end = t + n / RATE
             self._bot_heard_since_armed = True
@@ -681,11 +703,23 @@ class SimulatedCall:
                 pcm = np.concatenate([pcm, np.zeros(FRAME_SAMPLES - n, np.int16)])
         else:
             if self._segment is not None:
-                self._close_segment("drained")
+                self._dry = True
+                if t - self._last_played_end >= self.underrun_gap_s - 1e-9:
+                    self._close_segment("drained")
             if t - self._last_played_end >= self.utterance_gap_s:
                 self._utterance_ms = None
             pcm = _SILENCE
         return pcm
+
+    def _underrun_ended(self, t: float) -> None:
+        start = self._last_played_end
+        window = self.underrun_gap_s + FRAME_S
+        lag = max((lag for at, lag in self._late_tick_lags if t - window <= at <= t), default=0.0)
+        underrun = Underrun(round(start, 6), round((t - start) * 1000, 3), round(lag * 1000, 1))
+        self._underruns.append(underrun)
+        self._dry = False
+        self._event(start, "bot_audio_underrun", f"{underrun.gap_ms:.0f} ms without audio, "
+                                                 f"caller loop up to {underrun.loop_lag_ms:.0f} ms late")
 
     def _triggered(self, step: Step, t: float) -> bool:
         if step.at_s is not None:
@@ -760,6 +794,7 @@ class SimulatedCall:
             self._max_lag_s = lag
         if lag > 0.010:
             self._late_ticks += 1
+            self._late_tick_lags.append((n * FRAME_S, lag))
         self._ticks = n
         if self._server_closed:
             return self._stop("server_closed")
@@ -809,7 +844,7 @@ class SimulatedCall:
     @property
     def bot_speaking(self) -> bool:
         """Bot audio is playing to the caller right now."""
-        return self._segment is not None
+        return self._segment is not None and not self._dry
 
     @property
     def last_bot_audio_t(self) -> float | None:
@@ -896,7 +931,7 @@ class SimulatedCall:
             close_code=self._ws.close_code if self._ws else None,
             close_reason=self._ws.close_reason if self._ws else None,
             duration_s=t_end, setup_s=setup_s, max_tick_lag_ms=self._max_lag_s * 1000, late_ticks=self._late_ticks,
-            t0=self._t0)
+            underruns=list(self._underruns), t0=self._t0)
         log.info("simulator.call_ended", carrier=result.carrier, call=result.call_id, reason=end_reason,
                  duration_s=round(t_end, 2), bot_played_ms=round(result.bot_played_ms),
                  clears=len(result.clears), marks_echoed=result.marks_echoed,
