@@ -27,7 +27,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from . import api, http_limits, latency, metrics, resources
+from . import api, console, http_limits, latency, metrics, resources
 from .admission import Admission
 from .api.common import DATABASE
 from .campaigns import callbacks as campaign_callbacks, service as campaign_service
@@ -448,6 +448,7 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
     if metrics.ENABLED:
         app.router.add_get("/metrics", _metrics)
     api.setup(app, services)
+    console.setup(app, services)
     if DEBUG_RUNTIME:
         app[MEMORY_BASELINE] = {}
         app.router.add_get("/debug/runtime", _debug_runtime)
