@@ -129,6 +129,21 @@ async def test_the_list_filters_by_persona_outcome_and_time(server):
         [r.id for r in reversed(records[55:])]
 
 
+async def test_the_list_filters_by_carrier_and_by_number_in_any_format(server):
+    records = [full_record(n) for n in range(30)]
+    await saved(server, *records)
+    body = await get_json(server, "/api/calls", carrier="telnyx", limit="100")
+    assert [c["id"] for c in body["calls"]] == [r.id for r in reversed(records) if r.carrier == "telnyx"]
+    for typed in ("+1 555 010 0017", "(555) 010-0017", "5550100017"):      # from_number +15550100017
+        body = await get_json(server, "/api/calls", number=typed)
+        assert [c["id"] for c in body["calls"]] == [records[17].id], typed
+    body = await get_json(server, "/api/calls", number="765-0199", carrier="asterisk", limit="100")   # to_number
+    assert [c["id"] for c in body["calls"]] == [r.id for r in reversed(records) if r.carrier == "asterisk"]
+    assert (await get_json(server, "/api/calls", status=400, number="%"))["error"].startswith(
+        "number: expected digits")
+    assert (await get_json(server, "/api/calls", number="555%0017"))["calls"] == []     # % is no LIKE wildcard
+
+
 async def test_one_call_in_full_with_its_transcript(server):
     record = full_record(8)
     await saved(server, record)

@@ -8,10 +8,11 @@ import structlog
 from aiohttp import web
 
 from ..store import OUTCOMES, CallSummary, InvalidCursor, MAX_PAGE
-from .common import BadParameter, Query, database, json_error
+from ..store.calls import number_digits
+from .common import BadParameter, Database, Query, database, json_error
 
 log = structlog.get_logger("voicebot.api")
-LIST_PARAMETERS = ("persona", "since", "until", "outcome", "limit", "cursor")
+LIST_PARAMETERS = ("persona", "since", "until", "outcome", "limit", "cursor", "carrier", "number")
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
@@ -26,15 +27,27 @@ def _with_links(record: CallSummary) -> dict:
     return body
 
 
+def list_filters(parameters, *, default_limit: int = 50) -> dict:
+    """``Store.list_calls``'s keyword arguments from a list request's query (the API's and the console's);
+    BadParameter naming the first one wrong."""
+    query = Query(parameters, LIST_PARAMETERS)
+    since, until = query.time("since"), query.time("until")
+    if since and until and until <= since:
+        raise BadParameter("until", "must be later than since")
+    number = query.text("number")
+    if number is not None:
+        try:
+            number_digits(number)
+        except ValueError as exc:
+            raise BadParameter("number", str(exc)) from None
+    return dict(persona=query.text("persona"), carrier=query.text("carrier"), number=number, since=since,
+                until=until, outcome=query.choice("outcome", OUTCOMES),
+                limit=query.integer("limit", default_limit, minimum=1), cursor=query.text("cursor"))
+
+
 async def list_calls(request: web.Request) -> web.Response:
     try:
-        query = Query(request.query, LIST_PARAMETERS)
-        since, until = query.time("since"), query.time("until")
-        if since and until and until <= since:
-            raise BadParameter("until", "must be later than since")
-        filters = dict(persona=query.text("persona"), since=since, until=until,
-                       outcome=query.choice("outcome", OUTCOMES), limit=query.integer("limit", 50, minimum=1),
-                       cursor=query.text("cursor"))
+        filters = list_filters(request.query)
     except BadParameter as exc:
         return json_error(400, str(exc))
     try:
@@ -53,21 +66,40 @@ async def get_call(request: web.Request) -> web.Response:
     return web.json_response(_with_links(record))
 
 
-async def get_recording(request: web.Request) -> web.StreamResponse:
-    db = database(request)
-    call_id = request.match_info["id"]
+class RecordingUnavailable(Exception):
+    """A call's recording cannot be served: ``status`` and a message saying why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def recording_file(db: Database, call_id: str) -> Path:
+    """The WAV of a call's recording, only from inside recordings_dir; RecordingUnavailable otherwise."""
     record = await db.store.get_call(call_id)
     if record is None:
-        return json_error(404, f"no call {call_id}")
+        raise RecordingUnavailable(404, f"no call {call_id}")
     if not record.recording_path:
-        return json_error(404, f"call {call_id} has no recording")
+        raise RecordingUnavailable(404, f"call {call_id} has no recording")
     folder = db.recordings_dir.resolve()
     path = (folder / record.recording_path).resolve()     # a relative path is taken from recordings_dir
     if not path.is_relative_to(folder):
         log.warning("recording_outside_recordings_dir", call_id=call_id, path=str(path), recordings_dir=str(folder))
-        return json_error(403, f"the recording of call {call_id} is not inside recordings_dir; not served")
+        raise RecordingUnavailable(403, f"the recording of call {call_id} is not inside recordings_dir; not served")
     if not path.is_file():
-        return json_error(404, f"the recording of call {call_id} is gone ({Path(record.recording_path).name} "
-                               "no longer exists)")
+        raise RecordingUnavailable(404, f"the recording of call {call_id} is gone ({Path(record.recording_path).name} "
+                                        "no longer exists)")
+    return path
+
+
+def recording_response(path: Path) -> web.FileResponse:
+    """The WAV, inline (a browser plays it; ranges let it seek)."""
     return web.FileResponse(path, headers={"Content-Type": "audio/wav",
                                            "Content-Disposition": f'inline; filename="{path.name}"'})
+
+
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    try:
+        return recording_response(await recording_file(database(request), request.match_info["id"]))
+    except RecordingUnavailable as exc:
+        return json_error(exc.status, str(exc))

@@ -6,6 +6,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -204,10 +205,21 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
     return value
 
 
+def number_digits(text: str) -> str:
+    """What a number filter matches on: its digits (and a leading +), as people type a number in any format;
+    ValueError when there is no digit."""
+    digits = re.sub(r"[^0-9]", "", text)
+    if not digits:
+        raise ValueError(f"expected digits of a phone number, got {text!r}")
+    return ("+" if text.strip().startswith("+") else "") + digits
+
+
 async def page(conn: AsyncConnection, *, persona: str | None, since: datetime | None, until: datetime | None,
-               outcome: str | None, limit: int, cursor: str | None) -> tuple[list[CallSummary], str | None]:
+               outcome: str | None, limit: int, cursor: str | None, carrier: str | None = None,
+               number: str | None = None) -> tuple[list[CallSummary], str | None]:
     """One page of calls, newest first, by keyset (started_at, id): no row is skipped or repeated as rows are
-    added, and a deep page costs what the first one does."""
+    added, and a deep page costs what the first one does. ``number``: calls from or to a number containing
+    these digits (any format: see :func:`number_digits`)."""
     if not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a whole number ≥ 1, got {limit!r}")
     if outcome is not None and outcome not in OUTCOMES:
@@ -218,6 +230,11 @@ async def page(conn: AsyncConnection, *, persona: str | None, since: datetime | 
         query = query.where(calls.c.persona == persona)
     if outcome is not None:
         query = query.where(calls.c.outcome == outcome)
+    if carrier is not None:
+        query = query.where(calls.c.carrier == carrier)
+    if number is not None:
+        pattern = f"%{number_digits(number)}%"      # digits and + only: no LIKE wildcard gets through
+        query = query.where(sa.or_(calls.c.from_number.like(pattern), calls.c.to_number.like(pattern)))
     if _aware("since", since) is not None:
         query = query.where(calls.c.started_at >= since)
     if _aware("until", until) is not None:

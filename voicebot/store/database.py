@@ -162,11 +162,12 @@ class Store:
 
     async def list_calls(self, *, persona: str | None = None, since: datetime | None = None,
                          until: datetime | None = None, outcome: str | None = None, limit: int = 50,
-                         cursor: str | None = None) -> tuple[list[CallSummary], str | None]:
+                         cursor: str | None = None, carrier: str | None = None,
+                         number: str | None = None) -> tuple[list[CallSummary], str | None]:
         """Newest first; ``next_cursor`` continues after the last one (None on the last page)."""
         async with self.engine.connect() as conn:
             return await calls_table.page(conn, persona=persona, since=since, until=until, outcome=outcome,
-                                          limit=limit, cursor=cursor)
+                                          limit=limit, cursor=cursor, carrier=carrier, number=number)
 
     # -- campaigns -----------------------------------------------------------------------------
     async def _run(self, work: Callable[..., T], *args, write: bool, **kwargs) -> T:
