@@ -46,13 +46,17 @@ class BadParameter(Exception):
         self.name = name
 
 
-def operation_error(exc: Exception) -> web.Response:
-    """A refused campaign or do-not-call operation: 404 no such thing, 409 a conflict (a name taken, a state that
-    does not allow the change), else 400; the message says what was wrong and where."""
+def operation_status(exc: Exception) -> int:
+    """A refused campaign or do-not-call operation's HTTP status: 404 no such thing, 409 a conflict (a name taken,
+    a state that does not allow the change), else 400."""
     from ..campaigns.manage import Conflict, NotFound
 
-    status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
-    return json_error(status, str(exc))
+    return 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
+
+
+def operation_error(exc: Exception) -> web.Response:
+    """A refused operation as JSON: its status (operation_status), and the message says what was wrong and where."""
+    return json_error(operation_status(exc), str(exc))
 
 
 async def read_upload(request: web.Request) -> bytes:

@@ -187,8 +187,13 @@ async def change_state(store, name: str, action: str, *, now: datetime | None = 
         raise Conflict(_refusal(current.name, current.state, action)) from None
 
 
+def actions_from(state: str) -> list[str]:
+    """What can be done to a campaign in this state (the verbs of ACTIONS)."""
+    return [verb for verb, (sources, _) in ACTIONS.items() if state in sources]
+
+
 def _refusal(name: str, state: str, action: str) -> str:
-    able = [verb for verb, (sources, _) in ACTIONS.items() if state in sources]
+    able = actions_from(state)
     hint = f" (it can: {', '.join(able)})" if able else ""
     return f"cannot {action} campaign {name!r}: it is {state}{hint}"
 
@@ -247,9 +252,15 @@ async def export(store, name: str, fmt: str) -> tuple[str, int]:
     """One row per contact as ``csv`` or ``json`` text; the text and how many rows."""
     if fmt not in EXPORT_FORMATS:
         raise Invalid(f"format: expected one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-    row = await campaign(store, name)
-    rows = await store.export_rows(row.id)
+    _row, rows = await results(store, name)
     return (export_csv(rows) if fmt == "csv" else export_json(rows)), len(rows)
+
+
+async def results(store, name: str) -> tuple:
+    """The campaign's row and one result per contact, as exported (the store's rows: phone, outcome, attempts,
+    note, call_ids, then the contact's own columns)."""
+    row = await campaign(store, name)
+    return row, await store.export_rows(row.id)
 
 
 def export_columns(rows: list[dict]) -> list[str]:
