@@ -54,17 +54,21 @@ class Browser:
             if token is not None:
                 context.add_cookies([{"name": auth.COOKIE, "value": auth.session_value(token), "url": base_url,
                                       "httpOnly": True, "sameSite": "Strict"}])
-            page = context.new_page()
-            page.console_errors = []
-            page.on("console", lambda message: message.type == "error" and not message.location.get(
-                "url", "").endswith("/favicon.ico") and page.console_errors.append(
-                f"{message.text} ({message.location.get('url')})"))
-            page.on("pageerror", lambda error: page.console_errors.append(str(error)))
-            return page
+            return watched(context.new_page())
         return await self.run(open_page)
 
     async def close(self, page) -> None:
         await self.run(page.context.close)
+
+
+def watched(page):
+    """The page, with the errors its scripts log or throw collected in ``page.console_errors``."""
+    page.console_errors = []
+    page.on("console", lambda message: message.type == "error" and not message.location.get(
+        "url", "").endswith("/favicon.ico") and page.console_errors.append(
+        f"{message.text} ({message.location.get('url')})"))
+    page.on("pageerror", lambda error: page.console_errors.append(str(error)))
+    return page
 
 
 def wait_until(page, expression: str, *, timeout: float = 5.0, what: str | None = None):

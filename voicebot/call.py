@@ -7,6 +7,7 @@ placed, waiting for the callee before the greeting and the voicemail by its
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
@@ -29,6 +30,7 @@ from .config import Settings
 from .control import CallController
 from .dialplan import Dialplan, Persona
 from .engines.base import Engine, EngineSink, EngineUnavailable, interrupted_marker
+from .livefeed import LiveFeed
 from .telephony.base import CallMeta, CarrierSession
 from .tools import ToolBox, ToolResult, offered
 from .transcript import TranscriptFile
@@ -67,6 +69,7 @@ class CallServices:
     controls: dict = field(default_factory=dict)   # carrier name -> its call-control API client (telephony/rest)
     campaigns: object = None  # the campaign service (campaigns/outbound.py CampaignHooks), set on app startup
     admission: Admission = field(default_factory=lambda: Admission(max_calls=0))   # the server sets its own
+    live: LiveFeed = field(default_factory=LiveFeed)   # the calls' transcript lines, to the console's live pages
 
     def call_control(self, carrier: str):
         return self.controls.get(carrier)
@@ -127,7 +130,8 @@ class Call(EngineSink):
         self._held_frames: list[np.ndarray] = []
         self._held_texts: list[str] = []
         self._held_dropped = 0
-        self.transcript_file = TranscriptFile(self.settings.transcripts_dir, self.call_id, log=self.log)
+        self.transcript_file = TranscriptFile(self.settings.transcripts_dir, self.call_id, log=self.log,
+                                              tap=functools.partial(services.live.publish, self.call_id))
         self.ended = False
         self.end_reason: str | None = None
         self.outcome: str | None = None          # set by whoever ends the call; else the caller hung up

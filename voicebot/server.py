@@ -406,6 +406,11 @@ async def _end_all_calls(app: web.Application) -> None:
     await asyncio.gather(*(call.finished() for call in calls), return_exceptions=True)
 
 
+async def _close_live_feed(services: CallServices) -> None:
+    """After the calls ended: the console's live streams end too, rather than hold the shutdown open."""
+    services.live.close()
+
+
 def install_event_loop() -> str:
     """Use uvloop for the next ``asyncio.run`` when it is installed (``pip install voicebot[fast]``) and
     ``VOICEBOT_UVLOOP`` is not ``0``; returns the loop's name. At 100 calls it saves about a tenth of the
@@ -458,6 +463,7 @@ def create_app(settings: Settings, dialplan: Dialplan, *, make_engine: EngineFac
         app.on_startup.append(_start_latency_probe)
         app.on_cleanup.append(_stop_latency_probe)
     app.on_shutdown.append(_end_all_calls)
+    app.on_shutdown.append(lambda _app: _close_live_feed(services))
     campaign_callbacks.add_routes(app, services)
     campaign_service.setup(app, services)      # after _end_all_calls: the calls' last results are flushed after it
     return app

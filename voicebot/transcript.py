@@ -2,12 +2,15 @@
 
 A disk that fills up (or a folder that cannot be written) never touches the call: the first failure is logged
 once (``transcript_write_failed``, with the file and the error), the file is closed and later lines are
-dropped. The call's record in the database still holds every turn."""
+dropped. The call's record in the database still holds every turn.
+
+``tap`` (the server's live feed, voicebot/livefeed.py) gets each line as well, the file written or not."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -16,12 +19,14 @@ _log = structlog.get_logger("voicebot.transcript")
 
 
 class TranscriptFile:
-    def __init__(self, folder: Path, call_id: str, *, log=None) -> None:
+    def __init__(self, folder: Path, call_id: str, *, log=None,
+                 tap: Callable[[str, str], None] | None = None) -> None:
         day = time.strftime("%Y-%m-%d", time.gmtime())
         self.path = Path(folder) / day / f"{call_id}.jsonl"
         self.failed: str | None = None     # why lines are no longer written
         self._log = log if log is not None else _log
         self._file = None
+        self._tap = tap              # tap(kind, line): the line's JSON text, serialised once for both
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
@@ -29,11 +34,16 @@ class TranscriptFile:
             self._fail(exc)
 
     def write(self, kind: str, **fields) -> None:
-        if self._file is None:
+        if self._file is None and self._tap is None:
             return
         record = {"type": kind, "ts": round(time.time(), 3), **fields}
+        line = json.dumps(record, ensure_ascii=False)
+        if self._tap is not None:
+            self._tap(kind, line)
+        if self._file is None:
+            return
         try:
-            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.write(line + "\n")
             self._file.flush()
         except OSError as exc:
             self._fail(exc)

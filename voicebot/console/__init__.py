@@ -19,7 +19,7 @@ from .html import e, page
 
 log = structlog.get_logger("voicebot.console")
 STATIC = Path(__file__).parent / "static"
-PAGE_MODULES: tuple[str, ...] = ("records", "campaigns")   # sibling modules, each with add_routes(router, services)
+PAGE_MODULES: tuple[str, ...] = ("records", "campaigns", "live")   # sibling modules, each with add_routes(router, services)
 
 
 def signed_in_only(handler=None, *, kind: str = "page"):
