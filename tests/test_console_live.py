@@ -35,28 +35,27 @@ def signed_in(monkeypatch):
 
 # -- the feed ---------------------------------------------------------------------------------------------------
 
-async def test_a_listener_gets_its_calls_lines_and_one_that_falls_behind_is_dropped_not_waited_for():
+async def test_a_listener_gets_its_calls_records_and_one_that_falls_behind_is_dropped_not_waited_for():
     feed = LiveFeed(queue_lines=8)
     assert feed.listeners == 0
-    feed.publish("a", "turn", '{"type":"turn"}')          # nobody listens: nothing kept
+    feed.publish("a", {"type": "turn"})                      # nobody listens: nothing kept
     one, every, stalled = feed.listen("a"), feed.listen(None), feed.listen(None)
     for n in range(6):
-        feed.publish("a" if n % 2 == 0 else "b", "turn", f'{{"n":{n}}}')
-    assert [await one.next() for _ in range(3)] == [("a", "turn", '{"n":0}'), ("a", "turn", '{"n":2}'),
-                                                    ("a", "turn", '{"n":4}')]
-    assert [(await every.next())[2] for _ in range(6)] == [f'{{"n":{n}}}' for n in range(6)]
+        feed.publish("a" if n % 2 == 0 else "b", {"type": "turn", "n": n})
+    assert [await one.next() for _ in range(3)] == [("a", {"type": "turn", "n": n}) for n in (0, 2, 4)]
+    assert [(await every.next())[1]["n"] for _ in range(6)] == list(range(6))
     started = time.perf_counter()
-    for n in range(10_000):                                    # stalled never reads: dropped at its 9th line
-        feed.publish("a", "turn", f'{{"n":{n}}}')
+    for n in range(10_000):                                    # stalled never reads: dropped at its 9th record
+        feed.publish("a", {"type": "turn", "n": n})
         if n % 4 == 0:
             while not every._queue.empty():
                 every._queue.get_nowait()                      # every keeps up
             while not one._queue.empty():
                 one._queue.get_nowait()
-    per_line_us = (time.perf_counter() - started) / 10_000 * 1e6
+    per_record_us = (time.perf_counter() - started) / 10_000 * 1e6
     assert stalled.dropped and await stalled.next() is None and feed.dropped == 1
     assert not one.dropped and not every.dropped and feed.listeners == 2
-    assert per_line_us < 50, per_line_us                        # about 1 µs a line and listener here
+    assert per_record_us < 50, per_record_us                   # about 1 µs a record and listener here
     feed.close()                                               # the server stopping: every stream ends
     assert await one.next() is None and await every.next() is None and feed.listeners == 0
 
@@ -145,14 +144,14 @@ async def test_a_stream_that_falls_behind_is_told_so_and_ended(stack, signed_in)
             assert (await events_of(resp, count=1))[0][0] == "snapshot"
             await until(lambda: feed.listeners == 1, what="the stream's listener")
             for n in range(5):                   # faster than the stream takes them: in one step of the loop
-                feed.publish("0123456789abcdef", "turn", f'{{"type":"turn","n":{n}}}')
+                feed.publish("0123456789abcdef", {"type": "turn", "n": n})
             events = await events_of(resp)       # to the end of the stream
     assert events == [("dropped", {})] and feed.dropped == 1 and feed.listeners == 0
 
 
 async def test_listeners_that_never_read_do_not_hold_up_a_call_whose_live_page_then_leads_to_its_record(stack, signed_in):
     feed = stack.app[SERVICES].live
-    feed.queue_lines = 2           # a greeting-only call writes 3 lines: start, the greeting, end
+    feed.queue_lines = 2           # a greeting-only call writes 3 records: start, the greeting, end
     stalled = [feed.listen(None) for _ in range(3)]
     result = await simulate_twilio_call(stack.url, to=EN, auth_token=AUTH_TOKEN, max_duration_s=20,
                                         script=[Hangup(after_bot_done=True, pause_s=0.3)])

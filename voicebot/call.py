@@ -130,8 +130,8 @@ class Call(EngineSink):
         self._held_frames: list[np.ndarray] = []
         self._held_texts: list[str] = []
         self._held_dropped = 0
-        self.transcript_file = TranscriptFile(self.settings.transcripts_dir, self.call_id, log=self.log,
-                                              tap=functools.partial(services.live.publish, self.call_id))
+        self.transcript_file = TranscriptFile(self.settings.transcripts_dir, self.call_id, log=self.log)
+        self.transcript_file.listeners.append(functools.partial(services.live.publish, self.call_id))
         self.ended = False
         self.end_reason: str | None = None
         self.outcome: str | None = None          # set by whoever ends the call; else the caller hung up

@@ -1,11 +1,12 @@
-"""The calls' events as they happen, for whoever watches (the console's live pages): every line a call writes to its
-transcript file (turns, cuts, barge-ins, tools, engine switches, keypad, start and end) is offered here too.
+"""The calls' events as they happen, for whoever watches (the console's live pages): every record a call writes to
+its transcript file (turns, cuts, barge-ins, tools, engine switches, keypad, start and end) is offered here too,
+as a listener of the file (``TranscriptFile.listeners``).
 
-Watching never slows a call. A call only hands over the line it has already serialised for its file: with nobody
-watching that costs one dictionary check; with listeners, one ``put_nowait`` each into a bounded queue. A listener
-that falls behind (a slow browser) is not waited for: once its queue is full it is dropped -- its queue emptied,
-the end marker put in it -- and it can come back for a fresh snapshot. Lines are never touched on the call's side
-after they are offered."""
+Watching never slows a call. The call hands over the record it built for its file, nothing is serialised in its
+step: with nobody watching that costs one dictionary check; with listeners, one ``put_nowait`` each into a
+bounded queue (the listener's own task turns it into JSON). A listener that falls behind (a slow browser) is not
+waited for: once its queue is full it is dropped -- its queue emptied, the end marker put in it -- and it can
+come back for a fresh snapshot. Records are never changed after they are written."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ QUEUE_LINES = 256        # a listener this many lines behind is dropped
 
 
 class Listener:
-    """One watcher's queue: ``(call_id, kind, line)`` items, then None once it has ended (dropped, closed, or the
+    """One watcher's queue: ``(call_id, record)`` items, then None once it has ended (dropped, closed, or the
     server stopping)."""
 
     def __init__(self, feed: "LiveFeed", call_id: str | None, size: int) -> None:
@@ -25,7 +26,7 @@ class Listener:
         self._queue: asyncio.Queue = asyncio.Queue(size)
         self._ended = False
 
-    def offer(self, item: tuple[str, str, str]) -> None:
+    def offer(self, item: tuple[str, dict]) -> None:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -43,7 +44,7 @@ class Listener:
             self._queue.get_nowait()
         self._queue.put_nowait(None)
 
-    async def next(self) -> tuple[str, str, str] | None:
+    async def next(self) -> tuple[str, dict] | None:
         return await self._queue.get()
 
     def close(self) -> None:
@@ -56,11 +57,11 @@ class LiveFeed:
         self.dropped = 0                # listeners dropped for falling behind, since the start
         self._listeners: dict[str | None, set[Listener]] = {}
 
-    def publish(self, call_id: str, kind: str, line: str) -> None:
-        """A call wrote ``line`` (its JSON text) of ``kind``; called in the call's own step."""
+    def publish(self, call_id: str, record: dict) -> None:
+        """A call wrote ``record`` to its transcript; called in the call's own step."""
         if not self._listeners:
             return
-        item = (call_id, kind, line)
+        item = (call_id, record)
         for key in (call_id, None):
             listeners = self._listeners.get(key)
             if listeners:

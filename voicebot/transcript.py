@@ -2,9 +2,7 @@
 
 A disk that fills up (or a folder that cannot be written) never touches the call: the first failure is logged
 once (``transcript_write_failed``, with the file and the error), the file is closed and later lines are
-dropped. The call's record in the database still holds every turn.
-
-``tap`` (the server's live feed, voicebot/livefeed.py) gets each line as well, the file written or not."""
+dropped. The call's record in the database still holds every turn."""
 
 from __future__ import annotations
 
@@ -19,14 +17,15 @@ _log = structlog.get_logger("voicebot.transcript")
 
 
 class TranscriptFile:
-    def __init__(self, folder: Path, call_id: str, *, log=None,
-                 tap: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, folder: Path, call_id: str, *, log=None) -> None:
         day = time.strftime("%Y-%m-%d", time.gmtime())
         self.path = Path(folder) / day / f"{call_id}.jsonl"
         self.failed: str | None = None     # why lines are no longer written
         self._log = log if log is not None else _log
         self._file = None
-        self._tap = tap              # tap(kind, line): the line's JSON text, serialised once for both
+        # Called with each record as it is written, whatever becomes of the file: what shows the call live
+        # (the browser softphone's page) listens here. A failing listener is logged and dropped, never the call's.
+        self.listeners: list[Callable[[dict], None]] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
@@ -34,16 +33,17 @@ class TranscriptFile:
             self._fail(exc)
 
     def write(self, kind: str, **fields) -> None:
-        if self._file is None and self._tap is None:
-            return
         record = {"type": kind, "ts": round(time.time(), 3), **fields}
-        line = json.dumps(record, ensure_ascii=False)
-        if self._tap is not None:
-            self._tap(kind, line)
+        for listener in list(self.listeners):
+            try:
+                listener(record)
+            except Exception:
+                self._log.exception("transcript_listener_failed", kind=kind)
+                self.listeners.remove(listener)
         if self._file is None:
             return
         try:
-            self._file.write(line + "\n")
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._file.flush()
         except OSError as exc:
             self._fail(exc)

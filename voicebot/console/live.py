@@ -69,8 +69,8 @@ def add_routes(router: web.UrlDispatcher, services) -> None:
     async def all_events(request: web.Request) -> web.StreamResponse:
         listener = services.live.listen(None)
         snapshot = {"now": time.time(), "calls": [_summary(call) for call in list(services.calls)]}
-        return await _stream(request, listener, snapshot, lambda call_id, kind, line: (
-            f'{{"call_id":"{call_id}","event":{line}}}' if kind in LIST_KINDS else None))
+        return await _stream(request, listener, snapshot, lambda call_id, record: (
+            {"call_id": call_id, "event": record} if record.get("type") in LIST_KINDS else None))
 
     @signed_in_only(kind="data")
     async def call_events(request: web.Request) -> web.StreamResponse:
@@ -79,7 +79,7 @@ def add_routes(router: web.UrlDispatcher, services) -> None:
             return web.Response(status=204)      # ended or unknown: an EventSource stops asking on a 204
         listener = services.live.listen(call.call_id)
         snapshot = {"now": time.time(), "call": _summary(call), "events": _so_far(call)}
-        return await _stream(request, listener, snapshot, lambda _call_id, _kind, line: line)
+        return await _stream(request, listener, snapshot, lambda _call_id, record: record)
 
     router.add_get("/console/calls", calls_page)
     router.add_get("/console/calls/events", all_events)
@@ -108,7 +108,7 @@ def _so_far(call) -> list[dict]:
 
 
 async def _stream(request: web.Request, listener, snapshot: dict, shape) -> web.StreamResponse:
-    """The snapshot, then each line ``shape(call_id, kind, line)`` makes data of (None: not sent), as server-sent
+    """The snapshot, then what ``shape(call_id, record)`` makes of each record (None: not sent), as server-sent
     events, until the browser goes, the listener is dropped or the server stops."""
     payload = json.dumps(snapshot, ensure_ascii=False)     # in the listener's step: nothing missed or repeated
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
@@ -136,8 +136,8 @@ async def _stream(request: web.Request, listener, snapshot: dict, shape) -> web.
                 break
             data = shape(*item)
             if data is not None:
-                await _send(response, f"data: {data}\n\n")
-            if listener.call_id is not None and item[1] == "call_end":
+                await _send(response, f"data: {json.dumps(data, ensure_ascii=False)}\n\n")
+            if listener.call_id is not None and item[1].get("type") == "call_end":
                 break         # that call is over: nothing more will come
     except (ConnectionError, asyncio.TimeoutError):
         pass              # the browser went, or stopped reading
