@@ -4,11 +4,11 @@ emulator, and the pages in a real headless Chromium following a call with a barg
 -- what they show matches the call record; every page and stream refused without the sign-in."""
 
 from __future__ import annotations
-
 import asyncio
 import json
 import re
 import time
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
@@ -66,7 +66,7 @@ async def test_every_live_page_and_stream_needs_the_sign_in(stack, signed_in):
     async with aiohttp.ClientSession() as http:
         for path in ("/console/calls", "/console/calls/0123456789abcdef"):
             async with http.get(stack.url + path, allow_redirects=False) as resp:
-                assert resp.status == 303 and resp.headers["Location"] == f"/console/login?next={path}"
+                assert resp.status == 303 and unquote(resp.headers["Location"]) == f"/console/login?next={path}"
         for path in ("/console/calls/events", "/console/calls/0123456789abcdef/events"):
             async with http.get(stack.url + path) as resp:
                 assert resp.status == 401 and "sign in" in (await resp.json())["error"]
