@@ -184,6 +184,13 @@ def act_in_the_list(page, shots) -> dict:
     page.click("tr[data-campaign=dental-reminders] button[data-action=resume]")
     page.wait_for_selector("tr[data-campaign=dental-reminders] button[data-action=pause]")
     seen["after_resume"] = page.locator("tr[data-campaign=dental-reminders] td.state").inner_text()
+    # Running, the dialer calls Eve -- and cannot (no Twilio credentials here): her attempt fails, and the bar
+    # shows it without the page being loaded again.
+    page.evaluate("() => { window.notReloaded = true; }")
+    page.wait_for_selector("tr[data-campaign=dental-reminders] rect[data-outcome=failed]", timeout=10_000)
+    seen["live_bar"] = page.locator("tr[data-campaign=dental-reminders] rect").evaluate_all(
+        "rects => rects.map(r => [r.dataset.outcome, Number(r.dataset.count)])")
+    seen["not_reloaded"] = page.evaluate("() => window.notReloaded === true")
     page.once("dialog", lambda dialog: dialog.dismiss())                 # "Cancel campaign flu-shots?" No.
     page.click("tr[data-campaign=flu-shots] button[data-action=cancel]")
     page.wait_for_timeout(300)
@@ -207,6 +214,8 @@ async def test_in_the_browser_the_actions_change_the_campaigns_in_the_database(c
     widths = [width for _, width in seen["bar"]]
     assert max(widths) - min(widths) <= 1 and widths[0] > 20          # four equal quarters, drawn
     assert seen["after_resume"] == "running" and await state_of(console, "dental-reminders") == "running"
+    assert seen["live_bar"] == [["confirmed", 1], ["voicemail", 1], ["no-answer", 1], ["failed", 1]]
+    assert seen["not_reloaded"]
     assert seen["after_dismissed_cancel"] == "created"
     assert seen["asked"].startswith("Cancel campaign flu-shots?")
     assert seen["after_cancel"] == "canceled" and await state_of(console, "flu-shots") == "canceled"

@@ -107,7 +107,14 @@ async def campaigns_page(request: web.Request) -> web.Response:
         body = ('<table class="campaigns"><thead><tr><th>Campaign</th><th>State</th><th>Persona</th><th>Carrier</th>'
                 "<th>Progress</th><th>In flight</th><th>Attempts</th><th>Next opening</th><th></th></tr></thead>"
                 f"<tbody>{rows}</tbody></table>")
-    return page("Campaigns", body, csrf=csrf, current="/console/campaigns", scripts=("campaigns.js",))
+    running = any(s["state"] == "running" for s in statuses)
+    return page("Campaigns", _refreshed(body, running), csrf=csrf, current="/console/campaigns",
+                scripts=("campaigns.js",))
+
+
+def _refreshed(body: str, running: bool) -> str:
+    """The part of a page campaigns.js fetches again every few seconds while a campaign runs."""
+    return f'<div id="campaigns-live"{" data-running" if running else ""}>{body}</div>'
 
 
 def _contacts(rows: list[dict]) -> str:
@@ -155,8 +162,8 @@ async def campaign_page(request: web.Request) -> web.Response:
             + f'<p>{actions(status, csrf, here)} · Export <a href="{e(here)}/export?format=csv" id="export-csv" '
               f'download>CSV</a> <a href="{e(here)}/export?format=json" id="export-json">JSON</a></p>'
             + "<h2>Contacts</h2>" + _contacts(rows))
-    return page(f"Campaign {status['name']}", body, csrf=csrf, current="/console/campaigns",
-                scripts=("campaigns.js",))
+    return page(f"Campaign {status['name']}", _refreshed(body, status["state"] == "running"), csrf=csrf,
+                current="/console/campaigns", scripts=("campaigns.js",))
 
 
 def _back(value: object, name: str) -> str:
