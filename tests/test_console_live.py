@@ -149,6 +149,17 @@ async def test_a_stream_that_falls_behind_is_told_so_and_ended(stack, signed_in)
     assert events == [("dropped", {})] and feed.dropped == 1 and feed.listeners == 0
 
 
+async def test_a_new_admin_token_ends_the_open_streams(stack, signed_in, monkeypatch):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(stack.url + "/console/calls/events", headers=signed_in) as resp:
+            assert (await events_of(resp, count=1))[0][0] == "snapshot"
+            monkeypatch.setenv("VOICEBOT_ADMIN_TOKEN", "rotated-" + TOKEN)
+            started = time.monotonic()
+            assert await asyncio.wait_for(events_of(resp), 5) == []       # the stream ends, nothing more said
+    assert time.monotonic() - started < 2.5
+    await until(lambda: stack.app[SERVICES].live.listeners == 0, timeout=2, what="the listener to go")
+
+
 async def test_listeners_that_never_read_do_not_hold_up_a_call_whose_live_page_then_leads_to_its_record(stack, signed_in):
     feed = stack.app[SERVICES].live
     feed.queue_lines = 2           # a greeting-only call writes 3 records: start, the greeting, end

@@ -17,6 +17,7 @@ import pytest
 
 from voicebot.audio.wav import write_wav
 from voicebot.config import Settings
+from voicebot.console.records import wav_peaks
 from voicebot.console import auth
 from voicebot.dialplan import Dialplan
 from voicebot.server import SERVICES, create_app
@@ -208,6 +209,26 @@ async def test_the_peaks_follow_each_channel_of_the_wav(console):
     assert bot[:495].max() == 0 and bot[505:].min() > 0.3
     async with console.get(f"/console/records/{console.records[0].id}/peaks") as resp:
         assert resp.status == 404 and "has no recording" in (await resp.json())["error"]
+
+
+def test_the_peaks_of_a_long_recording_are_read_in_blocks_and_match_the_whole_file(tmp_path):
+    """Three minutes and a bit (several read blocks, a last slice shorter than the others), speech-like noise
+    bursts on each channel and one click: the same peaks as computed on the whole file at once."""
+    rng = np.random.default_rng(7)
+    frames = 180 * RATE + 123
+    stereo = np.zeros((frames, 2), np.int16)
+    for start in range(0, frames - RATE, 3 * RATE):
+        stereo[start:start + RATE, 0] = (rng.standard_normal(RATE) * 3000).astype(np.int16)
+        stereo[start + RATE:start + 2 * RATE, 1] = (rng.standard_normal(RATE) * 5000).astype(np.int16)
+    stereo[frames - 50, 1] = -32768                       # in the short last slice
+    write_wav(tmp_path / "long.wav", stereo, RATE)
+    body = wav_peaks(tmp_path / "long.wav")
+    per_slice = -(-frames // 1000)
+    expected = [[float(np.abs(stereo[i:i + per_slice, c].astype(np.int32)).max()) / 32768
+                 for i in range(0, frames, per_slice)] for c in range(2)]
+    assert body["duration_s"] == round(frames / RATE, 3) and len(body["peaks"][0]) == len(expected[0]) <= 1000
+    assert np.allclose(body["peaks"], expected, atol=0.0005)
+    assert body["peaks"][1][-1] == 1.0
 
 
 async def test_the_recording_is_served_with_ranges_and_only_from_the_recordings_folder(console):

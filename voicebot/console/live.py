@@ -124,6 +124,8 @@ async def _stream(request: web.Request, listener, snapshot: dict, shape) -> web.
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     break         # the browser went (aiohttp does not cancel the handler): let the listener go
+                if not auth.signed_in(request):
+                    break         # the admin token changed: signed out, open streams included
                 if time.monotonic() - quiet_since >= KEEPALIVE_S:
                     await _send(response, ": keepalive\n\n")
                     quiet_since = time.monotonic()

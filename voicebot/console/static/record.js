@@ -21,7 +21,7 @@
       context.fillStyle = colour;
       const step = width / Math.max(values.length, 1);
       values.forEach((value, i) => {
-        const size = Math.max(value * (direction ? middle - 2 : middle - 2), value > 0 ? 1 : 0);
+        const size = Math.max(value * (middle - 2), value > 0 ? 1 : 0);
         if (!size) return;
         const x = Math.floor(i * step);
         const w = Math.max(Math.ceil(step), 1);
