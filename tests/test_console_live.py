@@ -81,7 +81,9 @@ async def events_of(resp, *, until_type: str | None = None, count: int | None = 
     found, name, data = [], "message", []
     async for raw in resp.content:
         line = raw.decode().rstrip("\n")
-        if line.startswith("event: "):
+        if line.startswith("retry: "):
+            assert line == "retry: 1000"
+        elif line.startswith("event: "):
             name = line[7:]
         elif line.startswith("data: "):
             data.append(line[6:])
@@ -248,3 +250,21 @@ async def test_in_the_browser_a_call_appears_talks_and_ends_as_its_record_says(s
     assert seen["rows_after"] == 0 and seen["ended"].startswith(f"{record.id} ended: {record.outcome}")
     assert seen["errors"] == []
     assert (tmp_path / "live-call.png").exists() and (tmp_path / "live-calls.png").exists()
+
+
+def signed_out_while_watching(page, rotate) -> str:
+    open_live_list(page)
+    rotate()
+    page.wait_for_url(re.compile(r"/console/login\?next="), timeout=8_000)
+    return page.url
+
+
+async def test_in_the_browser_a_new_admin_token_takes_the_live_page_to_the_login(stack, browser, signed_in,
+                                                                                 monkeypatch):
+    page = await browser.page(stack.url, token=TOKEN)
+    try:
+        url = await browser.run(signed_out_while_watching, page,
+                                lambda: monkeypatch.setenv("VOICEBOT_ADMIN_TOKEN", "rotated-" + TOKEN))
+    finally:
+        await browser.close(page)
+    assert unquote(url).endswith("/console/login?next=/console/calls")

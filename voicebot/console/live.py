@@ -22,6 +22,7 @@ from .html import e, page
 log = structlog.get_logger("voicebot.console")
 KEEPALIVE_S = 15.0        # a comment line this often keeps proxies from closing a quiet stream
 GONE_CHECK_S = 1.0        # how often a quiet stream looks whether its browser is still there
+RECONNECT_MS = 1000       # how soon a browser whose stream ended asks again (a fresh snapshot)
 WRITE_TIMEOUT_S = 10.0    # a browser that takes longer than this to accept a write is let go
 LIST_KINDS = frozenset(("call_start", "call_end", "turn", "turn_cut", "engine_switch"))
 
@@ -115,7 +116,7 @@ async def _stream(request: web.Request, listener, snapshot: dict, shape) -> web.
                                            "X-Accel-Buffering": "no"})
     try:
         await response.prepare(request)
-        await _send(response, f"event: snapshot\ndata: {payload}\n\n")
+        await _send(response, f"retry: {RECONNECT_MS}\nevent: snapshot\ndata: {payload}\n\n")
         quiet_since = time.monotonic()
         while True:
             try:

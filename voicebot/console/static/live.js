@@ -67,7 +67,10 @@
       tick();
     });
     source.addEventListener("dropped", () => { source.close(); connect(); });   // fell behind: start afresh
-    source.addEventListener("error", () => { state.dataset.state = "closed"; });
+    source.addEventListener("error", () => {
+      state.dataset.state = "closed";
+      if (source.readyState === EventSource.CLOSED) window.location.reload();   // refused: signed out
+    });
     source.addEventListener("message", (event) => {
       const { call_id: callId, event: line } = JSON.parse(event.data);
       if (line.type === "call_start") {

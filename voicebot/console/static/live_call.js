@@ -93,7 +93,13 @@
     });
     source.addEventListener("dropped", () => { source.close(); connect(); });
     source.addEventListener("message", (event) => show(JSON.parse(event.data)));
-    source.addEventListener("error", () => { if (!over) state.dataset.state = "closed"; });
+    source.addEventListener("error", () => {
+      if (over) return;
+      state.dataset.state = "closed";
+      // Refused for good (the call ended before the stream opened: 204; signed out: 401): the page itself
+      // says where to go now (the call's record, the login).
+      if (source.readyState === EventSource.CLOSED) window.location.reload();
+    });
   }
 
   connect();
