@@ -162,6 +162,29 @@ async def test_a_new_admin_token_ends_the_open_streams(stack, signed_in, monkeyp
     await until(lambda: stack.app[SERVICES].live.listeners == 0, timeout=2, what="the listener to go")
 
 
+async def test_a_stopping_server_ends_the_open_streams_at_once(tmp_path, signed_in):
+    from voicebot.emulator.app import Emulator, start_emulator
+
+    from conftest import PERSONAS, start_voice_server
+
+    emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator())
+    plans = tmp_path / "dialplans"
+    plans.mkdir()
+    (plans / "test.yaml").write_text(PERSONAS, encoding="utf-8")
+    runner, settings, _app = await start_voice_server(tmp_path, plans, emulator)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(settings.public_url + "/console/calls/events", headers=signed_in) as resp:
+                assert (await events_of(resp, count=1))[0][0] == "snapshot"
+                started = time.monotonic()
+                await runner.cleanup()            # aiohttp would wait 60 s for a handler still streaming
+                assert time.monotonic() - started < 5
+                assert await asyncio.wait_for(events_of(resp), 5) == []
+    finally:
+        await runner.cleanup()
+        await emu_runner.cleanup()
+
+
 async def test_listeners_that_never_read_do_not_hold_up_a_call_whose_live_page_then_leads_to_its_record(stack, signed_in):
     feed = stack.app[SERVICES].live
     feed.queue_lines = 2           # a greeting-only call writes 3 records: start, the greeting, end
