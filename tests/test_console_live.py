@@ -291,3 +291,38 @@ async def test_in_the_browser_a_new_admin_token_takes_the_live_page_to_the_login
     finally:
         await browser.close(page)
     assert unquote(url).endswith("/console/login?next=/console/calls")
+
+
+def follow_a_failover(page) -> dict:
+    row = page.wait_for_selector("#live-calls tr", timeout=10_000)
+    call_id = row.get_attribute("data-id")
+    wait_until(page, "() => document.querySelector('#live-calls td.engine')?.textContent === 'chain'", timeout=10,
+               what="the list to show the chain engine")
+    call_page = watched(page.context.new_page())
+    call_page.goto(f"/console/calls/{call_id}")
+    note = call_page.wait_for_selector("#live-transcript li.failover", timeout=10_000).inner_text()
+    engine = call_page.locator("#engine").inner_text()
+    wait_until(call_page, "() => document.getElementById('call-state').textContent.startsWith('ended')",
+               timeout=15, what="the call's end")
+    call_page.click("#record-link")
+    call_page.wait_for_selector("#timeline")
+    return {"call_id": call_id, "note": note, "engine": engine,
+            "timeline": call_page.locator("#timeline tr.failover td").nth(1).inner_text(),
+            "errors": page.console_errors + call_page.console_errors}
+
+
+async def test_in_the_browser_an_engine_switch_shows_live_and_in_the_record(stack, browser, signed_in):
+    stack.emulator.faults.refuse_realtime_status = 503        # realtime refused: the call starts on the chain
+    page = await browser.page(stack.url, token=TOKEN)
+    try:
+        assert await browser.run(open_live_list, page) == 0    # the page first: the call and its switch are news
+        call = asyncio.create_task(simulate_twilio_call(stack.url, to=EN, auth_token=AUTH_TOKEN, max_duration_s=20,
+                                                        script=[Hangup(after_bot_done=True, pause_s=0.3)]))
+        seen = await browser.run(follow_a_failover, page)
+        result = await call
+    finally:
+        await browser.close(page)
+    assert result.protocol_errors == [] and result.media_received
+    assert seen["engine"] == "chain" and "engine realtime → chain: connect failed" in seen["note"]
+    assert "503" in seen["note"]
+    assert seen["timeline"] == "engine realtime → chain" and seen["errors"] == []
