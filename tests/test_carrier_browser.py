@@ -16,7 +16,7 @@ from voicebot.telephony.base import MarkPlayed, Stopped
 from voicebot.telephony.browser import BrowserSession
 
 from carrier_checks import barge_in, conversation, malformed_input, refused_before_audio, secret_in_env, transcript_of
-from conftest import EN
+from conftest import PERSONAS
 from metrics_scrape import delta, scrape
 
 TOKEN = "test-console-token-5f0e"
@@ -159,3 +159,18 @@ def test_session_control_messages():
     assert isinstance(session.handle_text(json.dumps({"type": "hangup"}))[0], Stopped)
     session.send_mark("vb8"), session.send_clear(), session.send_hangup()
     assert [json.loads(s) for s in sent] == [{"type": "mark", "name": "vb8"}, {"type": "clear"}, {"type": "hangup"}]
+
+
+def test_its_authentication_cannot_be_turned_off_and_the_socket_can(tmp_path):
+    from voicebot.config import ConfigError, Settings
+    from voicebot.dialplan import load_dialplan
+    from voicebot.server import create_app
+
+    plans = tmp_path / "dialplans"
+    plans.mkdir()
+    (plans / "test.yaml").write_text(PERSONAS, encoding="utf-8")
+    base = dict(source=str(tmp_path / "config.yaml"), database_url=f"sqlite:///{tmp_path / 'v.db'}")
+    with pytest.raises(ConfigError, match=r"carriers\.browser\.auth"):
+        create_app(Settings(**base, carriers={"browser": {"auth": False}}), load_dialplan(plans))
+    app = create_app(Settings(**base, carriers={"browser": {"enabled": False}}), load_dialplan(plans))
+    assert "/console/phone/stream" not in {r.resource.canonical for r in app.router.routes() if r.resource}

@@ -5,7 +5,6 @@ and what the page played is compared with what the server and the model were tol
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import aiohttp
@@ -17,9 +16,9 @@ from voicebot.audio.resample import Resampler
 from voicebot.audio.wav import read_wav_8k, write_wav
 from voicebot.server import SERVICES
 
+from browser import chromium
 from conftest import FIXTURES, start_voice_server, until
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"     # Debian's (.ci/run installs it)
 TOKEN = "test-console-token-b7a1"
 GREETING = "Hi, Acme here."
 PERSONAS = f"""\
@@ -80,16 +79,9 @@ async def phone_server(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-async def chromium(microphone_wav):
-    async with playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={microphone_wav}%noloop",
-            "--autoplay-policy=no-user-gesture-required"])
-        try:
-            yield browser
-        finally:
-            await browser.close()
+async def browser(microphone_wav):
+    async with chromium(microphone_wav) as launched:
+        yield launched
 
 
 async def sign_in(page, base: str, next_path: str) -> None:
@@ -112,9 +104,9 @@ async def wait_for(page, condition: str, timeout_s: float, what: str) -> dict:
     return await phone_state(page)
 
 
-async def test_a_call_from_the_page(phone_server, chromium, tmp_path):
+async def test_a_call_from_the_page(phone_server, browser, tmp_path):
     base, emulator, app = phone_server
-    page = await chromium.new_page()
+    page = await browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await sign_in(page, base, "/console/phone?persona=softphone-en&engine=realtime&autostart=1")
@@ -166,9 +158,9 @@ async def test_a_call_from_the_page(phone_server, chromium, tmp_path):
     assert errors == [] and level is not None
 
 
-async def test_the_token_is_required(phone_server, chromium, tmp_path):
+async def test_the_token_is_required(phone_server, browser, tmp_path):
     base, emulator, app = phone_server
-    page = await chromium.new_page()
+    page = await browser.new_page()
     await page.goto(f"{base}/console/phone?autostart=1")
     assert "/console/login" in page.url and await page.locator("input[name=token]").count() == 1
     # A socket opened from a page without the cookie is refused before any audio flows.
