@@ -174,3 +174,42 @@ def test_its_authentication_cannot_be_turned_off_and_the_socket_can(tmp_path):
         create_app(Settings(**base, carriers={"browser": {"auth": False}}), load_dialplan(plans))
     app = create_app(Settings(**base, carriers={"browser": {"enabled": False}}), load_dialplan(plans))
     assert "/console/phone/stream" not in {r.resource.canonical for r in app.router.routes() if r.resource}
+
+
+HANGS_UP = """\
+personas:
+  - name: hangs-up
+    default: true
+    language: en
+    voice: lively-girl
+    instructions: |
+      Test.
+      On caller turn 1, say "Goodbye now." and call hang_up {}.
+    greeting: Hello.
+    tools: {hang_up: true}
+"""
+
+
+async def test_tool_calls_reach_the_page_and_the_bot_hangs_up_in_band(tmp_path, caller_en):
+    from voicebot.emulator.app import Emulator, start_emulator
+
+    from conftest import start_voice_server
+
+    emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=3.0))
+    plans = tmp_path / "dialplans"
+    plans.mkdir()
+    (plans / "hangs-up.yaml").write_text(HANGS_UP, encoding="utf-8")
+    runner, settings, app = await start_voice_server(tmp_path, plans, emulator)
+    events: list[dict] = []
+    try:
+        result = await simulate_call(settings.public_url, events=events, max_duration_s=20,
+                                     script=[Say(caller_en, after_bot_done=True, pause_s=0.3)])
+    finally:
+        await runner.cleanup()
+        await emu_runner.cleanup()
+    assert result.protocol_errors == [] and result.end_reason == "server_closed" and result.close_code == 1000
+    (tool,) = [e for e in events if e["type"] == "tool"]
+    assert tool["name"] == "hang_up" and tool["ok"] is True
+    assert [e["type"] for e in events][-1] == "call_end" and events[-1]["outcome"] == "bot_hung_up"
+    # The goodbye was heard in full before the socket closed.
+    assert result.segments[-1].ended_by == "drained" and result.segments[-1].played_ms > 500

@@ -158,6 +158,26 @@ async def test_a_call_from_the_page(phone_server, browser, tmp_path):
     assert errors == [] and level is not None
 
 
+async def test_the_chain_at_24k_and_a_link_to_an_unknown_persona(phone_server, browser):
+    base, emulator, app = phone_server
+    page = await browser.new_page()
+    await sign_in(page, base, "/console/phone?persona=softphone-chain&engine=chain&rate=24000&autostart=1")
+    state = await wait_for(page, "window.voicebotPhone.segments.length >= 1", 10, "the chain's greeting")
+    assert state["rate"] == 24000 and await page.evaluate("() => document.querySelector('select[name=rate]').value") \
+        == "24000"
+    greeting = state["segments"][0]
+    assert greeting["playedMs"] > 1000 and state["receivedSamples"] >= greeting["playedMs"] * 24
+    assert state["events"][0]["engine"] == "chain" and emulator.sessions == []     # no realtime session
+    await page.click("#hangup")
+    await until(lambda: not app[SERVICES].calls, timeout=5, what="the call to end")
+
+    # A link naming a persona this server does not have says so, and calls nobody else instead.
+    await page.goto(f"{base}/console/phone?persona=nobody&autostart=1")
+    assert (await page.inner_text("#problem")).startswith("No persona named 'nobody' here (known: softphone-en")
+    await page.wait_for_timeout(500)
+    assert (await phone_state(page))["status"] == "idle" and not app[SERVICES].calls
+
+
 async def test_the_token_is_required(phone_server, browser, tmp_path):
     base, emulator, app = phone_server
     page = await browser.new_page()

@@ -32,11 +32,19 @@ def _engine_options(chosen: str | None) -> str:
 def body(personas, query) -> str:
     if not personas:
         return "<p class=error>No personas: the dialplans folder holds none, so there is nobody to talk to.</p>"
+    asked = query.get("persona")
+    problem = ""
+    autostart = query.get("autostart", "")
+    if asked and not any(p.name == asked for p in personas):
+        # The link names a persona this server does not have: say so rather than call another one.
+        problem = (f'<p class="error" id="problem" role="alert">No persona named {e(repr(asked))} here (known: '
+                   f'{e(", ".join(p.name for p in personas))}); pick one below.</p>')
+        autostart = ""
     rate = query.get("rate", "16000")
     rates = "".join(f'<option value="{r}"{" selected" if str(r) == rate else ""}>{r // 1000} kHz</option>'
                     for r in RATES)
-    return f"""<link rel="stylesheet" href="/console/static/phone.css">
-<form id="phone" class="phone" data-stream="{e(MEDIA_PATH)}" data-autostart="{e(query.get("autostart", ""))}">
+    return f"""<link rel="stylesheet" href="/console/static/phone.css">{problem}
+<form id="phone" class="phone" data-stream="{e(MEDIA_PATH)}" data-autostart="{e(autostart)}">
   <label>Persona <select name="persona">{_persona_options(personas, query.get("persona"))}</select></label>
   <label>Engine <select name="engine">{_engine_options(query.get("engine"))}</select></label>
   <label>Audio <select name="rate">{rates}</select></label>

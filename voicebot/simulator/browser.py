@@ -15,7 +15,8 @@ import os
 from urllib.parse import urlsplit
 
 from voicebot.audio.codecs import WireCodec
-from voicebot.simulator.caller import CallResult, ClearPlayback, Message, ProtocolViolation, QueueMark, ServerEvent, Step
+from voicebot.simulator.caller import (CallResult, ClearPlayback, Message, ProtocolViolation, QueueMark, ServerEvent,
+                                       Step)
 from voicebot.simulator.l16 import AUTO, L16Protocol, dumps, exact_fields, simulate
 
 COOKIE = "voicebot_console"

@@ -45,7 +45,7 @@ class BrowserSession(L16Session):
         if msg.get("type") != "start":
             raise ProtocolError(f"first message must be type 'start', got type {msg.get('type')!r}")
         rate = msg.get("rate")
-        if rate not in RATES or isinstance(rate, bool):
+        if type(rate) is not int or rate not in RATES:
             raise FatalProtocolError(f"start message: sample rate {rate!r} is not offered (16000 or 24000)",
                                      told=f"sample rate {str(rate)[:20]} not offered: use 16000 or 24000")
         params = {key: value for key, value in self.query.items() if key in ("persona", "engine")}
