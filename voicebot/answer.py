@@ -33,7 +33,7 @@ log = structlog.get_logger("voicebot.telephony")
 START_TIMEOUT_S = 10.0
 HEARTBEAT_S = 30.0   # a silent carrier is pinged after this long, dropped without a pong
 MAX_LOGGED_PROTOCOL_ERRORS = 5   # per connection; later ones are counted and summarised at the end
-MAX_CLOSE_REASON_CHARS = 120   # a WebSocket close reason holds 123 bytes
+MAX_CLOSE_REASON_BYTES = 123   # what a WebSocket close frame has room for (RFC 6455 §5.5)
 REFUSALS = {"draining": "the server is shutting down", "limit": "the server has all the calls it takes"}
 _connection_ids = itertools.count(1)
 
@@ -98,7 +98,8 @@ class MediaStream:
             if isinstance(exc, FatalProtocolError):
                 if self.call is not None:
                     self.call.hang_up(f"carrier protocol error: {exc}", "failed")
-                told = exc.told[:MAX_CLOSE_REASON_CHARS] if exc.told else "unusable stream"
+                told = (exc.told.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore") if exc.told
+                        else "unusable stream")
                 self._end(self.refuse(told, "protocol", str(exc)))
             return
         self.handle(events)

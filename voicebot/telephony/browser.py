@@ -46,8 +46,10 @@ class BrowserSession(L16Session):
             raise ProtocolError(f"first message must be type 'start', got type {msg.get('type')!r}")
         rate = msg.get("rate")
         if type(rate) is not int or rate not in RATES:
+            # The close reason the page shows: short and plain (it has 123 bytes), whatever was sent.
+            shown = str(rate)[:12] if type(rate) in (int, float) else "(not a number)"
             raise FatalProtocolError(f"start message: sample rate {rate!r} is not offered (16000 or 24000)",
-                                     told=f"sample rate {str(rate)[:20]} not offered: use 16000 or 24000")
+                                     told=f"sample rate {shown} not offered: use 16000 or 24000")
         params = {key: value for key, value in self.query.items() if key in ("persona", "engine")}
         for key in ("persona", "engine"):
             if key in msg:
