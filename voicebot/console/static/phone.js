@@ -14,7 +14,7 @@
   const state = window.voicebotPhone = {
     status: "idle", rate: null, callId: null, receivedSamples: 0, playedSamples: 0, queuedSamples: 0,
     sentFrames: 0, marksReceived: 0, marksEchoed: 0, clears: 0, segments: [], events: [], closeCode: null,
-    closeReason: null,
+    closeReason: null, maxLevel: 0,
   };
 
   function say(text, kind) {
@@ -93,7 +93,7 @@
     const rate = Number(form.elements.rate.value);
     Object.assign(state, {status: "starting", rate, callId: null, receivedSamples: 0, playedSamples: 0,
                           sentFrames: 0, marksReceived: 0, marksEchoed: 0, clears: 0, segments: [], events: [],
-                          closeCode: null, closeReason: null});
+                          closeCode: null, closeReason: null, maxLevel: 0});
     transcript.replaceChildren();
     eventList.replaceChildren();
     startButton.disabled = true;
@@ -174,6 +174,7 @@
     }
     if (msg.level !== undefined) {
       level.value = Math.min(1, msg.level * 4);
+      state.maxLevel = Math.max(state.maxLevel, msg.level);
       state.playedSamples = msg.played;
       state.queuedSamples = msg.queued;
     }
