@@ -12,7 +12,7 @@
   let call = null;
 
   const state = window.voicebotPhone = {
-    status: "idle", rate: null, callId: null, receivedSamples: 0, playedSamples: 0, queuedSamples: 0,
+    status: "idle", rate: null, contextRate: null, callId: null, receivedSamples: 0, playedMs: 0, queuedMs: 0,
     sentFrames: 0, marksReceived: 0, marksEchoed: 0, clears: 0, segments: [], events: [], closeCode: null,
     closeReason: null, maxLevel: 0,
   };
@@ -87,11 +87,26 @@
     return url;
   }
 
+  // An AudioContext at the call's rate, so that nothing is resampled in the page; a browser that cannot take the
+  // microphone into one (or ?devicerate=1) gets the device's rate, and the worklet converts.
+  function openAudio(c, rate) {
+    if (new URLSearchParams(window.location.search).get("devicerate") !== "1") {
+      try {
+        c.context = new AudioContext({sampleRate: rate});
+        return c.context.createMediaStreamSource(c.mic);
+      } catch (err) {
+        if (c.context) c.context.close();
+      }
+    }
+    c.context = new AudioContext();
+    return c.context.createMediaStreamSource(c.mic);
+  }
+
   async function start() {
     if (call) return;
     const persona = form.elements.persona.value, engine = form.elements.engine.value;
     const rate = Number(form.elements.rate.value);
-    Object.assign(state, {status: "starting", rate, callId: null, receivedSamples: 0, playedSamples: 0,
+    Object.assign(state, {status: "starting", rate, contextRate: null, callId: null, receivedSamples: 0, playedMs: 0,
                           sentFrames: 0, marksReceived: 0, marksEchoed: 0, clears: 0, segments: [], events: [],
                           closeCode: null, closeReason: null, maxLevel: 0});
     transcript.replaceChildren();
@@ -104,17 +119,19 @@
       c.mic = await navigator.mediaDevices.getUserMedia({audio: {
         channelCount: 1, echoCancellation: form.elements.echo.checked, noiseSuppression: form.elements.echo.checked,
         autoGainControl: form.elements.echo.checked}});
-      c.context = new AudioContext({sampleRate: rate});
+      const source = openAudio(c, rate);
+      state.contextRate = c.context.sampleRate;
       await c.context.audioWorklet.addModule("/console/static/phone-worklet.js");
+      if (call !== c) return;       // hung up meanwhile
+      c.node = new AudioWorkletNode(c.context, "phone-io", {numberOfInputs: 1, numberOfOutputs: 1,
+                                                             outputChannelCount: [1],
+                                                             processorOptions: {callRate: rate}});
+      source.connect(c.node);
+      c.node.connect(c.context.destination);
     } catch (err) {
       end(`No microphone or audio: ${err.message || err}`, "error");
       return;
     }
-    if (call !== c) return;       // hung up meanwhile
-    c.node = new AudioWorkletNode(c.context, "phone-io", {numberOfInputs: 1, numberOfOutputs: 1,
-                                                           outputChannelCount: [1]});
-    c.context.createMediaStreamSource(c.mic).connect(c.node);
-    c.node.connect(c.context.destination);
     c.node.port.onmessage = (event) => fromWorklet(c, event.data);
     if (c.context.state === "suspended") {
       say("Click anywhere to let the page play audio.", "warn");
@@ -175,8 +192,8 @@
     if (msg.level !== undefined) {
       level.value = Math.min(1, msg.level * 4);
       state.maxLevel = Math.max(state.maxLevel, msg.level);
-      state.playedSamples = msg.played;
-      state.queuedSamples = msg.queued;
+      state.playedMs = msg.playedMs;
+      state.queuedMs = msg.queuedMs;
     }
   }
 
