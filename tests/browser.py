@@ -17,7 +17,8 @@ async def chromium(microphone: Path | None = None):
     """A headless browser that grants the microphone without asking and plays audio without a click; with
     ``microphone``, that WAV is what the microphone hears (once, then silence), else Chromium's fake beeps."""
     args = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            "--autoplay-policy=no-user-gesture-required"]
+            "--autoplay-policy=no-user-gesture-required",
+            "--disable-dev-shm-usage"]      # containers' /dev/shm is often 64 MB: too small for Chromium
     if microphone is not None:
         args.append(f"--use-file-for-fake-audio-capture={microphone}%noloop")
     async with playwright_api.async_playwright() as p:
