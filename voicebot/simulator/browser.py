@@ -88,8 +88,9 @@ class BrowserProtocol(L16Protocol):
         return [dumps({"type": "hangup"})]
 
 
-async def simulate_call(base_url: str, *, to: str | None = None, script: list[Step], max_duration_s: float = 30.0,
-                        **options) -> CallResult:
-    """One simulated softphone call against our server. Options: ``rate`` (16000/24000), ``persona``, ``engine``,
-    ``token``, ``origin``, ``events`` (see :class:`BrowserProtocol`); the rest go to :class:`SimulatedCall`."""
+async def simulate_call(base_url: str, *, to: str | None = None, from_: str | None = None, script: list[Step],
+                        max_duration_s: float = 30.0, **options) -> CallResult:
+    """One simulated softphone call against our server (``to`` and ``from_`` are taken, as every carrier's
+    simulate_call takes them, and not sent). Options: ``rate`` (16000/24000), ``persona``, ``engine``, ``token``,
+    ``origin``, ``events`` (see :class:`BrowserProtocol`); the rest go to :class:`SimulatedCall`."""
     return await simulate(BrowserProtocol, base_url, script, max_duration_s, {"to": to, **options})
