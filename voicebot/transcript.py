@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -22,6 +23,9 @@ class TranscriptFile:
         self.failed: str | None = None     # why lines are no longer written
         self._log = log if log is not None else _log
         self._file = None
+        # Called with each record as it is written, whatever becomes of the file: what shows the call live
+        # (the browser softphone's page) listens here. A failing listener is logged and dropped, never the call's.
+        self.listeners: list[Callable[[dict], None]] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
@@ -29,9 +33,15 @@ class TranscriptFile:
             self._fail(exc)
 
     def write(self, kind: str, **fields) -> None:
+        record = {"type": kind, "ts": round(time.time(), 3), **fields}
+        for listener in list(self.listeners):
+            try:
+                listener(record)
+            except Exception:
+                self._log.exception("transcript_listener_failed", kind=kind)
+                self.listeners.remove(listener)
         if self._file is None:
             return
-        record = {"type": kind, "ts": round(time.time(), 3), **fields}
         try:
             self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._file.flush()
