@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import dataclasses
 import os
@@ -178,15 +179,18 @@ class Stack:
         await until(lambda: not calls, timeout=timeout, what="every call to finish")
 
 
-@pytest.fixture
-async def stack(tmp_path):
-    """The real server (create_app) with the emulator as its StepFun, both listening on loopback."""
+@contextlib.asynccontextmanager
+async def running_stack(tmp_path, **more_dialplans: str):
+    """The real server (create_app) with the emulator as its StepFun, both listening on loopback; the test
+    personas, and ``more_dialplans`` (file stem → YAML) beside them."""
     from voicebot.emulator.app import Emulator, start_emulator
 
     emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=3.0))
     plans = tmp_path / "dialplans"
     plans.mkdir()
     (plans / "test.yaml").write_text(PERSONAS, encoding="utf-8")
+    for stem, text in more_dialplans.items():
+        (plans / f"{stem}.yaml").write_text(text, encoding="utf-8")
     runner, settings, app = await start_voice_server(tmp_path, plans, emulator)
     try:
         yield Stack(url=settings.public_url, settings=settings, emulator=emulator,
@@ -194,6 +198,13 @@ async def stack(tmp_path):
     finally:
         await runner.cleanup()
         await emu_runner.cleanup()
+
+
+@pytest.fixture
+async def stack(tmp_path):
+    """The real server (create_app) with the emulator as its StepFun, both listening on loopback."""
+    async with running_stack(tmp_path) as running:
+        yield running
 
 
 async def start_voice_server(tmp_path, plans: Path, emulator, **overrides):

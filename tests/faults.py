@@ -12,7 +12,7 @@ from voicebot.simulator.caller import CallResult, Hangup
 from voicebot.simulator.twilio import simulate_twilio_call
 from voicebot.transcript import read_transcript
 
-from conftest import AUTH_TOKEN, PERSONAS, Stack, start_voice_server, until
+from conftest import AUTH_TOKEN, running_stack, until
 from leaks import quiet
 
 RECORDED = "+15550000090"          # engine auto, every call recorded
@@ -63,20 +63,8 @@ personas:
 @pytest.fixture
 async def fault_stack(tmp_path):
     """conftest's ``stack`` (the real server and the emulator on loopback) with the personas above too."""
-    from voicebot.emulator.app import Emulator, start_emulator
-
-    emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=3.0))
-    plans = tmp_path / "dialplans"
-    plans.mkdir()
-    (plans / "test.yaml").write_text(PERSONAS, encoding="utf-8")
-    (plans / "faults.yaml").write_text(FAULT_PERSONAS, encoding="utf-8")
-    runner, settings, app = await start_voice_server(tmp_path, plans, emulator)
-    try:
-        yield Stack(url=settings.public_url, settings=settings, emulator=emulator,
-                    transcripts=settings.transcripts_dir, app=app)
-    finally:
-        await runner.cleanup()
-        await emu_runner.cleanup()
+    async with running_stack(tmp_path, faults=FAULT_PERSONAS) as running:
+        yield running
 
 
 def reply_to(transcript: str) -> str:

@@ -23,7 +23,7 @@ from voicebot.stepfun.models import ASR_MODELS, CHAT_MODELS, KNOWN_MODELS, REALT
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config.yaml"
 BASE_ENV = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
-KNOWN_CARRIERS = "telnyx, signalwire, plivo, exotel, vonage, jambonz, asterisk, audiosocket, freeswitch"
+KNOWN_CARRIERS = "telnyx, signalwire, plivo, exotel, vonage, jambonz, asterisk, audiosocket, freeswitch, browser"
 
 
 def _free_port() -> int:

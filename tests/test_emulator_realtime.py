@@ -304,6 +304,11 @@ async def test_long_call_without_recording_keeps_recent_audio_and_turns_intact()
             reply = pcm_of([e for e in events if e["type"] == "response.audio.delta"])
             first = (started["audio_start_ms"] - VAD["prefix_padding_ms"]) * 24
             assert np.array_equal(reply, signal[first:stopped["audio_end_ms"] * 24])
+            assert sum(len(item.audio) for item in session.items) > 0
+        await session.wait_closed(timeout=2)
+        # closed: its counters stay, its audio goes at once (not when the cyclic collector reaches the session)
+        assert session.input_samples == len(signal) and len(session.responses) == 1
+        assert session.audio_in.held_samples == 0 and all(len(item.audio) == 0 for item in session.items)
     finally:
         await runner.cleanup()
 

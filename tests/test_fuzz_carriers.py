@@ -29,6 +29,7 @@ from voicebot.telephony.asterisk import AsteriskSession
 from voicebot.telephony.audiosocket import AudioSocketSession, message as tlv
 from voicebot.telephony.base import (Audio, CallMeta, CarrierOptions, CarrierSession, Dtmf, FatalProtocolError,
                                      MarkPlayed, ProtocolError, Started, Stopped)
+from voicebot.telephony.browser import BrowserSession
 from voicebot.telephony.exotel import ExotelSession
 from voicebot.telephony.freeswitch import FreeSwitchSession
 from voicebot.telephony.jambonz import JambonzSession
@@ -149,6 +150,9 @@ KITS = [
          {"uuid": "u1", "to": "+15550000001", "from": "+15005550006", "sampleRate": 16000}, JAMBONZ_CONTROLS),
     _l16("freeswitch-stream", lambda: FreeSwitchSession(_noop, _noop, fork=False, sample_rate=16000),
          {"uuid": "u1", "to": "+15550000001", "mix_type": "mono"}, JAMBONZ_CONTROLS),
+    _l16("browser", lambda: BrowserSession(_noop, _noop, query={"persona": "test-en"}),
+         {"type": "start", "rate": 16000, "persona": "test-en", "engine": "auto"},
+         [{"type": "mark", "name": "vb1"}, {"type": "hangup"}]),
     Kit("asterisk", lambda: AsteriskSession(_noop, _noop, query={"to": "+15550000001"}),
         [dumps(ASTERISK_START)],
         [ASTERISK_START, {"event": "MEDIA_MARK_PROCESSED", "channel_id": "ch1", "correlation_id": "m1"},

@@ -7,8 +7,9 @@ and the emulator run on an event loop of their own thread, so hypothesis (which 
 another, synchronously) can open one connection per example into the live server.
 
 Each example is one connection of one carrier (Twilio through its signed webhook and stream token, Telnyx,
-Plivo, Exotel, Vonage, jambonz, FreeSWITCH, Asterisk, AudioSocket): a valid opening or none, then messages from
-the same strategies as the parser tests (real messages with fields broken, broken JSON, random text and bytes).
+Plivo, Exotel, Vonage, jambonz, FreeSWITCH, Asterisk, AudioSocket, the console's softphone with its cookie): a
+valid opening or none, then messages from the same strategies as the parser tests (real messages with fields
+broken, broken JSON, random text and bytes).
 
 Properties: every connection is accepted and ends either by our close or by the server's with a code the RFC
 gives for what was wrong (1000 after a stop, 1002/1007/1009 for frames, 1008 for a refused stream) -- never
@@ -37,6 +38,7 @@ from hypothesis import strategies as st
 from voicebot.emulator import realtime_events, tool_calls
 from voicebot.server import SERVICES
 from voicebot.simulator.audiosocket import tlv
+from voicebot.simulator.browser import console_cookie
 from voicebot.simulator.caller import Hangup, Say
 from voicebot.simulator.l16 import basic_auth
 from voicebot.simulator.twilio import parse_twiml_stream, simulate_twilio_call
@@ -51,6 +53,7 @@ from test_fuzz_carriers import KITS, audiosocket_messages, messages_for
 TELNYX_TOKEN = "telnyx-fuzz-token-31c7"
 PLIVO_SECRET = "plivoFuzzSecret4e1"
 EXOTEL_PASSWORD = "exotel-fuzz-password-9a0b"
+CONSOLE_TOKEN = "console-fuzz-token-62d4"
 SERVER_CLOSE_CODES = {1000, 1002, 1007, 1008, 1009}     # what the server may close a fuzzed stream with
 CALLER = "+15005550006"
 
@@ -98,6 +101,8 @@ LIVE = {
                        ["audio.drachtio.org"]),
     "asterisk": Live("asterisk", f"/asterisk/media?to={EN.replace('+', '%2B')}", [dumps(_start("asterisk"))],
                      {"Authorization": basic_auth("asterisk", CARRIER_SECRETS["ASTERISK_WS_PASSWORD"])}, ["media"]),
+    "browser": Live("browser", "/console/phone/stream", [dumps(_start("browser"))],
+                    {"Cookie": console_cookie(CONSOLE_TOKEN)}),
 }
 
 
@@ -251,7 +256,7 @@ async def all_at_once(server: LiveServer, batch: dict[str, tuple[bool, list]]) -
 
 def test_fuzzed_streams_into_a_live_server_leave_the_call_beside_them_unharmed(tmp_path, caller_en, monkeypatch):
     for name, value in {**CARRIER_SECRETS, "TELNYX_STREAM_TOKEN": TELNYX_TOKEN, "PLIVO_STREAM_SECRET": PLIVO_SECRET,
-                        "EXOTEL_STREAM_PASSWORD": EXOTEL_PASSWORD}.items():
+                        "EXOTEL_STREAM_PASSWORD": EXOTEL_PASSWORD, "VOICEBOT_ADMIN_TOKEN": CONSOLE_TOKEN}.items():
         monkeypatch.setenv(name, value)
     for module in (realtime_events, tool_calls):    # the emulator's ids, drawn on the server's thread while
         monkeypatch.setattr(module, "random", random.Random(7))   # hypothesis watches the global random state

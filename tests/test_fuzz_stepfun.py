@@ -28,6 +28,7 @@ from voicebot.stepfun.http import SSEReader, Timeouts, error_from_body
 from voicebot.stepfun.realtime import RealtimeConnection, _SansIoConnection
 from voicebot.stepfun.tts import TtsHttpStream, TtsStream
 
+from fake_transport import FakeTransport
 from fuzzing import json_messages
 
 AUDIO = base64.b64encode(np.arange(-300, 301, 7, dtype="<i2").tobytes()).decode()
@@ -240,28 +241,6 @@ def test_the_realtime_reader_hands_on_objects_only_and_never_raises(messages) ->
     assert reader.session_id is None or isinstance(reader.session_id, str), reader.session_id
 
 
-class Socket:
-    def __init__(self) -> None:
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
 def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     head = bytes(((0x80 if fin else 0) | opcode,))
     if len(payload) < 126:
@@ -296,7 +275,7 @@ def realtime_session(events: list) -> _SansIoConnection:
     conn._handshake, conn._lost = loop.create_future(), loop.create_future()
     request = conn._ws.connect()
     conn._ws.send_request(request)
-    conn.connection_made(Socket())
+    conn.connection_made(FakeTransport())
     accept = base64.b64encode(hashlib.sha1(request.headers["Sec-WebSocket-Key"].encode()
                                            + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
     conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

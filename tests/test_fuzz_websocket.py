@@ -18,30 +18,10 @@ from hypothesis import strategies as st
 from voicebot import wsserver
 from voicebot.wsserver import ServerWebSocket
 
+from fake_transport import FakeTransport
+
 MAX_MESSAGE = 4096
 CLOSE_CODES = {1002, 1007, 1009}
-
-
-class Transport:
-    """What the reader writes and whether it closed the connection."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 @st.composite
@@ -89,9 +69,9 @@ def cuts(data: bytes) -> st.SearchStrategy[list[bytes]]:
         lambda points: [data[a:b] for a, b in zip([0, *sorted(points)], [*sorted(points), len(data)])])
 
 
-def read(reads: list[bytes]) -> tuple[list, Transport, ServerWebSocket]:
+def read(reads: list[bytes]) -> tuple[list, FakeTransport, ServerWebSocket]:
     async def go():
-        transport = Transport()
+        transport = FakeTransport()
         ws = ServerWebSocket(transport, protocol=None, max_message_bytes=MAX_MESSAGE, heartbeat_s=None)
         messages: list = []
         ws.listen(messages.append)

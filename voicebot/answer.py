@@ -10,6 +10,7 @@ campaign service resolves it to the contact's context before the ``Call`` starts
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ log = structlog.get_logger("voicebot.telephony")
 START_TIMEOUT_S = 10.0
 HEARTBEAT_S = 30.0   # a silent carrier is pinged after this long, dropped without a pong
 MAX_LOGGED_PROTOCOL_ERRORS = 5   # per connection; later ones are counted and summarised at the end
+MAX_CLOSE_REASON_BYTES = 123   # what a WebSocket close frame has room for (RFC 6455 §5.5)
 REFUSALS = {"draining": "the server is shutting down", "limit": "the server has all the calls it takes"}
 _connection_ids = itertools.count(1)
 
@@ -96,7 +98,9 @@ class MediaStream:
             if isinstance(exc, FatalProtocolError):
                 if self.call is not None:
                     self.call.hang_up(f"carrier protocol error: {exc}", "failed")
-                self._end(self.refuse("unusable stream", "protocol", str(exc)))
+                told = (exc.told.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore") if exc.told
+                        else "unusable stream")
+                self._end(self.refuse(told, "protocol", str(exc)))
             return
         self.handle(events)
 
@@ -131,6 +135,8 @@ class MediaStream:
                     self._end(self.refuse("no persona for this call", "no_persona", why_not,
                                           to=event.meta.to_number, call_sid=event.meta.call_id))
                     return
+                if meta.engine is not None and meta.engine != persona.engine:
+                    persona = dataclasses.replace(persona, engine=meta.engine)   # this call only
                 call = self._start_call(meta, persona)
             elif isinstance(event, Dtmf):
                 if call is not None:
@@ -159,6 +165,7 @@ class MediaStream:
                                 close_carrier=self.hang_up, outbound=outbound)
         loop = asyncio.get_running_loop()
         self.session.mark_reached = lambda name, on_mark=call.on_mark: loop.call_soon(on_mark, name)
+        self.session.call_started(call)
         call.start()
         return call
 

@@ -393,6 +393,8 @@ class Call(EngineSink):
             latency_s = time.monotonic() - self._turn_end_t
             self.turn_latencies_ms.append(round(latency_s * 1000))
             metrics.turn_latency(latency_s)
+            self.transcript_file.write("turn_latency", latency_ms=round(latency_s * 1000), item_id=item_id,
+                                       t_ms=round((time.monotonic() - self.started_t) * 1000))
             self._turn_end_t = None
         self.control.bot_audio(item_id)
         self.playout.enqueue(item_id, pcm)

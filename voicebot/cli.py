@@ -157,6 +157,9 @@ def cmd_emulator(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
     from .demo_campaign import run_campaign_demo
+    if args.web:
+        from .demo_web import run_web_demo
+        return asyncio.run(run_web_demo(config=args.config, port=args.port))
     inbound = 0 if args.campaign else asyncio.run(run_demo(config=args.config, wav_out=args.wav_out))
     return max(inbound, asyncio.run(run_campaign_demo(config=args.config)))
 
@@ -231,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.add_argument("--wav-out", default="demo-call.wav", help="stereo recording: caller left, bot right")
     p.add_argument("--campaign", action="store_true", help="only the outbound campaign")
+    p.add_argument("--web", action="store_true", help="instead: serve offline (embedded emulator) and print a "
+                   "sign-in link to the console, to talk to the personas from the browser")
+    p.add_argument("--port", type=int, default=0, help="with --web: the loopback port (default: a free one)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("simulate", help="place one simulated Twilio call against a running server")

@@ -243,7 +243,7 @@ def _url(fields: Fields, key: str, default: str, schemes: tuple[str, ...]) -> st
 # The carriers with a ``carriers.<name>`` section, one module each in voicebot/telephony (Twilio's settings are
 # the top-level ``twilio:`` section).
 CARRIER_SECTIONS = ("telnyx", "signalwire", "plivo", "exotel", "vonage", "jambonz", "asterisk", "audiosocket",
-                    "freeswitch")
+                    "freeswitch", "browser")
 
 DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg")
 DATABASE_URL_ENV = "VOICEBOT_DATABASE_URL"     # overrides database.url: where a password belongs

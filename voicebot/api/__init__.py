@@ -14,7 +14,7 @@ from aiohttp import web
 from ..store import RecordWriter, Store, StoreError, default_spool_path
 from . import calls, campaigns, dnc
 from .auth import TOKEN_ENV, bearer_auth
-from .common import DATABASE, DIALPLAN, Database
+from .common import DATABASE, DIALPLAN, Database, json_errors
 
 log = structlog.get_logger("voicebot.api")
 ROUTE_MODULES = (calls, campaigns, dnc)
@@ -50,7 +50,7 @@ def setup(app: web.Application, services) -> None:
     token = os.environ.get(TOKEN_ENV) or None
     if token is None:
         log.warning("admin_api_disabled", reason=f"{TOKEN_ENV} is not set; every /api route answers 503")
-    api = web.Application(middlewares=[bearer_auth(token)])
+    api = web.Application(middlewares=[json_errors, bearer_auth(token)])
     for module in ROUTE_MODULES:
         module.add_routes(api.router)
     app.add_subapp("/api/", api)

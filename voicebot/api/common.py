@@ -38,6 +38,20 @@ def json_error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """aiohttp's own refusals (no such route, method not allowed, body too large) in the API's JSON shape, so a
+    client reads every error the same way."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        problem = {404: f"no such resource: {request.path}",
+                   405: f"{request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
+        return json_error(exc.status, problem, **{k: v for k, v in exc.headers.items() if k in ("Allow",)})
+
+
 class BadParameter(Exception):
     """A query parameter is wrong: answered 400, naming it."""
 

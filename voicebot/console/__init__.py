@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from urllib.parse import quote
 from pathlib import Path
 
 import structlog
@@ -19,7 +20,7 @@ from .html import e, page
 
 log = structlog.get_logger("voicebot.console")
 STATIC = Path(__file__).parent / "static"
-PAGE_MODULES: tuple[str, ...] = ("records", "campaigns", "live")   # sibling modules, each with add_routes(router, services)
+PAGE_MODULES: tuple[str, ...] = ("phone", "records", "campaigns", "live")   # sibling modules, each with add_routes(router, services)
 
 
 def signed_in_only(handler=None, *, kind: str = "page"):
@@ -34,7 +35,7 @@ def signed_in_only(handler=None, *, kind: str = "page"):
             return _disabled(kind)
         if not auth.signed_in(request):
             if kind == "page":
-                raise web.HTTPSeeOther(f"/console/login?next={request.path_qs}")
+                raise web.HTTPSeeOther(f"/console/login?next={quote(request.path_qs, safe='/')}")
             return web.json_response({"error": "sign in to the console first (/console/login)"}, status=401)
         if request.method == "POST":
             presented = request.headers.get(auth.CSRF_HEADER)

@@ -285,6 +285,8 @@ class RealtimeSession:
                 self.response.task.cancel()
             watchdog.discard(self)
             self.closed = True
+            if not self.record:
+                self._release_audio()
             self._notify()
             self.emulator.notify()
             log.info("emulator_realtime_session", session_id=self.id, model=self.model, trace_id=self.trace_id,
@@ -292,6 +294,13 @@ class RealtimeSession:
                      events_received=self.events_received, events_sent=self.events_sent,
                      audio_in_s=round(self.input_samples / speech.SAMPLE_RATE, 2),
                      responses=len(self.responses), errors=self.errors_sent, close_reason=self.close_reason)
+
+    def _release_audio(self) -> None:
+        """A closed session that does not record keeps its counters, not its audio: a session is garbage only once
+        Python's cyclic collector reaches it (minutes under load), and its audio should not wait for that."""
+        for item in self.items:
+            item.audio = bytearray()
+        self.audio_in.keep_from(self.audio_in.samples)
 
     async def _close(self, reason: str, code: int = 1000, message: str = "") -> None:
         """Close the socket (every event sent so far is already written)."""

@@ -1,8 +1,9 @@
 """A simulated phone caller, independent of the carrier.
 
-The carrier's wire protocol lives in a :class:`CarrierProtocol` (see ``twilio.py``); everything else is
-here: the caller's script, the real-time 20 ms loop, the carrier's playback buffer (with marks and
-clear), the recording of both directions, and the timeline and figures of the finished call.
+The carrier's wire protocol lives in a :class:`CarrierProtocol` (``protocol.py``; e.g. ``twilio.py``), the
+script's steps in ``script.py`` and what a finished call gives back in ``result.py``; here is the rest: the
+real-time 20 ms loop running the script, the carrier's playback buffer (with marks and clear), and the
+recording of both directions.
 
 Time is "caller time": seconds since the stream started (the carrier's ``start`` message). Tick ``n``
 runs at ``t0 + n * 20 ms`` on an absolute schedule (late ticks catch up, nothing drifts), driven by the
@@ -18,15 +19,10 @@ messages) or ``max_duration_s`` is reached.
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import math
-import socket
-import struct
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import aiohttp
 import numpy as np
@@ -35,383 +31,25 @@ import structlog
 from voicebot.audio import FRAME_MS, FRAME_SAMPLES, RATE
 from voicebot.simulator import clock
 from voicebot.simulator.voice import Microphone, speech_frames
+from voicebot.simulator.protocol import (CallSetupError, CarrierProtocol, ClearPlayback, MediaConnection,
+                                         Message, PlayAudio, ProtocolViolation, QueueMark, ServerEvent,
+                                         StreamRefused, StreamTarget, reset_transport)
+from voicebot.simulator.result import (CallerUtterance, CallResult, MarkRecord, PlaybackSegment,
+                                       TimelineEvent, Underrun)
+from voicebot.simulator.script import DTMF_DIGITS, Drop, Hangup, Press, Say, Step
 
 log = structlog.get_logger(__name__)
+
+# The simulator's public names, the ones of its sibling modules included (carrier modules import them from here).
+__all__ = ["CallResult", "CallSetupError", "CallerUtterance", "CarrierProtocol", "ClearPlayback", "DTMF_DIGITS",
+           "Drop", "Hangup", "MarkRecord", "MediaConnection", "Message", "PlayAudio", "PlaybackSegment", "Press",
+           "ProtocolViolation", "QueueMark", "Say", "ServerEvent", "SimulatedCall", "Step", "StreamRefused",
+           "StreamTarget", "TimelineEvent", "UNDERRUN_GAP_S", "Underrun", "reset_transport"]
 
 FRAME_S = FRAME_MS / 1000
 # Bot audio stopping for less than this and resuming is an underrun inside one segment, not a pause between two:
 # a listener hears a glitch in one utterance (and the bot's own pauses between sentences are longer).
 UNDERRUN_GAP_S = 0.300
-Message = Union[str, bytes]
-
-
-# --------------------------------------------------------------------------------------------------
-# The script
-
-
-def _check_trigger(step: object, at_s: float | None, after_bot_done: bool, barge_after_bot_ms: float | None,
-                   pause_s: float) -> None:
-    chosen = [name for name, on in (("at_s", at_s is not None), ("after_bot_done", after_bot_done),
-                                    ("barge_after_bot_ms", barge_after_bot_ms is not None)) if on]
-    if len(chosen) > 1:
-        raise ValueError(f"{type(step).__name__}: choose one trigger, not {' and '.join(chosen)}")
-    if pause_s < 0 or (at_s is not None and at_s < 0) or (barge_after_bot_ms is not None and barge_after_bot_ms < 0):
-        raise ValueError(f"{type(step).__name__}: times must not be negative")
-
-
-@dataclass(eq=False)
-class Say:
-    """The caller speaks ``pcm`` (int16, 8 kHz mono). Steps run in order; each waits for its trigger:
-
-    * ``at_s``: at this time since stream start (at once if already past);
-    * ``after_bot_done``: once bot audio has been heard since this step became current (the previous
-      step ended) and playback has then been idle for ``pause_s``;
-    * ``barge_after_bot_ms``: once this much of the bot's current utterance has played, counted from its
-      first audible frame (an utterance ends at a clear or after ``SimulatedCall.utterance_gap_s``
-      without playback) -- a barge-in;
-    * none of them: ``pause_s`` after the previous step ended.
-    """
-
-    pcm: np.ndarray
-    at_s: float | None = None
-    after_bot_done: bool = False
-    pause_s: float = 0.0
-    barge_after_bot_ms: float | None = None
-    label: str = ""
-
-    def __post_init__(self) -> None:
-        pcm = np.asarray(self.pcm)
-        if pcm.ndim != 1 or pcm.dtype != np.int16:
-            raise ValueError(f"Say wants mono int16 samples at 8 kHz, got {pcm.dtype} {pcm.shape}")
-        self.pcm = pcm
-        _check_trigger(self, self.at_s, self.after_bot_done, self.barge_after_bot_ms, self.pause_s)
-
-
-DTMF_DIGITS = "0123456789*#ABCD"
-
-
-@dataclass(eq=False)
-class Press:
-    """The caller presses keys: each digit of ``digits`` (``0-9 * # A-D``) goes to the server as the carrier's
-    DTMF message, the first when the step triggers and the next ones ``gap_s`` apart; the step ends with
-    the last. Triggers as for :class:`Say` (``at_s``, ``after_bot_done`` + ``pause_s``,
-    ``barge_after_bot_ms``, or ``pause_s`` after the previous step). ``duration_ms``: how long each key is
-    held, for the carriers that report it. The caller's audio goes on meanwhile (carriers pass keypresses
-    out of band). A script with a Press is refused for a carrier whose stream carries no DTMF."""
-
-    digits: str
-    at_s: float | None = None
-    after_bot_done: bool = False
-    pause_s: float = 0.0
-    barge_after_bot_ms: float | None = None
-    gap_s: float = 0.25
-    duration_ms: int = 100
-    label: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.digits, str) or not self.digits:
-            raise ValueError(f"Press wants at least one digit, got {self.digits!r}")
-        wrong = sorted(set(self.digits) - set(DTMF_DIGITS))
-        if wrong:
-            raise ValueError(f"Press {self.digits!r}: {', '.join(map(repr, wrong))} not DTMF keys ({DTMF_DIGITS})")
-        if self.gap_s < 0 or self.duration_ms <= 0:
-            raise ValueError(f"Press {self.digits!r}: gap_s must not be negative and duration_ms must be positive")
-        _check_trigger(self, self.at_s, self.after_bot_done, self.barge_after_bot_ms, self.pause_s)
-
-
-@dataclass
-class Hangup:
-    """The caller hangs up (the carrier sends its closing messages and closes the socket).
-    Triggers as for :class:`Say` (``at_s``, ``after_bot_done`` + ``pause_s``, or ``pause_s`` after the
-    previous step)."""
-
-    at_s: float | None = None
-    after_bot_done: bool = False
-    pause_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_trigger(self, self.at_s, self.after_bot_done, None, self.pause_s)
-
-
-@dataclass
-class Drop:
-    """The carrier's connection to the server is lost, as in a network failure: no closing messages, no close
-    frame, a TCP reset. Triggers as for :class:`Hangup`, or ``after_bot_ms``: once this much of the bot's
-    current utterance has played (the connection dropping mid-sentence)."""
-
-    at_s: float | None = None
-    after_bot_done: bool = False
-    pause_s: float = 0.0
-    after_bot_ms: float | None = None
-
-    def __post_init__(self) -> None:
-        _check_trigger(self, self.at_s, self.after_bot_done, self.after_bot_ms, self.pause_s)
-
-
-Step = Union[Say, Press, Hangup, Drop]
-
-
-# --------------------------------------------------------------------------------------------------
-# What a carrier protocol module provides
-
-
-@dataclass
-class PlayAudio:
-    """Server audio to append to the playback buffer (decoded to int16 8 kHz)."""
-    pcm: np.ndarray
-    wire_bytes: int  # payload size as it came on the wire (e.g. μ-law bytes)
-
-
-@dataclass
-class QueueMark:
-    """A mark to echo once the audio queued before it has played (or been cleared)."""
-    name: str
-
-
-@dataclass
-class ClearPlayback:
-    """Empty the playback buffer; pending marks are echoed at once."""
-
-
-ServerEvent = Union[PlayAudio, QueueMark, ClearPlayback]
-
-
-class ProtocolViolation(Exception):
-    """A server message the carrier would reject; recorded in ``CallResult.protocol_errors``."""
-
-
-class CallSetupError(Exception):
-    """The call could not be set up (webhook answer, TwiML, WebSocket handshake)."""
-
-
-class StreamRefused(CallSetupError):
-    """The media WebSocket upgrade was answered with a non-101 status."""
-
-    def __init__(self, url: str, status: int, body: str = "") -> None:
-        self.url, self.status, self.body = url, status, body
-        super().__init__(f"media stream {url} refused: HTTP {status}" + (f": {body[:200]!r}" if body else ""))
-
-
-@dataclass
-class StreamTarget:
-    """Where and how to open the media WebSocket."""
-    url: str
-    headers: dict[str, str] = field(default_factory=dict)
-    subprotocols: list[str] | None = None
-
-
-class CarrierProtocol(abc.ABC):
-    """One carrier's side of the call: setup and wire format. Stateful, one instance per call."""
-
-    name: str = "carrier"
-
-    @property
-    def call_id(self) -> str:
-        return ""
-
-    @property
-    def stream_id(self) -> str:
-        return ""
-
-    @abc.abstractmethod
-    async def setup(self, http: aiohttp.ClientSession) -> StreamTarget:
-        """Do what the carrier does before the stream (webhooks, …); say where to connect."""
-
-    @abc.abstractmethod
-    def opening_messages(self) -> list[Message]:
-        """Messages sent right after the WebSocket opens; the stream starts when they are sent."""
-
-    @abc.abstractmethod
-    def encode_frame(self, pcm: np.ndarray, index: int, timestamp_ms: int) -> list[Message]:
-        """Messages carrying one 20 ms caller frame (160 int16 samples). ``index`` counts from 0."""
-
-    @abc.abstractmethod
-    def decode(self, message: Message) -> list[ServerEvent]:
-        """Turn one server message into events, or raise :class:`ProtocolViolation`."""
-
-    @abc.abstractmethod
-    def mark_played(self, name: str, cleared: bool) -> list[Message]:
-        """Messages telling the server a mark was reached (``cleared``: flushed by a clear)."""
-
-    def cleared(self) -> list[Message]:
-        """Messages acknowledging a clear (none for Twilio)."""
-        return []
-
-    @abc.abstractmethod
-    def closing_messages(self) -> list[Message]:
-        """Messages sent when the call ends on the carrier's side (the caller hung up, or the carrier ended
-        it), before the socket is closed."""
-
-    carries_dtmf = False   # the stream tells the server about keypresses (encode_dtmf is implemented)
-
-    def encode_dtmf(self, digit: str, duration_ms: int) -> list[Message]:
-        """Messages telling the server the caller pressed ``digit`` (held ``duration_ms``)."""
-        raise ProtocolViolation(f"{self.name}: the media stream carries no DTMF")
-
-    def playback_level(self, buffered_samples: int) -> list[Message]:
-        """Called whenever the playback buffer grew or played a frame: carriers that report their queue
-        (flow control) answer with messages; one that has no buffer may raise :class:`ProtocolViolation`."""
-        return []
-
-    async def connect(self, target: StreamTarget, timeout_s: float) -> "MediaConnection | None":
-        """Open the media connection; None (the default) means a WebSocket to ``target.url``."""
-        return None
-
-
-class MediaConnection(abc.ABC):
-    """The media connection (a WebSocket, or e.g. AudioSocket's TCP): whole messages both ways.
-
-    Messages are written at once, in the order given; what the socket cannot take yet is buffered, and
-    ``writing_paused`` says when that buffer is full (``drain()`` waits until it is not). Sending on a
-    closed connection raises ConnectionError; iteration ends when the peer closes."""
-
-    close_code: int | None = None
-    close_reason: str | None = None
-
-    @abc.abstractmethod
-    def send_nowait(self, message: Message) -> None: ...
-
-    @property
-    def writing_paused(self) -> bool:
-        return False
-
-    async def drain(self) -> None:
-        """Wait until ``writing_paused`` is False."""
-
-    @abc.abstractmethod
-    def __aiter__(self): ...
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
-
-    @abc.abstractmethod
-    async def abort(self) -> None:
-        """Drop the connection as a network failure would: a TCP reset, nothing more sent."""
-
-
-def reset_transport(transport: asyncio.BaseTransport) -> None:
-    """Close ``transport`` with a TCP reset (linger 0): the peer gets no FIN and no last bytes."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abort()
-
-
-# --------------------------------------------------------------------------------------------------
-# The result
-
-
-@dataclass(frozen=True)
-class TimelineEvent:
-    t: float  # seconds since stream start
-    kind: str
-    detail: str = ""
-
-
-@dataclass
-class PlaybackSegment:
-    start_s: float
-    end_s: float
-    played_ms: float
-    ended_by: Literal["drained", "clear", "hangup"]
-
-
-@dataclass(frozen=True)
-class Underrun:
-    """Bot audio stopped and resumed within ``SimulatedCall.underrun_gap_s``: the carrier's buffer ran dry
-    mid-utterance (a glitch, heard inside one segment, not a pause between two)."""
-    start_s: float
-    gap_ms: float
-    loop_lag_ms: float  # the caller loop's worst lateness in the ``underrun_gap_s`` before the gap ended:
-                        # a stall of the shared event loop (a busy machine) rather than of the server's pacing
-
-
-@dataclass
-class CallerUtterance:
-    start_s: float
-    end_s: float
-    label: str
-    barge: bool  # a barge-in step, or the bot was playing when the caller started
-
-
-@dataclass
-class MarkRecord:
-    name: str
-    received_s: float
-    echoed_s: float | None = None
-    cleared: bool = False
-
-
-@dataclass
-class CallResult:
-    carrier: str
-    call_id: str
-    stream_id: str
-    timeline: list[TimelineEvent]
-    heard: np.ndarray  # int16 8 kHz: what the carrier played to the caller (silence where nothing played)
-    sent: np.ndarray  # int16 8 kHz: what the caller sent (before encoding), same alignment
-    segments: list[PlaybackSegment]
-    clears: list[float]
-    protocol_errors: list[str]
-    marks: list[MarkRecord]
-    media_received: list[tuple[float, int]]
-    utterances: list[CallerUtterance]
-    first_bot_audio_s: float | None
-    end_reason: Literal["hangup", "server_closed", "max_duration", "carrier_ended", "dropped"]
-    close_code: int | None
-    close_reason: str | None
-    duration_s: float
-    setup_s: float  # from the first setup request to the WebSocket being open
-    max_tick_lag_ms: float  # worst lateness of the 20 ms loop (load indicator)
-    late_ticks: int  # ticks more than 10 ms late
-    underruns: list[Underrun] = field(default_factory=list)
-    t0: float = 0.0  # the event loop's time at stream start: caller time 0 (to compare with other clocks)
-
-    @property
-    def marks_echoed(self) -> int:
-        return sum(1 for m in self.marks if m.echoed_s is not None)
-
-    @property
-    def barge_in_reaction_s(self) -> list[float | None]:
-        """For each barge-in utterance: seconds from its start to the next clear (None: no clear came)."""
-        out: list[float | None] = []
-        for u in self.utterances:
-            if u.barge:
-                after = [c for c in self.clears if c >= u.start_s]
-                out.append(after[0] - u.start_s if after else None)
-        return out
-
-    @property
-    def bot_played_ms(self) -> float:
-        return sum(s.played_ms for s in self.segments)
-
-    def events(self, kind: str) -> list[TimelineEvent]:
-        return [e for e in self.timeline if e.kind == kind]
-
-    def write_wav(self, path) -> None:
-        """Stereo WAV at 8 kHz: caller on the left, what the caller heard on the right."""
-        from voicebot.audio.wav import write_wav
-
-        n = max(len(self.sent), len(self.heard))
-        stereo = np.zeros((n, 2), dtype=np.int16)
-        stereo[: len(self.sent), 0] = self.sent
-        stereo[: len(self.heard), 1] = self.heard
-        write_wav(path, stereo, RATE)
-
-    def format_timeline(self, skip: Iterable[str] = ()) -> str:
-        """One line per event, times in ms since stream start; ``skip``: event kinds to leave out
-        (e.g. ``("mark_received", "mark_sent_back")`` for servers that mark every chunk)."""
-        skip = set(skip)
-        lines = [f"{self.carrier} call {self.call_id} stream {self.stream_id}: {self.end_reason} after "
-                 f"{self.duration_s:.2f} s"]
-        for e in sorted(self.timeline, key=lambda e: e.t):
-            if e.kind in skip:
-                continue
-            lines.append(f"{e.t * 1000:9.0f} ms  {e.kind:<22} {e.detail}".rstrip())
-        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -50,7 +50,12 @@ class ProtocolError(Exception):
 
 class FatalProtocolError(ProtocolError):
     """A message that makes the whole stream unusable (e.g. a start naming a codec we cannot play):
-    logged like any protocol error, then the connection is closed."""
+    logged like any protocol error, then the connection is closed. ``told`` is the close reason the peer reads
+    (short, nothing secret; default "unusable stream")."""
+
+    def __init__(self, problem: str, *, told: str | None = None) -> None:
+        super().__init__(problem)
+        self.told = told
 
 
 @dataclass
@@ -62,6 +67,7 @@ class CallMeta:
     to_number: str | None = None
     params: dict[str, str] = field(default_factory=dict)
     persona: str | None = None       # a persona asked for by name (route/config/custom parameter), else by number
+    engine: str | None = None        # an engine asked for instead of the persona's own (realtime, chain, auto)
     direction: str = "inbound"       # "outbound" for calls we placed
 
 
@@ -146,6 +152,9 @@ class CarrierSession(ABC):
     def authorize(self, meta: CallMeta) -> str | None:
         """None when this connection may carry ``meta``'s call, else why not."""
         return None
+
+    def call_started(self, call) -> None:
+        """The call this stream carries is about to start (a carrier that shows it live subscribes here)."""
 
 
 # -- helpers for carrier modules -------------------------------------------------------------------
@@ -258,11 +267,12 @@ class MediaRoute:
     session_cls: type[CarrierSession]
     protocols: tuple[str, ...] = ()
     basic_realm: str | None = None     # set for HTTP Basic carriers: the 401 then asks for credentials
+    auth_required = False   # always authenticated: no carriers.<name>.auth to turn it off
 
     def __init__(self, services: "CallServices") -> None:
         self.services = services
         fields = services.settings.carrier_fields(self.carrier)
-        self.options = read_carrier_options(fields, services.dialplan)
+        self.options = read_carrier_options(fields, services.dialplan, has_auth=not self.auth_required)
         self.configure(fields)
         fields.reject_unknown()
 
@@ -277,7 +287,7 @@ class MediaRoute:
         return {"options": self.options, "query": request.query}
 
     async def media(self, request: web.Request) -> web.StreamResponse:
-        if self.options.auth:
+        if self.options.auth or self.auth_required:
             problem = self.auth_problem(request)
             if problem is not None:
                 return refuse_upgrade(request, self.carrier, problem, basic_realm=self.basic_realm)

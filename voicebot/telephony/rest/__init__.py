@@ -35,8 +35,8 @@ __all__ = [
 CLIENTS: dict[str, type[CallControl]] = {cls.carrier: cls for cls in (
     TwilioCallControl, SignalWireCallControl, TelnyxCallControl, PlivoCallControl, VonageCallControl)}
 # Carriers whose calls are ended in-band (Asterisk HANGUP, AudioSocket hangup frame, jambonz disconnect,
-# closing the stream): no call-control API here.
-IN_BAND_ONLY = ("exotel", "jambonz", "asterisk", "audiosocket", "freeswitch")
+# closing the stream; the browser softphone's hangup message): no call-control API here.
+IN_BAND_ONLY = ("exotel", "jambonz", "asterisk", "audiosocket", "freeswitch", "browser")
 
 
 def _client_class(carrier: str, settings: Settings) -> type[CallControl] | None:
