@@ -1,8 +1,8 @@
-"""A real headless Chromium (Debian's ``chromium`` package) driven by Playwright for the console tests.
-
-Playwright's synchronous API runs in one thread of its own, so that the test's event loop -- which serves the
-pages -- stays free while the browser waits: ``await browser.run(fn, page, ...)`` runs ``fn`` there. One browser
-per test module (module-scoped fixture); each test opens pages in a fresh context (its own cookies)."""
+"""One headless Chromium per test module for the console pages' tests (Debian's package, as tests/browser.py
+finds it), driven by Playwright's synchronous API in one thread of its own, so that the test's event loop -- which
+serves the pages -- stays free while the browser waits: ``await browser.run(fn, page, ...)`` runs ``fn`` there.
+Each test opens pages in a fresh context (its own cookies). tests/browser.py is the softphone's: a browser per
+test, with a WAV as its microphone."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ import pytest
 
 from voicebot.console import auth
 
-CHROMIUM = os.environ.get("VOICEBOT_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--disable-gpu", "--disable-dev-shm-usage"]
+from browser import CHROMIUM
+
+ARGS = ["--autoplay-policy=no-user-gesture-required",   # the recording plays without a click
+        "--disable-dev-shm-usage"]                      # containers' /dev/shm is often too small for Chromium
 
 
 class Browser:

@@ -25,7 +25,7 @@ from voicebot.simulator.caller import Hangup
 from voicebot.simulator.twilio import simulate_twilio_call
 from voicebot.transcript import TranscriptFile
 
-from conftest import AUTH_TOKEN
+from conftest import AUTH_TOKEN, running_stack
 from console_browser import browser, wait_until  # noqa: F401 (fixture)
 from records import T0, full_record
 
@@ -347,7 +347,6 @@ RECORDED = "+15550001777"
 RECORDED_PERSONA = f"""\
 personas:
   - name: recorded-en
-    default: true
     numbers: ["{RECORDED}"]
     language: en
     voice: lively-girl
@@ -359,23 +358,10 @@ personas:
 
 @pytest.fixture
 async def recorded_stack(tmp_path, monkeypatch):
-    """The real server with the emulator as its StepFun, answering with a persona that records its calls."""
-    from voicebot.emulator.app import Emulator, start_emulator
-
-    from conftest import Stack, start_voice_server
-
+    """The real server with the emulator as its StepFun, with a persona that records its calls."""
     monkeypatch.setenv("VOICEBOT_ADMIN_TOKEN", TOKEN)
-    emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=3.0))
-    plans = tmp_path / "dialplans"
-    plans.mkdir()
-    (plans / "test.yaml").write_text(RECORDED_PERSONA, encoding="utf-8")
-    runner, settings, app = await start_voice_server(tmp_path, plans, emulator)
-    try:
-        yield Stack(url=settings.public_url, settings=settings, emulator=emulator,
-                    transcripts=settings.transcripts_dir, app=app)
-    finally:
-        await runner.cleanup()
-        await emu_runner.cleanup()
+    async with running_stack(tmp_path, recorded=RECORDED_PERSONA) as stack:
+        yield stack
 
 
 async def test_a_real_calls_record_shows_what_was_said_and_plays_what_was_heard(recorded_stack, browser):
