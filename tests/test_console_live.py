@@ -158,7 +158,7 @@ async def test_a_new_admin_token_ends_the_open_streams(stack, signed_in, monkeyp
             monkeypatch.setenv("VOICEBOT_ADMIN_TOKEN", "rotated-" + TOKEN)
             started = time.monotonic()
             assert await asyncio.wait_for(events_of(resp), 5) == []       # the stream ends, nothing more said
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 4          # checked every second; else it would go on
     await until(lambda: stack.app[SERVICES].live.listeners == 0, timeout=2, what="the listener to go")
 
 
