@@ -145,6 +145,12 @@ async def test_a_call_from_the_page(phone_server, browser, tmp_path, device_rate
     assert await page.locator("#events li.latency").count() >= 1
     barge = (await page.locator("#events li.barge").all_inner_texts())[0]
     assert f"{truncate['audio_end_ms']} of" in barge
+    # The short greeting stays on one line (another page's transcript style once squeezed every line into a
+    # column a word wide): the rendered text's line boxes, counted by their distinct tops.
+    greeting_lines = await page.eval_on_selector("#transcript li.bot", """li => {
+        const range = document.createRange(); range.selectNodeContents(li);
+        return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size; }""")
+    assert greeting_lines == 1, greeting_lines
     await page.screenshot(path=str(tmp_path / f"phone-call-{state['contextRate']}.png"), full_page=True)
 
     # Hang up: the call ends on the server and leaves its record.

@@ -58,7 +58,7 @@ def body(personas, query) -> str:
   <label class="level">Microphone <meter id="level" min="0" max="1" low="0.05" high="0.7" value="0"></meter></label>
 </div>
 <div class="phone-panes">
-  <section><h2>Transcript</h2><ol id="transcript" class="transcript" aria-live="polite"></ol></section>
+  <section><h2>Transcript</h2><ol id="transcript" class="phone-transcript" aria-live="polite"></ol></section>
   <section><h2>Events</h2><ol id="events" class="events"></ol></section>
 </div>"""
 
