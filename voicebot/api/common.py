@@ -40,16 +40,14 @@ def json_error(status: int, message: str, **headers: str) -> web.Response:
 
 @web.middleware
 async def json_errors(request: web.Request, handler):
-    """aiohttp's own refusals (no such route, method not allowed, body too large) in the API's JSON shape, so a
-    client reads every error the same way."""
+    """aiohttp's own routing refusals (no such route, method not allowed) in the API's JSON shape, so a client
+    reads every error the same way (the body limits answer JSON of their own, in http_limits)."""
     try:
         return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        problem = {404: f"no such resource: {request.path}",
-                   405: f"{request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
-        return json_error(exc.status, problem, **{k: v for k, v in exc.headers.items() if k in ("Allow",)})
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        problem = (f"no such resource: {request.path}" if exc.status == 404
+                   else f"{request.method} is not allowed on {request.path}")
+        return json_error(exc.status, problem, **{k: v for k, v in exc.headers.items() if k == "Allow"})
 
 
 class BadParameter(Exception):
