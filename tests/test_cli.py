@@ -31,7 +31,8 @@ def test_demo_prints_the_timeline_and_writes_a_stereo_recording(demo):
                      "clear_received", "assistant: Hi, thanks for calling Acme.", "keypress: 1",
                      'tool call: transfer({"target": "sales"}) → ok',
                      "<Response><Dial><Number>+15557650150</Number></Dial></Response>  → 200",
-                     "outcome transferred → +15557650150", "recording (as the caller heard it): /"):
+                     "outcome transferred → +15557650150", "recording (as the caller heard it): /",
+                     "voicebot demo --web"):                # where to go next: the console's phone
         assert expected in proc.stdout, expected
     with wave.open(str(out)) as wav:
         assert wav.getnchannels() == 2 and wav.getframerate() == 8000 and wav.getnframes() > 8000 * 10

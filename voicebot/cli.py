@@ -161,7 +161,9 @@ def cmd_demo(args) -> int:
         from .demo_web import run_web_demo
         return asyncio.run(run_web_demo(config=args.config, port=args.port))
     inbound = 0 if args.campaign else asyncio.run(run_demo(config=args.config, wav_out=args.wav_out))
-    return max(inbound, asyncio.run(run_campaign_demo(config=args.config)))
+    outcome = max(inbound, asyncio.run(run_campaign_demo(config=args.config)))
+    print("\nTalk to the personas yourself, from the browser (offline too): .venv/bin/voicebot demo --web")
+    return outcome
 
 
 def cmd_simulate(args) -> int:
