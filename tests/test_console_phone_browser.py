@@ -166,6 +166,9 @@ async def test_a_call_from_the_page(phone_server, browser, tmp_path, device_rate
     assert record["carrier"] == "browser" and record["persona"] == "softphone-en"
     assert record["barge_ins"] == 1 and record["user_turns"] >= 1 and record["outcome"] in ("completed",
                                                                                              "caller_hung_up")
+    await page.click("#status a.record-link")                         # the page leads to that record
+    await page.wait_for_url(f"{base}/console/records/{call_id}")
+    assert call_id in await page.title()
     assert errors == []
 
 

@@ -213,6 +213,13 @@
     startButton.disabled = false;
     hangupButton.disabled = true;
     say(text, kind);
+    if (state.callId) {      // its record (written a moment after the end): transcript, timeline, recording
+      const link = document.createElement("a");
+      link.href = `/console/records/${encodeURIComponent(state.callId)}`;
+      link.textContent = "call record";
+      link.className = "record-link";
+      status.append(" ", link);
+    }
   }
 
   form.addEventListener("submit", (event) => { event.preventDefault(); start(); });
