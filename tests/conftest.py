@@ -180,15 +180,15 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(tmp_path, **more_dialplans: str):
+async def running_stack(tmp_path, *, personas: str = PERSONAS, **more_dialplans: str):
     """The real server (create_app) with the emulator as its StepFun, both listening on loopback; the test
-    personas, and ``more_dialplans`` (file stem → YAML) beside them."""
+    personas (or ``personas``), and ``more_dialplans`` (file stem → YAML) beside them."""
     from voicebot.emulator.app import Emulator, start_emulator
 
     emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=3.0))
     plans = tmp_path / "dialplans"
     plans.mkdir()
-    (plans / "test.yaml").write_text(PERSONAS, encoding="utf-8")
+    (plans / "test.yaml").write_text(personas, encoding="utf-8")
     for stem, text in more_dialplans.items():
         (plans / f"{stem}.yaml").write_text(text, encoding="utf-8")
     runner, settings, app = await start_voice_server(tmp_path, plans, emulator)

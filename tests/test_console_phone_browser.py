@@ -17,7 +17,7 @@ from voicebot.audio.wav import read_wav_8k, write_wav
 from voicebot.server import SERVICES
 
 from browser import chromium
-from conftest import FIXTURES, start_voice_server, until
+from conftest import FIXTURES, running_stack, until
 
 TOKEN = "test-console-token-b7a1"
 GREETING = "Hi, Acme here."
@@ -63,19 +63,9 @@ def microphone_wav(tmp_path) -> Path:
 
 @pytest.fixture
 async def phone_server(tmp_path, monkeypatch):
-    from voicebot.emulator.app import Emulator, start_emulator
-
     monkeypatch.setenv("VOICEBOT_ADMIN_TOKEN", TOKEN)
-    emu_runner, emulator = await start_emulator("127.0.0.1", 0, Emulator(speed=3.0))
-    plans = tmp_path / "dialplans"
-    plans.mkdir()
-    (plans / "phone.yaml").write_text(PERSONAS, encoding="utf-8")
-    runner, settings, app = await start_voice_server(tmp_path, plans, emulator)
-    try:
-        yield settings.public_url, emulator, app
-    finally:
-        await runner.cleanup()
-        await emu_runner.cleanup()
+    async with running_stack(tmp_path, personas=PERSONAS) as running:
+        yield running.url, running.emulator, running.app
 
 
 @pytest.fixture
